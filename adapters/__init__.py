@@ -1,0 +1,1 @@
+"""Adapters: one module per outside system (scheduling, DM, Globus, e-mail, Tag)."""

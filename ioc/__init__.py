@@ -1,0 +1,1 @@
+"""dmagic-ioc: the EPICS IOC layer (PV groups, command engine, entry point) and the domain model."""

@@ -1,0 +1,325 @@
+"""YAML configuration -> validated, typed settings.
+
+Every problem names its key (`dm.storage_root: ...`). Relative paths resolve
+against the config file's folder and `~` expands. Loading collects every
+problem before failing, so `--check` can list them all at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import stat
+import string
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+
+from .model import EXPERIMENT_NAME_FIELDS, InputError, check_name
+
+
+class ConfigError(Exception):
+    """The config has problems; `problems` lists each, naming its key."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+@dataclass(frozen=True)
+class AccessSettings:
+    write_hosts: tuple[str, ...] = ()
+    write_users: tuple[str, ...] = ()
+
+    @property
+    def restricted(self) -> bool:
+        return bool(self.write_hosts or self.write_users)
+
+
+@dataclass(frozen=True)
+class IocSettings:
+    prefix: str = "dmagic:"
+    state_dir: Path = Path("~/.local/state/dmagic-ioc").expanduser()
+    access: AccessSettings = AccessSettings()
+
+
+@dataclass(frozen=True)
+class BeamlineSettings:
+    name: str = ""
+    station: str = ""
+    timezone: str = "America/Chicago"
+    contacts: tuple[str, ...] = ()
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+@dataclass(frozen=True)
+class SchedulingSettings:
+    backend: str = "file"
+    url: str = ""
+    credentials: Path | None = None
+    timeout: float = 10.0
+    refresh_period: float = 600.0
+    path: Path | None = None
+
+
+@dataclass(frozen=True)
+class DMSettings:
+    backend: str = "local"
+    experiment_name: str = "{year_month}-{pi_last_name}-{gup}"
+    data_host: str = "localhost"
+    data_top_dir: Path = Path("/data")
+    storage_root: Path = Path("/gdata/dm")
+    group: str | None = None
+    transfer: str = "builtin"  # builtin | globus (addition, see README)
+    settle_time: float = 2.0  # seconds a file must stay unchanged before transfer
+    checksum: bool = False  # verify a checksum after each copy (addition)
+    transfer_workers: int = 4  # files copied in parallel (addition)
+
+
+@dataclass(frozen=True)
+class GlobusSettings:
+    enabled: bool = False
+    collection_id: str = ""
+    client_id: str = ""
+    client_secret_file: Path | None = None
+    source_collection_id: str = ""  # data host collection, for dm.transfer: globus (addition)
+
+
+@dataclass(frozen=True)
+class EmailSettings:
+    enabled: bool = False
+    smtp_host: str = "localhost"
+    smtp_port: int = 25
+    starttls: bool = False
+    credentials: Path | None = None
+    sender: str = ""
+    template: Path | None = None
+
+
+@dataclass(frozen=True)
+class TagSettings:
+    prefix: str = ""
+
+
+@dataclass(frozen=True)
+class Settings:
+    ioc: IocSettings = IocSettings()
+    beamline: BeamlineSettings = BeamlineSettings()
+    scheduling: SchedulingSettings = SchedulingSettings()
+    dm: DMSettings = DMSettings()
+    globus: GlobusSettings = GlobusSettings()
+    email: EmailSettings = EmailSettings()
+    tag: TagSettings = TagSettings()
+    source: Path | None = field(default=None, compare=False)  # the YAML file it came from
+
+
+CHOICES = {
+    "scheduling.backend": ("file", "aps"),
+    "dm.backend": ("local", "aps"),
+    "dm.transfer": ("builtin", "globus"),
+}
+
+
+def load_config(path: Path | str) -> Settings:
+    """Read and validate a YAML config file; raise ConfigError listing every problem."""
+    path = Path(path).expanduser().resolve()
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ConfigError([f"cannot read config {path}: {error.strerror}"]) from None
+    except yaml.YAMLError as error:
+        raise ConfigError([f"{path} is not valid YAML: {error}"]) from None
+    return settings_from_dict(raw or {}, base=path.parent, source=path)
+
+
+def settings_from_dict(raw: object, *, base: Path, source: Path | None = None) -> Settings:
+    problems: list[str] = []
+    settings = _build(Settings, raw, "", base, problems)
+    if settings is not None:
+        settings = dataclasses.replace(settings, source=source)
+        problems += _semantic_problems(settings)
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def _build(cls: type, raw: object, where: str, base: Path, problems: list[str]):
+    """Build dataclass `cls` from a mapping, checking keys and types."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        problems.append(f"{where or 'config'}: expected a mapping of keys, got {type(raw).__name__}")
+        return None
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls) if f.name != "source"}
+    values = {}
+    for key, value in raw.items():
+        key_path = f"{where}{key}"
+        if key not in known:
+            problems.append(f"{key_path}: unknown key (known: {', '.join(sorted(known))})")
+            continue
+        converted = _convert(hints[key], value, key_path, base, problems)
+        if converted is not _INVALID:
+            values[key] = converted
+    return cls(**values)
+
+
+_INVALID = object()
+
+
+def _convert(hint, value, key_path: str, base: Path, problems: list[str]):
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        built = _build(hint, value, key_path + ".", base, problems)
+        return _INVALID if built is None else built
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(inner, value, key_path, base, problems)
+    if origin is tuple:
+        if not isinstance(value, list) or any(isinstance(v, (dict, list, bool)) or v is None for v in value):
+            problems.append(f"{key_path}: expected a list of names or numbers, got {value!r}")
+            return _INVALID
+        return tuple(str(v) for v in value)
+    if hint is Path:
+        if not isinstance(value, str):
+            problems.append(f"{key_path}: expected a path, got {value!r}")
+            return _INVALID
+        if value == "":
+            return None
+        return (base / Path(value).expanduser()).resolve()
+    if hint is bool:
+        if not isinstance(value, bool):
+            problems.append(f"{key_path}: expected true or false, got {value!r}")
+            return _INVALID
+        return value
+    if hint in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (hint is int and not isinstance(value, int)):
+            problems.append(f"{key_path}: expected a {'whole ' if hint is int else ''}number, got {value!r}")
+            return _INVALID
+        return hint(value)
+    if hint is str:
+        if isinstance(value, (dict, list, bool)) or value is None:
+            problems.append(f"{key_path}: expected text, got {value!r}")
+            return _INVALID
+        return str(value)
+    raise TypeError(f"no converter for {hint}")  # a programming error, not a config one
+
+
+def _semantic_problems(s: Settings) -> list[str]:
+    problems = []
+    for key, choices in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(s, section), name)
+        if value not in choices:
+            problems.append(f"{key}: {value!r} is not one of {', '.join(choices)}")
+    try:
+        s.beamline.tz
+    except (ZoneInfoNotFoundError, ValueError):
+        problems.append(f"beamline.timezone: unknown time zone {s.beamline.timezone!r}")
+    if not s.ioc.prefix:
+        problems.append("ioc.prefix: must not be empty")
+    if not s.beamline.name:
+        problems.append("beamline.name: must be set (the beamline id as the scheduling system spells it)")
+    for badge in s.beamline.contacts:
+        if not badge.isdigit():
+            problems.append(f"beamline.contacts: {badge!r} is not a badge number")
+    problems += _template_problems(s.dm.experiment_name)
+    if s.dm.group is not None:
+        problems += _name_problems("dm.group", s.dm.group)
+    if s.scheduling.timeout <= 0:
+        problems.append("scheduling.timeout: must be more than 0 seconds")
+    if s.scheduling.refresh_period < 0:
+        problems.append("scheduling.refresh_period: must be 0 (off) or more")
+    if s.dm.settle_time < 0:
+        problems.append("dm.settle_time: must be 0 or more seconds")
+    if s.dm.transfer_workers < 1:
+        problems.append("dm.transfer_workers: must be at least 1")
+    if s.scheduling.backend == "aps":
+        if not s.scheduling.url.startswith(("https://", "http://")):
+            problems.append("scheduling.url: the aps backend needs the service's base URL (https://...)")
+        problems += secret_file_problems("scheduling.credentials", s.scheduling.credentials, required=True)
+    if s.scheduling.backend == "file":
+        if s.scheduling.path is None:
+            problems.append("scheduling.path: the file backend needs the schedule's path")
+        elif not s.scheduling.path.is_file():
+            problems.append(f"scheduling.path: no schedule file at {s.scheduling.path}")
+    if s.globus.enabled:
+        for key in ("collection_id", "client_id"):
+            if not getattr(s.globus, key):
+                problems.append(f"globus.{key}: must be set when globus.enabled is true")
+        problems += secret_file_problems("globus.client_secret_file", s.globus.client_secret_file, required=True)
+    if s.dm.transfer == "globus" and not s.globus.enabled:
+        problems.append("dm.transfer: 'globus' needs globus.enabled: true")
+    if s.email.enabled:
+        if not s.email.sender:
+            problems.append("email.sender: must be set when email.enabled is true")
+        problems += secret_file_problems("email.credentials", s.email.credentials, required=False)
+        if s.email.template is not None and not s.email.template.is_file():
+            problems.append(f"email.template: no template file at {s.email.template}")
+    return problems
+
+
+def _name_problems(key: str, value: str) -> list[str]:
+    try:
+        check_name(value, key)
+    except InputError as error:
+        return [f"{key}: {error}"]
+    return []
+
+
+def _template_problems(template: str) -> list[str]:
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as error:
+        return [f"dm.experiment_name: {error}"]
+    unknown = fields - set(EXPERIMENT_NAME_FIELDS)
+    if unknown:
+        return [
+            f"dm.experiment_name: unknown placeholder(s) {', '.join(sorted(unknown))}; "
+            f"use {', '.join('{' + f + '}' for f in EXPERIMENT_NAME_FIELDS)}"
+        ]
+    return _name_problems("dm.experiment_name", template.format(year_month="2026-01", pi_last_name="X", gup="1"))
+
+
+def secret_file_problems(key: str, path: Path | None, *, required: bool) -> list[str]:
+    """A credentials or secret file must exist and be readable by its owner only."""
+    if path is None:
+        return [f"{key}: must be set"] if required else []
+    try:
+        mode = path.stat().st_mode
+    except OSError as error:
+        return [f"{key}: cannot read {path}: {error.strerror}"]
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return [f"{key}: {path} is readable by group or others (mode {stat.S_IMODE(mode):04o}); run: chmod 600 {path}"]
+    if not os.access(path, os.R_OK):
+        return [f"{key}: {path} is not readable by this user"]
+    return []
+
+
+def read_secret(key: str, path: Path) -> str:
+    """The stripped first line of a secret file, after the mode check."""
+    problems = secret_file_problems(key, path, required=True)
+    if problems:
+        raise InputError(problems[0])
+    lines = path.read_text(encoding="utf-8").strip().splitlines()
+    if not lines or not lines[0].strip():
+        raise InputError(f"{key}: {path} is empty")
+    return lines[0].strip()
+
+
+def read_credentials(key: str, path: Path) -> tuple[str, str]:
+    """`user|password` or `user password` on one line -> (user, password)."""
+    line = read_secret(key, path)
+    user, sep, password = line.partition("|") if "|" in line else line.partition(" ")
+    if not sep or not user.strip() or not password.strip():
+        raise InputError(f"{key}: {path} must hold one line 'user|password' (or 'user password')")
+    return user.strip(), password.strip()

@@ -1,0 +1,298 @@
+"""Domain model: people, runs, beamtimes, experiments and the rules that tie them.
+
+Pure Python: no EPICS, no network, no disk. The scheduling adapters (file and
+APS) build these types; the IOC publishes them; the rules here (which beamtime
+is current, who is the PI, how an experiment is named) are shared by all.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, tzinfo
+from typing import Iterable, Sequence
+
+# --------------------------------------------------------------------------
+# Errors: every message is written for the Status PV, for a beamline scientist.
+
+
+class DMagicError(Exception):
+    """A failure whose message is fit for the Status PV."""
+
+
+class InputError(DMagicError):
+    """Bad input from a PV or the config: refused, nothing changed."""
+
+
+class ServiceError(DMagicError):
+    """An outside system failed; `system` names which (its Health PV)."""
+
+    system = ""
+
+
+class SchedulingError(ServiceError):
+    system = "Scheduling"
+
+
+class DMError(ServiceError):
+    system = "DM"
+
+
+class GlobusError(ServiceError):
+    system = "Globus"
+
+
+class EmailError(ServiceError):
+    system = "Email"
+
+
+class TagError(DMagicError):
+    """Tag could not write the target IOC."""
+
+
+# --------------------------------------------------------------------------
+# Time
+
+
+_OFFSET_WITHOUT_COLON = re.compile(r"([+-])(\d{2})(\d{2})$")
+
+
+def parse_time(text: str, tz: tzinfo) -> datetime:
+    """Parse an ISO 8601 time; a time without offset is local time in `tz`.
+
+    Accepts offsets written `-05:00`, `-0500` and `Z`, a space instead of `T`,
+    and a bare date (midnight local time). Raises ValueError on anything else.
+    """
+    text = text.strip()
+    if not text:
+        raise ValueError("empty time")
+    text = _OFFSET_WITHOUT_COLON.sub(r"\1\2:\3", text) if "T" in text or " " in text else text
+    if text.endswith("Z"):
+        text = text[:-1] + "+00:00"
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=tz)
+    return moment
+
+
+def look_moment(now: datetime, offset_days: float) -> datetime:
+    """The moment the IOC looks at: now shifted by `TimeOffsetDays`."""
+    return now + timedelta(days=offset_days)
+
+
+def iso(moment: datetime | None) -> str:
+    """ISO 8601 with UTC offset, to the second; empty for None."""
+    return moment.isoformat(timespec="seconds") if moment else ""
+
+
+# --------------------------------------------------------------------------
+# People and proposals
+
+
+@dataclass(frozen=True)
+class Person:
+    """Someone on a proposal, an ESAF or a beamline's contact list."""
+
+    badge: str
+    first_name: str = ""
+    last_name: str = ""
+    email: str = ""
+    institution: str = ""
+    is_pi: bool = False
+
+    @property
+    def username(self) -> str:
+        return dm_username(self.badge)
+
+    @property
+    def full_name(self) -> str:
+        return " ".join(part for part in (self.first_name, self.last_name) if part)
+
+
+@dataclass(frozen=True)
+class Run:
+    """A scheduling period of the facility, e.g. `2026-3`."""
+
+    name: str
+    start: datetime
+    end: datetime
+
+    def contains(self, moment: datetime) -> bool:
+        return self.start <= moment < self.end
+
+
+@dataclass(frozen=True)
+class Beamtime:
+    """One scheduled beamtime of a proposal on the beamline."""
+
+    gup: str
+    title: str
+    start: datetime
+    end: datetime
+    people: tuple[Person, ...] = ()
+    proposal_type: str = ""
+    esaf: str = ""
+    esaf_doi: str = ""
+    proprietary: bool = False
+    mail_in: bool = False
+
+    def contains(self, moment: datetime) -> bool:
+        return self.start <= moment < self.end
+
+    @property
+    def pi(self) -> Person | None:
+        """The person flagged PI, else the first one listed."""
+        return next((p for p in self.people if p.is_pi), self.people[0] if self.people else None)
+
+    @property
+    def people_pi_first(self) -> tuple[Person, ...]:
+        pi = self.pi
+        if pi is None:
+            return ()
+        return (pi, *(p for p in self.people if p is not pi))
+
+    @property
+    def year_month(self) -> str:
+        return year_month(self.start)
+
+
+def select_run(runs: Iterable[Run], moment: datetime) -> Run | None:
+    """The run containing `moment`, or None."""
+    return next((run for run in runs if run.contains(moment)), None)
+
+
+def select_beamtime(beamtimes: Iterable[Beamtime], moment: datetime) -> Beamtime | None:
+    """The beamtime containing `moment`; of overlapping ones, the latest started."""
+    current = [b for b in beamtimes if b.contains(moment)]
+    return max(current, key=lambda b: b.start) if current else None
+
+
+def find_beamtime(beamtimes: Iterable[Beamtime], gup: str) -> Beamtime | None:
+    """The latest beamtime of proposal `gup`, or None."""
+    matching = [b for b in beamtimes if b.gup == gup]
+    return max(matching, key=lambda b: b.start) if matching else None
+
+
+@dataclass(frozen=True)
+class CurrentProposal:
+    """What a refresh found: the run and beamtime at the looked-at moment."""
+
+    run: Run | None
+    beamtime: Beamtime | None
+    refreshed: datetime
+
+
+# --------------------------------------------------------------------------
+# Names
+
+
+# Letters that do not decompose into ASCII + combining marks under NFKD.
+_TRANSLITERATION = str.maketrans(
+    {
+        "Ł": "L", "ł": "l", "Ø": "O", "ø": "o", "ß": "ss", "ẞ": "SS",
+        "Æ": "AE", "æ": "ae", "Œ": "OE", "œ": "oe", "Đ": "D", "đ": "d",
+        "Ð": "D", "ð": "d", "Þ": "Th", "þ": "th", "ı": "i", "Ħ": "H",
+        "ħ": "h", "Ŧ": "T", "ŧ": "t", "Ŀ": "L", "ŀ": "l", "ĸ": "k",
+        "Ŋ": "N", "ŋ": "n", "ſ": "s",
+    }
+)  # fmt: skip
+
+_NOT_FOLDER_SAFE = re.compile(r"[^A-Za-z0-9]")
+
+
+def folder_safe(text: str) -> str:
+    """`Müller-Łukasiewicz` -> `MullerLukasiewicz`: ASCII letters and digits only."""
+    decomposed = unicodedata.normalize("NFKD", text.translate(_TRANSLITERATION))
+    return _NOT_FOLDER_SAFE.sub("", decomposed.encode("ascii", "ignore").decode("ascii"))
+
+
+def check_name(name: str, what: str = "name") -> str:
+    """Return `name` stripped, or refuse one that could escape its folder."""
+    name = name.strip()
+    if not name:
+        raise InputError(f"{what} is empty")
+    if any(unicodedata.category(ch) == "Cc" for ch in name):
+        raise InputError(f"{what} {name!r} has control characters")
+    if "/" in name or "\\" in name or ".." in name or name.startswith("."):
+        raise InputError(f"{what} {name!r} could escape its folder ('/', '\\', '..' or a leading '.')")
+    return name
+
+
+EXPERIMENT_NAME_FIELDS = ("year_month", "pi_last_name", "gup")
+
+
+def experiment_name(template: str, *, year_month: str, pi_last_name: str, gup: str) -> str:
+    """Fill the `dm.experiment_name` template; the last name is made folder-safe."""
+    name = template.format(year_month=year_month, pi_last_name=folder_safe(pi_last_name), gup=gup)
+    return check_name(name, "experiment name")
+
+
+def year_month(moment: datetime | date) -> str:
+    return f"{moment.year:04d}-{moment.month:02d}"
+
+
+# --------------------------------------------------------------------------
+# Badges and users
+
+_BADGE = re.compile(r"\d{1,12}")
+
+
+def dm_username(badge: str) -> str:
+    """DM usernames are `d` + badge."""
+    return f"d{badge}"
+
+
+def parse_badges(text: str) -> tuple[str, ...]:
+    """`"310011, 310012"` -> `("310011", "310012")`; every entry must be numeric."""
+    entries = [entry.strip() for entry in text.split(",")]
+    if not any(entries):
+        raise InputError("Badges is empty: write comma-separated badge numbers, e.g. 310011,310012")
+    bad = [entry for entry in entries if not _BADGE.fullmatch(entry)]
+    if bad:
+        shown = ", ".join(repr(entry) for entry in bad)
+        raise InputError(f"Badges has entries that are not badge numbers: {shown}; nothing changed")
+    return tuple(dict.fromkeys(entries))
+
+
+def join(values: Sequence[str], sep: str = ",") -> str:
+    return sep.join(values)
+
+
+# --------------------------------------------------------------------------
+# Experiments
+
+
+@dataclass(frozen=True)
+class ExperimentUser:
+    """A DM user with access to an experiment, and where the access came from."""
+
+    username: str
+    name: str = ""
+    email: str = ""
+    institution: str = ""
+    source: str = "proposal"  # proposal | esaf | contact | manual | added
+
+    @classmethod
+    def from_person(cls, person: Person, source: str) -> ExperimentUser:
+        return cls(person.username, person.full_name, person.email, person.institution, source)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A DM experiment as the registry (or the APS DM system) holds it."""
+
+    name: str
+    title: str = ""
+    gup: str = ""
+    esaf: str = ""
+    start: datetime | None = None
+    end: datetime | None = None
+    year_month: str = ""
+    storage_directory: str = ""
+    data_directory: str = ""
+    users: tuple[ExperimentUser, ...] = field(default=())
+
+    @property
+    def usernames(self) -> tuple[str, ...]:
+        return tuple(user.username for user in self.users)

@@ -1,0 +1,148 @@
+"""What the IOC needs from the outside world: one protocol per system.
+
+Adapters in `adapters/` implement these as plain classes; tests pass fakes.
+Every method here may block (network, disk, sqlite): the IOC calls them off
+the event loop. They raise `model.ServiceError` subclasses (or `InputError`)
+with a message fit for the Status PV.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Protocol, Sequence
+
+from .model import Beamtime, Experiment, ExperimentUser, Person, Run
+
+
+class SchedulingSource(Protocol):
+    """The beamline's schedule: the file backend or the APS scheduling service."""
+
+    def runs(self) -> list[Run]:
+        """Every run the source knows."""
+
+    def beamtimes(self, run: Run) -> list[Beamtime]:
+        """The beamtimes of this beamline in `run`."""
+
+
+class DataManagement(Protocol):
+    """A DM system: the embedded registry (`local`) or the APS DM system (`aps`)."""
+
+    def create_experiment(self, experiment: Experiment) -> tuple[Experiment, bool]:
+        """Create it (directories, registry) or find the existing one: (experiment, created).
+
+        Idempotent: on an existing experiment, completes whatever a failed
+        earlier attempt left undone and changes nothing else. Users are added
+        separately through `add_users`.
+        """
+
+    def get_experiment(self, name: str) -> Experiment | None: ...
+
+    def list_experiments(self) -> list[str]:
+        """The station's experiment names, newest first."""
+
+    def add_users(self, name: str, users: Sequence[ExperimentUser]) -> list[str]:
+        """Give access; return the usernames that did not have it before."""
+
+    def remove_users(self, name: str, usernames: Sequence[str]) -> list[str]:
+        """Take access; return the usernames that had it."""
+
+    def delete_experiment(self, name: str) -> str:
+        """Delete it; return a sentence saying exactly what was removed."""
+
+    def esaf(self, esaf: str) -> tuple[list[Person], str]:
+        """ESAF experimenters and DOI; ([], '') where the backend has no ESAF data."""
+
+
+@dataclass(frozen=True)
+class TransferProgress:
+    """A snapshot of the data transfer for the `Daq:*` PVs."""
+
+    state: str = "Stopped"  # Stopped | Running | Error
+    files_done: int = 0
+    files_total: int = 0
+    bytes_done: float = 0.0
+    rate_mb_s: float = 0.0
+    last_file: str = ""
+    message: str = ""  # an error (which file, why) or the end-of-upload summary
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.files_done / self.files_total if self.files_total else 0.0
+
+
+class Transfer(Protocol):
+    """Moves an experiment's raw data into DM storage, continuously or once."""
+
+    def start(self, experiment: Experiment, sources: Mapping[str, str], *, once: bool) -> str:
+        """Start transferring each source folder into its destination (`{src: dest}`).
+
+        Returns at once with a sentence for Status; the transfer runs in the
+        background. `once` makes it an upload: one pass, then it stops by itself.
+        """
+
+    def stop(self) -> str: ...
+
+    def progress(self) -> TransferProgress: ...
+
+    def resume(self) -> str | None:
+        """After a restart, resume a transfer that was running; a sentence, or None."""
+
+
+class StateStore(Protocol):
+    """The IOC's own durable state, whatever the DM backend: the selection,
+    who was e-mailed, the Globus rule ids (adapters/registry.py, SQLite)."""
+
+    def selected(self) -> str:
+        """The selected experiment's name, '' when none."""
+
+    def select(self, name: str) -> None: ...
+
+    def emailed(self, experiment: str) -> list[str]:
+        """Usernames already sent the data-access message for `experiment`."""
+
+    def mark_emailed(self, experiment: str, usernames: Sequence[str]) -> None: ...
+
+    def rules(self, experiment: str) -> dict[str, str]:
+        """Globus access rule ids of `experiment`, by username."""
+
+    def record_rules(self, experiment: str, rules: Mapping[str, str]) -> None: ...
+
+    def forget_rules(self, experiment: str, usernames: Sequence[str]) -> None: ...
+
+    def forget_experiment(self, experiment: str) -> None:
+        """Drop everything kept about `experiment` (after Delete)."""
+
+
+class Access(Protocol):
+    """Who may reach an experiment's storage from outside (Globus sharing)."""
+
+    def grant(self, experiment: Experiment, users: Sequence[ExperimentUser]) -> dict[str, str]:
+        """Ensure one read-only rule per user with an e-mail: {username: rule_id}.
+
+        An existing rule for the same identity and path is reused, never duplicated.
+        """
+
+    def revoke(self, experiment: Experiment, rules: Mapping[str, str]) -> list[str]:
+        """Delete these rules ({username: rule_id}); return whose were removed."""
+
+    def url(self, experiment: Experiment) -> str:
+        """The web link to the experiment's folder."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What an e-mail round did: who got it, who had no address, who failed and why."""
+
+    delivered: tuple[str, ...] = ()
+    skipped: tuple[str, ...] = ()
+    failed: Mapping[str, str] | None = None
+
+
+class Mailer(Protocol):
+    def send(self, messages: Sequence[tuple[str, str, object]]) -> Delivery:
+        """Send (username, address, email.message.EmailMessage) each on its own."""
+
+
+class TagTarget(Protocol):
+    def write(self, prefix: str, values: Mapping[str, str]) -> list[str]:
+        """Write each value to `prefix + name`; return the names whose value was cut."""
