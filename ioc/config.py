@@ -250,7 +250,7 @@ def _semantic_problems(s: Settings) -> list[str]:
     if s.scheduling.backend == "file":
         if s.scheduling.path is None:
             problems.append("scheduling.path: the file backend needs the schedule's path")
-        elif not s.scheduling.path.is_file():
+        elif not s.scheduling.path.exists() or s.scheduling.path.is_dir():
             problems.append(f"scheduling.path: no schedule file at {s.scheduling.path}")
     if s.globus.enabled:
         for key in ("collection_id", "client_id"):

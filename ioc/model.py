@@ -136,6 +136,7 @@ class Beamtime:
     esaf_doi: str = ""
     proprietary: bool = False
     mail_in: bool = False
+    esaf_people: tuple[Person, ...] = ()  # on the ESAF but not on the proposal
 
     def contains(self, moment: datetime) -> bool:
         return self.start <= moment < self.end

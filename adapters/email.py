@@ -1,0 +1,275 @@
+"""E-mail: the data-access message, built from a template and sent over SMTP.
+
+Template syntax: the first line is `Subject: ...`, the rest is the body.
+Placeholders are written `{name}`; the known ones are `PLACEHOLDERS`
+(`{experiment}`, `{title}`, `{pi}`, `{beamline}`, `{globus_url}`,
+`{storage_directory}`); a literal brace is doubled (`{{`, `}}`). Every
+message goes out as plain text with an HTML alternative (values escaped,
+links made clickable). The bundled default is `templates/data_access_email.txt`.
+"""
+
+from __future__ import annotations
+
+import copy
+import html
+import importlib.resources
+import logging
+import re
+import smtplib
+import ssl
+import string
+from collections.abc import Iterable, Mapping, Sequence
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid, parseaddr
+from pathlib import Path
+
+from ..ioc.config import read_credentials
+from ..ioc.model import EmailError, InputError
+from ..ioc.ports import Delivery
+
+log = logging.getLogger(__name__)
+
+PLACEHOLDERS = ("experiment", "title", "pi", "beamline", "globus_url", "storage_directory")
+DEFAULT_TEMPLATE = "templates/data_access_email.txt"
+
+_URL = re.compile(r"https?://\S+")
+
+
+# --------------------------------------------------------------------------
+# Templates
+
+
+def default_template() -> str:
+    """The bundled data-access message template."""
+    return importlib.resources.files(__package__).joinpath(DEFAULT_TEMPLATE).read_text(encoding="utf-8")
+
+
+def load_template(path: Path | None) -> str:
+    """The template at `path` (`email.template`), or the bundled one; checked before use."""
+    if path is None:
+        template = default_template()
+    else:
+        try:
+            template = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
+            raise InputError(f"email.template: cannot read {path}: {reason}") from None
+    check_template(template)
+    return template
+
+
+def check_template(template: str, known: Iterable[str] = PLACEHOLDERS) -> None:
+    """Refuse a template without a subject line or with placeholders nobody fills."""
+    _split(template)
+    _fields(template, set(known))
+
+
+def _split(template: str) -> tuple[str, str]:
+    """(subject template, body template) from `Subject: ...` + body."""
+    first, _, body = template.lstrip("\ufeff").partition("\n")
+    name, colon, subject = first.partition(":")
+    if not colon or name.strip().lower() != "subject" or not subject.strip():
+        raise InputError("email template: the first line must be 'Subject: ...'")
+    return subject.strip(), body.lstrip("\r\n")
+
+
+def _fields(template: str, known: set[str]) -> list[tuple[str, str | None]]:
+    """[(literal text, placeholder or None)], after checking every placeholder."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as error:
+        raise InputError(f"email template: {error} (write a literal brace as '{{{{' or '}}}}')") from None
+    unknown: list[str] = []
+    chunks: list[tuple[str, str | None]] = []
+    for literal, name, spec, conversion in parsed:
+        if name is not None and (name not in known or spec or conversion):
+            whole = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            unknown.append(whole)
+        chunks.append((literal, name))
+    if unknown:
+        allowed = ", ".join("{" + name + "}" for name in sorted(known))
+        raise InputError(f"email template: unknown placeholder(s) {', '.join(unknown)}; use {allowed}")
+    return chunks
+
+
+def _render(chunks: Sequence[tuple[str, str | None]], values: Mapping[str, str], *, as_html: bool) -> str:
+    parts = []
+    for literal, name in chunks:
+        parts.append(html.escape(literal) if as_html else literal)
+        if name is not None:
+            value = str(values.get(name) or "")
+            parts.append(_html_value(value) if as_html else value)
+    return "".join(parts)
+
+
+def _html_value(value: str) -> str:
+    """Escape a value; a lone URL becomes a link."""
+    if _URL.fullmatch(value.strip()):
+        url = html.escape(value.strip(), quote=True)
+        return f'<a href="{url}">{url}</a>'
+    return html.escape(value)
+
+
+def _html_document(body: str) -> str:
+    paragraphs = [p.strip("\n") for p in re.split(r"\n[ \t]*\n", body.replace("\r\n", "\n")) if p.strip()]
+    inner = "\n".join("<p>" + p.replace("\n", "<br>\n") + "</p>" for p in paragraphs)
+    return f'<!DOCTYPE html>\n<html>\n<head><meta charset="utf-8"></head>\n<body>\n{inner}\n</body>\n</html>\n'
+
+
+def build_message(template: str, *, sender: str, to: str, values: Mapping[str, str]) -> EmailMessage:
+    """The message for one recipient: subject and body filled from `values`.
+
+    Placeholders are those of `PLACEHOLDERS` plus any key of `values`; one
+    without a value is left empty. Raises InputError on a bad template.
+    """
+    known = set(PLACEHOLDERS) | set(values)
+    subject_template, body_template = _split(template)
+    subject = _render(_fields(subject_template, known), values, as_html=False)
+    chunks = _fields(body_template, known)
+    message = EmailMessage()
+    message["Subject"] = " ".join(subject.split())  # a value with a line break must not end the header
+    message["From"] = sender
+    message["To"] = to
+    message["Date"] = formatdate(localtime=True)
+    domain = parseaddr(sender)[1].rpartition("@")[2] or "localhost"
+    message["Message-ID"] = make_msgid(domain=domain)
+    message.set_content(_render(chunks, values, as_html=False))
+    message.add_alternative(_html_document(_render(chunks, values, as_html=True)), subtype="html")
+    return message
+
+
+# --------------------------------------------------------------------------
+# SMTP
+
+
+class SmtpMailer:
+    """`ports.Mailer` over SMTP: one connection per round, one message per recipient.
+
+    Each recipient is handled on their own: a refused address fails only that
+    user. Logs in (after STARTTLS when set) only when `credentials` names a
+    `user|password` file, read at each round; the password is never logged.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        starttls: bool = False,
+        credentials: Path | None = None,
+        timeout: float = 10,
+    ):
+        self.host = host
+        self.port = port
+        self.starttls = starttls
+        self.credentials = credentials
+        self.timeout = timeout
+
+    @property
+    def server(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def send(self, messages: Sequence[tuple[str, str, EmailMessage]]) -> Delivery:
+        """Send each (username, address, message); users without an address are skipped."""
+        skipped = tuple(username for username, address, _ in messages if not (address or "").strip())
+        pending = [(user, address.strip(), message) for user, address, message in messages if (address or "").strip()]
+        if not pending:
+            return Delivery(skipped=skipped, failed={})
+        delivered: list[str] = []
+        failed: dict[str, str] = {}
+        smtp = self._connect()
+        try:
+            for index, (username, address, message) in enumerate(pending):
+                try:
+                    self._send_one(smtp, address, message)
+                except (smtplib.SMTPServerDisconnected, ConnectionError, TimeoutError) as error:
+                    reason = f"not sent: the connection to {self.server} was lost ({_reason(error)})"
+                    log.warning("SMTP: %s after %d message(s)", reason, index)
+                    failed.update((name, reason) for name, _, _ in pending[index:])
+                    break
+                except (smtplib.SMTPException, OSError, ValueError) as error:
+                    failed[username] = _refusal(address, error)
+                    log.warning("SMTP: message to %s (%s) not sent: %s", username, address, failed[username])
+                else:
+                    delivered.append(username)
+                    log.info("SMTP: message to %s sent", username)
+        finally:
+            _quit(smtp)
+        return Delivery(delivered=tuple(delivered), skipped=skipped, failed=failed)
+
+    def _connect(self) -> smtplib.SMTP:
+        """Connect, STARTTLS and log in as configured; EmailError saying what failed."""
+        login = self._login()
+        try:
+            smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+        except (OSError, smtplib.SMTPException) as error:
+            raise EmailError(f"cannot reach the SMTP server {self.server}: {_reason(error)}") from None
+        try:
+            smtp.ehlo()
+            if self.starttls:
+                smtp.starttls(context=ssl.create_default_context())
+                smtp.ehlo()
+            if login is not None:
+                smtp.login(*login)
+                log.info("SMTP: logged in to %s as %s", self.server, login[0])
+        except smtplib.SMTPAuthenticationError as error:
+            _quit(smtp)
+            raise EmailError(
+                f"the SMTP server {self.server} refused the login of {login[0]}: {_reason(error)}"
+            ) from None
+        except smtplib.SMTPNotSupportedError as error:
+            _quit(smtp)
+            raise EmailError(f"the SMTP server {self.server}: {error}") from None
+        except (smtplib.SMTPException, OSError, ssl.SSLError) as error:
+            _quit(smtp)
+            what = "STARTTLS with" if self.starttls else "the greeting of"
+            raise EmailError(f"{what} the SMTP server {self.server} failed: {_reason(error)}") from None
+        return smtp
+
+    def _login(self) -> tuple[str, str] | None:
+        if self.credentials is None:
+            return None
+        try:
+            return read_credentials("email.credentials", Path(self.credentials))
+        except InputError as error:
+            raise EmailError(str(error)) from None
+
+    def _send_one(self, smtp: smtplib.SMTP, address: str, message: EmailMessage) -> None:
+        """Send a copy addressed to `address` alone, so no one sees another's address."""
+        if not (message["Sender"] or message["From"]):
+            raise ValueError("the message has no From address (email.sender)")
+        own = copy.deepcopy(message)
+        del own["To"], own["Cc"], own["Bcc"]
+        own["To"] = address
+        smtp.send_message(own, to_addrs=[address])
+
+
+def _refusal(address: str, error: Exception) -> str:
+    """Why one message was not sent, in words for Status."""
+    if isinstance(error, smtplib.SMTPRecipientsRefused):
+        code, reply = error.recipients.get(address, next(iter(error.recipients.values()), (0, b"")))
+        return f"{address} refused by the server: {code} {_text(reply)}"
+    if isinstance(error, smtplib.SMTPSenderRefused):
+        return f"sender {_text(error.sender)} refused by the server: {error.smtp_code} {_text(error.smtp_error)}"
+    if isinstance(error, smtplib.SMTPResponseException):
+        return f"refused by the server: {error.smtp_code} {_text(error.smtp_error)}"
+    return _reason(error)
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, smtplib.SMTPResponseException):
+        return f"{error.smtp_code} {_text(error.smtp_error)}"
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return str(error) or type(error).__name__
+
+
+def _text(value: bytes | str) -> str:
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    return " ".join(text.split())
+
+
+def _quit(smtp: smtplib.SMTP) -> None:
+    try:
+        smtp.quit()
+    except (smtplib.SMTPException, OSError):
+        smtp.close()

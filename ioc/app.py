@@ -1,0 +1,465 @@
+"""The use cases behind the command PVs, in plain blocking Python.
+
+`Beamline` holds the adapters and what the IOC publishes (the current
+proposal, the selected experiment). Each public method is one command: it
+validates its input before changing anything, calls the adapters, and returns
+an `Outcome` or raises a `DMagicError` whose message goes to `Status`. The
+command engine runs one at a time in a worker thread; the PV groups publish
+the state afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, time, timedelta, timezone
+from pathlib import Path
+from typing import Callable, Sequence, TypeVar
+
+from .commands import Outcome
+from .config import Settings
+from .model import (
+    Beamtime,
+    CurrentProposal,
+    DMagicError,
+    EmailError,
+    Experiment,
+    ExperimentUser,
+    InputError,
+    Person,
+    SchedulingError,
+    ServiceError,
+    check_name,
+    dm_username,
+    experiment_name,
+    find_beamtime,
+    look_moment,
+    parse_badges,
+    select_beamtime,
+    select_run,
+    year_month,
+)
+from .ports import Access, DataManagement, Mailer, SchedulingSource, StateStore, TagTarget, Transfer
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SYSTEMS = ("Scheduling", "DM", "Globus", "Email")
+EMAIL_MODES = ("New users", "All users")
+
+
+@dataclass(frozen=True)
+class ManualRequest:
+    """The `Manual:*` PVs, as CreateManual reads them."""
+
+    last_name: str = ""
+    first_name: str = ""
+    institution: str = ""
+    email: str = ""
+    title: str = ""
+    gup: int = 0
+    badges: str = ""
+    start: str = ""
+    end: str = ""
+
+
+@dataclass
+class Adapters:
+    scheduling: SchedulingSource
+    dm: DataManagement
+    state: StateStore
+    transfer: Transfer
+    tag: TagTarget
+    access: Access | None = None
+    mailer: Mailer | None = None
+    email_template: str = ""
+
+
+@dataclass
+class Published:
+    """What the PVs show; replaced (never mutated) by the use cases."""
+
+    current: CurrentProposal | None = None
+    experiment: Experiment | None = None
+    experiments: tuple[str, ...] = ()
+    emailed: tuple[str, ...] = ()
+    globus_url: str = ""
+    health: dict[str, str] = field(default_factory=dict)
+
+
+class Beamline:
+    """The beamline's scheduling and data management, as commands."""
+
+    def __init__(self, settings: Settings, adapters: Adapters, clock: Callable[[], datetime] | None = None):
+        self.settings = settings
+        self.adapters = adapters
+        self.clock = clock or (lambda: datetime.now(timezone.utc))
+        enabled = {"Globus": settings.globus.enabled, "Email": settings.email.enabled}
+        self.published = Published(health={s: "OK" if enabled.get(s, True) else "Disabled" for s in SYSTEMS})
+        self._refresh_lock = threading.Lock()  # the periodic refresh and the Refresh command
+
+    # ------------------------------------------------------------------ helpers
+
+    def _contact(self, system: str, call: Callable[..., T], *args) -> T:
+        """Call an adapter of `system` and record the contact on its Health PV."""
+        try:
+            result = call(*args)
+        except ServiceError as error:
+            self.published.health[error.system or system] = "Error"
+            raise
+        self.published.health[system] = "OK"
+        return result
+
+    @property
+    def tz(self):
+        return self.settings.beamline.tz
+
+    def _selected(self) -> Experiment:
+        experiment = self.published.experiment
+        if experiment is None:
+            raise InputError("no experiment is selected: use Create, CreateManual or Select first")
+        return experiment
+
+    def load_selection(self) -> None:
+        """Read the selected experiment, its e-mailed users and the station's list from DM."""
+        dm, state = self.adapters.dm, self.adapters.state
+        name = state.selected()
+        experiment = self._contact("DM", dm.get_experiment, name) if name else None
+        access = self.adapters.access
+        self.published = replace(
+            self.published,
+            experiment=experiment,
+            experiments=tuple(self._contact("DM", dm.list_experiments)),
+            emailed=tuple(state.emailed(name)) if experiment else (),
+            globus_url=access.url(experiment) if access and experiment else "",
+        )
+
+    # ------------------------------------------------------------------ scheduling
+
+    def refresh(self, offset_days: float) -> Outcome:
+        """Read the beamtime at now + offset from the scheduling system and publish it."""
+        with self._refresh_lock:
+            now = self.clock()
+            moment = look_moment(now, offset_days).astimezone(self.tz)
+            scheduling = self.adapters.scheduling
+            run = select_run(self._contact("Scheduling", scheduling.runs), moment)
+            beamtimes = self._contact("Scheduling", scheduling.beamtimes, run) if run else []
+            beamtime = select_beamtime(beamtimes, moment)
+            warning = ""
+            if beamtime is not None and beamtime.esaf:
+                beamtime, warning = self._with_esaf(beamtime)
+            self.published = replace(self.published, current=CurrentProposal(run, beamtime, now.astimezone(self.tz)))
+        when = moment.strftime("%Y-%m-%d %H:%M %Z")
+        if run is None:
+            return Outcome(f"no run of the schedule contains {when}", warning=True)
+        if beamtime is None:
+            return Outcome(f"run {run.name}: no beamtime scheduled at {when}", warning=True)
+        pi = beamtime.pi
+        message = f"proposal {beamtime.gup} ({pi.last_name if pi else 'no PI'}), run {run.name}{warning}"
+        return Outcome(message, warning=bool(warning))
+
+    def _with_esaf(self, beamtime: Beamtime) -> tuple[Beamtime, str]:
+        """Add the ESAF's experimenters and DOI where the DM backend knows them."""
+        try:
+            people, doi = self._contact("DM", self.adapters.dm.esaf, beamtime.esaf)
+        except ServiceError as error:
+            return beamtime, f"; ESAF {beamtime.esaf} not read: {error}"
+        known = {p.badge for p in beamtime.people}
+        extra = tuple(p for p in people if p.badge not in known)
+        return replace(beamtime, esaf_doi=doi, esaf_people=extra), ""
+
+    def _beamtime_of(self, gup: str, start: datetime | None) -> Beamtime | None:
+        """The scheduled beamtime of proposal `gup` around `start`, if the schedule has it."""
+        scheduling = self.adapters.scheduling
+        runs = self._contact("Scheduling", scheduling.runs)
+        if start is not None:
+            runs = [run for run in runs if run.contains(start)] or runs
+        for run in runs:
+            found = find_beamtime(self._contact("Scheduling", scheduling.beamtimes, run), gup)
+            if found is not None:
+                return found
+        return None
+
+    def tag(self, prefix: str) -> Outcome:
+        """Write the user-info PVs into the IOC at `prefix` (e.g. tomoScan)."""
+        prefix = prefix.strip()
+        if not prefix:
+            raise InputError("TagPrefix is empty: set it to the target IOC's prefix, e.g. 2bmb:TomoScan:")
+        values = tag_values(self.published.current)
+        if values is None:
+            raise InputError("no proposal is published to tag: Refresh or Select first")
+        cut = self.adapters.tag.write(prefix, values)
+        message = f"tagged {prefix} with proposal {values['ProposalNumber']}"
+        if cut:
+            return Outcome(f"{message}; cut to fit the target: {', '.join(cut)}", warning=True)
+        return Outcome(message)
+
+    # ------------------------------------------------------------------ experiments
+
+    def create(self) -> Outcome:
+        """Create (or complete) the DM experiment of the current proposal and select it."""
+        current = self.published.current
+        beamtime = current.beamtime if current else None
+        if beamtime is None:
+            raise InputError("no proposal is active now (ProposalActive is No): Refresh, or use CreateManual")
+        pi = beamtime.pi
+        name = experiment_name(
+            self.settings.dm.experiment_name,
+            year_month=beamtime.year_month,
+            pi_last_name=pi.last_name if pi else "",
+            gup=beamtime.gup,
+        )
+        people = [ExperimentUser.from_person(p, "proposal") for p in beamtime.people_pi_first]
+        people += [ExperimentUser.from_person(p, "esaf") for p in beamtime.esaf_people]
+        experiment = Experiment(
+            name=name,
+            title=beamtime.title,
+            gup=beamtime.gup,
+            esaf=beamtime.esaf,
+            start=beamtime.start,
+            end=beamtime.end,
+            year_month=beamtime.year_month,
+            data_directory=str(self.settings.dm.data_top_dir / name),
+        )
+        return self._create(experiment, people)
+
+    def create_manual(self, request: ManualRequest) -> Outcome:
+        """Create (or complete) an experiment from the `Manual:*` PVs, for commissioning."""
+        start, end = self._manual_dates(request.start, request.end)
+        badges = parse_badges(request.badges) if request.badges.strip() else ()
+        last_name = request.last_name.strip() or "Staff"
+        name = experiment_name(
+            self.settings.dm.experiment_name, year_month=year_month(start), pi_last_name=last_name, gup=str(request.gup)
+        )
+        people = [ExperimentUser(dm_username(b), source="manual") for b in badges]
+        if people:  # the Manual:* person is the first badge's owner
+            first = Person(badges[0], request.first_name.strip(), last_name, request.email.strip(),
+                           request.institution.strip())  # fmt: skip
+            people[0] = ExperimentUser.from_person(first, "manual")
+        experiment = Experiment(
+            name=name,
+            title=request.title.strip() or f"{last_name} manual experiment",
+            gup=str(request.gup) if request.gup else "",
+            start=start,
+            end=end,
+            year_month=year_month(start),
+            data_directory=str(self.settings.dm.data_top_dir / name),
+        )
+        return self._create(experiment, people)
+
+    def _manual_dates(self, start_text: str, end_text: str) -> tuple[datetime, datetime]:
+        def day(text: str, what: str) -> date | None:
+            if not text.strip():
+                return None
+            try:
+                return date.fromisoformat(text.strip())
+            except ValueError:
+                raise InputError(f"{what} {text!r} is not a date YYYY-MM-DD") from None
+
+        today = self.clock().astimezone(self.tz).date()
+        start = day(start_text, "Manual:Start") or today.replace(day=1)
+        end = day(end_text, "Manual:End") or start + timedelta(days=14)
+        if end <= start:
+            raise InputError(f"Manual:End {end} is not after Manual:Start {start}")
+        return (datetime.combine(start, time(), self.tz), datetime.combine(end, time(), self.tz))
+
+    def _create(self, experiment: Experiment, people: list[ExperimentUser]) -> Outcome:
+        dm = self.adapters.dm
+        contacts = [ExperimentUser(dm_username(b), source="contact") for b in self.settings.beamline.contacts]
+        users = list({u.username: u for u in reversed(people + contacts)}.values())[::-1]
+        experiment, created = self._contact("DM", dm.create_experiment, experiment)
+        added = self._contact("DM", dm.add_users, experiment.name, users)
+        granted = self._grant(experiment, users)
+        self.adapters.state.select(experiment.name)
+        self.load_selection()
+        if created:
+            message = f"created experiment {experiment.name} with {len(users)} users; storage {experiment.storage_directory}"
+        else:
+            message = f"experiment {experiment.name} exists: selected it; users added: {', '.join(added) or 'none'}"
+        return Outcome(message + granted)
+
+    def _grant(self, experiment: Experiment, users: Sequence[ExperimentUser]) -> str:
+        """Globus access for `users`; a sentence fragment for Status."""
+        access = self.adapters.access
+        if access is None:
+            return ""
+        rules = self._contact("Globus", access.grant, experiment, users)
+        self.adapters.state.record_rules(experiment.name, rules)
+        return f"; Globus access for {len(rules)} users"
+
+    def select(self, name: str) -> Outcome:
+        """Select an existing experiment and publish the proposal it belongs to."""
+        name = check_name(name, "SelectName")
+        experiment = self._contact("DM", self.adapters.dm.get_experiment, name)
+        if experiment is None:
+            raise InputError(f"no experiment named {name}: Experiments lists the station's experiments")
+        self.adapters.state.select(name)
+        self.load_selection()
+        if not experiment.gup:
+            return Outcome(f"selected {name} (no proposal)")
+        try:
+            beamtime = self._beamtime_of(experiment.gup, experiment.start)
+        except SchedulingError as error:
+            return Outcome(f"selected {name}; its proposal {experiment.gup} was not read: {error}", warning=True)
+        if beamtime is None:
+            return Outcome(f"selected {name}; proposal {experiment.gup} is not in the schedule", warning=True)
+        self.published = replace(self.published, current=CurrentProposal(None, beamtime, self.clock().astimezone(self.tz)))
+        return Outcome(f"selected {name} and published its proposal {experiment.gup}")
+
+    def add_users(self, badges_text: str) -> Outcome:
+        """Give the badges in `Badges` access to the selected experiment."""
+        badges = parse_badges(badges_text)
+        experiment = self._selected()
+        known = self._known_people()
+        users = [
+            ExperimentUser.from_person(known[b], "added") if b in known else ExperimentUser(dm_username(b), source="added")
+            for b in badges
+        ]
+        added = self._contact("DM", self.adapters.dm.add_users, experiment.name, users)
+        granted = self._grant(experiment, [u for u in users if u.username in added]) if added else ""
+        self.load_selection()
+        if not added:
+            return Outcome(f"{', '.join(u.username for u in users)} already had access to {experiment.name}")
+        return Outcome(f"gave {', '.join(added)} access to {experiment.name}{granted}")
+
+    def _known_people(self) -> dict[str, Person]:
+        beamtime = self.published.current.beamtime if self.published.current else None
+        if beamtime is None:
+            return {}
+        return {p.badge: p for p in (*beamtime.people, *beamtime.esaf_people)}
+
+    def remove_users(self, badges_text: str) -> Outcome:
+        """Take access to the selected experiment from the badges in `Badges`."""
+        badges = parse_badges(badges_text)
+        experiment = self._selected()
+        usernames = [dm_username(b) for b in badges]
+        revoked = self._revoke(experiment, usernames)
+        removed = self._contact("DM", self.adapters.dm.remove_users, experiment.name, usernames)
+        self.load_selection()
+        if not removed:
+            return Outcome(f"none of {', '.join(usernames)} had access to {experiment.name}")
+        return Outcome(f"removed access of {', '.join(removed)} from {experiment.name}{revoked}")
+
+    def _revoke(self, experiment: Experiment, usernames: Sequence[str] | None = None) -> str:
+        access, state = self.adapters.access, self.adapters.state
+        if access is None:
+            return ""
+        rules = state.rules(experiment.name)
+        if usernames is not None:
+            rules = {u: rule for u, rule in rules.items() if u in usernames}
+        if not rules:
+            return ""
+        removed = self._contact("Globus", access.revoke, experiment, rules)
+        state.forget_rules(experiment.name, removed)
+        return f"; {len(removed)} Globus rules deleted"
+
+    def delete(self, confirm: str) -> Outcome:
+        """Delete the selected experiment when `DeleteConfirm` equals its name."""
+        experiment = self._selected()
+        if confirm.strip() != experiment.name:
+            raise InputError(f"DeleteConfirm must equal ExperimentName ({experiment.name}) to delete it; nothing deleted")
+        progress = self.adapters.transfer.progress()
+        if progress.state == "Running":
+            raise InputError(f"a transfer is running for {experiment.name}: DaqStop first; nothing deleted")
+        revoked = self._revoke(experiment)
+        removed = self._contact("DM", self.adapters.dm.delete_experiment, experiment.name)
+        self.adapters.state.forget_experiment(experiment.name)
+        self.adapters.state.select("")
+        self.load_selection()
+        return Outcome(removed + revoked)
+
+    # ------------------------------------------------------------------ e-mail
+
+    def email(self, mode: str) -> Outcome:
+        """Send the data-access message to the selected experiment's users."""
+        from ..adapters.email import build_message  # the e-mail format is the adapter's
+
+        mailer = self.adapters.mailer
+        if mailer is None:
+            raise InputError("e-mail is not enabled (email.enabled: false in the config)")
+        experiment = self._selected()
+        already = set(self.published.emailed) if mode != "All users" else set()
+        users = [u for u in experiment.users if u.username not in already]
+        skipped = [u.username for u in users if not u.email]
+        recipients = [u for u in users if u.email]
+        if not recipients:
+            reason = "everyone with an address was already e-mailed" if already else "nobody has an e-mail address"
+            return Outcome(f"e-mail: nothing sent, {reason}" + (f"; no address: {', '.join(skipped)}" if skipped else ""))
+        values = self._email_values(experiment)
+        messages = [
+            (u.username, u.email, build_message(self.adapters.email_template, sender=self.settings.email.sender,
+                                                to=u.email, values=values))
+            for u in recipients
+        ]  # fmt: skip
+        delivery = self._contact("Email", mailer.send, messages)
+        if delivery.delivered:
+            self.adapters.state.mark_emailed(experiment.name, delivery.delivered)
+        self.load_selection()
+        failed = delivery.failed or {}
+        parts = [f"e-mailed {len(delivery.delivered)} users of {experiment.name}"]
+        if skipped:
+            parts.append(f"no address: {', '.join(skipped)}")
+        if failed:
+            parts.append("failed: " + ", ".join(f"{u} ({why})" for u, why in failed.items()))
+        if failed and not delivery.delivered:
+            raise EmailError("; ".join(parts))
+        return Outcome("; ".join(parts), warning=bool(failed or skipped))
+
+    def _email_values(self, experiment: Experiment) -> dict[str, str]:
+        pi = next((u for u in experiment.users if u.source in ("proposal", "manual")), None)
+        return {
+            "experiment": experiment.name,
+            "title": experiment.title,
+            "pi": pi.name if pi else "",
+            "beamline": self.settings.beamline.name,
+            "globus_url": self.published.globus_url,
+            "storage_directory": experiment.storage_directory,
+        }
+
+    # ------------------------------------------------------------------ data transfer
+
+    def _sources(self, experiment: Experiment) -> dict[str, str]:
+        storage = Path(experiment.storage_directory)
+        raw = experiment.data_directory or str(self.settings.dm.data_top_dir / experiment.name)
+        return {raw: str(storage / "data"), f"{raw}_rec": str(storage / "analysis")}
+
+    def daq_start(self) -> Outcome:
+        """Start continuous transfer of the selected experiment's raw and `_rec` folders."""
+        experiment = self._selected()
+        return Outcome(self._contact("DM", self.adapters.transfer.start, experiment, self._sources(experiment),
+                                     once=False))  # fmt: skip
+
+    def upload(self) -> Outcome:
+        """One pass over the files present now; it ends by itself."""
+        experiment = self._selected()
+        return Outcome(self._contact("DM", self.adapters.transfer.start, experiment, self._sources(experiment),
+                                     once=True))  # fmt: skip
+
+    def daq_stop(self) -> Outcome:
+        return Outcome(self._contact("DM", self.adapters.transfer.stop))
+
+
+def tag_values(current: CurrentProposal | None) -> dict[str, str] | None:
+    """The user-info PV values Tag writes, by PV name; None when nothing is published."""
+    beamtime = current.beamtime if current else None
+    if beamtime is None:
+        return None
+    pi = beamtime.pi or Person("")
+    return {
+        "UserName": pi.first_name,
+        "UserLastName": pi.last_name,
+        "UserEmail": pi.email,
+        "UserBadge": pi.badge,
+        "UserInstitution": pi.institution,
+        "UserInfoUpdate": current.refreshed.isoformat(timespec="seconds"),
+        "ProposalNumber": beamtime.gup,
+        "ProposalTitle": beamtime.title,
+        "ESAFNumber": beamtime.esaf,
+        "ESAFDOINumber": beamtime.esaf_doi,
+        "ExperimentYearMonth": beamtime.year_month,
+    }
+
+
+__all__ = ["Adapters", "Beamline", "DMagicError", "EMAIL_MODES", "ManualRequest", "Published", "tag_values"]

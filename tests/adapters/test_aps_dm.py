@@ -1,0 +1,366 @@
+"""ApsDM and ApsDaq against a fake of the APS DM SDK (tests/fakes/dm) with the documented shapes."""
+
+from __future__ import annotations
+
+import importlib
+import re
+import subprocess
+import sys
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from dmagic_ioc.adapters.aps_dm import ApsDaq, ApsDM, parse_sdk_date, sdk_date, sdk_field
+from dmagic_ioc.ioc.model import DMError, Experiment, ExperimentUser, InputError, Person
+from dmagic_ioc.ioc.ports import TransferProgress
+
+FAKES = Path(__file__).resolve().parents[1] / "fakes"
+CHICAGO = timezone(timedelta(hours=-5))
+NAME = "2026-10-Smith-1234"
+
+
+@pytest.fixture
+def fake_dm(monkeypatch):
+    """The fake SDK importable as `dm`, fresh for each test, gone afterwards."""
+    monkeypatch.syspath_prepend(str(FAKES))
+    monkeypatch.delitem(sys.modules, "dm", raising=False)
+    module = importlib.import_module("dm")
+    module.reset()
+    yield module
+    sys.modules.pop("dm", None)
+
+
+@pytest.fixture
+def data_top_dir(tmp_path):
+    path = tmp_path / "data3" / "2BM"
+    path.mkdir(parents=True)
+    return path
+
+
+@pytest.fixture
+def aps(fake_dm, data_top_dir):
+    return ApsDM("2BM", data_top_dir, tz=CHICAGO)
+
+
+def experiment(**changes) -> Experiment:
+    values = dict(
+        name=NAME,
+        title="Fossil teeth",
+        gup="1234",
+        esaf="271828",
+        start=datetime(2026, 10, 14, 8, tzinfo=CHICAGO),
+        end=datetime(2026, 10, 17, 8, tzinfo=CHICAGO),
+        year_month="2026-10",
+    )
+    values.update(changes)
+    return Experiment(**values)
+
+
+# ---------------------------------------------------------------------- import and helpers
+
+
+def test_missing_sdk_is_a_clear_dm_error(monkeypatch, data_top_dir):
+    monkeypatch.setitem(sys.modules, "dm", None)  # makes `import dm` fail
+    message = "the APS DM SDK (python package 'dm') is not installed; install it or use dm.backend: local"
+    with pytest.raises(DMError, match=re.escape(message)):
+        ApsDM("2BM", data_top_dir)
+    with pytest.raises(DMError, match="not installed"):
+        ApsDaq("2BM", data_top_dir)
+
+
+def test_module_import_does_not_import_the_sdk():
+    check = "import sys, dmagic_ioc.adapters.aps_dm; assert 'dm' not in sys.modules"
+    subprocess.run([sys.executable, "-c", check], check=True, timeout=60)
+
+
+def test_sdk_dates():
+    assert sdk_date(datetime(2026, 10, 4, 23, tzinfo=CHICAGO)) == "04-Oct-26"
+    assert sdk_date(date(2027, 1, 31)) == "31-Jan-27"
+    assert sdk_date(None) == ""
+    assert parse_sdk_date("14-Oct-26", CHICAGO) == datetime(2026, 10, 14, tzinfo=CHICAGO)
+    assert parse_sdk_date("2020-05-26 08:00:00", CHICAGO) == datetime(2020, 5, 26, 8, tzinfo=CHICAGO)
+    assert parse_sdk_date("2020-05-26T08:00:00Z") == datetime(2020, 5, 26, 8, tzinfo=timezone.utc)
+    assert parse_sdk_date("someday") is None
+    assert parse_sdk_date("") is None
+
+
+def test_sdk_field_reads_dicts_dm_objects_and_attributes(fake_dm):
+    class Plain:
+        name = "from-attribute"
+
+    assert sdk_field({"name": "a"}, "name") == "a"
+    assert sdk_field(fake_dm.DmObject({"name": "b"}), "name") == "b"
+    assert sdk_field(Plain(), "name") == "from-attribute"
+    assert sdk_field({"x": None, "y": 2}, "x", "y") == 2
+    assert sdk_field({}, "name", default="-") == "-"
+
+
+# ---------------------------------------------------------------------- ApsDM
+
+
+def test_create_adds_the_experiment_with_sdk_arguments(aps, fake_dm, data_top_dir):
+    created, is_new = aps.create_experiment(experiment())
+    assert is_new is True
+    (args, kwargs) = fake_dm.STATE.called("addExperiment")[0]
+    assert args == (NAME,)
+    assert kwargs == dict(
+        typeName="2BM", description="Fossil teeth", rootPath="2026-10", startDate="14-Oct-26", endDate="17-Oct-26"
+    )
+    assert fake_dm.STATE.experiments[NAME]["metadata"] == {"gup": "1234", "esaf": "271828"}
+    assert created.storage_directory == f"/gdata/dm/2026-10/{NAME}"
+    assert created.data_directory == str(data_top_dir / NAME)
+    assert created.year_month == "2026-10"
+    assert created.start == datetime(2026, 10, 14, tzinfo=CHICAGO)
+
+
+def test_dates_are_written_in_the_beamline_time_zone(aps, fake_dm):
+    late_evening = datetime(2026, 10, 15, 3, tzinfo=timezone.utc)  # 14 Oct, 22:00 in Chicago
+    aps.create_experiment(experiment(start=late_evening))
+    assert fake_dm.STATE.called("addExperiment")[0][1]["startDate"] == "14-Oct-26"
+
+
+def test_create_on_existing_returns_it_unchanged(aps, fake_dm):
+    aps.create_experiment(experiment())
+    found, is_new = aps.create_experiment(experiment(title="other"))
+    assert is_new is False
+    assert found.title == "Fossil teeth"
+    assert len(fake_dm.STATE.called("addExperiment")) == 1
+
+
+def test_create_racing_another_client_uses_the_existing_one(aps, fake_dm):
+    fake_dm.STATE.fail["getExperimentByName"] = fake_dm.ObjectNotFound("not yet")
+    fake_dm.ExperimentDsApi().addExperiment(NAME, typeName="2BM", rootPath="2026-10")
+    found, is_new = aps.create_experiment(experiment())
+    assert is_new is False
+    assert found.name == NAME
+
+
+def test_create_failure_half_way_then_rerun_completes(aps, fake_dm):
+    fake_dm.STATE.fail["upsertExperimentMetadata"] = fake_dm.DmException("metadata service down")
+    with pytest.raises(DMError, match="APS DM: writing metadata of .* failed: metadata service down"):
+        aps.create_experiment(experiment())
+    _, is_new = aps.create_experiment(experiment())
+    assert is_new is False
+    assert fake_dm.STATE.experiments[NAME]["metadata"] == {"gup": "1234", "esaf": "271828"}
+    assert len(fake_dm.STATE.called("addExperiment")) == 1
+
+
+def test_sdk_errors_become_short_dm_errors(aps, fake_dm):
+    fake_dm.STATE.fail["addExperiment"] = fake_dm.InvalidRequest("bad   station\n" + "x" * 500)
+    with pytest.raises(DMError) as caught:
+        aps.create_experiment(experiment())
+    assert str(caught.value).startswith(f"APS DM: adding experiment {NAME} failed: bad station x")
+    assert len(str(caught.value)) < 300
+    fake_dm.STATE.fail["getExperimentsByStation"] = ConnectionError("connection refused")
+    with pytest.raises(DMError, match="listing experiments of station 2BM failed: connection refused"):
+        aps.list_experiments()
+
+
+def test_get_and_list_newest_first(aps, fake_dm):
+    assert aps.get_experiment(NAME) is None
+    for name in ("2026-08-A-1", "2026-10-B-2", "2026-09-C-3"):
+        aps.create_experiment(experiment(name=name))
+    fake_dm.ExperimentDsApi().addExperiment("other-station", typeName="32ID", rootPath="2026-10")
+    assert aps.list_experiments() == ["2026-09-C-3", "2026-10-B-2", "2026-08-A-1"]
+    assert aps.get_experiment("2026-10-B-2").name == "2026-10-B-2"
+
+
+def test_add_users_returns_new_ones_and_reports_unknown_users(aps, fake_dm):
+    aps.create_experiment(experiment())
+    fake_dm.STATE.users |= {"d1", "d2"}
+    assert aps.add_users(NAME, [ExperimentUser("d1")]) == ["d1"]
+    with pytest.raises(DMError, match=r"added d2; could not add d404 \(not a DM user\)"):
+        aps.add_users(NAME, [ExperimentUser("d1"), ExperimentUser("d2"), ExperimentUser("d404")])
+    assert fake_dm.STATE.experiments[NAME]["experimentUsernameList"] == ["d1", "d2"]
+    assert ("d1", "User", NAME) in [args for args, _ in fake_dm.STATE.called("addUserExperimentRole")]
+    assert aps.get_experiment(NAME).usernames == ("d1", "d2")
+
+
+def test_remove_users_returns_those_removed(aps, fake_dm):
+    aps.create_experiment(experiment())
+    fake_dm.STATE.users |= {"d1", "d2"}
+    aps.add_users(NAME, [ExperimentUser("d1"), ExperimentUser("d2")])
+    assert aps.remove_users(NAME, ["d2", "d9"]) == ["d2"]
+    assert fake_dm.STATE.called("deleteUserExperimentRole") == [(("d2", "User", NAME), {})]
+
+
+def test_users_of_unknown_experiment_are_refused(aps):
+    with pytest.raises(InputError, match="no experiment named"):
+        aps.add_users(NAME, [ExperimentUser("d1")])
+
+
+def test_delete(aps, fake_dm, data_top_dir):
+    aps.create_experiment(experiment())
+    sentence = aps.delete_experiment(NAME)
+    assert sentence == (
+        f"deleted experiment {NAME} from the APS DM system (station 2BM, storage /gdata/dm/2026-10/{NAME}); "
+        f"raw data in {data_top_dir / NAME} kept"
+    )
+    assert NAME not in fake_dm.STATE.experiments
+    with pytest.raises(InputError, match="nothing deleted"):
+        aps.delete_experiment(NAME)
+
+
+@pytest.mark.parametrize("bad", ["../x", "a/b", ".."])
+def test_escaping_names_are_refused_without_calling_dm(aps, fake_dm, bad):
+    for call in (
+        lambda: aps.create_experiment(experiment(name=bad)),
+        lambda: aps.delete_experiment(bad),
+        lambda: aps.get_experiment(bad),
+    ):
+        with pytest.raises(InputError):
+            call()
+    assert fake_dm.STATE.calls == []
+
+
+def test_esaf_people_and_doi(aps, fake_dm):
+    fake_dm.STATE.esafs[271828] = {
+        "esafId": 271828,
+        "esafTitle": "Fossil teeth",
+        "experimentStartDate": "2026-10-14 08:00:00",
+        "experimentEndDate": "2026-10-17 08:00:00",
+        "doi": "10.11578/1234",
+        "experimentUsers": [
+            {"badgeNumber": "310011", "firstName": "Ann", "lastName": "Smith", "email": "ann@x.org",
+             "institution": "Argonne", "piFlag": "Yes"},
+            {"badge_number": 310012, "first_name": "Bo", "LastName": "Li", "Email": "bo@x.org",
+             "affiliation": "UChicago", "piFlag": "No"},
+            {"firstName": "No", "lastName": "Badge", "piFlag": "No"},
+        ],
+    }  # fmt: skip
+    people, doi = aps.esaf("271828")
+    assert doi == "10.11578/1234"
+    assert people == [
+        Person("310011", "Ann", "Smith", "ann@x.org", "Argonne", is_pi=True),
+        Person("310012", "Bo", "Li", "bo@x.org", "UChicago", is_pi=False),
+    ]
+    assert fake_dm.STATE.called("getStationEsafById") == [(("2BM", 271828), {})]
+
+
+def test_esaf_empty_and_failures(aps, fake_dm):
+    assert aps.esaf("") == ([], "")
+    with pytest.raises(DMError, match="APS DM: reading ESAF 999 failed: ESAF 999 not found"):
+        aps.esaf("999")
+
+
+def test_an_injected_api_module_is_used_without_import(fake_dm, data_top_dir, monkeypatch):
+    monkeypatch.setitem(sys.modules, "dm", None)
+    aps = ApsDM("2BM", data_top_dir, api=fake_dm)
+    assert aps.create_experiment(experiment())[1] is True
+
+
+# ---------------------------------------------------------------------- ApsDaq
+
+
+@pytest.fixture
+def daq(fake_dm, data_top_dir):
+    return ApsDaq("2BM", data_top_dir, "tomodata3", direct_mount=False)
+
+
+@pytest.fixture
+def sources(data_top_dir):
+    raw = data_top_dir / NAME
+    rec = data_top_dir / f"{NAME}_rec"
+    raw.mkdir()
+    (raw / "scan_001.h5").write_bytes(b"x")
+    return {str(raw): "data", str(rec): "analysis"}
+
+
+def test_daq_start_checks_sources_and_starts_raw(daq, fake_dm, sources, data_top_dir):
+    sentence = daq.start(experiment(), sources, once=False)
+    raw = str(data_top_dir / NAME)
+    assert fake_dm.STATE.called("startDaq") == [((NAME, f"@tomodata3:{raw}", {"processExistingFiles": True}), {})]
+    assert sentence.startswith(f"DM DAQ started for {NAME}: {raw}")
+    assert "_rec: it does not exist yet" in sentence
+
+
+def test_daq_start_rec_goes_to_the_analysis_directory(daq, fake_dm, sources, data_top_dir):
+    (data_top_dir / f"{NAME}_rec").mkdir()
+    sentence = daq.start(experiment(), sources, once=False)
+    calls = fake_dm.STATE.called("startDaq")
+    assert calls[1][0][2] == {"processExistingFiles": True, "useAnalysisDirectoryAsRoot": True}
+    assert "_rec is empty now; new files will be transferred" in sentence
+
+
+def test_daq_start_refuses_a_missing_raw_folder_and_starts_nothing(daq, fake_dm, data_top_dir):
+    sources = {str(data_top_dir / "2026-10-Typo-1234"): "data"}
+    with pytest.raises(DMError, match="does not exist on tomodata3: check dm.data_top_dir .* nothing started"):
+        daq.start(experiment(), sources, once=False)
+    assert fake_dm.STATE.called("startDaq") == []
+
+
+def test_daq_start_twice_reports_it_is_running(daq, fake_dm, sources):
+    daq.start(experiment(), sources, once=False)
+    sentence = daq.start(experiment(), sources, once=False)
+    assert "already running" in sentence
+    assert len(fake_dm.STATE.called("startDaq")) == 1
+
+
+def test_daq_progress_stop_and_errors(daq, fake_dm, sources):
+    assert daq.progress() == TransferProgress()
+    daq.start(experiment(), sources, once=False)
+    running = fake_dm.STATE.daqs[0]
+    running.update(nFiles=10, nProcessedFiles=4, nCompletedFiles=4, lastFileProcessed="scan_004.h5")
+    progress = daq.progress()
+    assert (progress.state, progress.files_done, progress.files_total, progress.last_file) == (
+        "Running",
+        4,
+        10,
+        "scan_004.h5",
+    )
+    assert progress.percent == 40.0
+    running.update(nProcessingErrors=1, processingErrors={"scan_005.h5": "Permission denied"})
+    progress = daq.progress()
+    assert progress.state == "Error"
+    assert progress.message == "DM reports 1 transfer error: scan_005.h5: Permission denied"
+    assert daq.stop().startswith(f"stopped DM transfer for {NAME}")
+    assert fake_dm.STATE.called("stopDaq")[0][0][0] == NAME
+    assert daq.stop() == "no DM transfer was running for this IOC"
+
+
+def test_upload_once(daq, fake_dm, sources, data_top_dir):
+    rec = data_top_dir / f"{NAME}_rec"
+    rec.mkdir()
+    (rec / "recon_0001.tiff").write_bytes(b"r")
+    sentence = daq.start(experiment(), sources, once=True)
+    assert sentence == f"upload started for {NAME}: {data_top_dir / NAME}, {rec}"
+    calls = fake_dm.STATE.called("upload")
+    assert calls[0][0][2] == {}
+    assert calls[1][0][2] == {"useAnalysisDirectoryAsRoot": True}
+    assert daq.progress().state == "Running"
+    for upload in fake_dm.STATE.uploads.values():
+        upload.update(status="done", nFiles=1, nProcessedFiles=1, nCompletedFiles=1)
+    progress = daq.progress()
+    assert (progress.state, progress.message) == ("Stopped", "upload done: 2 of 2 files")
+
+
+def test_upload_of_empty_folders_is_refused(daq, fake_dm, data_top_dir):
+    raw = data_top_dir / NAME
+    raw.mkdir()
+    with pytest.raises(DMError, match=f"nothing to upload for {NAME}: skipped {raw}: it is empty"):
+        daq.start(experiment(), {str(raw): "data"}, once=True)
+    assert fake_dm.STATE.called("upload") == []
+
+
+def test_resume_adopts_running_daqs_of_this_station(fake_dm, data_top_dir, sources):
+    first = ApsDaq("2BM", data_top_dir, "tomodata3")
+    ApsDM("2BM", data_top_dir).create_experiment(experiment())
+    first.start(experiment(), sources, once=False)
+    fake_dm.ExperimentDaqApi().startDaq("other", "@host:/data/other", {})  # another station's DAQ
+    restarted = ApsDaq("2BM", data_top_dir, "tomodata3")
+    assert restarted.resume() == f"DM DAQ still running for {NAME} (1 folder)"
+    assert restarted.progress().state == "Running"
+    assert restarted.stop().startswith("stopped DM transfer")
+    assert ApsDaq("2BM", data_top_dir, "tomodata3").resume() is None
+
+
+def test_direct_mount_passes_bare_paths(fake_dm, data_top_dir, sources):
+    daq = ApsDaq("2BM", data_top_dir, "tomodata3", direct_mount=True)
+    daq.start(experiment(), sources, once=False)
+    assert fake_dm.STATE.called("startDaq")[0][0][1] == str(data_top_dir / NAME)
+
+
+def test_daq_sdk_failure_is_a_dm_error(daq, fake_dm, sources):
+    fake_dm.STATE.fail["startDaq"] = fake_dm.DmException("DAQ service unavailable")
+    with pytest.raises(DMError, match="APS DM: starting the DAQ of .* failed: DAQ service unavailable"):
+        daq.start(experiment(), sources, once=False)

@@ -1,0 +1,328 @@
+"""The local DM backend on a real disk: directories, modes, idempotence, failures and reruns, delete."""
+
+from __future__ import annotations
+
+import errno
+import grp
+import os
+import socket
+import stat
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from dmagic_ioc.adapters import local_dm
+from dmagic_ioc.adapters.local_dm import DIR_MODE, LocalDM, is_this_host
+from dmagic_ioc.adapters.registry import Registry
+from dmagic_ioc.ioc.model import DMError, Experiment, ExperimentUser, InputError
+
+CHICAGO = timezone(timedelta(hours=-5))
+NAME = "2026-10-Smith-1234"
+
+
+def experiment(name: str = NAME, **changes) -> Experiment:
+    values = dict(
+        name=name,
+        title="Fossil teeth",
+        gup="1234",
+        start=datetime(2026, 10, 14, 8, tzinfo=CHICAGO),
+        end=datetime(2026, 10, 17, 8, tzinfo=CHICAGO),
+        year_month="2026-10",
+    )
+    values.update(changes)
+    return Experiment(**values)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.fixture
+def roots(tmp_path):
+    storage_root, data_top_dir = tmp_path / "gdata", tmp_path / "data"
+    storage_root.mkdir()
+    data_top_dir.mkdir()
+    return storage_root, data_top_dir
+
+
+@pytest.fixture
+def registry(tmp_path):
+    with Registry(tmp_path / "state" / "registry.sqlite") as registry:
+        yield registry
+
+
+@pytest.fixture
+def dm(registry, roots):
+    storage_root, data_top_dir = roots
+    return LocalDM(registry, storage_root, data_top_dir, "localhost", None)
+
+
+def other_group() -> grp.struct_group:
+    """A group the test process is not already in by default, to see chown work."""
+    for group in grp.getgrall():
+        if group.gr_gid != os.getgid():
+            return group
+    pytest.skip("this host has a single group")
+
+
+def test_create_makes_storage_and_raw_folders_with_setgid(dm, roots):
+    storage_root, data_top_dir = roots
+    created, is_new = dm.create_experiment(experiment())
+    storage = storage_root / "2026-10" / NAME
+    assert is_new is True
+    assert created.storage_directory == str(storage)
+    assert created.data_directory == str(data_top_dir / NAME)
+    for path in (storage, storage / "data", storage / "analysis", storage.parent):
+        assert path.is_dir()
+        assert mode(path) == DIR_MODE == 0o2770
+        assert path.stat().st_mode & stat.S_ISGID
+    for path in (data_top_dir / NAME, data_top_dir / f"{NAME}_rec"):
+        assert path.is_dir()
+        assert mode(path) == DIR_MODE
+    assert dm.get_experiment(NAME) == created
+    assert dm.list_experiments() == [NAME]
+
+
+def test_year_month_comes_from_start_when_missing(dm, roots):
+    created, _ = dm.create_experiment(experiment(year_month=""))
+    assert created.year_month == "2026-10"
+    assert Path(created.storage_directory).parent == roots[0] / "2026-10"
+
+
+def test_a_bad_year_month_is_refused_before_anything_is_made(dm, roots):
+    with pytest.raises(InputError, match="YYYY-MM"):
+        dm.create_experiment(experiment(year_month="../x", start=None))
+    assert list(roots[0].iterdir()) == []
+
+
+def test_create_is_idempotent(dm, roots):
+    first, _ = dm.create_experiment(experiment())
+    dm.add_users(NAME, [ExperimentUser("d1")])
+    marker = Path(first.storage_directory) / "data" / "scan_001.h5"
+    marker.write_bytes(b"data")
+    again, is_new = dm.create_experiment(experiment(title="another title"))
+    assert is_new is False
+    assert again.usernames == ("d1",)
+    assert again.title == "Fossil teeth"  # an existing experiment is found, not changed
+    assert marker.read_bytes() == b"data"
+    assert dm.list_experiments() == [NAME]
+
+
+def test_create_on_existing_completes_missing_directories(dm, roots):
+    created, _ = dm.create_experiment(experiment())
+    analysis = Path(created.storage_directory) / "analysis"
+    analysis.rmdir()
+    (roots[1] / f"{NAME}_rec").rmdir()
+    _, is_new = dm.create_experiment(experiment())
+    assert is_new is False
+    assert analysis.is_dir() and mode(analysis) == DIR_MODE
+    assert (roots[1] / f"{NAME}_rec").is_dir()
+
+
+def test_a_failure_half_way_then_a_rerun_completes(dm, roots, monkeypatch):
+    """Tests run as root, where chmod does not stop writes: inject the failure into mkdir."""
+    storage = roots[0] / "2026-10" / NAME
+    real_mkdir = Path.mkdir
+
+    def full_disk(self, *args, **kwargs):
+        if self.name == "analysis":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", full_disk)
+    with pytest.raises(DMError, match=r"cannot create folder .*analysis: No space left on device \(the disk is full\)"):
+        dm.create_experiment(experiment())
+    assert (storage / "data").is_dir()
+    assert dm.get_experiment(NAME) is None  # no registry row before the directories exist
+    assert dm.list_experiments() == []
+
+    monkeypatch.setattr(Path, "mkdir", real_mkdir)
+    created, is_new = dm.create_experiment(experiment())
+    assert is_new is True
+    assert (storage / "analysis").is_dir() and mode(storage / "analysis") == DIR_MODE
+    assert dm.list_experiments() == [NAME]
+    assert created.storage_directory == str(storage)
+
+
+def test_a_file_where_a_folder_must_be_is_a_clear_error_and_a_rerun_completes(dm, roots):
+    storage = roots[0] / "2026-10" / NAME
+    storage.mkdir(parents=True)
+    (storage / "data").write_text("oops")
+    with pytest.raises(DMError, match=r"cannot create folder .*/data: a file of that name is in the way"):
+        dm.create_experiment(experiment())
+    assert dm.get_experiment(NAME) is None
+    (storage / "data").unlink()
+    _, is_new = dm.create_experiment(experiment())
+    assert is_new is True
+    assert (storage / "data").is_dir()
+
+
+def test_a_registry_failure_after_the_directories_is_completed_by_a_rerun(dm, registry, monkeypatch):
+    real_put = registry.put_experiment
+
+    def failing_put(*args, **kwargs):
+        raise DMError("registry: disk I/O error")
+
+    monkeypatch.setattr(registry, "put_experiment", failing_put)
+    with pytest.raises(DMError, match="disk I/O error"):
+        dm.create_experiment(experiment())
+    monkeypatch.setattr(registry, "put_experiment", real_put)
+    created, is_new = dm.create_experiment(experiment())
+    assert is_new is True
+    assert Path(created.storage_directory, "analysis").is_dir()
+
+
+def test_permission_denied_names_the_path_and_the_reason(dm, roots, monkeypatch):
+    def denied(path, mode):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+    monkeypatch.setattr(local_dm.os, "chmod", denied)
+    with pytest.raises(DMError, match=r"cannot set permissions on .*2026-10: Permission denied"):
+        dm.create_experiment(experiment())
+
+
+def test_missing_storage_root_is_refused_not_created(registry, tmp_path, roots):
+    dm = LocalDM(registry, tmp_path / "not-mounted", roots[1], "localhost", None)
+    with pytest.raises(DMError, match="dm.storage_root: .*not-mounted does not exist"):
+        dm.create_experiment(experiment())
+    assert not (tmp_path / "not-mounted").exists()
+
+
+def test_raw_folders_are_not_made_for_another_data_host(registry, roots):
+    dm = LocalDM(registry, roots[0], roots[1], "tomodata3.example.invalid", None)
+    created, _ = dm.create_experiment(experiment())
+    assert created.data_directory == str(roots[1] / NAME)
+    assert not (roots[1] / NAME).exists()
+    assert Path(created.storage_directory).is_dir()
+
+
+def test_this_host_names():
+    for host in ("localhost", "127.0.0.1", socket.gethostname(), socket.getfqdn(), "LOCALHOST"):
+        assert is_this_host(host), host
+    assert not is_this_host("tomodata3.example.invalid")
+
+
+def test_group_is_applied(registry, roots):
+    group = other_group()
+    dm = LocalDM(registry, roots[0], roots[1], "localhost", group.gr_name)
+    created, _ = dm.create_experiment(experiment())
+    storage = Path(created.storage_directory)
+    for path in (storage, storage / "data", storage / "analysis", roots[1] / NAME):
+        assert path.stat().st_gid == group.gr_gid
+        assert mode(path) == DIR_MODE
+    # setgid: what is written inside inherits the group.
+    (storage / "data" / "scan.h5").write_bytes(b"x")
+    assert (storage / "data" / "scan.h5").stat().st_gid == group.gr_gid
+
+
+def test_unknown_group_is_refused_before_anything_is_made(registry, roots):
+    dm = LocalDM(registry, roots[0], roots[1], "localhost", "no-such-group-dmagic")
+    with pytest.raises(DMError, match="unix group 'no-such-group-dmagic' does not exist"):
+        dm.create_experiment(experiment())
+    assert list(roots[0].iterdir()) == []
+
+
+def test_chown_not_permitted_is_a_clear_error(registry, roots, monkeypatch):
+    group = other_group()
+
+    def refused(path, uid, gid):
+        raise PermissionError(errno.EPERM, os.strerror(errno.EPERM), str(path))
+
+    monkeypatch.setattr(local_dm.os, "chown", refused)
+    dm = LocalDM(registry, roots[0], roots[1], "localhost", group.gr_name)
+    with pytest.raises(DMError, match=f"cannot give .* to group '{group.gr_name}': Operation not permitted"):
+        dm.create_experiment(experiment())
+
+
+def test_add_and_remove_users(dm):
+    dm.create_experiment(experiment())
+    users = [ExperimentUser("d310011", "Ann Smith", "ann@example.org"), ExperimentUser("d310012")]
+    assert dm.add_users(NAME, users) == ["d310011", "d310012"]
+    assert dm.add_users(NAME, users[:1]) == []
+    assert dm.remove_users(NAME, ["d310012", "d999"]) == ["d310012"]
+    assert dm.get_experiment(NAME).users == (users[0],)
+
+
+def test_users_of_an_unknown_experiment_are_refused(dm):
+    with pytest.raises(InputError, match="no experiment named"):
+        dm.add_users(NAME, [ExperimentUser("d1")])
+
+
+def test_delete_removes_storage_and_registry_but_keeps_raw_data(dm, roots):
+    created, _ = dm.create_experiment(experiment())
+    storage = Path(created.storage_directory)
+    (storage / "data" / "a.h5").write_bytes(b"a")
+    (storage / "analysis" / "rec").mkdir()
+    (storage / "analysis" / "rec" / "b.tiff").write_bytes(b"b")
+    raw = roots[1] / NAME
+    (raw / "a.h5").write_bytes(b"a")
+    sentence = dm.delete_experiment(NAME)
+    assert sentence == (
+        f"deleted experiment {NAME}: registry entry and storage {storage} (2 files); raw data in {raw} kept"
+    )
+    assert not storage.exists()
+    assert (raw / "a.h5").read_bytes() == b"a"
+    assert (roots[1] / f"{NAME}_rec").is_dir()
+    assert dm.get_experiment(NAME) is None
+    assert dm.list_experiments() == []
+
+
+def test_delete_says_one_file(dm):
+    created, _ = dm.create_experiment(experiment())
+    Path(created.storage_directory, "data", "a.h5").write_bytes(b"a")
+    assert "(1 file);" in dm.delete_experiment(NAME)
+
+
+def test_delete_when_storage_is_already_gone(dm):
+    created, _ = dm.create_experiment(experiment())
+    for sub in ("data", "analysis", ""):
+        Path(created.storage_directory, sub).rmdir()
+    assert f"storage {created.storage_directory} was already gone" in dm.delete_experiment(NAME)
+    assert dm.get_experiment(NAME) is None
+
+
+def test_delete_unknown_experiment_is_refused(dm):
+    with pytest.raises(InputError, match="nothing deleted"):
+        dm.delete_experiment(NAME)
+
+
+def test_delete_refuses_a_storage_path_outside_the_root(dm, registry, tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    registry.put_experiment(Experiment(name=NAME, storage_directory=str(outside)))
+    with pytest.raises(DMError, match="not inside dm.storage_root"):
+        dm.delete_experiment(NAME)
+    assert outside.is_dir()
+    assert dm.get_experiment(NAME) is not None
+
+
+def test_delete_failure_keeps_the_registry_entry_for_a_rerun(dm, monkeypatch):
+    created, _ = dm.create_experiment(experiment())
+
+    def busy(path, *args, **kwargs):
+        raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), str(path))
+
+    monkeypatch.setattr(local_dm.shutil, "rmtree", busy)
+    with pytest.raises(DMError, match=r"cannot delete .*: Device or resource busy"):
+        dm.delete_experiment(NAME)
+    assert dm.get_experiment(NAME) is not None
+    monkeypatch.undo()
+    assert dm.delete_experiment(NAME).startswith(f"deleted experiment {NAME}")
+
+
+@pytest.mark.parametrize("bad", ["../etc", "a/b", "..", ".hidden", "a\\b", "x\ny", ""])
+def test_names_that_could_escape_are_refused(dm, roots, bad):
+    for call in (
+        lambda: dm.create_experiment(experiment(name=bad)),
+        lambda: dm.delete_experiment(bad),
+        lambda: dm.get_experiment(bad),
+        lambda: dm.add_users(bad, [ExperimentUser("d1")]),
+        lambda: dm.remove_users(bad, ["d1"]),
+    ):
+        with pytest.raises(InputError):
+            call()
+    assert list(roots[0].iterdir()) == []
+
+
+def test_esaf_is_empty(dm):
+    assert dm.esaf("271828") == ([], "")

@@ -1,0 +1,227 @@
+"""The registry: round trips, order, atomic writes, schema version, state that survives reopening."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from dmagic_ioc.adapters.registry import SCHEMA_VERSION, Registry, migrate
+from dmagic_ioc.ioc.model import DMError, Experiment, ExperimentUser, InputError
+
+CHICAGO = timezone(timedelta(hours=-5))
+
+
+def experiment(name: str = "2026-10-Smith-1234", **changes) -> Experiment:
+    values = dict(
+        name=name,
+        title="Imaging of fossil teeth — ünïcode title",
+        gup="1234",
+        esaf="271828",
+        start=datetime(2026, 10, 14, 8, 0, tzinfo=CHICAGO),
+        end=datetime(2026, 10, 17, 8, 0, tzinfo=CHICAGO),
+        year_month="2026-10",
+        storage_directory=f"/gdata/dm/2BM/2026-10/{name}",
+        data_directory=f"/data3/2BM/{name}",
+        users=(
+            ExperimentUser("d310011", "Ann Smith", "ann@example.org", "Argonne", "proposal"),
+            ExperimentUser("d310012", "Bo Li", "bo@example.org", "UChicago", "esaf"),
+        ),
+    )
+    values.update(changes)
+    return Experiment(**values)
+
+
+@pytest.fixture
+def registry(tmp_path):
+    with Registry(tmp_path / "state" / "registry.sqlite") as registry:
+        yield registry
+
+
+def test_experiment_round_trip(registry):
+    original = experiment()
+    registry.put_experiment(original)
+    assert registry.get_experiment(original.name) == original
+    assert registry.get_experiment("2026-10-Nobody-0") is None
+    assert registry.has_experiment(original.name)
+
+
+def test_experiment_without_dates_round_trips(registry):
+    bare = Experiment(name="2026-11-Staff-0", year_month="2026-11")
+    registry.put_experiment(bare)
+    assert registry.get_experiment(bare.name) == bare
+
+
+def test_update_keeps_creation_order_and_users(registry):
+    registry.put_experiment(experiment("A"), created=1.0)
+    registry.put_experiment(experiment("B"), created=2.0)
+    registry.put_experiment(experiment("A", title="renamed", users=()))
+    assert registry.experiment_names() == ["B", "A"]
+    again = registry.get_experiment("A")
+    assert again.title == "renamed"
+    assert again.usernames == ("d310011", "d310012")
+
+
+def test_names_newest_first_even_within_one_clock_tick(registry):
+    for index in range(5):
+        registry.put_experiment(Experiment(name=f"E{index}"), created=100.0)
+    registry.put_experiment(Experiment(name="older"), created=50.0)
+    assert registry.experiment_names() == ["E4", "E3", "E2", "E1", "E0", "older"]
+
+
+def test_add_users_returns_only_new_ones_in_order(registry):
+    registry.put_experiment(experiment(users=()))
+    first = [ExperimentUser("d1"), ExperimentUser("d2")]
+    assert registry.add_users("2026-10-Smith-1234", first) == ["d1", "d2"]
+    assert registry.add_users("2026-10-Smith-1234", [ExperimentUser("d2"), ExperimentUser("d3")]) == ["d3"]
+    assert registry.get_experiment("2026-10-Smith-1234").usernames == ("d1", "d2", "d3")
+
+
+def test_remove_users_returns_those_that_had_access(registry):
+    registry.put_experiment(experiment())
+    assert registry.remove_users("2026-10-Smith-1234", ["d310012", "d999", "d310012"]) == ["d310012"]
+    assert registry.get_experiment("2026-10-Smith-1234").usernames == ("d310011",)
+
+
+def test_users_of_an_unknown_experiment_are_refused(registry):
+    with pytest.raises(InputError, match="no experiment named"):
+        registry.add_users("ghost", [ExperimentUser("d1")])
+    with pytest.raises(InputError, match="no experiment named"):
+        registry.remove_users("ghost", ["d1"])
+
+
+def test_delete_removes_experiment_and_its_users(registry, tmp_path):
+    registry.put_experiment(experiment())
+    assert registry.delete_experiment("2026-10-Smith-1234") is True
+    assert registry.delete_experiment("2026-10-Smith-1234") is False
+    assert registry.get_experiment("2026-10-Smith-1234") is None
+    # Foreign keys cascade: no orphan user rows are left.
+    count = sqlite3.connect(registry.path).execute("SELECT COUNT(*) FROM experiment_users").fetchone()[0]
+    assert count == 0
+
+
+def test_a_failure_inside_a_write_leaves_nothing_half_written(registry):
+    # The second user violates NOT NULL after the experiment row was inserted.
+    broken = experiment(users=(ExperimentUser("d1"), ExperimentUser(None)))  # type: ignore[arg-type]
+    with pytest.raises(DMError, match="registry"):
+        registry.put_experiment(broken)
+    assert registry.get_experiment(broken.name) is None
+    assert registry.experiment_names() == []
+
+
+def test_a_crash_between_two_writes_of_one_transaction_commits_neither(registry):
+    class Crash(Exception):
+        pass
+
+    with pytest.raises(Crash), registry.transaction() as conn:
+        conn.execute("INSERT INTO experiments (name, created) VALUES ('half', 1.0)")
+        raise Crash
+    assert registry.experiment_names() == []
+    registry.put_experiment(Experiment(name="whole"))  # the connection is usable afterwards
+    assert registry.experiment_names() == ["whole"]
+
+
+def test_an_interrupted_process_leaves_no_trace(tmp_path):
+    """A writer that dies (no commit, no close) leaves the file as it was before."""
+    path = tmp_path / "registry.sqlite"
+    Registry(path).close()
+    raw = sqlite3.connect(path, isolation_level=None)
+    raw.execute("BEGIN IMMEDIATE")
+    raw.execute("INSERT INTO experiments (name, created) VALUES ('half', 1.0)")
+    del raw  # dropped without commit, as a crash would
+    with Registry(path) as reopened:
+        assert reopened.experiment_names() == []
+
+
+def test_schema_version_and_pragmas(registry):
+    assert registry.schema_version == SCHEMA_VERSION == 1
+    conn = sqlite3.connect(registry.path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    indexes = {row[1] for row in conn.execute("PRAGMA index_list(experiments)")}
+    assert "experiments_by_created" in indexes
+
+
+def test_migrate_is_a_no_op_on_a_current_file(registry):
+    assert migrate(sqlite3.connect(registry.path, isolation_level=None)) == SCHEMA_VERSION
+
+
+def test_a_file_from_a_newer_version_is_refused(tmp_path):
+    path = tmp_path / "registry.sqlite"
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(DMError, match="newer than this dmagic-ioc"):
+        Registry(path)
+
+
+def test_an_unopenable_path_is_a_dm_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(DMError, match="cannot open the registry"):
+        Registry(blocker / "registry.sqlite")
+
+
+def test_selection_emailed_and_rules_survive_reopening(tmp_path):
+    path = tmp_path / "registry.sqlite"
+    with Registry(path) as registry:
+        assert registry.selected() == ""
+        registry.select("2026-10-Smith-1234")
+        registry.mark_emailed("2026-10-Smith-1234", ["d1", "d2"])
+        registry.mark_emailed("2026-10-Smith-1234", ["d2", "d3"])
+        registry.record_rules("2026-10-Smith-1234", {"d1": "rule-1", "d2": "rule-2"})
+        registry.record_rules("2026-10-Smith-1234", {"d2": "rule-2b"})
+        registry.put_experiment(experiment())
+    with Registry(path) as registry:
+        assert registry.selected() == "2026-10-Smith-1234"
+        assert registry.emailed("2026-10-Smith-1234") == ["d1", "d2", "d3"]
+        assert registry.rules("2026-10-Smith-1234") == {"d1": "rule-1", "d2": "rule-2b"}
+        assert registry.get_experiment("2026-10-Smith-1234") == experiment()
+
+
+def test_select_replaces_and_empty_clears(registry):
+    registry.select("A")
+    registry.select("B")
+    assert registry.selected() == "B"
+    registry.select("")
+    assert registry.selected() == ""
+
+
+def test_forget_rules_and_experiment(registry):
+    registry.select("A")
+    registry.mark_emailed("A", ["d1"])
+    registry.mark_emailed("B", ["d1"])
+    registry.record_rules("A", {"d1": "r1", "d2": "r2"})
+    registry.forget_rules("A", ["d1", "d9"])
+    assert registry.rules("A") == {"d2": "r2"}
+    registry.put_experiment(Experiment(name="A"))
+    registry.forget_experiment("A")
+    assert (registry.selected(), registry.emailed("A"), registry.rules("A")) == ("", [], {})
+    assert registry.emailed("B") == ["d1"]
+    assert registry.has_experiment("A")  # the row belongs to the DM backend
+
+
+def test_forget_experiment_keeps_another_selection(registry):
+    registry.select("B")
+    registry.forget_experiment("A")
+    assert registry.selected() == "B"
+
+
+def test_calls_from_several_threads_one_at_a_time_or_not(registry):
+    errors = []
+
+    def work(index: int) -> None:
+        try:
+            for step in range(20):
+                registry.put_experiment(Experiment(name=f"T{index}-{step}"))
+                registry.experiment_names()
+        except Exception as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(index,)) for index in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(registry.experiment_names()) == 80
