@@ -72,11 +72,11 @@ def build_adapters(settings: Settings) -> Adapters:
 
     mailer, template = None, ""
     if settings.email.enabled:
-        from ..adapters.email import SmtpMailer, default_template
+        from ..adapters.email import SmtpMailer, load_template
 
         e = settings.email
         mailer = SmtpMailer(e.smtp_host, e.smtp_port, starttls=e.starttls, credentials=e.credentials)
-        template = e.template.read_text(encoding="utf-8") if e.template else default_template()
+        template = load_template(e.template)  # a bad template is refused at startup, not at the first Email
 
     return Adapters(scheduling=scheduling, dm=dm, state=registry, transfer=transfer, tag=CaTag(),
                     access=access, mailer=mailer, email_template=template)  # fmt: skip
