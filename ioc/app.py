@@ -102,10 +102,10 @@ class Beamline:
 
     # ------------------------------------------------------------------ helpers
 
-    def _contact(self, system: str, call: Callable[..., T], *args) -> T:
+    def _contact(self, system: str, call: Callable[..., T], *args, **kwargs) -> T:
         """Call an adapter of `system` and record the contact on its Health PV."""
         try:
-            result = call(*args)
+            result = call(*args, **kwargs)
         except ServiceError as error:
             self.published.health[error.system or system] = "Error"
             raise
@@ -425,17 +425,17 @@ class Beamline:
         raw = experiment.data_directory or str(self.settings.dm.data_top_dir / experiment.name)
         return {raw: str(storage / "data"), f"{raw}_rec": str(storage / "analysis")}
 
+    def _transfer(self, *, once: bool) -> str:
+        experiment = self._selected()
+        return self._contact("DM", self.adapters.transfer.start, experiment, self._sources(experiment), once=once)
+
     def daq_start(self) -> Outcome:
         """Start continuous transfer of the selected experiment's raw and `_rec` folders."""
-        experiment = self._selected()
-        return Outcome(self._contact("DM", self.adapters.transfer.start, experiment, self._sources(experiment),
-                                     once=False))  # fmt: skip
+        return Outcome(self._transfer(once=False))
 
     def upload(self) -> Outcome:
         """One pass over the files present now; it ends by itself."""
-        experiment = self._selected()
-        return Outcome(self._contact("DM", self.adapters.transfer.start, experiment, self._sources(experiment),
-                                     once=True))  # fmt: skip
+        return Outcome(self._transfer(once=True))
 
     def daq_stop(self) -> Outcome:
         return Outcome(self._contact("DM", self.adapters.transfer.stop))

@@ -1,0 +1,136 @@
+"""One description per PV, read from a `DMagicIOC`'s pvdb: what the EPICS database and the README table render.
+
+The IOC's pvproperty definitions are the single source; `dbgen` and `pvtable`
+only format the descriptions made here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from caproto import ChannelType
+
+from .pvs import is_command
+
+log = logging.getLogger(__name__)
+
+# The macro that stands for the prefix in db_templates/ and opi/.
+PREFIX_MACRO = "$(P)"
+
+# SPEC section 4 makes EmailMode an mbbo although it has two states today (room for more modes).
+SPEC_RECORD_TYPES = {"EmailMode": "mbbo"}
+
+_KINDS = {
+    ChannelType.STRING: "string",
+    ChannelType.CHAR: "text",
+    ChannelType.LONG: "long",
+    ChannelType.DOUBLE: "double",
+}
+
+# kind -> (record type when read-only, record type when clients may write)
+_RECORDS = {
+    "string": ("stringin", "stringout"),
+    "text": ("waveform", "waveform"),
+    "long": ("longin", "longout"),
+    "double": ("ai", "ao"),
+}
+
+
+@dataclass(frozen=True)
+class PVInfo:
+    """What a client sees of one PV: its name after the prefix, its kind, record type, size, states and access."""
+
+    name: str
+    kind: str  # string | text (char waveform) | enum | command | long | double
+    record: str  # EPICS record type of the same PV
+    access: str  # "RO" or "RW"
+    doc: str
+    length: int = 1  # char waveform: bytes it holds (NELM)
+    states: tuple[str, ...] = ()  # enum and command states, in order
+    precision: int | None = None  # double: digits shown
+
+    @property
+    def writable(self) -> bool:
+        return self.access == "RW"
+
+    @property
+    def type_label(self) -> str:
+        """The type as SPEC section 4 writes it: `wf 512`, `bi Idle/Busy`, `string`, `double`."""
+        if self.kind == "text":
+            return f"wf {self.length}"
+        if self.states:
+            return f"{self.record} {'/'.join(self.states)}"
+        return self.kind
+
+
+def record_type(kind: str, states: tuple[str, ...], writable: bool, name: str = "") -> str:
+    """The EPICS record type for a PV of `kind`: enums by their number of states, commands are bo."""
+    if name in SPEC_RECORD_TYPES:
+        return SPEC_RECORD_TYPES[name]
+    if kind == "command":
+        return "bo"
+    if kind == "enum":
+        base = "b" if len(states) == 2 else "mbb"
+        return base + ("o" if writable else "i")
+    return _RECORDS[kind][writable]
+
+
+def describe_channel(name: str, channel: Any) -> PVInfo:
+    """Describe one pvdb channel; `name` is the PV name after the prefix."""
+    if is_command(channel):
+        kind = "command"
+    elif channel.data_type == ChannelType.ENUM:
+        kind = "enum"
+    elif channel.data_type in _KINDS:
+        kind = _KINDS[channel.data_type]
+    else:
+        raise ValueError(f"{name}: no record type for channel type {channel.data_type!r}")
+    states = tuple(channel.enum_strings) if kind in ("enum", "command") else ()
+    writable = not channel.pvspec.read_only
+    return PVInfo(
+        name=name,
+        kind=kind,
+        record=record_type(kind, states, writable, name),
+        access="RW" if writable else "RO",
+        doc=" ".join((channel.pvspec.doc or "").split()),
+        length=channel.max_length if kind == "text" else 1,
+        states=states,
+        precision=channel.precision if kind == "double" else None,
+    )
+
+
+def describe(pvdb: Mapping[str, Any], prefix: str) -> list[PVInfo]:
+    """Describe every PV of `pvdb` (full name -> channel), in the IOC's order."""
+    described = []
+    for full_name, channel in pvdb.items():
+        if not full_name.startswith(prefix):
+            raise ValueError(f"{full_name} does not start with the prefix {prefix!r}")
+        described.append(describe_channel(full_name[len(prefix) :], channel))
+    return described
+
+
+@contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    """caproto warns (on the group's logger) about the backlog of large arrays: not news when describing PVs."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def ioc_pvs() -> list[PVInfo]:
+    """Describe the PVs of a `DMagicIOC` built on default settings, without adapters (nothing is contacted)."""
+    from .app import Beamline
+    from .config import Settings
+    from .server import DMagicIOC
+
+    with _quiet(DMagicIOC.__module__):
+        ioc = DMagicIOC(PREFIX_MACRO, app=Beamline(Settings(), adapters=None))
+    return describe(ioc.pvdb, PREFIX_MACRO)
