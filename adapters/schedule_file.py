@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from ..ioc.model import Beamtime, Person, Run, SchedulingError, parse_time
+from ..ioc.model import BADGE, Beamtime, Person, Run, SchedulingError, parse_time
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +36,14 @@ log = logging.getLogger(__name__)
 _ALL_TIME = Run("", datetime(1, 1, 2, tzinfo=timezone.utc), datetime(9999, 12, 30, tzinfo=timezone.utc))
 
 
-class _StringDatesLoader(yaml.SafeLoader):
-    """SafeLoader that leaves dates and times as text, so their zone is ours to decide."""
+class _TextLoader(yaml.SafeLoader):
+    """SafeLoader that leaves times and numbers as written: the zone of a time is ours to
+    decide, and a badge `012345` must not turn into an octal number."""
 
 
-_StringDatesLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+_AS_TEXT = {"tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"}
+_TextLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in _AS_TEXT]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 
@@ -55,7 +57,7 @@ class FileSchedule:
 
     def _load(self) -> dict:
         try:
-            data = yaml.load(self.path.read_text(encoding="utf-8"), Loader=_StringDatesLoader)  # noqa: S506
+            data = yaml.load(self.path.read_text(encoding="utf-8"), Loader=_TextLoader)  # noqa: S506
         except OSError as error:
             raise SchedulingError(f"cannot read the schedule {self.path}: {error.strerror}") from None
         except yaml.YAMLError as error:
@@ -107,7 +109,7 @@ class FileSchedule:
         if not isinstance(entry, dict):
             raise SchedulingError(f"{self.path}: {where} must be a mapping (badge, first_name, ...)")
         badge = self._text(entry, "badge", where, required=True)
-        if not badge.isdigit():
+        if not BADGE.fullmatch(badge):
             raise SchedulingError(f"{self.path}: {where}.badge {badge!r} is not a badge number")
         return Person(
             badge=badge,

@@ -33,6 +33,7 @@ ledger batch was committed), is not sent again.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import hashlib
 import json
@@ -43,10 +44,11 @@ import random
 import re
 import sqlite3
 import stat
+import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,6 +195,33 @@ def part_name(name: str) -> str:
     return f".{stem}.part-{random.getrandbits(32):08x}"
 
 
+def _load_syncfs() -> Callable[[int], int] | None:
+    """libc's syncfs(2), if it reports writeback errors (Linux >= 5.8); else None (fsync per file)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        release = re.match(r"(\d+)\.(\d+)", os.uname().release)
+        if release is None or (int(release[1]), int(release[2])) < (5, 8):
+            return None  # older kernels' syncfs returns 0 even when writeback failed
+        function = ctypes.CDLL(None, use_errno=True).syncfs
+    except (AttributeError, OSError):
+        return None
+    function.argtypes, function.restype = [ctypes.c_int], ctypes.c_int
+    return function
+
+
+_SYNCFS = _load_syncfs()
+
+
+def syncfs(fd: int) -> None:
+    """Write back and flush everything dirty on `fd`'s filesystem; raise the writeback errors since `fd` was opened."""
+    if _SYNCFS is None:
+        raise OSError(errno.ENOSYS, "syncfs is not available")
+    if _SYNCFS(fd) != 0:  # ctypes releases the GIL for the call
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
 def copy_file(
     src: str,
     dst: str,
@@ -201,20 +230,118 @@ def copy_file(
     checksum: bool = False,
     cancel: threading.Event | None = None,
 ) -> str:
-    """Copy `src` to `dst` through a fsync'ed, verified temporary file and a rename.
+    """Copy one file; see `copy_files`. Returns its outcome; a failure raises OSError."""
+    outcome, reason = copy_files([(src, dst, expected)], checksum=checksum, cancel=cancel)[0]
+    if outcome == FAILED:
+        raise OSError(errno.EIO, reason)
+    return outcome
 
-    Returns COPIED, CHANGED (the source is not the `expected` (size, mtime_ns)
-    or changed during the copy: nothing written), VANISHED or CANCELLED. Any
-    other problem raises OSError; no temporary file is left behind.
+
+def copy_files(
+    items: Sequence[tuple[str, str, tuple[int, int]]],
+    *,
+    checksum: bool = False,
+    cancel: threading.Event | None = None,
+) -> list[tuple[str, str]]:
+    """Copy each (src, dst, expected (size, mtime_ns)) through a durable, verified temporary file and a rename.
+
+    Returns an (outcome, reason) per item: COPIED, CHANGED (the source is not
+    `expected` or changed during the copy: nothing written), VANISHED,
+    CANCELLED, or FAILED with a sentence; no temporary file is left behind.
+
+    Three phases, so that several small files share one flush:
+    1. each file is copied to `.NAME.part-XXXXXXXX` beside its destination,
+       given the source's mode and mtime, and its size (or checksum) checked;
+    2. the copies' data and inodes are made durable: one syncfs(2) per
+       destination filesystem for the whole batch (one fsync for a single
+       file, or per file where syncfs is missing). syncfs reports writeback
+       errors that happened since its fd was opened, so that fd is a dup of
+       the first temporary file's, opened before any of the batch was written;
+    3. each source is stat'ed again (it must still be `expected`), and its
+       copy renamed into place.
+    Data is durable BEFORE its rename, as with an fsync per file: a power
+    failure can lose a rename (the engine makes renames durable before it
+    records them in its ledger), never leave a name pointing at missing data.
+    A file renamed but not yet in the ledger is then either absent (re-sent)
+    or whole with the source's size and mtime (counted as sent).
+    """
+    results: list[tuple[str, str]] = [(CANCELLED, "")] * len(items)
+    written: list[tuple[int, str]] = []  # (index, temporary file) after phase 1
+    per_file = len(items) == 1 or _SYNCFS is None
+    sync_fds: dict[int, int] = {}  # st_dev -> fd for syncfs
+    try:
+        for index, (src, dst, expected) in enumerate(items):
+            if cancel is not None and cancel.is_set():
+                return results
+            try:
+                outcome, tmp = _write_aside(src, dst, expected, checksum, cancel, None if per_file else sync_fds)
+            except _Cancelled:
+                return results
+            except OSError as error:
+                results[index] = _failure(error, src, dst)
+                continue
+            if tmp:
+                written.append((index, tmp))  # CANCELLED until renamed
+            else:
+                results[index] = (outcome, "")
+        if cancel is not None and cancel.is_set():
+            return results
+        try:
+            for fd in sync_fds.values():
+                syncfs(fd)
+        except OSError as error:
+            for index, _tmp in written:
+                src, dst, _expected = items[index]
+                results[index] = (FAILED, f"cannot copy {src} to {dst}: cannot flush the copies: {_reason(error)}")
+            return results
+        for position, (index, tmp) in enumerate(written):
+            src, dst, expected = items[index]
+            try:
+                after = os.stat(src)
+                if (after.st_size, after.st_mtime_ns) != expected:
+                    results[index] = (CHANGED, "")
+                    continue
+                os.replace(tmp, dst)
+                written[position] = (index, "")
+                results[index] = (COPIED, "")
+            except OSError as error:
+                results[index] = _failure(error, src, dst)
+        return results
+    finally:
+        for fd in sync_fds.values():
+            os.close(fd)
+        for _index, tmp in written:
+            if tmp:
+                _unlink_quietly(tmp)
+
+
+def _failure(error: OSError, src: str, dst: str) -> tuple[str, str]:
+    if isinstance(error, FileNotFoundError) and error.filename == src and not os.path.exists(src):
+        return VANISHED, ""
+    return FAILED, f"cannot copy {src} to {dst}: {_reason(error, src, dst)}"
+
+
+def _write_aside(
+    src: str,
+    dst: str,
+    expected: tuple[int, int],
+    checksum: bool,
+    cancel: threading.Event | None,
+    sync_fds: dict[int, int] | None,
+) -> tuple[str, str]:
+    """Phase 1 of `copy_files`: (COPIED, temporary file), or (CHANGED or VANISHED, "").
+
+    With `sync_fds` None the copy is fsync'ed here; otherwise its filesystem's
+    fd is added to `sync_fds` for one syncfs later.
     """
     try:
-        fsrc = open(src, "rb")  # noqa: SIM115 - closed below, after the rename
+        src_fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
-        return VANISHED
-    with fsrc:
-        before = os.fstat(fsrc.fileno())
+        return VANISHED, ""
+    try:
+        before = os.fstat(src_fd)
         if (before.st_size, before.st_mtime_ns) != expected:
-            return CHANGED
+            return CHANGED, ""
         folder, name = os.path.split(dst)
         tmp = os.path.join(folder, part_name(name))
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
@@ -225,36 +352,37 @@ def copy_file(
             fd = os.open(tmp, flags, 0o600)
         try:
             try:
-                source_digest = _copy_data(fsrc.fileno(), fd, before.st_size, checksum, cancel)
+                if sync_fds is not None:
+                    device = os.fstat(fd).st_dev
+                    if device not in sync_fds:
+                        sync_fds[device] = os.dup(fd)  # before this batch's data is written: see copy_files
+                copied, source_digest = _copy_data(src_fd, fd, before.st_size, checksum, cancel)
                 os.fchmod(fd, stat.S_IMODE(before.st_mode))
                 os.utime(fd, ns=(before.st_atime_ns, before.st_mtime_ns))
-                os.fsync(fd)
-                written = os.fstat(fd).st_size
+                if sync_fds is None:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
-            if written != before.st_size:
-                raise OSError(errno.EIO, f"copy has {written} bytes, source {before.st_size}")
+            if copied != before.st_size:
+                raise OSError(errno.EIO, f"copy has {copied} bytes, source {before.st_size}")
             if source_digest is not None and _digest(tmp) != source_digest:
                 raise OSError(errno.EIO, "checksum of the copy differs from the source")
-            after = os.stat(src)
-            if (after.st_size, after.st_mtime_ns) != expected:
-                return CHANGED
-            os.replace(tmp, dst)
-            tmp = ""
-            return COPIED
-        except _Cancelled:
-            return CANCELLED
-        except FileNotFoundError as error:
-            if error.filename == src and not os.path.exists(src):
-                return VANISHED
-            raise
+            done, tmp = tmp, ""
+            return COPIED, done
         finally:
             if tmp:
                 _unlink_quietly(tmp)
+    finally:
+        os.close(src_fd)
 
 
-def _copy_data(src_fd: int, dst_fd: int, size: int, checksum: bool, cancel: threading.Event | None) -> bytes | None:
-    """Copy `size` bytes in the kernel when possible; with `checksum`, through a buffer, hashing."""
+def _copy_data(
+    src_fd: int, dst_fd: int, size: int, checksum: bool, cancel: threading.Event | None
+) -> tuple[int, bytes | None]:
+    """Copy up to `size` bytes in the kernel when possible; with `checksum`, through a buffer, hashing.
+
+    Returns (bytes copied, fewer if the source shrank; the source's digest or None).
+    """
     offset = 0
     if not checksum:
         try:
@@ -263,9 +391,9 @@ def _copy_data(src_fd: int, dst_fd: int, size: int, checksum: bool, cancel: thre
                     raise _Cancelled
                 count = os.copy_file_range(src_fd, dst_fd, min(COPY_CHUNK, size - offset), offset, offset)
                 if count == 0:
-                    return None  # the source shrank: the size check refuses the copy
+                    return offset, None  # the source shrank: the size check refuses the copy
                 offset += count
-            return None
+            return offset, None
         except OSError as error:
             if offset or error.errno not in _NO_KERNEL_COPY:
                 raise
@@ -287,7 +415,7 @@ def _copy_data(src_fd: int, dst_fd: int, size: int, checksum: bool, cancel: thre
         while chunk:
             chunk = chunk[os.write(dst_fd, chunk) :]
         offset += count
-    return hasher.digest() if hasher is not None else None
+    return offset, hasher.digest() if hasher is not None else None
 
 
 def _reason(error: OSError, *paths: str) -> str:
@@ -454,6 +582,7 @@ class _File:
     attempts: int = 0
     retry_at: float = 0.0
     audited: bool = False  # in its source's audit queue
+    seen_at: float = -1.0  # the poll that last stat'ed it (no second stat in the same poll)
 
 
 @dataclass
@@ -481,7 +610,9 @@ class _Run:
     """One transfer (a start or a resume): the engine thread and its state."""
 
     AUDIT_PER_POLL = 500  # already-sent files re-stat'ed per poll
-    IN_FLIGHT_PER_WORKER = 32
+    CHUNK_FILES = 64  # files per worker task (one syncfs for them all)
+    CHUNK_BYTES = 16 * 1024 * 1024  # a chunk's data; a larger file is a chunk of its own
+    CHUNKS_PER_WORKER = 2  # chunks in flight per worker
 
     def __init__(self, owner: LocalTransfer, experiment: str, sources: Mapping[str, str], once: bool):
         self.owner = owner
@@ -614,6 +745,7 @@ class _Run:
         file.state = PENDING
         # An mtime already older than settle_time counts toward settling.
         file.stable_since = now - min(max(wall - mtime_ns / 1e9, 0.0), self.owner.settle_time)
+        file.seen_at = now
         source.pending.add(rel)
 
     def _at_destination(self, source: _Source, rel: str, size: int, mtime_ns: int) -> bool:
@@ -624,6 +756,9 @@ class _Run:
             return False
         if (st.st_size, st.st_mtime_ns) != (size, mtime_ns):
             return False
+        # Its data was made durable before its rename (copy_files); the rename may not be
+        # yet (a kill -9 before the ledger commit): the commit makes it durable first.
+        self.synced_dirs.add(os.path.dirname(os.path.join(source.dest, rel)))
         self.owner.ledger.add(source.root, rel, size, mtime_ns, source.dest)
         return True
 
@@ -643,6 +778,11 @@ class _Run:
     def _check_pending(self, source: _Source, now: float) -> None:
         for rel in list(source.pending):
             file = source.files[rel]
+            if file.seen_at == now:  # stat'ed by this poll's scan: settled if settle_time allows
+                if now - file.stable_since >= self.owner.settle_time:
+                    source.pending.discard(rel)
+                    self._queue(source, rel, file)
+                continue
             try:
                 st = os.stat(os.path.join(source.root, rel), follow_symlinks=False)
             except FileNotFoundError:
@@ -688,23 +828,40 @@ class _Run:
         self.ready.append(_Job(source, rel, file.size, file.mtime_ns))
 
     def _submit(self, workers: ThreadPoolExecutor) -> None:
-        limit = self.owner.workers * self.IN_FLIGHT_PER_WORKER
+        """Hand ready files to the workers in chunks: one task, one flush and one result per chunk.
+
+        A chunk takes up to CHUNK_FILES files of one source and CHUNK_BYTES
+        (a larger file goes alone, with its own fsync), and no more than a fair
+        share of what is ready, so that a few files still spread over the workers.
+        """
+        limit = self.owner.workers * self.CHUNKS_PER_WORKER
         while self.ready and self.in_flight < limit and not self.cancel.is_set():
-            workers.submit(self._copy, self.ready.popleft())
+            share = min(self.CHUNK_FILES, -(-len(self.ready) // self.owner.workers))
+            job = self.ready.popleft()
+            chunk, size = [job], job.size
+            while (
+                self.ready
+                and len(chunk) < share
+                and self.ready[0].source is job.source
+                and size + self.ready[0].size <= self.CHUNK_BYTES
+            ):
+                chunk.append(self.ready.popleft())
+                size += chunk[-1].size
+            workers.submit(self._copy, chunk)
             self.in_flight += 1
 
-    def _copy(self, job: _Job) -> None:
-        """In a worker thread: copy one file, hand the outcome to the engine thread."""
-        src = os.path.join(job.source.root, job.rel)
-        dst = os.path.join(job.source.dest, job.rel)
+    def _copy(self, jobs: list[_Job]) -> None:
+        """In a worker thread: copy a chunk of files, hand the outcomes to the engine thread."""
+        items = [
+            (os.path.join(job.source.root, job.rel), os.path.join(job.source.dest, job.rel), (job.size, job.mtime_ns))
+            for job in jobs
+        ]
         try:
-            outcome = copy_file(src, dst, (job.size, job.mtime_ns), checksum=self.owner.checksum, cancel=self.cancel)
-            self.results.put((job, outcome, ""))
-        except OSError as error:
-            self.results.put((job, FAILED, f"cannot copy {src} to {dst}: {_reason(error, src, dst)}"))
+            outcomes = copy_files(items, checksum=self.owner.checksum, cancel=self.cancel)
         except Exception as error:
-            log.exception("copying %s to %s failed unexpectedly", src, dst)
-            self.results.put((job, FAILED, f"cannot copy {src} to {dst}: {error}"))
+            log.exception("copying to %s failed unexpectedly", jobs[0].source.dest)
+            outcomes = [(FAILED, f"cannot copy {src} to {dst}: {error}") for src, dst, _expected in items]
+        self.results.put((jobs, outcomes))
 
     def _drain(self, timeout: float) -> None:
         """Take copy outcomes, waiting up to `timeout` for the first."""
@@ -713,7 +870,8 @@ class _Run:
             while True:
                 if result is not None:
                     self.in_flight -= 1
-                    self._settle(*result)
+                    for job, (outcome, reason) in zip(*result, strict=True):
+                        self._settle(job, outcome, reason)
                 result = self.results.get_nowait()
         except queue.Empty:
             pass

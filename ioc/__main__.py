@@ -167,4 +167,3 @@ def _interrupt(signum, frame):
 
 if __name__ == "__main__":
     sys.exit(main())
-

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timedelta, timezone
 from pathlib import Path
-from typing import Callable, Sequence, TypeVar
+from typing import TypeVar
 
 from .commands import Outcome
 from .config import Settings
@@ -275,7 +276,9 @@ class Beamline:
         self.adapters.state.select(experiment.name)
         self.load_selection()
         if created:
-            message = f"created experiment {experiment.name} with {len(users)} users; storage {experiment.storage_directory}"
+            message = (
+                f"created experiment {experiment.name} with {len(users)} users; storage {experiment.storage_directory}"
+            )
         else:
             message = f"experiment {experiment.name} exists: selected it; users added: {', '.join(added) or 'none'}"
         return Outcome(message + granted)
@@ -287,7 +290,7 @@ class Beamline:
             return ""
         rules = self._contact("Globus", access.grant, experiment, users)
         self.adapters.state.record_rules(experiment.name, rules)
-        return f"; Globus access for {len(rules)} users"
+        return f"; Globus access for {len(rules)} users" if rules else ""
 
     def select(self, name: str) -> Outcome:
         """Select an existing experiment and publish the proposal it belongs to."""
@@ -305,7 +308,9 @@ class Beamline:
             return Outcome(f"selected {name}; its proposal {experiment.gup} was not read: {error}", warning=True)
         if beamtime is None:
             return Outcome(f"selected {name}; proposal {experiment.gup} is not in the schedule", warning=True)
-        self.published = replace(self.published, current=CurrentProposal(None, beamtime, self.clock().astimezone(self.tz)))
+        self.published = replace(
+            self.published, current=CurrentProposal(None, beamtime, self.clock().astimezone(self.tz))
+        )
         return Outcome(f"selected {name} and published its proposal {experiment.gup}")
 
     def add_users(self, badges_text: str) -> Outcome:
@@ -314,7 +319,9 @@ class Beamline:
         experiment = self._selected()
         known = self._known_people()
         users = [
-            ExperimentUser.from_person(known[b], "added") if b in known else ExperimentUser(dm_username(b), source="added")
+            ExperimentUser.from_person(known[b], "added")
+            if b in known
+            else ExperimentUser(dm_username(b), source="added")
             for b in badges
         ]
         added = self._contact("DM", self.adapters.dm.add_users, experiment.name, users)
@@ -359,7 +366,9 @@ class Beamline:
         """Delete the selected experiment when `DeleteConfirm` equals its name."""
         experiment = self._selected()
         if confirm.strip() != experiment.name:
-            raise InputError(f"DeleteConfirm must equal ExperimentName ({experiment.name}) to delete it; nothing deleted")
+            raise InputError(
+                f"DeleteConfirm must equal ExperimentName ({experiment.name}) to delete it; nothing deleted"
+            )
         progress = self.adapters.transfer.progress()
         if progress.state == "Running":
             raise InputError(f"a transfer is running for {experiment.name}: DaqStop first; nothing deleted")
@@ -386,7 +395,9 @@ class Beamline:
         recipients = [u for u in users if u.email]
         if not recipients:
             reason = "everyone with an address was already e-mailed" if already else "nobody has an e-mail address"
-            return Outcome(f"e-mail: nothing sent, {reason}" + (f"; no address: {', '.join(skipped)}" if skipped else ""))
+            return Outcome(
+                f"e-mail: nothing sent, {reason}" + (f"; no address: {', '.join(skipped)}" if skipped else "")
+            )
         values = self._email_values(experiment)
         messages = [
             (u.username, u.email, build_message(self.adapters.email_template, sender=self.settings.email.sender,

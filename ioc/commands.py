@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Awaitable, Callable
 
 from caproto import AlarmSeverity, AlarmStatus, SkipWrite
 
@@ -55,8 +55,9 @@ class CommandEngine:
             await channel.write(COMMAND_STATES[0], verify_value=False)
 
     async def _run(self, name: str, use_case: Callable[..., Outcome], *args, channel) -> Outcome:
-        await channel.write(COMMAND_STATES[1], verify_value=False, status=AlarmStatus.NO_ALARM,
-                            severity=AlarmSeverity.NO_ALARM)
+        await channel.write(
+            COMMAND_STATES[1], verify_value=False, status=AlarmStatus.NO_ALARM, severity=AlarmSeverity.NO_ALARM
+        )
         await publish(self._pvs.last_command, name, force=True)
         await publish(self._pvs.busy, "Busy")
         await self.report(f"{name} running", AlarmSeverity.NO_ALARM)

@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
-from .model import EXPERIMENT_NAME_FIELDS, InputError, check_name
+from .model import BADGE, EXPERIMENT_NAME_FIELDS, InputError, check_name
 
 
 class ConfigError(Exception):
@@ -155,7 +155,7 @@ def _build(cls: type, raw: object, where: str, base: Path, problems: list[str]):
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        problems.append(f"{where or 'config'}: expected a mapping of keys, got {type(raw).__name__}")
+        problems.append(f"{where.rstrip('.') or 'config'}: expected a mapping of keys, got {type(raw).__name__}")
         return None
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls) if f.name != "source"}
@@ -180,7 +180,7 @@ def _convert(hint, value, key_path: str, base: Path, problems: list[str]):
         built = _build(hint, value, key_path + ".", base, problems)
         return _INVALID if built is None else built
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
+        if value in (None, "") and type(None) in args:
             return None
         (inner,) = [a for a in args if a is not type(None)]
         return _convert(inner, value, key_path, base, problems)
@@ -194,7 +194,8 @@ def _convert(hint, value, key_path: str, base: Path, problems: list[str]):
             problems.append(f"{key_path}: expected a path, got {value!r}")
             return _INVALID
         if value == "":
-            return None
+            problems.append(f"{key_path}: must not be empty")
+            return _INVALID
         return (base / Path(value).expanduser()).resolve()
     if hint is bool:
         if not isinstance(value, bool):
@@ -202,7 +203,11 @@ def _convert(hint, value, key_path: str, base: Path, problems: list[str]):
             return _INVALID
         return value
     if hint in (int, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (hint is int and not isinstance(value, int)):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or (hint is int and not isinstance(value, int))
+        ):
             problems.append(f"{key_path}: expected a {'whole ' if hint is int else ''}number, got {value!r}")
             return _INVALID
         return hint(value)
@@ -222,7 +227,7 @@ def _semantic_problems(s: Settings) -> list[str]:
         if value not in choices:
             problems.append(f"{key}: {value!r} is not one of {', '.join(choices)}")
     try:
-        s.beamline.tz
+        _ = s.beamline.tz
     except (ZoneInfoNotFoundError, ValueError):
         problems.append(f"beamline.timezone: unknown time zone {s.beamline.timezone!r}")
     if not s.ioc.prefix:
@@ -230,7 +235,7 @@ def _semantic_problems(s: Settings) -> list[str]:
     if not s.beamline.name:
         problems.append("beamline.name: must be set (the beamline id as the scheduling system spells it)")
     for badge in s.beamline.contacts:
-        if not badge.isdigit():
+        if not BADGE.fullmatch(badge):
             problems.append(f"beamline.contacts: {badge!r} is not a badge number")
     problems += _template_problems(s.dm.experiment_name)
     if s.dm.group is not None:

@@ -13,7 +13,11 @@ from .pvs import command, double, enum, long, publish, text
 log = logging.getLogger(__name__)
 
 DAQ_STATES = ("Stopped", "Running", "Error")
-DAQ_SEVERITY = {"Stopped": AlarmSeverity.NO_ALARM, "Running": AlarmSeverity.NO_ALARM, "Error": AlarmSeverity.MAJOR_ALARM}
+DAQ_SEVERITY = {
+    "Stopped": AlarmSeverity.NO_ALARM,
+    "Running": AlarmSeverity.NO_ALARM,
+    "Error": AlarmSeverity.MAJOR_ALARM,
+}
 POLL_SECONDS = 0.5
 
 

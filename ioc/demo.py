@@ -43,6 +43,7 @@ def demo_folder() -> Path:
 
 def write_demo(folder: Path, today: date) -> Path:
     """Write the demo schedule (beamtimes around `today`) and config; return the config's path."""
+
     def day(offset: int) -> str:
         return f"{today + timedelta(days=offset)} 08:00"
 

@@ -32,7 +32,9 @@ class ExperimentGroup(CommandGroup):
     manual_email = text("Manual:Email", 256, "PI e-mail of a manual experiment", rw=True)
     manual_title = text("Manual:Title", 256, "Title of a manual experiment", rw=True)
     manual_gup = long("Manual:GUP", "Proposal number of a manual experiment (0 = none)", rw=True)
-    manual_badges = text("Manual:Badges", 1024, "Users of a manual experiment; the first is the Manual:* person", rw=True)
+    manual_badges = text(
+        "Manual:Badges", 1024, "Users of a manual experiment; the first is the Manual:* person", rw=True
+    )
     manual_start = string("Manual:Start", "YYYY-MM-DD; empty = first of this month", rw=True)
     manual_end = string("Manual:End", "YYYY-MM-DD; empty = 14 days after the start", rw=True)
 
@@ -81,10 +83,12 @@ class ExperimentGroup(CommandGroup):
 
     @delete.putter
     async def delete(self, instance, value):
+        attempt = value == "Busy" and self.root.engine.running is None  # a refused write changes nothing
         try:
             return await self.run_command(instance, value, self.app.delete, self.delete_confirm.value)
-        finally:  # a confirmation is good for one attempt only
-            await publish(self.delete_confirm, "")
+        finally:
+            if attempt:  # a confirmation is good for one attempt only
+                await publish(self.delete_confirm, "")
 
     async def show(self) -> None:
         """Publish the selected experiment and the station's list."""

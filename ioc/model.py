@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, tzinfo
-from typing import Iterable, Sequence
 
 # --------------------------------------------------------------------------
 # Errors: every message is written for the Status PV, for a beamline scientist.
@@ -119,7 +119,7 @@ class Run:
     end: datetime
 
     def contains(self, moment: datetime) -> bool:
-        return self.start <= moment < self.end
+        return _within(moment, self.start, self.end)
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,7 @@ class Beamtime:
     esaf_people: tuple[Person, ...] = ()  # on the ESAF but not on the proposal
 
     def contains(self, moment: datetime) -> bool:
-        return self.start <= moment < self.end
+        return _within(moment, self.start, self.end)
 
     @property
     def pi(self) -> Person | None:
@@ -158,6 +158,12 @@ class Beamtime:
         return year_month(self.start)
 
 
+def _within(moment: datetime, start: datetime, end: datetime) -> bool:
+    """start <= moment < end as real instants: datetimes sharing one tzinfo compare by wall
+    clock, which is wrong inside the hour repeated when daylight saving time ends."""
+    return start.timestamp() <= moment.timestamp() < end.timestamp()
+
+
 def select_run(runs: Iterable[Run], moment: datetime) -> Run | None:
     """The run containing `moment`, or None."""
     return next((run for run in runs if run.contains(moment)), None)
@@ -166,7 +172,7 @@ def select_run(runs: Iterable[Run], moment: datetime) -> Run | None:
 def select_beamtime(beamtimes: Iterable[Beamtime], moment: datetime) -> Beamtime | None:
     """The beamtime containing `moment`; of overlapping ones, the latest started."""
     current = [b for b in beamtimes if b.contains(moment)]
-    return max(current, key=lambda b: b.start) if current else None
+    return max(current, key=lambda b: b.start.timestamp()) if current else None
 
 
 def find_beamtime(beamtimes: Iterable[Beamtime], gup: str) -> Beamtime | None:
@@ -236,7 +242,7 @@ def year_month(moment: datetime | date) -> str:
 # --------------------------------------------------------------------------
 # Badges and users
 
-_BADGE = re.compile(r"\d{1,12}")
+BADGE = re.compile(r"[0-9]{1,12}")  # ASCII digits only: \d would take Arabic or full-width digits
 
 
 def dm_username(badge: str) -> str:
@@ -249,7 +255,7 @@ def parse_badges(text: str) -> tuple[str, ...]:
     entries = [entry.strip() for entry in text.split(",")]
     if not any(entries):
         raise InputError("Badges is empty: write comma-separated badge numbers, e.g. 310011,310012")
-    bad = [entry for entry in entries if not _BADGE.fullmatch(entry)]
+    bad = [entry for entry in entries if not BADGE.fullmatch(entry)]
     if bad:
         shown = ", ".join(repr(entry) for entry in bad)
         raise InputError(f"Badges has entries that are not badge numbers: {shown}; nothing changed")

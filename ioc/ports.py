@@ -8,8 +8,9 @@ with a message fit for the Status PV.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Protocol, Sequence
+from typing import Protocol
 
 from .model import Beamtime, Experiment, ExperimentUser, Person, Run
 

@@ -102,7 +102,9 @@ class ProposalGroup(CommandGroup):
         beamtime = current.beamtime
         await publish(self.run, current.run.name if current.run else "")
         active = beamtime is not None
-        await publish(self.proposal_active, NO_YES[active], AlarmSeverity.NO_ALARM if active else AlarmSeverity.MINOR_ALARM)
+        await publish(
+            self.proposal_active, NO_YES[active], AlarmSeverity.NO_ALARM if active else AlarmSeverity.MINOR_ALARM
+        )
         values = tag_values(current) or {**dict.fromkeys(_TAGGED, ""), "UserInfoUpdate": iso(current.refreshed)}
         for name, channel in self._tagged().items():
             await publish(channel, values[name])

@@ -18,8 +18,11 @@ from ..conftest import EPICS_PORTS, epics_env
 
 STARTUP_TIMEOUT = 20.0
 # The installed console script: beside this interpreter (a venv), else on PATH.
-DMAGIC_IOC = str(Path(sys.executable).with_name("dmagic-ioc")) if Path(sys.executable).with_name(
-    "dmagic-ioc").exists() else (shutil.which("dmagic-ioc") or "dmagic-ioc")
+DMAGIC_IOC = (
+    str(Path(sys.executable).with_name("dmagic-ioc"))
+    if Path(sys.executable).with_name("dmagic-ioc").exists()
+    else (shutil.which("dmagic-ioc") or "dmagic-ioc")
+)
 
 
 def wait_for(condition, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import getpass
 import json
-import os
-import threading
 import time
 
 import epics
 import pytest
 import yaml
+from caproto import CaprotoError, ErrorResponseReceived
 from caproto.sync.client import write as caproto_write
 
 from ..conftest import SHARED
@@ -50,12 +49,14 @@ def test_every_contract_pv_connects_with_its_type(ioc):
 
 
 def test_read_only_pvs_refuse_writes_and_keep_their_value(ioc):
-    for name in ("Heartbeat", "Status", "ProposalNumber", "ExperimentName", "Daq:Percent", "Busy"):
+    attempts = {"Heartbeat": [7], "Status": "x", "ProposalNumber": "x", "ExperimentName": "x", "Daq:Percent": [9.0],
+                "Busy": [1]}  # fmt: skip
+    for name, value in attempts.items():
         pv = ioc.pv(name)
         assert not pv.write_access, name
         before = ioc.get(name)
-        with pytest.raises(Exception):
-            caproto_write(ioc.prefix + name, [1] if name != "Status" else "x", notify=True, timeout=2, repeater=False)
+        with pytest.raises(CaprotoError):
+            caproto_write(ioc.prefix + name, value, notify=True, timeout=2, repeater=False)
         if name != "Heartbeat":
             assert ioc.get(name) == before
 
@@ -112,7 +113,7 @@ def test_refresh_publishes_each_beamtime_by_time_offset(ioc):
 
 def test_failed_command_fails_the_put_and_says_why(ioc):
     ioc.put("SelectName", "2026-01-Nobody-1")
-    with pytest.raises(Exception, match="ECA_PUTFAIL|PUTFAIL|failed"):
+    with pytest.raises(ErrorResponseReceived):
         caproto_write(ioc.prefix + "Select", [1], notify=True, timeout=10, repeater=False)
     assert "no experiment named 2026-01-Nobody-1" in ioc.get("Status")
     assert ioc.severity("Status") == MAJOR
@@ -135,57 +136,13 @@ def test_bad_utf8_text_is_read_as_latin1_never_a_crash(ioc):
     assert ioc.get("Badges") == "310011"
 
 
-@pytest.fixture
-def fifo_config(config, tmp_path):
-    """A schedule that is a FIFO: every read blocks until the test writes it (a slow service)."""
-    fifo = tmp_path / "slow-schedule.yaml"
-    os.mkfifo(fifo)
-    config["scheduling"]["path"] = str(fifo)
-    return config, fifo
-
-
-def test_one_command_at_a_time_and_reads_stay_fast(fifo_config, tmp_path, schedule_path):
-    config, fifo = fifo_config
-    with IOC(config, tmp_path) as ioc:  # its startup refresh is already waiting on the FIFO
-        ioc.put("Refresh", 1, wait=False)
-        wait_for(lambda: ioc.get("Busy") == "Busy", what="Refresh to start")
-        assert ioc.get("Refresh") == "Busy"
-        with pytest.raises(Exception):
-            caproto_write(ioc.prefix + "Create", [1], notify=True, timeout=10, repeater=False)
-        status = ioc.get("Status")
-        assert "Create refused" in status and "Refresh is running" in status
-        assert ioc.get("LastCommand") == "Refresh" and ioc.get("Create") == "Done"
-
-        latencies, beats = [], []
-        for _ in range(40):
-            started = time.perf_counter()
-            beats.append(ioc.get("Heartbeat"))
-            ioc.get("ProposalTitle")
-            latencies.append(time.perf_counter() - started)
-            time.sleep(0.05)
-        worst = max(latencies)
-        print(f"worst get latency while a command waits: {worst * 1000:.1f} ms (2 gets)")
-        assert worst < 0.5 and beats[-1] > beats[0]
-
-        feeder = threading.Thread(target=_feed_fifo, args=(fifo, schedule_path.read_text("utf-8"), 4), daemon=True)
-        feeder.start()
-        wait_for(lambda: ioc.get("Busy") == "Idle", timeout=15, what="Refresh to end")
-        assert ioc.get("Refresh") == "Done"
-
-
-def _feed_fifo(fifo, text: str, times: int) -> None:
-    for _ in range(times):
-        with open(fifo, "w", encoding="utf-8") as writer:
-            writer.write(text)
-
-
 def test_access_control_refuses_writes_from_unlisted_clients(config, tmp_path):
     config["ioc"]["access"] = {"write_hosts": ["some-other-host"], "write_users": ["someone-else"]}
     with IOC(config, tmp_path) as ioc:
         assert ioc.get("Heartbeat") >= 0  # reads work
         for name in ("TimeOffsetDays", "Refresh", "Badges"):
             assert not ioc.pv(name).write_access, name
-        with pytest.raises(Exception):
+        with pytest.raises(CaprotoError):
             caproto_write(ioc.prefix + "TimeOffsetDays", [5.0], notify=True, timeout=3, repeater=False)
         assert ioc.get("TimeOffsetDays") == 0.0
     config["ioc"]["access"] = {"write_users": [getpass.getuser()]}
@@ -252,7 +209,6 @@ def test_demo_starts_without_config(tmp_path):
     env = {"DMAGIC_DEMO_DIR": str(tmp_path / "demo")}
     demo = IOC({}, tmp_path, extra_env=env)
     demo.config_path.unlink()
-    import shutil
     import subprocess
 
     command = [DMAGIC_IOC, "--prefix", demo.prefix]

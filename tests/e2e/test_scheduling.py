@@ -14,6 +14,7 @@ import time
 import uuid
 
 import pytest
+from caproto import ErrorResponseReceived
 from caproto.sync.client import write as caproto_write
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
@@ -29,7 +30,9 @@ USER, PASSWORD = "2bmbsched", "Sch3d-n0t-on-any-PV"
 API = "/beamline-scheduling/sched-api/"
 REPLIES = {
     "run/getAllRuns": "run-getAllRuns.json",
-    "schedule/findByRunNameAndScheduleName/2026-3/2-BM-A,B": "schedule-findByRunNameAndScheduleName-2026-3-2-BM-A,B.json",
+    "schedule/findByRunNameAndScheduleName/2026-3/2-BM-A,B": (
+        "schedule-findByRunNameAndScheduleName-2026-3-2-BM-A,B.json"
+    ),
     "activity/findByRunNameAndBeamlineId/2026-3/2-BM-A,B": "activity-findByRunNameAndBeamlineId-2026-3-2-BM-A,B.json",
 }
 TEXT_PVS = ["Status", "LastError", "ProposalTitle", "UserName", "UserLastName", "UserEmail", "UserInstitution",
@@ -109,7 +112,8 @@ def test_each_fixture_beamtime_through_the_service(aps_ioc):
     assert severity == 0, status
     assert aps_ioc.get("ProposalNumber") == "1012039" and aps_ioc.get("Run") == "2026-3"
     assert aps_ioc.get("ProposalTitle") == (
-        "Operando X-ray tomography of lithium dendrite growth in solid-state batteries under fast charging")
+        "Operando X-ray tomography of lithium dendrite growth in solid-state batteries under fast charging"
+    )
     assert aps_ioc.get("UserLastName") == "Li"  # flagged PI, first listed
     assert aps_ioc.get("ESAFNumber") == "281001"
     assert aps_ioc.get("Users:Emails") == "mei.li@example.edu,t.novak@example.org,"  # null e-mail -> empty
@@ -140,7 +144,7 @@ def test_failures_keep_the_last_proposal_and_recover(aps_ioc, service, mode, wor
     refresh_at(aps_ioc, offset_to("2026-11-20T12:00:00-06:00"))
     assert aps_ioc.get("ProposalNumber") == "1013377"
     service.mode = mode
-    with pytest.raises(Exception):
+    with pytest.raises(ErrorResponseReceived):
         caproto_write(aps_ioc.prefix + "Refresh", [1], notify=True, timeout=15, repeater=False)
     status = aps_ioc.get("Status")
     assert words.lower() in status.lower(), status
@@ -160,7 +164,7 @@ def test_a_hanging_service_never_blocks_the_ioc(aps_ioc, service):
     service.mode = "hang"
     aps_ioc.put("Refresh", 1, wait=False)
     wait_for(lambda: aps_ioc.get("Busy") == "Busy", what="Refresh to start")
-    with pytest.raises(Exception):
+    with pytest.raises(ErrorResponseReceived):
         caproto_write(aps_ioc.prefix + "Create", [1], notify=True, timeout=5, repeater=False)
     assert "Refresh is running" in aps_ioc.get("Status")
     latencies, beats = [], []
