@@ -23,11 +23,17 @@ the cost is O(directories + unsettled files + audit budget), not O(files sent).
 
 A file is sent once its size and mtime have not changed for `settle_time`
 (an mtime already that old counts), copied to `.NAME.part-XXXXXXXX` next to
-its destination, fsync'ed, checked (size, optionally a blake2b checksum),
-given the source's mtime and mode, then renamed into place: nobody sees a
-partial file. A file already in the ledger, or already at its destination
-with the same size and mtime (a copy renamed just before a crash, before its
-ledger batch was committed), is not sent again.
+its destination, checked (size, optionally a blake2b checksum), given the
+source's mtime and mode, made durable, then renamed into place: nobody sees a
+partial file, even after a power failure. Files are handed to the workers in
+chunks (up to 64 small files of one source), and a chunk's copies are made
+durable together by one syncfs(2) of the destination filesystem before any of
+them is renamed (a file alone, e.g. a large one, by its own fsync): on many
+small files a per-file fsync cost more than the copy. Renames are made durable
+(fsync of their folders) before the ledger batch that records them is
+committed. A file already in the ledger, or already at its destination with
+the same size and mtime (a copy renamed just before a crash, before its ledger
+batch was committed), is not sent again.
 """
 
 from __future__ import annotations
@@ -79,10 +85,11 @@ class Ledger:
 
     Rows are buffered and committed in batches (`BATCH_FILES` rows or
     `BATCH_SECONDS`); a lost batch costs nothing since a destination file with
-    the source's size and mtime counts as sent. Thread-safe.
+    the source's size and mtime counts as sent (one stat each at resume), so
+    the batches are large: each costs a commit and folder fsyncs. Thread-safe.
     """
 
-    BATCH_FILES = 100
+    BATCH_FILES = 1000
     BATCH_SECONDS = 0.5
 
     def __init__(self, path: Path):
@@ -915,7 +922,14 @@ class _Run:
         log.warning("transfer of %s: %s (attempt %s, retry in %.1f s)", self.experiment, reason, file.attempts, delay)
 
     def _commit(self) -> None:
-        """Make the renames durable (fsync their folders), then commit the ledger batch."""
+        """Make the renames durable (fsync their folders), then commit the ledger batch.
+
+        The copies' data was made durable before their rename (copy_files), so
+        once their folders are fsync'ed every row of the batch names a file that
+        survives a power failure. A power failure before this point may undo a
+        rename: that file is then absent (its temporary file is removed at
+        resume) and sent again; or the rename survived and the file is whole.
+        """
         for folder in self.synced_dirs:
             try:
                 fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)

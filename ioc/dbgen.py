@@ -16,7 +16,7 @@ from .pvs import fit
 
 log = logging.getLogger(__name__)
 
-DB_PATH = Path(__file__).resolve().parents[1] / "db_templates" / "dmagic.db"
+DB_PATH = Path("db_templates") / "dmagic.db"  # run from the project folder
 DESC_BYTES = 40  # DESC holds 41 bytes with the terminating NUL
 STATE_BYTES = 25  # ZNAM/ONAM and ZRST... hold 26 bytes with the NUL
 # mbbi/mbbo state fields, in order

@@ -33,6 +33,7 @@ OUTPUT = REPO / "docs" / "screenshot.png"
 TIMEOUT = 30.0
 # Set by the first automatic Refresh: the screen then shows the demo proposal, not blanks.
 READY_PV = "UserInfoUpdate"
+HEARTBEAT_PV = "Heartbeat"
 
 
 def free_port() -> int:
@@ -192,12 +193,13 @@ def take_screenshot(output: Path, screen: Path = SCREEN, timeout: float = TIMEOU
         display.setWindowTitle(f"dmagic-ioc {prefix}")
         addresses = screen_addresses(display)
         watch = ChannelWatch(addresses)
-        ready = f"ca://{prefix}{READY_PV}"
+        ready, heartbeat = f"ca://{prefix}{READY_PV}", f"ca://{prefix}{HEARTBEAT_PV}"
 
         def settled() -> bool:
             if ioc.poll() is not None:
                 raise RuntimeError(f"dmagic-ioc exited with {ioc.returncode}: see {tmp}/ioc.log")
-            return not watch.missing() and bool(text_of(watch.values.get(ready, "")))
+            refreshed = bool(text_of(watch.values.get(ready, "")))
+            return not watch.missing() and refreshed and (watch.values.get(heartbeat) or 0) > 0
 
         try:
             wait_until(settled, timeout, f"the channels of {screen.name}", app=app)

@@ -382,3 +382,35 @@ def test_an_unreadable_folder_is_reported_and_does_not_block_the_others(tmp_path
 
     assert [rel for rel, _, _ in found] == ["locked/a"]
     assert tree.problems == {}
+
+
+def test_a_chunk_of_files_is_copied_with_one_flush_and_each_checked(tmp_path, monkeypatch):
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    files = {f"d/f{i}": os.urandom(100 + i) for i in range(6)}
+    for rel, data in files.items():
+        write(src / rel, data)
+    expected = {rel: ((src / rel).stat().st_size, (src / rel).stat().st_mtime_ns) for rel in files}
+    (src / "d/f5").unlink()  # vanished before its copy
+    flushes, fsyncs = [], []
+    real_fsync = os.fsync
+    monkeypatch.setattr(transfer, "syncfs", lambda fd: flushes.append(fd))
+    monkeypatch.setattr(os, "fsync", lambda fd: fsyncs.append(fd) or real_fsync(fd))
+    real_write_aside = transfer._write_aside
+
+    def write_aside(source, *args):
+        outcome = real_write_aside(source, *args)
+        if source.endswith("f2"):  # rewritten after its copy, before its rename
+            write(src / "d/f2", b"changed")
+        return outcome
+
+    monkeypatch.setattr(transfer, "_write_aside", write_aside)
+    items = [(str(src / rel), str(dest / rel), expected[rel]) for rel in files]
+
+    outcomes = [outcome for outcome, _ in transfer.copy_files(items)]
+
+    assert outcomes == ["copied", "copied", "changed", "copied", "copied", "vanished"]
+    if transfer._SYNCFS is not None:
+        assert len(flushes) == 1 and fsyncs == []
+    assert tree_files(dest) == {rel: files[rel] for rel in ("d/f0", "d/f1", "d/f3", "d/f4")}
+    assert (dest / "d/f0").stat().st_mtime_ns == expected["d/f0"][1]
+    assert part_files(dest) == []

@@ -8,7 +8,10 @@ import pytest
 from dmagic_ioc.ioc import dbgen, pvtable
 from dmagic_ioc.ioc.pvinfo import PVInfo, ioc_pvs
 
-from ..conftest import SHARED
+from ..conftest import REPO, SHARED
+
+# The committed file in the checkout (the installed package does not carry db_templates/).
+DB_FILE = REPO / "db_templates" / "dmagic.db"
 
 RECORD = re.compile(r'record\((\w+), "\$\(P\)([^"]+)"\) \{\n(.*?)\n\}', re.S)
 FIELD = re.compile(r'field\((\w+), "((?:[^"\\]|\\.)*)"\)')
@@ -23,7 +26,7 @@ def pvs() -> list[PVInfo]:
 @pytest.fixture(scope="module")
 def records() -> dict[str, tuple[str, dict[str, str]]]:
     """The committed database: PV name after the prefix -> (record type, fields)."""
-    text = dbgen.DB_PATH.read_text(encoding="utf-8")
+    text = DB_FILE.read_text(encoding="utf-8")
     return {name: (rtype, dict(FIELD.findall(body))) for rtype, name, body in RECORD.findall(text)}
 
 
@@ -63,7 +66,7 @@ def expected_record(kind: str, access: str) -> tuple[str, dict[str, str]]:
 
 
 def test_committed_db_matches_the_generator(pvs):
-    assert dbgen.DB_PATH.read_text(encoding="utf-8") == dbgen.render_db(pvs), (
+    assert DB_FILE.read_text(encoding="utf-8") == dbgen.render_db(pvs), (
         "db_templates/dmagic.db is out of date: run python -m dmagic_ioc.ioc.dbgen"
     )
 
@@ -146,3 +149,8 @@ def test_pvtable_command_line(tmp_path):
     assert pvtable.main(["--check", str(readme)]) == 0
     readme.write_text("no markers", encoding="utf-8")
     assert pvtable.main(["--check", str(readme)]) == 2
+
+
+def test_readme_pv_table_is_current(pvs):
+    """README.md's PV table is generated: `python -m dmagic_ioc.ioc.pvtable --write README.md`."""
+    assert pvtable.is_current((REPO / "README.md").read_text(encoding="utf-8"), pvtable.render_table(pvs))

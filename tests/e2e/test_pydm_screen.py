@@ -1,0 +1,81 @@
+"""The PyDM screen against the installed IOC: every channel connects, values arrive, a button runs its command.
+
+Uses the helpers of tools/screenshot.py on the session's loopback IOC (the
+`ioc` fixture), so it shares this process's CA context and port settings.
+Skipped only when PyDM is not installed or Qt cannot start.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from ..conftest import REPO
+from .harness import wait_for
+
+pytestmark = pytest.mark.e2e
+
+TOOL = REPO / "tools" / "screenshot.py"
+PV_NAME = re.compile(r"\$\{P\}([A-Za-z0-9_:]+)")
+QT_PROBE = (
+    "import os; os.environ.setdefault('QT_QPA_PLATFORM', 'offscreen');"
+    "from qtpy.QtWidgets import QApplication; app = QApplication([]); import pydm.widgets"
+)
+
+
+@pytest.fixture(scope="module")
+def screen_tool():
+    """tools/screenshot.py as a module, once PyDM is importable and Qt starts (probed in a subprocess)."""
+    pytest.importorskip("qtpy")
+    pytest.importorskip("pydm")
+    env = {**os.environ, "QT_QPA_PLATFORM": os.environ.get("QT_QPA_PLATFORM", "offscreen")}
+    probe = subprocess.run([sys.executable, "-c", QT_PROBE], capture_output=True, text=True, env=env, timeout=60)
+    if probe.returncode != 0:
+        pytest.skip(f"Qt cannot start: {probe.stderr.strip()[-300:]}")
+    spec = importlib.util.spec_from_file_location("dmagic_screenshot", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_channel_of_the_pydm_screen_connects(ioc, screen_tool, tmp_path):
+    tool = screen_tool
+    app = tool.qt_app()
+    display = tool.open_screen(tool.SCREEN, ioc.prefix)
+    addresses = tool.screen_addresses(display)
+    expected = {f"ca://{ioc.prefix}{name}" for name in PV_NAME.findall(tool.SCREEN.read_text(encoding="utf-8"))}
+    assert addresses == expected, "a widget names a channel the macro did not expand, or none at all"
+
+    watch = tool.ChannelWatch(addresses)
+    try:
+        try:
+            tool.wait_until(lambda: not watch.missing(), 20, "the screen's channels", app=app)
+        except TimeoutError:
+            pytest.fail(f"not connected or without a value: {watch.missing()}")
+        assert tool.text_of(watch.values[f"ca://{ioc.prefix}Beamline"]) == "2-BM-A,B"
+
+        refresh = next(b for b in display.findChildren(_push_button()) if b.channel == f"ca://{ioc.prefix}Refresh")
+        tool.wait_until(refresh.isEnabled, 10, "the Refresh button to enable", app=app)
+        refresh.click()  # PyDM hands the write to its plugin through Qt events: keep them running
+        last_command = f"ca://{ioc.prefix}LastCommand"
+        tool.wait_until(lambda: watch.values.get(last_command) == "Refresh", 10, "LastCommand = Refresh", app=app)
+        wait_for(lambda: ioc.get("Refresh") == "Done", 10, what="Refresh to end")
+
+        display.show()
+        app.processEvents()
+        shot = tmp_path / "screen.png"
+        assert display.grab().save(str(shot), "PNG") and shot.stat().st_size > 0
+    finally:
+        watch.close()
+        display.close()
+
+
+def _push_button():
+    from pydm.widgets import PyDMPushButton
+
+    return PyDMPushButton
