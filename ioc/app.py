@@ -18,6 +18,7 @@ from datetime import date, datetime, time, timedelta, timezone
 from pathlib import Path
 from typing import TypeVar
 
+from ..adapters.email import build_message
 from .commands import Outcome
 from .config import Settings
 from .model import (
@@ -383,8 +384,6 @@ class Beamline:
 
     def email(self, mode: str) -> Outcome:
         """Send the data-access message to the selected experiment's users."""
-        from ..adapters.email import build_message  # the e-mail format is the adapter's
-
         mailer = self.adapters.mailer
         if mailer is None:
             raise InputError("e-mail is not enabled (email.enabled: false in the config)")
