@@ -172,8 +172,8 @@ class Beamline:
         extra = tuple(p for p in people if p.badge not in known)
         return replace(beamtime, esaf_doi=doi, esaf_people=extra), ""
 
-    def _beamtime_of(self, gup: str, start: datetime | None) -> Beamtime | None:
-        """The scheduled beamtime of proposal `gup` around `start`, if the schedule has it."""
+    def _beamtime_of(self, gup: str, start: datetime | None) -> CurrentProposal | None:
+        """The run and scheduled beamtime of proposal `gup` around `start`, if the schedule has it."""
         scheduling = self.adapters.scheduling
         runs = self._contact("Scheduling", scheduling.runs)
         if start is not None:
@@ -181,7 +181,7 @@ class Beamline:
         for run in runs:
             found = find_beamtime(self._contact("Scheduling", scheduling.beamtimes, run), gup)
             if found is not None:
-                return found
+                return CurrentProposal(run, found, self.clock().astimezone(self.tz))
         return None
 
     def tag(self, prefix: str) -> Outcome:
@@ -304,14 +304,12 @@ class Beamline:
         if not experiment.gup:
             return Outcome(f"selected {name} (no proposal)")
         try:
-            beamtime = self._beamtime_of(experiment.gup, experiment.start)
+            found = self._beamtime_of(experiment.gup, experiment.start)
         except SchedulingError as error:
             return Outcome(f"selected {name}; its proposal {experiment.gup} was not read: {error}", warning=True)
-        if beamtime is None:
+        if found is None:
             return Outcome(f"selected {name}; proposal {experiment.gup} is not in the schedule", warning=True)
-        self.published = replace(
-            self.published, current=CurrentProposal(None, beamtime, self.clock().astimezone(self.tz))
-        )
+        self.published = replace(self.published, current=found)
         return Outcome(f"selected {name} and published its proposal {experiment.gup}")
 
     def add_users(self, badges_text: str) -> Outcome:

@@ -110,10 +110,13 @@ def test_selection_survives_a_restart_and_delete_needs_confirmation(config, tmp_
         ioc.put("Manual:LastName", "Other")
         ioc.command("CreateManual")
         other = ioc.get("ExperimentName")
+        ioc.put("TimeOffsetDays", -4000)  # no run, no proposal: Select must publish them
+        ioc.command("Refresh")
+        assert ioc.get("ProposalNumber") == "" and ioc.get("Run") == ""
         ioc.put("SelectName", NAME)
         status, severity = ioc.command("Select")
         assert severity == 0 and ioc.get("ExperimentName") == NAME
-        assert ioc.get("ProposalNumber") == "1013377"
+        assert ioc.get("ProposalNumber") == "1013377" and ioc.get("Run") == "2026-3"
     with IOC(config, tmp_path) as ioc:
         assert ioc.get("ExperimentName") == NAME
         assert set(ioc.get("Experiments").splitlines()) == {NAME, other}
