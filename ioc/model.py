@@ -26,9 +26,18 @@ class InputError(DMagicError):
 
 
 class ServiceError(DMagicError):
-    """An outside system failed; `system` names which (its Health PV)."""
+    """An outside system failed; `system` names which (its Health PV).
+
+    `done` carries what was achieved before the failure (e.g. the Globus rules
+    created, the users added), so the caller can record it: a rerun then
+    completes the job instead of starting over or duplicating it.
+    """
 
     system = ""
+
+    def __init__(self, message: str, done=None):
+        super().__init__(message)
+        self.done = done
 
 
 class SchedulingError(ServiceError):

@@ -42,7 +42,11 @@ class DataManagement(Protocol):
         """The station's experiment names, newest first."""
 
     def add_users(self, name: str, users: Sequence[ExperimentUser]) -> list[str]:
-        """Give access; return the usernames that did not have it before."""
+        """Give access; return the usernames that did not have it before.
+
+        When some users cannot be added, the others still are; the DMError raised
+        then carries the added usernames in `done`.
+        """
 
     def remove_users(self, name: str, usernames: Sequence[str]) -> list[str]:
         """Take access; return the usernames that had it."""
@@ -88,6 +92,9 @@ class Transfer(Protocol):
     def resume(self) -> str | None:
         """After a restart, resume a transfer that was running; a sentence, or None."""
 
+    def forget(self, sources: Mapping[str, str]) -> None:
+        """Forget what was transferred from these sources (their storage was deleted)."""
+
 
 class StateStore(Protocol):
     """The IOC's own durable state, whatever the DM backend: the selection,
@@ -121,6 +128,7 @@ class Access(Protocol):
         """Ensure one read-only rule per user with an e-mail: {username: rule_id}.
 
         An existing rule for the same identity and path is reused, never duplicated.
+        When some users fail, the GlobusError carries the rules made so far in `done`.
         """
 
     def revoke(self, experiment: Experiment, rules: Mapping[str, str]) -> list[str]:
