@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import date, datetime, tzinfo
 from pathlib import Path
 from typing import Any, TypeVar
@@ -226,8 +227,12 @@ class ApsDM:
         return result, created
 
     def get_experiment(self, name: str) -> Experiment | None:
+        """The experiment with its users' names, e-mails and institutions (for Email and the PVs)."""
         found = self._find(check_name(name, "experiment name"))
-        return None if found is None else self._experiment(found)
+        if found is None:
+            return None
+        experiment = self._experiment(found)
+        return replace(experiment, users=tuple(self._with_contact(user) for user in experiment.users))
 
     def list_experiments(self) -> list[str]:
         """The station's experiments, newest first (by DM id, else start date)."""
@@ -245,7 +250,11 @@ class ApsDM:
         return [str(sdk_field(item, "name")) for item in ordered if sdk_field(item, "name")]
 
     def add_users(self, name: str, users: Sequence[ExperimentUser]) -> list[str]:
-        """Give the `User` role; the others are still added when one fails, and the failure is raised after."""
+        """Give the `User` role; return the usernames added.
+
+        When some cannot be added (e.g. no DM account), the others still are; the
+        DMError raised after carries the added usernames in `done`.
+        """
         name = check_name(name, "experiment name")
         have = set(self._usernames(name))
         added, failed = [], []
@@ -268,7 +277,7 @@ class ApsDM:
             added.append(user.username)
         if failed:
             done = f"added {', '.join(added)}; " if added else ""
-            raise DMError(f"APS DM: {done}could not add {', '.join(failed)} to {name}")
+            raise DMError(f"APS DM: {done}could not add {', '.join(failed)} to {name}", done=added)
         return added
 
     def remove_users(self, name: str, usernames: Sequence[str]) -> list[str]:
@@ -335,6 +344,28 @@ class ApsDM:
         if found is None:
             raise InputError(f"no experiment named {name!r} in the APS DM system")
         return [str(u) for u in sdk_field(found, "experimentUsernameList", default=None) or []]
+
+    def _with_contact(self, user: ExperimentUser) -> ExperimentUser:
+        """`user` with the name, e-mail and institution of its DM account; unchanged if it cannot be read."""
+        try:
+            account = self.user_api.getUserByUsername(user.username)
+        except Exception as error:
+            log.warning("APS DM: no contact details for %s: %s", user.username, _short(error))
+            return user
+        if account is None:
+            return user
+        first = str(sdk_field_like(account, "firstName", "first_name", default="") or "").strip()
+        last = str(sdk_field_like(account, "lastName", "last_name", default="") or "").strip()
+        name = " ".join(part for part in (first, last) if part)
+        name = name or str(sdk_field_like(account, "fullName", "full_name", default="") or "").strip()
+        email = str(sdk_field_like(account, "email", "emailAddress", "email_address", default="") or "").strip()
+        institution = sdk_field_like(account, "institution", "affiliation", "institutionName", default="")
+        return replace(
+            user,
+            name=name or user.name,
+            email=email or user.email,
+            institution=str(institution or "").strip() or user.institution,
+        )
 
     def _experiment(self, found: Any) -> Experiment:
         name = str(sdk_field(found, "name"))
@@ -529,6 +560,13 @@ class ApsDaq:
         names = sorted({experiment for experiment, _ in mine})
         return f"DM DAQ still running for {', '.join(names)} ({len(mine)} folder{'s' if len(mine) != 1 else ''})"
 
+    def forget(self, sources: Mapping[str, str]) -> None:
+        """Nothing to forget: this IOC keeps no record of the files sent.
+
+        The DM system's DAQs and uploads decide on its servers what to send;
+        nothing kept here could make a re-created experiment miss files.
+        """
+
     # ------------------------------------------------------------------ helpers
 
     def _plan(
@@ -600,7 +638,7 @@ class ApsDaq:
                 text = sdk_field(entry, key)
                 if text:
                     error_texts.append(str(text))
-        self._update_rate(size)
+        rate = self._update_rate(size)
         running = any(status in _RUNNING for status in statuses)
         failed = any(status in _FAILED for status in statuses) or errors > 0
         state = "Error" if failed else "Running" if running else "Stopped"
@@ -615,15 +653,18 @@ class ApsDaq:
             files_done=done,
             files_total=max(total, done),
             bytes_done=size,
-            rate_mb_s=self._rate if running else 0.0,
+            rate_mb_s=rate if running else 0.0,
             last_file=last_file,
             message=message,
         )
 
-    def _update_rate(self, size: float) -> None:
-        now = time.monotonic()
-        if self._last_bytes is not None:
-            then, before = self._last_bytes
-            if now > then and size >= before:
-                self._rate = (size - before) / (now - then) / 1e6
-        self._last_bytes = (now, size)
+    def _update_rate(self, size: float) -> float:
+        """Record `size` bytes now; return the MB/s since the previous record (progress runs in several threads)."""
+        with self._lock:
+            now = time.monotonic()
+            if self._last_bytes is not None:
+                then, before = self._last_bytes
+                if now > then and size >= before:
+                    self._rate = (size - before) / (now - then) / 1e6
+            self._last_bytes = (now, size)
+            return self._rate

@@ -229,8 +229,10 @@ class GlobusAccess:
         """Ensure one read-only rule per user with an e-mail: {username: rule_id}.
 
         Existing rules (same identity, same path) are reused. A user that fails
-        does not stop the others; the error names every failed user, and a
-        rerun completes the job without duplicating a rule.
+        does not stop the others (a network failure stops the round); the
+        GlobusError names every failed user and carries in `done` the rules of
+        the users that succeeded ({username: rule_id}, made or reused), so the
+        caller records them; a rerun completes the job without duplicating a rule.
         """
         path = self.path(experiment)
         with_email = [user for user in users if user.email.strip()]
@@ -252,14 +254,18 @@ class GlobusAccess:
                     log.info("Globus: %s already has read access to %s (rule %s)", user.username, path, rule_id)
                 granted[user.username] = rule_id
             except globus_sdk.NetworkError as error:
-                raise GlobusError(f"Globus: {describe_error(error)}; access for {user.username} not given") from None
+                raise GlobusError(
+                    f"Globus: {describe_error(error)}; access for {user.username} not given", done=dict(granted)
+                ) from None
             except (globus_sdk.GlobusAPIError, GlobusError) as error:
                 reason = describe_error(error) if isinstance(error, globus_sdk.GlobusAPIError) else str(error)
                 log.warning("Globus: access for %s to %s failed: %s", user.username, path, reason)
                 failed[user.username] = reason
         if failed:
             shown = "; ".join(f"{name}: {reason}" for name, reason in failed.items())
-            raise GlobusError(f"Globus access to {path} failed for {', '.join(failed)} ({shown}); rerun to complete")
+            raise GlobusError(
+                f"Globus access to {path} failed for {', '.join(failed)} ({shown}); rerun to complete", done=granted
+            )
         return granted
 
     def revoke(self, experiment: Experiment, rules: Mapping[str, str]) -> list[str]:
@@ -453,6 +459,14 @@ class GlobusTransfer:
             self._launch(job)
         task = job.task_ids[-1] if job.task_ids else "none yet"
         return f"Resumed the Globus transfer of {job.experiment} (last task {task})"
+
+    def forget(self, sources: Mapping[str, str]) -> None:
+        """Nothing to forget: this adapter keeps no record of the files sent.
+
+        Every pass is a Globus task with `sync_level="checksum"`, which compares
+        each file with the destination itself: a file missing there (its
+        storage deleted) is sent again by the next pass.
+        """
 
     # ---- extras
 

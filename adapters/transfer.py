@@ -31,9 +31,11 @@ durable together by one syncfs(2) of the destination filesystem before any of
 them is renamed (a file alone, e.g. a large one, by its own fsync): on many
 small files a per-file fsync cost more than the copy. Renames are made durable
 (fsync of their folders) before the ledger batch that records them is
-committed. A file already in the ledger, or already at its destination with
-the same size and mtime (a copy renamed just before a crash, before its ledger
-batch was committed), is not sent again.
+committed. A file already in the ledger (and whose copy is still there: one
+stat per ledger row, at the file's first sighting in a run), or already at its
+destination with the same size and mtime (a copy renamed just before a crash,
+before its ledger batch was committed), is not sent again. `forget` drops the
+ledger rows of sources whose storage was deleted (Delete of an experiment).
 """
 
 from __future__ import annotations
@@ -155,6 +157,20 @@ class Ledger:
                 "SELECT relpath, size, mtime_ns FROM files WHERE root = ? AND dest = ?", (root, dest)
             ).fetchall()
         return {relpath: (size, mtime_ns) for relpath, size, mtime_ns in rows}
+
+    def forget(self, sources: Mapping[str, str]) -> int:
+        """Drop the rows of files sent from each root to its destination, in one transaction; return how many.
+
+        Rows still buffered for them are dropped too, so that a later commit cannot bring them back.
+        """
+        pairs = set(sources.items())
+        with self._lock:
+            with self._transaction():
+                removed = sum(
+                    self._db.execute("DELETE FROM files WHERE root = ? AND dest = ?", pair).rowcount for pair in pairs
+                )
+            self._rows = [row for row in self._rows if (row[0], row[4]) not in pairs]
+        return removed
 
     def add(self, root: str, relpath: str, size: int, mtime_ns: int, dest: str) -> None:
         """Buffer one sent file; `commit_if_due` or `commit` writes it."""
@@ -737,7 +753,11 @@ class _Run:
         """A file seen by the scan or the audit: new, changed, or as before."""
         file = source.files.get(rel)
         if file is None:
-            if source.sent.pop(rel, None) == (size, mtime_ns) or self._at_destination(source, rel, size, mtime_ns):
+            if source.sent.pop(rel, None) == (size, mtime_ns):
+                sent = self._still_at_destination(source, rel)
+            else:
+                sent = self._at_destination(source, rel, size, mtime_ns)
+            if sent:
                 file = source.files[rel] = _File(size, mtime_ns, DONE)
                 self.done_files += 1
                 self.done_bytes += size
@@ -754,6 +774,27 @@ class _Run:
         file.stable_since = now - min(max(wall - mtime_ns / 1e9, 0.0), self.owner.settle_time)
         file.seen_at = now
         source.pending.add(rel)
+
+    def _still_at_destination(self, source: _Source, rel: str) -> bool:
+        """A file the ledger lists as sent: whether its copy is still there (one stat, at its first sighting).
+
+        A copy deleted behind the ledger's back (storage removed by hand, an
+        experiment deleted and re-created without `forget`) is sent again,
+        instead of being counted as sent while storage lacks it.
+        """
+        try:
+            os.stat(os.path.join(source.dest, rel))
+        except (FileNotFoundError, NotADirectoryError):
+            log.info(
+                "transfer of %s: %s was sent but is missing from %s; sending it again",
+                self.experiment,
+                rel,
+                source.dest,
+            )
+            return False
+        except OSError:
+            pass  # cannot tell: trust the ledger
+        return True
 
     def _at_destination(self, source: _Source, rel: str, size: int, mtime_ns: int) -> bool:
         """The destination already holds this version (sent before its ledger row was committed)."""
@@ -1138,6 +1179,29 @@ class LocalTransfer:
             log.info("%s", sentence)
             return sentence
 
+    def forget(self, sources: Mapping[str, str]) -> None:
+        """Forget the files sent from these sources to their destinations (that storage was deleted).
+
+        Their ledger rows go in one transaction, so that a new start (a
+        re-created experiment) sends every file again. Refused with InputError
+        while a transfer of one of these sources runs: nothing forgotten.
+        """
+        sources = _normalized(sources)
+        if not sources:
+            return
+        with self._control:
+            run = self._run
+            if run is not None and run.alive:
+                busy = [source.root for source in run.sources if source.root in sources]
+                if busy:
+                    raise InputError(
+                        f"the {'upload' if run.once else 'transfer'} of {run.experiment} from {', '.join(busy)} "
+                        "is running (or still finishing): stop it (DaqStop) first; its sent files not forgotten"
+                    )
+            with self._ledger_errors():
+                removed = self.ledger.forget(sources)
+        log.info("transfer ledger: forgot %s files sent from %s", removed, ", ".join(sources))
+
     def progress(self) -> TransferProgress:
         """The latest snapshot; cheap and thread-safe."""
         with self._progress_lock:
@@ -1166,11 +1230,15 @@ def _check_sources(sources: Mapping[str, str]) -> dict[str, str]:
     if not sources:
         raise InputError("no source folder to transfer")
     checked = {}
-    for root, dest in sources.items():
-        root, dest = os.path.normpath(os.fspath(root)), os.path.normpath(os.fspath(dest))
+    for root, dest in _normalized(sources).items():
         if not os.path.isabs(root) or not os.path.isabs(dest):
             raise InputError(f"transfer folders must be absolute paths: {root} -> {dest}")
         if os.path.commonpath([root, dest]) in (root, dest):
             raise InputError(f"cannot transfer {root} into {dest}: one folder is inside the other")
         checked[root] = dest
     return checked
+
+
+def _normalized(sources: Mapping[str, str]) -> dict[str, str]:
+    """{source: destination} with both paths normalized, as the ledger records them."""
+    return {os.path.normpath(os.fspath(root)): os.path.normpath(os.fspath(dest)) for root, dest in sources.items()}

@@ -25,9 +25,11 @@ from .model import (
     Beamtime,
     CurrentProposal,
     DMagicError,
+    DMError,
     EmailError,
     Experiment,
     ExperimentUser,
+    GlobusError,
     InputError,
     Person,
     SchedulingError,
@@ -42,7 +44,16 @@ from .model import (
     select_run,
     year_month,
 )
-from .ports import Access, DataManagement, Mailer, SchedulingSource, StateStore, TagTarget, Transfer
+from .ports import (
+    Access,
+    DataManagement,
+    Mailer,
+    SchedulingSource,
+    StateStore,
+    TagTarget,
+    Transfer,
+    TransferProgress,
+)
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +92,8 @@ class Adapters:
 
 @dataclass
 class Published:
-    """What the PVs show; replaced (never mutated) by the use cases."""
+    """What the PVs show. Use cases replace it through `Beamline._publish`, never field by field,
+    so the event loop always reads a consistent snapshot; `health` is updated key by key."""
 
     current: CurrentProposal | None = None
     experiment: Experiment | None = None
@@ -101,6 +113,13 @@ class Beamline:
         enabled = {"Globus": settings.globus.enabled, "Email": settings.email.enabled}
         self.published = Published(health={s: "OK" if enabled.get(s, True) else "Disabled" for s in SYSTEMS})
         self._refresh_lock = threading.Lock()  # the periodic refresh and the Refresh command
+        self._publish_lock = threading.Lock()  # commands and the periodic refresh run in different threads
+        self._progress = TransferProgress()
+
+    def _publish(self, **changes) -> None:
+        """Replace what the PVs show, changing only `changes`: a concurrent refresh is never undone."""
+        with self._publish_lock:
+            self.published = replace(self.published, **changes)
 
     # ------------------------------------------------------------------ helpers
 
@@ -120,6 +139,9 @@ class Beamline:
 
     def _selected(self) -> Experiment:
         experiment = self.published.experiment
+        if experiment is None and self.adapters.state.selected():
+            self.load_selection()  # DM was unreachable at startup: read the selection now
+            experiment = self.published.experiment
         if experiment is None:
             raise InputError("no experiment is selected: use Create, CreateManual or Select first")
         return experiment
@@ -130,13 +152,12 @@ class Beamline:
         name = state.selected()
         experiment = self._contact("DM", dm.get_experiment, name) if name else None
         access = self.adapters.access
-        self.published = replace(
-            self.published,
+        self._publish(
             experiment=experiment,
-            experiments=tuple(self._contact("DM", dm.list_experiments)),
             emailed=tuple(state.emailed(name)) if experiment else (),
             globus_url=access.url(experiment) if access and experiment else "",
         )
+        self._publish(experiments=tuple(self._contact("DM", dm.list_experiments)))
 
     # ------------------------------------------------------------------ scheduling
 
@@ -152,7 +173,7 @@ class Beamline:
             warning = ""
             if beamtime is not None and beamtime.esaf:
                 beamtime, warning = self._with_esaf(beamtime)
-            self.published = replace(self.published, current=CurrentProposal(run, beamtime, now.astimezone(self.tz)))
+            self._publish(current=CurrentProposal(run, beamtime, now.astimezone(self.tz)))
         when = moment.strftime("%Y-%m-%d %H:%M %Z")
         if run is None:
             return Outcome(f"no run of the schedule contains {when}", warning=True)
@@ -272,24 +293,57 @@ class Beamline:
         contacts = [ExperimentUser(dm_username(b), source="contact") for b in self.settings.beamline.contacts]
         users = list({u.username: u for u in reversed(people + contacts)}.values())[::-1]
         experiment, created = self._contact("DM", dm.create_experiment, experiment)
-        added = self._contact("DM", dm.add_users, experiment.name, users)
-        granted = self._grant(experiment, users)
-        self.adapters.state.select(experiment.name)
-        self.load_selection()
+        self.adapters.state.select(experiment.name)  # selected even if a later step fails: a rerun completes
+        added, details, warning = self._give_access(experiment, users)
         if created:
             message = (
                 f"created experiment {experiment.name} with {len(users)} users; storage {experiment.storage_directory}"
             )
         else:
             message = f"experiment {experiment.name} exists: selected it; users added: {', '.join(added) or 'none'}"
-        return Outcome(message + granted)
+        return Outcome(message + details, warning=warning)
+
+    def _give_access(self, experiment: Experiment, users: Sequence[ExperimentUser]) -> tuple[list[str], str, bool]:
+        """DM access, then Globus access for every one of `users` DM has (not only the new ones: a
+        rerun after a Globus failure completes). Returns (added, a Status fragment, warning); the
+        selection's PVs are read again whatever happens."""
+        try:
+            added, problem = self._add_users(experiment, users)
+            granted = self._grant(experiment, self._with_dm_access(experiment.name, users))
+        finally:
+            self.load_selection()
+        return added, granted + problem, bool(problem)
+
+    def _add_users(self, experiment: Experiment, users: Sequence[ExperimentUser]) -> tuple[list[str], str]:
+        """Add users in DM: (the usernames added, a warning fragment for those DM refused).
+
+        A user DM refuses (e.g. without a DM account) is a warning, not a failure: the others get
+        access and the command goes on, so one experimenter does not block the experiment.
+        """
+        try:
+            return self._contact("DM", self.adapters.dm.add_users, experiment.name, users), ""
+        except DMError as error:
+            if error.done is None:
+                raise
+            return list(error.done), f"; not all users added: {error}"
+
+    def _with_dm_access(self, name: str, users: Sequence[ExperimentUser]) -> list[ExperimentUser]:
+        """Those of `users` that experiment `name` has in DM now (read again after adding them)."""
+        experiment = self._contact("DM", self.adapters.dm.get_experiment, name)
+        have = set(experiment.usernames) if experiment else set()
+        return [u for u in users if u.username in have]
 
     def _grant(self, experiment: Experiment, users: Sequence[ExperimentUser]) -> str:
         """Globus access for `users`; a sentence fragment for Status."""
         access = self.adapters.access
         if access is None:
             return ""
-        rules = self._contact("Globus", access.grant, experiment, users)
+        try:
+            rules = self._contact("Globus", access.grant, experiment, users)
+        except GlobusError as error:
+            if error.done:  # rules made before the failure: recorded, so RemoveUser/Delete can revoke them
+                self.adapters.state.record_rules(experiment.name, error.done)
+            raise
         self.adapters.state.record_rules(experiment.name, rules)
         return f"; Globus access for {len(rules)} users" if rules else ""
 
@@ -309,7 +363,7 @@ class Beamline:
             return Outcome(f"selected {name}; its proposal {experiment.gup} was not read: {error}", warning=True)
         if found is None:
             return Outcome(f"selected {name}; proposal {experiment.gup} is not in the schedule", warning=True)
-        self.published = replace(self.published, current=found)
+        self._publish(current=found)
         return Outcome(f"selected {name} and published its proposal {experiment.gup}")
 
     def add_users(self, badges_text: str) -> Outcome:
@@ -323,12 +377,12 @@ class Beamline:
             else ExperimentUser(dm_username(b), source="added")
             for b in badges
         ]
-        added = self._contact("DM", self.adapters.dm.add_users, experiment.name, users)
-        granted = self._grant(experiment, [u for u in users if u.username in added]) if added else ""
-        self.load_selection()
-        if not added:
-            return Outcome(f"{', '.join(u.username for u in users)} already had access to {experiment.name}")
-        return Outcome(f"gave {', '.join(added)} access to {experiment.name}{granted}")
+        added, details, warning = self._give_access(experiment, users)
+        if added:
+            message = f"gave {', '.join(added)} access to {experiment.name}"
+        else:
+            message = f"{', '.join(u.username for u in users)} already had access to {experiment.name}"
+        return Outcome(message + details, warning=warning)
 
     def _known_people(self) -> dict[str, Person]:
         beamtime = self.published.current.beamtime if self.published.current else None
@@ -368,11 +422,12 @@ class Beamline:
             raise InputError(
                 f"DeleteConfirm must equal ExperimentName ({experiment.name}) to delete it; nothing deleted"
             )
-        progress = self.adapters.transfer.progress()
-        if progress.state == "Running":
-            raise InputError(f"a transfer is running for {experiment.name}: DaqStop first; nothing deleted")
+        transfer = self.adapters.transfer
+        if transfer.progress().state != "Stopped":
+            raise InputError("a transfer is running (or retrying after an error): DaqStop first; nothing deleted")
         revoked = self._revoke(experiment)
         removed = self._contact("DM", self.adapters.dm.delete_experiment, experiment.name)
+        transfer.forget(self._sources(experiment))  # a re-created experiment gets its files again
         self.adapters.state.forget_experiment(experiment.name)
         self.adapters.state.select("")
         self.load_selection()
@@ -433,9 +488,22 @@ class Beamline:
         raw = experiment.data_directory or str(self.settings.dm.data_top_dir / experiment.name)
         return {raw: str(storage / "data"), f"{raw}_rec": str(storage / "analysis")}
 
+    @property
+    def _transfer_system(self) -> str:
+        return "Globus" if self.settings.dm.transfer == "globus" else "DM"
+
     def _transfer(self, *, once: bool) -> str:
         experiment = self._selected()
-        return self._contact("DM", self.adapters.transfer.start, experiment, self._sources(experiment), once=once)
+        start = self.adapters.transfer.start
+        return self._contact(self._transfer_system, start, experiment, self._sources(experiment), once=once)
+
+    def transfer_progress(self) -> TransferProgress:
+        """The transfer's progress; when it cannot be read, the last one in Error, saying why."""
+        try:
+            self._progress = self._contact(self._transfer_system, self.adapters.transfer.progress)
+        except ServiceError as error:
+            self._progress = replace(self._progress, state="Error", message=f"transfer status not read: {error}")
+        return self._progress
 
     def daq_start(self) -> Outcome:
         """Start continuous transfer of the selected experiment's raw and `_rec` folders."""
@@ -446,7 +514,7 @@ class Beamline:
         return Outcome(self._transfer(once=True))
 
     def daq_stop(self) -> Outcome:
-        return Outcome(self._contact("DM", self.adapters.transfer.stop))
+        return Outcome(self._contact(self._transfer_system, self.adapters.transfer.stop))
 
 
 def tag_values(current: CurrentProposal | None) -> dict[str, str] | None:

@@ -8,6 +8,7 @@ import logging
 from caproto import AlarmSeverity
 
 from .commands import CommandGroup
+from .ports import TransferProgress
 from .pvs import command, double, enum, long, publish, text
 
 log = logging.getLogger(__name__)
@@ -38,14 +39,17 @@ class DaqGroup(CommandGroup):
 
     @daq_start.putter
     async def daq_start(self, instance, value):
+        self.shown = ""  # a new transfer's messages are news even when worded as the last ones
         return await self.run_command(instance, value, self.app.daq_start)
 
     @daq_stop.putter
     async def daq_stop(self, instance, value):
+        self.shown = ""  # a new transfer's messages are news even when worded as the last ones
         return await self.run_command(instance, value, self.app.daq_stop)
 
     @upload.putter
     async def upload(self, instance, value):
+        self.shown = ""  # a new transfer's messages are news even when worded as the last ones
         return await self.run_command(instance, value, self.app.upload)
 
     @daq_state.startup
@@ -61,18 +65,29 @@ class DaqGroup(CommandGroup):
             await self.root.engine.report(f"resuming the transfer failed: {error}", AlarmSeverity.MAJOR_ALARM)
         if resumed:
             await self.root.engine.report(resumed, AlarmSeverity.NO_ALARM)
-        last = None
         while True:
             try:
-                progress = transfer.progress()
-                await self.show(progress, last)
-                last = progress
+                progress = await asyncio.to_thread(self.app.transfer_progress)  # may ask a remote DM service
+                await self.show(progress)
+                await self.report(progress)
             except Exception:
                 log.exception("publishing transfer progress failed")
             await async_lib.library.sleep(POLL_SECONDS)
 
-    async def show(self, progress, last) -> None:
-        """Publish a progress snapshot; report an error or the end of an upload on Status once."""
+    shown = ""  # the transfer message last shown on Status
+
+    async def report(self, progress: TransferProgress) -> None:
+        """An error or the end of an upload goes to Status once, never over a running command's
+        outcome (it waits for the command to end)."""
+        if progress.message == self.shown or self.root.engine.running is not None:
+            return
+        if progress.message:
+            severity = AlarmSeverity.MAJOR_ALARM if progress.state == "Error" else AlarmSeverity.NO_ALARM
+            await self.root.engine.report(progress.message, severity)
+        self.shown = progress.message
+
+    async def show(self, progress: TransferProgress) -> None:
+        """Publish a progress snapshot."""
         await publish(self.daq_state, progress.state, DAQ_SEVERITY.get(progress.state, AlarmSeverity.MAJOR_ALARM))
         await publish(self.files_done, progress.files_done)
         await publish(self.files_total, progress.files_total)
@@ -80,7 +95,3 @@ class DaqGroup(CommandGroup):
         await publish(self.percent, round(progress.percent, 1))
         await publish(self.rate, round(progress.rate_mb_s, 2))
         await publish(self.last_file, progress.last_file)
-        if last is None or not progress.message or progress.message == last.message:
-            return
-        severity = AlarmSeverity.MAJOR_ALARM if progress.state == "Error" else AlarmSeverity.NO_ALARM
-        await self.root.engine.report(progress.message, severity)

@@ -83,7 +83,7 @@ class ProposalGroup(CommandGroup):
             outcome = await asyncio.to_thread(self.app.refresh, self.time_offset_days.value)
         except DMagicError as error:
             log.warning("automatic refresh failed: %s", error)
-            if report:
+            if report and self.root.engine.running is None:  # Scheduling:Health shows it in any case
                 await self.root.engine.report(f"automatic Refresh failed: {error}", AlarmSeverity.MAJOR_ALARM)
             await self.root.show()
             return False
@@ -105,8 +105,9 @@ class ProposalGroup(CommandGroup):
         await publish(
             self.proposal_active, NO_YES[active], AlarmSeverity.NO_ALARM if active else AlarmSeverity.MINOR_ALARM
         )
-        values = tag_values(current) or {**dict.fromkeys(_TAGGED, ""), "UserInfoUpdate": iso(current.refreshed)}
-        for name, channel in self._tagged().items():
+        tagged = self._tagged()
+        values = tag_values(current) or {**dict.fromkeys(tagged, ""), "UserInfoUpdate": iso(current.refreshed)}
+        for name, channel in tagged.items():
             await publish(channel, values[name])
         people = beamtime.people_pi_first if beamtime else ()
         await publish(self.proposal_type, beamtime.proposal_type if beamtime else "")
@@ -133,9 +134,3 @@ class ProposalGroup(CommandGroup):
             "ESAFDOINumber": self.esaf_doi_number,
             "ExperimentYearMonth": self.experiment_year_month,
         }
-
-
-_TAGGED = (
-    "UserName", "UserLastName", "UserEmail", "UserBadge", "UserInstitution", "UserInfoUpdate",
-    "ProposalNumber", "ProposalTitle", "ESAFNumber", "ESAFDOINumber", "ExperimentYearMonth",
-)  # fmt: skip

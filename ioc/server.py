@@ -65,9 +65,16 @@ class DMagicIOC(PVGroup):
         await self.autosave.run(async_lib)
 
 
+NOT_AUTOSAVED = {"DeleteConfirm"}  # a confirmation is for one attempt, never for after a restart
+
+
 def settings_channels(pvdb: dict) -> dict:
-    """The RW PVs that are settings (not commands): what autosave keeps."""
-    return {name: ch for name, ch in pvdb.items() if not ch.pvspec.read_only and not is_command(ch)}
+    """The RW PVs that are settings (not commands, not confirmations): what autosave keeps."""
+    return {
+        name: ch
+        for name, ch in pvdb.items()
+        if not ch.pvspec.read_only and not is_command(ch) and ch.pvspec.name not in NOT_AUTOSAVED
+    }
 
 
 class Autosave:

@@ -176,6 +176,39 @@ def test_add_users_returns_new_ones_and_reports_unknown_users(aps, fake_dm):
     assert aps.get_experiment(NAME).usernames == ("d1", "d2")
 
 
+def test_add_users_adds_the_others_and_carries_them_in_the_error(aps, fake_dm):
+    aps.create_experiment(experiment())
+    fake_dm.STATE.users |= {"d1", "d2", "d3"}
+    aps.add_users(NAME, [ExperimentUser("d1")])
+
+    with pytest.raises(DMError, match=r"could not add d404 \(not a DM user\)") as failure:
+        aps.add_users(NAME, [ExperimentUser(u) for u in ("d1", "d2", "d404", "d3")])
+
+    assert failure.value.done == ["d2", "d3"]
+    assert aps.get_experiment(NAME).usernames == ("d1", "d2", "d3")
+
+
+def test_get_experiment_gives_the_users_contact_details(aps, fake_dm):
+    aps.create_experiment(experiment())
+    fake_dm.STATE.add_user("d1", firstName="Ann", lastName="Smith", email="ann@x.org", institution="Argonne")
+    fake_dm.STATE.add_user("d2", firstName="Bo", lastName=None)  # no e-mail, no last name
+    fake_dm.STATE.add_user("d3", firstName="Cy", lastName="Ng", email="cy@x.org")
+    fake_dm.STATE.add_user("d4", email="di@x.org")
+    aps.add_users(NAME, [ExperimentUser(u) for u in ("d1", "d2", "d3", "d4")])
+    fake_dm.STATE.users.discard("d4")  # account gone since
+    fake_dm.STATE.fail["getUserByUsername"] = fake_dm.DmException("user service busy")  # d1's lookup fails
+
+    users = aps.get_experiment(NAME).users
+
+    assert users == (
+        ExperimentUser("d1", source="dm"),
+        ExperimentUser("d2", "Bo", source="dm"),
+        ExperimentUser("d3", "Cy Ng", "cy@x.org", source="dm"),
+        ExperimentUser("d4", source="dm"),
+    )
+    assert aps.get_experiment(NAME).users[0] == ExperimentUser("d1", "Ann Smith", "ann@x.org", "Argonne", "dm")
+
+
 def test_remove_users_returns_those_removed(aps, fake_dm):
     aps.create_experiment(experiment())
     fake_dm.STATE.users |= {"d1", "d2"}
@@ -316,6 +349,33 @@ def test_daq_progress_stop_and_errors(daq, fake_dm, sources):
     assert daq.stop().startswith(f"stopped DM transfer for {NAME}")
     assert fake_dm.STATE.called("stopDaq")[0][0][0] == NAME
     assert daq.stop() == "no DM transfer was running for this IOC"
+
+
+def test_the_rate_is_kept_under_the_lock(fake_dm, data_top_dir, sources):
+    """progress() runs in several threads: the rate bookkeeping is written only under the lock."""
+
+    class CheckedDaq(ApsDaq):
+        checking = False
+
+        def __setattr__(self, name, value):
+            if self.checking and name in ("_rate", "_last_bytes"):
+                assert self._lock.locked(), f"{name} written without the lock"
+            super().__setattr__(name, value)
+
+    daq = CheckedDaq("2BM", data_top_dir, "tomodata3")
+    daq.checking = True
+    daq.start(experiment(), sources, once=False)
+    fake_dm.STATE.daqs[0].update(nFiles=10, nCompletedFiles=1, totalProcessedBytes=1e6)
+    daq.progress()
+    fake_dm.STATE.daqs[0].update(nCompletedFiles=2, totalProcessedBytes=3e6)
+    progress = daq.progress()
+
+    assert progress.state == "Running" and progress.rate_mb_s > 0
+
+
+def test_forget_is_a_no_op_for_dm_transfers(daq, fake_dm, sources):
+    daq.forget(sources)
+    assert fake_dm.STATE.calls == []
 
 
 def test_upload_once(daq, fake_dm, sources, data_top_dir):

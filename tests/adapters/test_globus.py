@@ -18,6 +18,7 @@ import urllib.parse
 from collections import Counter
 from pathlib import Path
 
+import globus_sdk
 import pytest
 from dmagic_ioc.adapters.globus import GlobusAccess, GlobusTransfer, collection_path
 from dmagic_ioc.ioc.model import Experiment, ExperimentUser, GlobusError
@@ -318,6 +319,35 @@ def test_user_without_identity_is_named_and_others_granted(access, fake):
     with pytest.raises(GlobusError, match=r"d1002.*no Globus identity for Bob@Lab.org"):
         access.grant(EXPERIMENT, [ANN, BOB])
     assert [rule["principal"] for rule in fake.rules.values()] == [fake.identity(ANN.email)]
+
+
+def test_partial_failure_carries_the_rules_of_the_users_that_succeeded(access, fake):
+    fake.identities["ann@uni.edu"] = "identity-ann"
+    reused = fake.add_rule("identity-ann", EXPERIMENT_PATH)
+    fake.fail[("POST", "_create_rule")] = {1}  # Bob's rule; Dora's (the second creation) succeeds
+
+    with pytest.raises(GlobusError) as failure:
+        access.grant(EXPERIMENT, [ANN, BOB, CARL, DORA])
+
+    dora = next(rule["id"] for rule in fake.rules.values() if rule["principal"] == fake.identity(DORA.email))
+    assert failure.value.done == {"d1001": reused, "d1004": dora}
+
+
+def test_network_failure_carries_the_rules_made_before_it(access, fake, monkeypatch):
+    real_identity = GlobusAccess._identity
+
+    def identity(self, user):
+        if user is BOB:
+            raise globus_sdk.GlobusConnectionError("connection refused", ConnectionError("refused"))
+        return real_identity(self, user)
+
+    monkeypatch.setattr(GlobusAccess, "_identity", identity)
+
+    with pytest.raises(GlobusError, match="access for d1002 not given") as failure:
+        access.grant(EXPERIMENT, [ANN, BOB, DORA])
+
+    assert failure.value.done == {"d1001": next(iter(fake.rules))}
+    assert len(fake.rules) == 1
 
 
 def test_revoke_deletes_exactly_those_rules_and_tolerates_gone_ones(access, fake):
@@ -629,4 +659,12 @@ def test_transfer_needs_source_collection_and_storage_destinations(fake, secret_
     with pytest.raises(GlobusError, match="absolute"):
         transfer.start(EXPERIMENT, {"relative/x": f"{STORAGE_ROOT}/x"}, once=True)
     assert transfer.progress().state == "Stopped"
+    assert sum(fake.calls.values()) == 0
+
+
+def test_forget_is_a_no_op(make_transfer, fake):
+    """Nothing is kept about sent files: each pass's checksum sync sends what the destination lacks."""
+    transfer = make_transfer()
+
+    assert transfer.forget(SOURCES) is None
     assert sum(fake.calls.values()) == 0

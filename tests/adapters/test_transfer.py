@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -176,6 +177,71 @@ def test_upload_ends_by_itself_with_a_summary(engine, paths):
     assert (progress.files_done, progress.files_total, progress.percent) == (5, 5, 100.0)
     assert engine.resume() is None  # a finished upload is not resumed
     assert engine.stop() == "no transfer is running"
+
+
+def upload(engine: LocalTransfer, paths: dict[str, Path]) -> str:
+    """Run one upload to its end; return its summary."""
+    engine.start(EXPERIMENT, sources(paths), once=True)
+    wait_for(lambda: engine.progress().state == "Stopped", what="the upload to end")
+    return engine.progress().message
+
+
+def test_forget_after_the_destination_was_deleted_sends_every_file_again(engine, paths):
+    expected = {f"scan/f{i}.h5": os.urandom(1000 + i) for i in range(12)}
+    for rel, data in expected.items():
+        write(paths["src"] / rel, data)
+    assert " 12 files" in upload(engine, paths)
+    shutil.rmtree(paths["dest"])  # Delete of the experiment removed its storage
+
+    engine.forget(sources(paths))
+
+    assert engine.ledger.sent(str(paths["src"]), str(paths["dest"])) == {}
+    summary = upload(engine, paths)  # the re-created experiment
+    assert " 12 files" in summary and "already there" not in summary
+    assert tree_files(paths["dest"]) == expected
+
+
+def test_forget_is_refused_while_a_transfer_of_those_sources_runs(engine, paths, tmp_path):
+    write(paths["src"] / "a.h5", b"a")
+    engine.start(EXPERIMENT, sources(paths), once=False)
+    wait_for(lambda: engine.ledger.sent(str(paths["src"]), str(paths["dest"])), what="a.h5 recorded as sent")
+
+    with pytest.raises(InputError, match="DaqStop"):
+        engine.forget({str(paths["src"]): str(paths["dest"])})
+    assert engine.ledger.sent(str(paths["src"]), str(paths["dest"])) != {}
+    engine.forget({str(tmp_path / "other"): str(tmp_path / "elsewhere")})  # not running: allowed
+
+    engine.stop()
+    engine.forget(sources(paths))
+    assert engine.ledger.sent(str(paths["src"]), str(paths["dest"])) == {}
+
+
+def test_ledger_forget_drops_those_sources_only_committed_or_buffered(tmp_path):
+    ledger = Ledger(tmp_path / "ledger.db")
+    ledger.add("/raw/a", "f1", 1, 1, "/dm/a")
+    ledger.add("/raw/b", "f1", 1, 1, "/dm/b")
+    ledger.commit()
+    ledger.add("/raw/a", "f2", 2, 2, "/dm/a")  # buffered, not committed yet
+
+    assert ledger.forget({"/raw/a": "/dm/a"}) == 1
+    ledger.commit()
+
+    assert ledger.sent("/raw/a", "/dm/a") == {}
+    assert ledger.sent("/raw/b", "/dm/b") == {"f1": (1, 1)}
+    ledger.close()
+
+
+def test_a_sent_file_missing_from_its_destination_is_sent_again_at_the_next_start(engine, paths):
+    expected = {f"f{i}": os.urandom(500 + i) for i in range(5)}
+    for rel, data in expected.items():
+        write(paths["src"] / rel, data)
+    upload(engine, paths)
+    (paths["dest"] / "f3").unlink()  # removed behind the ledger's back, no forget
+
+    summary = upload(engine, paths)
+
+    assert " 1 files" in summary and "(4 already there)" in summary
+    assert tree_files(paths["dest"]) == expected
 
 
 def test_a_second_start_reports_the_running_transfer(engine, paths):

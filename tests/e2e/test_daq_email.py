@@ -191,3 +191,19 @@ def test_email_disabled_is_refused(ioc):
     create(ioc)
     status, severity = ioc.command("Email")
     assert severity == MAJOR and "not enabled" in status
+
+
+def test_a_deleted_then_recreated_experiment_gets_its_files_again(ioc, tmp_path):
+    create(ioc)
+    raw = tmp_path / "data" / NAME
+    (raw / "a.dat").write_bytes(b"1" * 1000)
+    os.utime(raw / "a.dat", (time.time() - 60, time.time() - 60))
+    ioc.command("Upload")
+    wait_for(lambda: "finished" in ioc.get("Status"), timeout=15, what="the first upload")
+    ioc.put("DeleteConfirm", NAME)
+    status, severity = ioc.command("Delete")
+    assert severity == 0, status
+    create(ioc)
+    ioc.command("Upload")
+    wait_for(lambda: "finished" in ioc.get("Status"), timeout=15, what="the second upload")
+    assert (tmp_path / "storage" / "2026-11" / NAME / "data" / "a.dat").read_bytes() == b"1" * 1000

@@ -188,6 +188,7 @@ class FakeTransfer:
     def __init__(self):
         self.state = TransferProgress()
         self.starts: list[tuple] = []
+        self.forgotten: list[dict] = []
 
     def start(self, experiment, sources, *, once):
         self.starts.append((experiment.name, dict(sources), once))
@@ -203,6 +204,9 @@ class FakeTransfer:
 
     def resume(self):
         return None
+
+    def forget(self, sources):
+        self.forgotten.append(dict(sources))
 
 
 class FakeTag:
@@ -803,9 +807,11 @@ async def test_daq_start_and_progress(rig):
     ]
     progress = TransferProgress(state="Running", files_done=1, files_total=4, bytes_done=2e6, rate_mb_s=1.5,
                                 last_file="a.h5")  # fmt: skip
-    await ioc.daq.show(progress, None)
+    await ioc.daq.show(progress)
     assert (ioc.daq.daq_state.value, ioc.daq.files_done.value, ioc.daq.percent.value) == ("Running", 1, 25.0)
     failed = replace(progress, state="Error", message="copy of b.h5 failed: disk full")
-    await ioc.daq.show(failed, progress)
+    await ioc.daq.show(failed)
+    await ioc.daq.report(failed)
+    assert ioc.daq.shown == failed.message
     assert ioc.daq.daq_state.alarm.severity == MAJOR
     assert status(rig) == ("copy of b.h5 failed: disk full", MAJOR)

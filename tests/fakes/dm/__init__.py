@@ -45,6 +45,7 @@ class DmObject(UserDict):
 class State:
     experiments: dict = field(default_factory=dict)
     users: set = field(default_factory=set)
+    user_details: dict = field(default_factory=dict)  # username -> fields of its UserInfo (firstName, email, ...)
     esafs: dict = field(default_factory=dict)
     daqs: list = field(default_factory=list)
     uploads: dict = field(default_factory=dict)
@@ -58,6 +59,11 @@ class State:
         error = self.fail.pop(method, None)
         if error is not None:
             raise error
+
+    def add_user(self, username: str, **details) -> None:
+        """A DM account, e.g. `add_user("d1", firstName="Ann", lastName="Smith", email="ann@x.org")`."""
+        self.users.add(username)
+        self.user_details[username] = details
 
     def called(self, method: str) -> list:
         return [(args, kwargs) for name, args, kwargs in self.calls if name == method]
@@ -128,7 +134,7 @@ class UserDsApi:
         STATE.record("getUserByUsername", username)
         if username not in STATE.users:
             raise ObjectNotFound(f"User {username} does not exist.")
-        return DmObject({"username": username})
+        return DmObject({"username": username, **STATE.user_details.get(username, {})})
 
     def addUserExperimentRole(self, username, role, experimentName):
         STATE.record("addUserExperimentRole", username, role, experimentName)
