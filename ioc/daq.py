@@ -39,18 +39,15 @@ class DaqGroup(CommandGroup):
 
     @daq_start.putter
     async def daq_start(self, instance, value):
-        self.shown = ""  # a new transfer's messages are news even when worded as the last ones
-        return await self.run_command(instance, value, self.app.daq_start)
+        return await self.run_transfer_command(instance, value, self.app.daq_start)
 
     @daq_stop.putter
     async def daq_stop(self, instance, value):
-        self.shown = ""  # a new transfer's messages are news even when worded as the last ones
-        return await self.run_command(instance, value, self.app.daq_stop)
+        return await self.run_transfer_command(instance, value, self.app.daq_stop)
 
     @upload.putter
     async def upload(self, instance, value):
-        self.shown = ""  # a new transfer's messages are news even when worded as the last ones
-        return await self.run_command(instance, value, self.app.upload)
+        return await self.run_transfer_command(instance, value, self.app.upload)
 
     @daq_state.startup
     async def daq_state(self, instance, async_lib):
@@ -75,6 +72,10 @@ class DaqGroup(CommandGroup):
             await async_lib.library.sleep(POLL_SECONDS)
 
     shown = ""  # the transfer message last shown on Status
+
+    async def run_transfer_command(self, instance, value, use_case):
+        self.shown = ""  # a new transfer's messages are news even when worded as the last ones
+        return await self.run_command(instance, value, use_case)
 
     async def report(self, progress: TransferProgress) -> None:
         """An error or the end of an upload goes to Status once, never over a running command's
