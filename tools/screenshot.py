@@ -210,6 +210,7 @@ def take_screenshot(output: Path, screen: Path = SCREEN, timeout: float = TIMEOU
             create_experiment(prefix, watch, app, timeout)
         display.resize(display.sizeHint())
         display.show()
+        display.setFocus()  # no text cursor in the first entry
         for _ in range(20):  # let the last monitor updates repaint
             app.processEvents()
         output.parent.mkdir(parents=True, exist_ok=True)
