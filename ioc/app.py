@@ -24,7 +24,6 @@ from .config import Settings
 from .model import (
     Beamtime,
     CurrentProposal,
-    DMagicError,
     DMError,
     EmailError,
     Experiment,
@@ -536,6 +535,3 @@ def tag_values(current: CurrentProposal | None) -> dict[str, str] | None:
         "ESAFDOINumber": beamtime.esaf_doi,
         "ExperimentYearMonth": beamtime.year_month,
     }
-
-
-__all__ = ["Adapters", "Beamline", "DMagicError", "EMAIL_MODES", "ManualRequest", "Published", "tag_values"]

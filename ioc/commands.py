@@ -49,35 +49,32 @@ class CommandEngine:
             raise CommandFailed(message)
         self.running = name
         try:
-            return await self._run(name, use_case, *args, channel=channel)
+            await channel.write(
+                COMMAND_STATES[1], verify_value=False, status=AlarmStatus.NO_ALARM, severity=AlarmSeverity.NO_ALARM
+            )
+            await publish(self._pvs.last_command, name, force=True)
+            await publish(self._pvs.busy, "Busy")
+            await self.report(f"{name} running", AlarmSeverity.NO_ALARM)
+            try:
+                outcome = await asyncio.to_thread(use_case, *args)
+            except DMagicError as error:
+                message = f"{name} failed: {error}"
+                log.warning("%s", message)
+            except Exception as error:  # a bug: say so on Status, keep the IOC alive
+                log.exception("%s failed unexpectedly", name)
+                message = f"{name} failed: internal error ({type(error).__name__}: {error}); see the IOC log"
+            else:
+                log.info("%s: %s", name, outcome.message)
+                await self._finish()
+                severity = AlarmSeverity.MINOR_ALARM if outcome.warning else AlarmSeverity.NO_ALARM
+                await self.report(outcome.message, severity)
+                return outcome
+            await self._finish()
+            await self.report(message, AlarmSeverity.MAJOR_ALARM)
+            raise CommandFailed(message)
         finally:
             self.running = None
             await channel.write(COMMAND_STATES[0], verify_value=False)
-
-    async def _run(self, name: str, use_case: Callable[..., Outcome], *args, channel) -> Outcome:
-        await channel.write(
-            COMMAND_STATES[1], verify_value=False, status=AlarmStatus.NO_ALARM, severity=AlarmSeverity.NO_ALARM
-        )
-        await publish(self._pvs.last_command, name, force=True)
-        await publish(self._pvs.busy, "Busy")
-        await self.report(f"{name} running", AlarmSeverity.NO_ALARM)
-        try:
-            outcome = await asyncio.to_thread(use_case, *args)
-        except DMagicError as error:
-            message = f"{name} failed: {error}"
-            log.warning("%s", message)
-        except Exception as error:  # a bug: say so on Status, keep the IOC alive
-            log.exception("%s failed unexpectedly", name)
-            message = f"{name} failed: internal error ({type(error).__name__}: {error}); see the IOC log"
-        else:
-            log.info("%s: %s", name, outcome.message)
-            await self._finish()
-            severity = AlarmSeverity.MINOR_ALARM if outcome.warning else AlarmSeverity.NO_ALARM
-            await self.report(outcome.message, severity)
-            return outcome
-        await self._finish()
-        await self.report(message, AlarmSeverity.MAJOR_ALARM)
-        raise CommandFailed(message)
 
     async def _finish(self) -> None:
         try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, tzinfo
 
@@ -269,10 +269,6 @@ def parse_badges(text: str) -> tuple[str, ...]:
         shown = ", ".join(repr(entry) for entry in bad)
         raise InputError(f"Badges has entries that are not badge numbers: {shown}; nothing changed")
     return tuple(dict.fromkeys(entries))
-
-
-def join(values: Sequence[str], sep: str = ",") -> str:
-    return sep.join(values)
 
 
 # --------------------------------------------------------------------------
