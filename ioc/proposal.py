@@ -43,6 +43,10 @@ class ProposalGroup(CommandGroup):
     user_institution = text("UserInstitution", 256, "PI institution")
     user_badge = string("UserBadge", "PI badge")
     user_info_update = string("UserInfoUpdate", "ISO 8601 time of the last refresh")
+    schedule_proposal_number = string(
+        "Schedule:ProposalNumber", "GUP the schedule shows now (empty: none)"
+    )
+    schedule_pi = text("Schedule:PI", 256, "PI of the beamtime the schedule shows now")
     users_count = long("Users:Count", "Experimenters on the proposal")
     users_names = text("Users:Names", 8192, "Experimenters' names, comma-separated, PI first")
     users_badges = text("Users:Badges", 8192, "Experimenters' badges, same order")
@@ -110,6 +114,8 @@ class ProposalGroup(CommandGroup):
         for name, channel in tagged.items():
             await publish(channel, values[name])
         people = beamtime.people_pi_first if beamtime else ()
+        await publish(self.schedule_proposal_number, beamtime.gup if beamtime else "")
+        await publish(self.schedule_pi, beamtime.pi.full_name if beamtime and beamtime.pi else "")
         await publish(self.proposal_type, beamtime.proposal_type if beamtime else "")
         await publish(self.proposal_start, iso(beamtime.start) if beamtime else "")
         await publish(self.proposal_end, iso(beamtime.end) if beamtime else "")

@@ -9,8 +9,15 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-APS_FIXTURES = SHARED / "fixtures" / "aps-scheduling"
+TEST_DATA = REPO / "tests" / "data"
+APS_FIXTURES = TEST_DATA / "aps-scheduling"
+CONTRACT_PVS = TEST_DATA / "contract-pvs.txt"
+
+
+def contract_pvs() -> list[tuple[str, str, str, str]]:
+    """(name, kind, type, access) of every PV of the contract (docs/interface.md section 4)."""
+    lines = CONTRACT_PVS.read_text(encoding="utf-8").splitlines()
+    return [tuple(line.split("\t")) for line in lines if line and not line.startswith("#")]
 
 
 def free_port() -> int:

@@ -19,7 +19,7 @@ from dmagic_ioc.ioc.model import Run, SchedulingError
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "aps-scheduling"
+FIXTURES = Path(__file__).resolve().parents[1] / "data" / "aps-scheduling"
 SCHEDULE = "schedule-findByRunNameAndScheduleName-2026-3-2-BM-A,B.json"
 ACTIVITY = "activity-findByRunNameAndBeamlineId-2026-3-2-BM-A,B.json"
 API = "/beamline-scheduling/sched-api/"

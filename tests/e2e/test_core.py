@@ -12,14 +12,14 @@ import yaml
 from caproto import CaprotoError, ErrorResponseReceived
 from caproto.sync.client import write as caproto_write
 
-from ..conftest import SHARED
+from ..conftest import contract_pvs
 from .conftest import BETWEEN, IN_FIRST, IN_SECOND, IN_THIRD
 from .harness import DMAGIC_IOC, IOC, wait_for
 
 pytestmark = pytest.mark.e2e
 
 MINOR, MAJOR = 1, 2
-CONTRACT = [line.split("\t") for line in (SHARED / "contract-pvs.txt").read_text().splitlines() if line[:1] != "#"]
+CONTRACT = [(name, kind) for name, kind, *_ in contract_pvs()]
 KIND_TYPES = {
     "char waveform": "char",
     "string": "string",

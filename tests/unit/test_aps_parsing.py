@@ -14,7 +14,7 @@ from dmagic_ioc.ioc.model import Beamtime, SchedulingError, find_beamtime, selec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "aps-scheduling"
+FIXTURES = Path(__file__).resolve().parents[1] / "data" / "aps-scheduling"
 SCHEDULE = "schedule-findByRunNameAndScheduleName-2026-3-2-BM-A,B.json"
 ACTIVITY = "activity-findByRunNameAndBeamlineId-2026-3-2-BM-A,B.json"
 CHICAGO = ZoneInfo("America/Chicago")

@@ -8,7 +8,7 @@ import pytest
 from dmagic_ioc.ioc import dbgen, pvtable
 from dmagic_ioc.ioc.pvinfo import PVInfo, ioc_pvs
 
-from ..conftest import REPO, SHARED
+from ..conftest import REPO, contract_pvs
 
 # The committed file in the checkout (the installed package does not carry db_templates/).
 DB_FILE = REPO / "db_templates" / "dmagic.db"
@@ -28,27 +28,6 @@ def records() -> dict[str, tuple[str, dict[str, str]]]:
     """The committed database: PV name after the prefix -> (record type, fields)."""
     text = DB_FILE.read_text(encoding="utf-8")
     return {name: (rtype, dict(FIELD.findall(body))) for rtype, name, body in RECORD.findall(text)}
-
-
-def contract_pvs() -> list[tuple[str, str]]:
-    """(name, kind) of every PV of SPEC section 4."""
-    lines = (SHARED / "contract-pvs.txt").read_text(encoding="utf-8").splitlines()
-    return [tuple(line.split("\t")) for line in lines if line and not line.startswith("#")]
-
-
-def spec_rows() -> dict[str, tuple[str, str]]:
-    """SPEC section 4 tables: PV name -> (type as written, access); commands get ("command", "RW")."""
-    spec = (SHARED / "SPEC.md").read_text(encoding="utf-8")
-    section = spec.split("## 4. PVs", 1)[1].split("\n## 5.", 1)[0]
-    rows = {}
-    for line in section.splitlines():
-        if not line.startswith("| `"):
-            continue
-        cells = [cell.strip() for cell in line.strip("|").split(" | ")]
-        kind, access = (cells[1], cells[2]) if len(cells) == 4 else ("command", "RW")
-        for name in re.findall(r"`([^`]+)`", cells[0]):
-            rows[name] = (kind, access)
-    return rows
 
 
 def expected_record(kind: str, access: str) -> tuple[str, dict[str, str]]:
@@ -83,15 +62,12 @@ def test_one_record_per_pv(pvs, records):
     assert [pv.name for pv in pvs] == list(records)
 
 
-@pytest.mark.parametrize(("name", "kind"), contract_pvs())
-def test_every_contract_pv_has_a_record_of_the_spec_type(name, kind, records):
-    spec = spec_rows()
-    assert name in spec, f"{name} is in contract-pvs.txt but not in SPEC section 4"
-    spec_kind, access = spec[name]
+@pytest.mark.parametrize(("name", "kind", "spec_kind", "access"), contract_pvs())
+def test_every_contract_pv_has_a_record_of_the_spec_type(name, kind, spec_kind, access, records):
     assert name in records, f"no record for {name}"
     rtype, fields = records[name]
     want_type, want_fields = expected_record(spec_kind, access)
-    assert rtype == want_type, f"{name}: {rtype}, SPEC says {spec_kind} {access}"
+    assert rtype == want_type, f"{name}: {rtype}, the contract says {spec_kind} {access}"
     assert {key: fields.get(key) for key in want_fields} == want_fields
     if kind == "enum" or kind == "command":
         states = [fields[key] for key in STATE_FIELDS if key in fields]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from dmagic_ioc.ioc.pvinfo import ioc_pvs
 
-from ..conftest import REPO, SHARED
+from ..conftest import REPO, contract_pvs
 
 OPI = REPO / "opi"
 SCREENS = sorted([*OPI.glob("*.adl"), *OPI.glob("*.bob"), *OPI.glob("*.ui")])
@@ -47,8 +47,7 @@ def pvs() -> dict:
 
 
 def commands() -> list[str]:
-    lines = (SHARED / "contract-pvs.txt").read_text(encoding="utf-8").splitlines()
-    return [line.split("\t")[0] for line in lines if line.endswith("\tcommand")]
+    return [name for name, kind, *_ in contract_pvs() if kind == "command"]
 
 
 def named_pvs(path: Path) -> set[str]:
