@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from caproto import AlarmSeverity, AlarmStatus, SkipWrite
 
-from .model import DMagicError
-from .pvs import COMMAND_STATES, TextPVGroup, publish
+from .model import DMagicError, printable
+from .pvs import COMMAND_STATES, GuardedPVGroup, publish
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +83,14 @@ class CommandEngine:
             await publish(self._pvs.busy, "Idle")
 
     async def report(self, message: str, severity: AlarmSeverity) -> None:
-        """Show `message` on Status; a failure is also kept on LastError."""
+        """Show `message` on Status (control characters escaped); a failure is also kept on LastError."""
+        message = printable(message)
         await publish(self._pvs.status, message, severity, force=True)
         if severity == AlarmSeverity.MAJOR_ALARM:
             await publish(self._pvs.last_error, message)
 
 
-class CommandGroup(TextPVGroup):
+class CommandGroup(GuardedPVGroup):
     """A PVGroup of one concern whose command PVs run use cases through the root's engine."""
 
     @property
@@ -102,6 +103,9 @@ class CommandGroup(TextPVGroup):
     @property
     def app(self):
         return self.root.app
+
+    async def put_refused(self, message: str) -> None:
+        await self.root.engine.report(message, AlarmSeverity.MAJOR_ALARM)
 
     async def run_command(self, instance, value, use_case: Callable[..., Outcome], *args):
         """The whole body of a command putter: 1 runs `use_case(*args)`, 0 does nothing."""

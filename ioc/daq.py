@@ -62,13 +62,19 @@ class DaqGroup(CommandGroup):
             await self.root.engine.report(f"resuming the transfer failed: {error}", AlarmSeverity.MAJOR_ALARM)
         if resumed:
             await self.root.engine.report(resumed, AlarmSeverity.NO_ALARM)
+        failure = ""  # the last unexpected error: said once, not every poll
         while True:
             try:
                 progress = await asyncio.to_thread(self.app.transfer_progress)  # may ask a remote DM service
                 await self.show(progress)
                 await self.report(progress)
-            except Exception:
-                log.exception("publishing transfer progress failed")
+                failure = ""
+            except Exception as error:
+                if repr(error) != failure:
+                    failure = repr(error)
+                    log.exception("publishing transfer progress failed")
+                    message = f"transfer progress not published: internal error ({error}); see the IOC log"
+                    await self.root.engine.report(message, AlarmSeverity.MAJOR_ALARM)
             await async_lib.library.sleep(POLL_SECONDS)
 
     shown = ""  # the transfer message last shown on Status

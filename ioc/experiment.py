@@ -31,7 +31,9 @@ class ExperimentGroup(CommandGroup):
     manual_institution = text("Manual:Institution", 256, "PI institution of a manual experiment", rw=True)
     manual_email = text("Manual:Email", 256, "PI e-mail of a manual experiment", rw=True)
     manual_title = text("Manual:Title", 256, "Title of a manual experiment", rw=True)
-    manual_gup = long("Manual:GUP", "Proposal number of a manual experiment (0 = none)", rw=True)
+    manual_gup = long(
+        "Manual:GUP", "Proposal number of a manual experiment (0 = none)", rw=True, limits=(0, 2**31 - 1)
+    )
     manual_badges = text(
         "Manual:Badges", 1024, "Users of a manual experiment; the first is the Manual:* person", rw=True
     )

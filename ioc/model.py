@@ -259,16 +259,26 @@ def dm_username(badge: str) -> str:
     return f"d{badge}"
 
 
-def parse_badges(text: str) -> tuple[str, ...]:
-    """`"310011, 310012"` -> `("310011", "310012")`; every entry must be numeric."""
+def parse_badges(text: str, what: str = "Badges") -> tuple[str, ...]:
+    """`"310011, 310012"` -> `("310011", "310012")`; every entry must be numeric. `what` names the PV."""
     entries = [entry.strip() for entry in text.split(",")]
     if not any(entries):
-        raise InputError("Badges is empty: write comma-separated badge numbers, e.g. 310011,310012")
+        raise InputError(f"{what} is empty: write comma-separated badge numbers, e.g. 310011,310012")
     bad = [entry for entry in entries if not BADGE.fullmatch(entry)]
     if bad:
-        shown = ", ".join(repr(entry) for entry in bad)
-        raise InputError(f"Badges has entries that are not badge numbers: {shown}; nothing changed")
+        shown = ", ".join(printable(repr(entry)) for entry in bad)
+        raise InputError(f"{what} has entries that are not badge numbers: {shown}; nothing changed")
     return tuple(dict.fromkeys(entries))
+
+
+def plural(count: int, noun: str) -> str:
+    """`1 user`, `2 users`."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def printable(text: str) -> str:
+    """`text` with control characters shown as escapes (`\\x07`), fit for a one-line Status or log."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 # --------------------------------------------------------------------------

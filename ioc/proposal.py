@@ -15,8 +15,17 @@ from .pvs import NO_YES, command, double, enum, long, publish, string, text
 
 log = logging.getLogger(__name__)
 
+MIN_REFRESH_PERIOD, MAX_REFRESH_PERIOD = 10.0, 86400.0
 # After a failed automatic refresh, retry after 10 s, then 20 s, 40 s, ... up to RefreshPeriod.
 FIRST_RETRY = 10.0
+
+
+def retry_delay(period: float, failures: int) -> float:
+    """Seconds until the next automatic refresh: the period, or after failures 10 s, 20 s, 40 s, ...
+    up to the period (the exponent is capped: a week-long outage never overflows)."""
+    if not failures:
+        return period
+    return min(period, FIRST_RETRY * 2.0 ** min(failures - 1, 30))
 
 
 class ProposalGroup(CommandGroup):
@@ -24,8 +33,13 @@ class ProposalGroup(CommandGroup):
 
     beamline = string("Beamline", "Beamline id")
     run = string("Run", "Run containing now + offset, e.g. 2026-3")
-    time_offset_days = double("TimeOffsetDays", "Look this many days ahead (+) or back (-)", rw=True)
-    refresh_period = double("RefreshPeriod", "Seconds between automatic refreshes; 0 = off", rw=True, precision=0)
+    time_offset_days = double(
+        "TimeOffsetDays", "Look this many days ahead (+) or back (-)", rw=True, units="d", limits=(-3660, 3660)
+    )
+    refresh_period = double(
+        "RefreshPeriod", "Seconds between automatic refreshes; 0 = off", rw=True, precision=0, units="s",
+        limits=(0, MAX_REFRESH_PERIOD),
+    )  # fmt: skip
     proposal_active = enum("ProposalActive", NO_YES, "A beamtime is scheduled now; No carries MINOR")
     proposal_number = string("ProposalNumber", "GUP number")
     proposal_title = text("ProposalTitle", 1024, "Full proposal title")
@@ -56,6 +70,15 @@ class ProposalGroup(CommandGroup):
     refresh = command("Refresh", "Read the current proposal from the scheduling system and publish it")
     tag = command("Tag", "Write the user-info PVs into the IOC at TagPrefix")
 
+    @refresh_period.putter
+    async def refresh_period(self, instance, value):
+        if 0 < value < MIN_REFRESH_PERIOD:
+            why = f"it takes 0 (off) or {MIN_REFRESH_PERIOD:g} to {MAX_REFRESH_PERIOD:g} seconds"
+            refusal = instance.refuse(why)
+            await self.put_refused(str(refusal))
+            raise refusal
+        return value
+
     @refresh.putter
     async def refresh(self, instance, value):
         return await self.run_command(instance, value, self.app.refresh, self.time_offset_days.value)
@@ -76,12 +99,19 @@ class ProposalGroup(CommandGroup):
             waited_since = time.monotonic()
             while True:  # RefreshPeriod may change while we wait; 0 = off
                 period = self.refresh_period.value
-                delay = min(period, FIRST_RETRY * 2 ** (failures - 1)) if failures else period
-                if period > 0 and time.monotonic() - waited_since >= delay:
+                if period > 0 and time.monotonic() - waited_since >= retry_delay(period, failures):
                     break
                 await async_lib.library.sleep(0.5)
 
     async def _automatic_refresh(self, report: bool) -> bool:
+        """One automatic refresh; False when it failed (an unexpected error too: the loop never stops)."""
+        try:
+            return await self._refresh_once(report)
+        except Exception:
+            log.exception("automatic refresh failed unexpectedly")
+            return False
+
+    async def _refresh_once(self, report: bool) -> bool:
         """One automatic refresh off the event loop; a failure goes to Health (and Status if `report`)."""
         try:
             outcome = await asyncio.to_thread(self.app.refresh, self.time_offset_days.value)
@@ -90,9 +120,6 @@ class ProposalGroup(CommandGroup):
             if report and self.root.engine.running is None:  # Scheduling:Health shows it in any case
                 await self.root.engine.report(f"automatic Refresh failed: {error}", AlarmSeverity.MAJOR_ALARM)
             await self.root.show()
-            return False
-        except Exception:
-            log.exception("automatic refresh failed unexpectedly")
             return False
         log.info("automatic refresh: %s", outcome.message)
         await self.root.show()

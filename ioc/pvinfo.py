@@ -14,15 +14,12 @@ from typing import Any
 
 from caproto import ChannelType
 
-from .pvs import is_command
+from .pvs import is_command, record_type
 
 log = logging.getLogger(__name__)
 
 # The macro that stands for the prefix in db_templates/ and opi/.
 PREFIX_MACRO = "$(P)"
-
-# SPEC section 4 makes EmailMode an mbbo although it has two states today (room for more modes).
-SPEC_RECORD_TYPES = {"EmailMode": "mbbo"}
 
 _KINDS = {
     ChannelType.STRING: "string",
@@ -30,15 +27,6 @@ _KINDS = {
     ChannelType.LONG: "long",
     ChannelType.DOUBLE: "double",
 }
-
-# kind -> (record type when read-only, record type when clients may write)
-_RECORDS = {
-    "string": ("stringin", "stringout"),
-    "text": ("waveform", "waveform"),
-    "long": ("longin", "longout"),
-    "double": ("ai", "ao"),
-}
-
 
 @dataclass(frozen=True)
 class PVInfo:
@@ -65,18 +53,6 @@ class PVInfo:
         if self.states:
             return f"{self.record} {'/'.join(self.states)}"
         return self.kind
-
-
-def record_type(kind: str, states: tuple[str, ...], writable: bool, name: str = "") -> str:
-    """The EPICS record type for a PV of `kind`: enums by their number of states, commands are bo."""
-    if name in SPEC_RECORD_TYPES:
-        return SPEC_RECORD_TYPES[name]
-    if kind == "command":
-        return "bo"
-    if kind == "enum":
-        base = "b" if len(states) == 2 else "mbb"
-        return base + ("o" if writable else "i")
-    return _RECORDS[kind][writable]
 
 
 def describe_channel(name: str, channel: Any) -> PVInfo:

@@ -8,10 +8,17 @@ use `ChannelType.STRING` (a `str` dtype would give a one-element char array).
 from __future__ import annotations
 
 import logging
+import math
 
-from caproto import AlarmSeverity, AlarmStatus, CaprotoConversionError, ChannelType
+from caproto import AccessRights, AlarmSeverity, AlarmStatus, CaprotoValueError, ChannelType, native_type
 from caproto.server import PVGroup, pvproperty
-from caproto.server.server import PvpropertyChar, PvpropertyString
+from caproto.server.server import (
+    PvpropertyChar,
+    PvpropertyDouble,
+    PvpropertyEnum,
+    PvpropertyInteger,
+    PvpropertyString,
+)
 
 log = logging.getLogger(__name__)
 
@@ -19,106 +26,238 @@ COMMAND_STATES = ("Done", "Busy")
 NO_YES = ("No", "Yes")
 HEALTH_STATES = ("OK", "Error", "Disabled")
 
+# mbbi/mbbo state fields, in order: ZRST/ZRVL, ONST/ONVL, ...
+MBB_FIELDS = ("ZR", "ON", "TW", "TH", "FR", "FV", "SX", "SV", "EI", "NI", "TE", "EL", "TV", "TT", "FT", "FF")
+
 # EPICS string records hold 40 bytes including the terminating NUL.
 STRING_BYTES = 39
 
 
-class _Latin1Fallback:
-    """Text written by an older client in Latin-1 (not valid UTF-8) is read as Latin-1, not refused."""
+class PutRefused(CaprotoValueError):
+    """A client's write that makes no sense: the put fails, the value stays, and `Status` says why."""
+
+
+def wire_bytes(data, data_type) -> bytes | None:
+    """The bytes of a text write (up to the first NUL), or None when `data_type` is not text."""
+    native = native_type(data_type)
+    if native == ChannelType.STRING:
+        raw = data[0] if len(data) else b""
+    elif native == ChannelType.CHAR:
+        raw = data.tobytes() if hasattr(data, "tobytes") else bytes(bytearray(data))
+    else:
+        return None
+    return bytes(raw).split(b"\0", 1)[0]
+
+
+def wire_number(data, data_type) -> float | None:
+    """The first value of a numeric write (text is parsed), or None when there is none."""
+    if not len(data):
+        return None
+    raw = wire_bytes(data, data_type)
+    if raw is None:
+        return float(data[0])
+    try:
+        return float(raw.decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
+class _Guarded:
+    """A writable PV that checks what a client writes before anything changes.
+
+    caproto's own conversion cannot clear a UTF-8 char waveform, accepts an
+    enum index out of range when it comes as a number, and takes NaN into a
+    double; these classes read the wire data themselves and either write a
+    clean value or refuse with `PutRefused`, reported on `Status`.
+    """
 
     async def write_from_dbr(self, data, data_type, metadata, *, flags=0):
-        try:
+        if data_type in (ChannelType.PUT_ACKS, ChannelType.PUT_ACKT):
             return await super().write_from_dbr(data, data_type, metadata, flags=flags)
-        except (CaprotoConversionError, UnicodeDecodeError) as error:
-            if not isinstance(error, UnicodeDecodeError) and not isinstance(error.__cause__, UnicodeDecodeError):
-                raise
-            # DBR_STRING arrives as a list of bytes, a char waveform as an array of bytes
-            first = data[0] if len(data) else b""
-            raw = first if isinstance(first, bytes) else bytes(bytearray(data))
-            text = raw.split(b"\0")[0].decode("latin-1")
+        try:
+            value = self.from_wire(data, data_type)
+        except PutRefused as refusal:
+            await self.group.put_refused(str(refusal))
+            raise
+        return await self.write(value, flags=flags)
+
+    def refuse(self, why: str) -> PutRefused:
+        return PutRefused(f"{self.pvspec.name}: write refused, {why}; it stays {self.value!r}")
+
+
+class GuardedText(_Guarded):
+    def from_wire(self, data, data_type) -> str:
+        raw = wire_bytes(data, data_type)
+        if raw is None:
+            raise self.refuse(f"it takes text, not {native_type(data_type).name}")
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:  # older clients send Latin-1
+            text = raw.decode("latin-1")
             log.warning("%s: text is not UTF-8, read as Latin-1: %r", self.pvspec.name, text)
-            return await self.write(text)
+            return text
 
 
-class TextChar(_Latin1Fallback, PvpropertyChar):
-    """A writable UTF-8 char waveform that also takes Latin-1."""
+class GuardedEnum(_Guarded):
+    def from_wire(self, data, data_type) -> str:
+        states = tuple(self.enum_strings)
+        raw = wire_bytes(data, data_type)
+        if raw is not None:
+            text = raw.decode("utf-8", "replace").strip()
+            if text in states:
+                return text
+        number = wire_number(data, data_type)
+        if number is None or not number.is_integer() or not 0 <= number < len(states):
+            choices = ", ".join(f"{i} ({state})" for i, state in enumerate(states))
+            raise self.refuse(f"it takes one of {choices}")
+        return states[int(number)]
 
 
-class TextString(_Latin1Fallback, PvpropertyString):
-    """A writable UTF-8 DBR_STRING that also takes Latin-1."""
+class GuardedNumber(_Guarded):
+    """A number within the PV's control limits (`lower_ctrl_limit`..`upper_ctrl_limit`)."""
+
+    def from_wire(self, data, data_type):
+        number = wire_number(data, data_type)
+        low, high = self.lower_ctrl_limit, self.upper_ctrl_limit
+        if number is None or not math.isfinite(number) or not low <= number <= high:
+            raise self.refuse(f"it takes a number from {low:g} to {high:g}")
+        if self.data_type == ChannelType.LONG:
+            if not number.is_integer():
+                raise self.refuse("it takes a whole number")
+            return int(number)
+        return number
 
 
-class TextPVGroup(PVGroup):
-    """A PVGroup whose writable text PVs take Latin-1 from older clients."""
+class TextChar(GuardedText, PvpropertyChar):
+    """A writable UTF-8 char waveform: any client can clear it; Latin-1 from older clients is accepted."""
 
-    type_map = {**PVGroup.type_map, ChannelType.CHAR: TextChar, ChannelType.STRING: TextString}
+
+class TextString(GuardedText, PvpropertyString):
+    """A writable UTF-8 DBR_STRING."""
+
+
+class CheckedEnum(GuardedEnum, PvpropertyEnum):
+    """A writable enum that takes only its states, by name or by index."""
+
+
+class CheckedDouble(GuardedNumber, PvpropertyDouble):
+    """A writable double within its limits, never NaN or infinite."""
+
+
+class CheckedLong(GuardedNumber, PvpropertyInteger):
+    """A writable long within its limits."""
+
+
+class GuardedPVGroup(PVGroup):
+    """A PVGroup whose writable PVs refuse what makes no sense, before anything changes."""
+
+    type_map = {
+        **PVGroup.type_map,
+        ChannelType.CHAR: TextChar,
+        ChannelType.STRING: TextString,
+        ChannelType.ENUM: CheckedEnum,
+        ChannelType.DOUBLE: CheckedDouble,
+        ChannelType.LONG: CheckedLong,
+    }
+
+    async def put_refused(self, message: str) -> None:
+        """A client's write was refused: say so where people look (the command groups show it on Status)."""
+
+
+# Record types of the same PVs in EPICS: what `db_templates/` declares and `PV.RTYP` answers.
+# EmailMode is an mbbo although it has two states today (room for more modes).
+SPEC_RECORD_TYPES = {"EmailMode": "mbbo"}
+_RECORDS = {  # kind -> (record type when read-only, when clients may write)
+    "string": ("stringin", "stringout"),
+    "text": ("waveform", "waveform"),
+    "long": ("longin", "longout"),
+    "double": ("ai", "ao"),
+}
+
+
+def record_type(kind: str, states: tuple[str, ...], writable: bool, name: str = "") -> str:
+    """The EPICS record type for a PV of `kind`: enums by their number of states, commands are bo."""
+    if name in SPEC_RECORD_TYPES:
+        return SPEC_RECORD_TYPES[name]
+    if kind == "command":
+        return "bo"
+    if kind == "enum":
+        base = "b" if len(states) == 2 else "mbb"
+        return base + ("o" if writable else "i")
+    return _RECORDS[kind][writable]
+
+
+def _pv(name: str, kind: str, doc: str, *, rw: bool, states: tuple[str, ...] = (), **kwargs) -> pvproperty:
+    """A pvproperty with its own alarm and the record fields (`.DESC`, `.RTYP`, ...) of its record type."""
+    return pvproperty(
+        name=name,
+        read_only=not rw,
+        alarm_group=name,
+        doc=doc,
+        record=record_type(kind, states, rw, name),
+        **({"enum_strings": states} if states else {}),
+        **kwargs,
+    )
 
 
 def text(name: str, length: int, doc: str, *, rw: bool = False) -> pvproperty:
     """A char waveform read as a string (`caget -S`), UTF-8, up to `length` bytes."""
-    return pvproperty(
-        name=name,
-        value="",
-        dtype=ChannelType.CHAR,
-        max_length=length,
-        string_encoding="utf-8",
-        read_only=not rw,
-        alarm_group=name,
-        doc=doc,
-    )
+    return _pv(name, "text", doc, rw=rw, value="", dtype=ChannelType.CHAR, max_length=length, string_encoding="utf-8")
 
 
 def string(name: str, doc: str, *, rw: bool = False, value: str = "") -> pvproperty:
     """A DBR_STRING PV (40 bytes)."""
-    return pvproperty(
-        name=name,
-        value=value,
-        dtype=ChannelType.STRING,
-        string_encoding="utf-8",
-        read_only=not rw,
-        alarm_group=name,
-        doc=doc,
-    )
+    return _pv(name, "string", doc, rw=rw, value=value, dtype=ChannelType.STRING, string_encoding="utf-8")
 
 
 def enum(name: str, states: tuple[str, ...], doc: str, *, rw: bool = False, value: int = 0) -> pvproperty:
-    return pvproperty(
-        name=name,
-        value=states[value],
-        dtype=ChannelType.ENUM,
-        enum_strings=states,
-        read_only=not rw,
-        alarm_group=name,
-        doc=doc,
-    )
+    return _pv(name, "enum", doc, rw=rw, states=states, value=states[value], dtype=ChannelType.ENUM)
 
 
-def long(name: str, doc: str, *, rw: bool = False, value: int = 0) -> pvproperty:
-    return pvproperty(name=name, value=value, dtype=ChannelType.LONG, read_only=not rw, alarm_group=name, doc=doc)
+def long(name: str, doc: str, *, rw: bool = False, value: int = 0, limits: tuple[int, int] = (0, 0)) -> pvproperty:
+    """A long; a writable one takes only whole numbers within `limits` (low, high)."""
+    low, high = limits
+    return _pv(name, "long", doc, rw=rw, value=value, dtype=ChannelType.LONG,
+               lower_ctrl_limit=low, upper_ctrl_limit=high)  # fmt: skip
 
 
-def double(name: str, doc: str, *, rw: bool = False, value: float = 0.0, precision: int = 2) -> pvproperty:
-    return pvproperty(
-        name=name,
-        value=value,
-        dtype=ChannelType.DOUBLE,
-        read_only=not rw,
-        precision=precision,
-        alarm_group=name,
-        doc=doc,
-    )
+def double(
+    name: str, doc: str, *, rw: bool = False, value: float = 0.0, precision: int = 2, units: str = "",
+    limits: tuple[float, float] = (0.0, 0.0),
+) -> pvproperty:  # fmt: skip
+    """A double; a writable one takes only finite numbers within `limits` (low, high)."""
+    low, high = limits
+    return _pv(name, "double", doc, rw=rw, value=value, dtype=ChannelType.DOUBLE, precision=precision, units=units,
+               lower_ctrl_limit=low, upper_ctrl_limit=high)  # fmt: skip
 
 
 def command(name: str, doc: str) -> pvproperty:
     """A bo Done/Busy command PV: write 1 to run it; it reads 1 while it runs."""
-    return pvproperty(
-        name=name,
-        value=COMMAND_STATES[0],
-        dtype=ChannelType.ENUM,
-        enum_strings=COMMAND_STATES,
-        alarm_group=name,
-        doc=doc,
-    )
+    return _pv(name, "command", doc, rw=True, states=COMMAND_STATES, value=COMMAND_STATES[0], dtype=ChannelType.ENUM)
+
+
+async def serve_record_fields(pvdb: dict) -> None:
+    """Make the record fields (`PV.DESC`, `.RTYP`, `.EGU`, ...) answer as an EPICS record's would, and
+    read-only: caproto links some of them (`.ZRST`, `.PROC`, `.RVAL`) to the PV itself, and no client
+    may rename a state or write a value past the checks by way of a field."""
+    for channel in pvdb.values():
+        fields = getattr(channel, "field_inst", None)
+        if fields is None:
+            continue
+        for field in fields.pvdb.values():
+            field.check_access = _read_only
+        if channel.data_type == ChannelType.CHAR:
+            await fields.pvdb["FTVL"].write("CHAR", verify_value=False)
+        if "ZRST" in fields.pvdb:  # mbbi/mbbo: caproto leaves the state strings empty
+            for key, state in zip(MBB_FIELDS, channel.enum_strings, strict=False):
+                await fields.pvdb[key + "ST"].write(state, verify_value=False)
+        units = getattr(channel, "units", "")
+        if units:
+            await fields.pvdb["EGU"].write(units, verify_value=False)
+
+
+def _read_only(hostname: str, username: str) -> AccessRights:
+    return AccessRights.READ
 
 
 def is_command(channel) -> bool:
