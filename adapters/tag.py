@@ -1,9 +1,16 @@
 """Tag: push the user-info values into another IOC's PVs over Channel Access.
 
 Blocking (caproto's threading client): the IOC calls `CaTag.write` off the
-event loop. Every target PV must connect before anything is written, and
-each value is written in the form its record takes, cut at a character
-boundary when it does not fit.
+event loop, in the command's worker thread. Each write opens its own client
+context and closes it at the end, so no search for a missing PV outlives the
+command. Every PV written must answer and take writes before anything is
+written; each value goes in the form its record takes (one DBR_STRING for a
+stringout, a NUL-terminated char array for a CHAR waveform), cut at a UTF-8
+character boundary when it does not fit.
+
+A refused put: EPICS base answers it at once (ECA_PUTFAIL); a caproto server
+answers with a CA error message that caproto's threading client drops, so
+there the refusal shows only when the put timeout runs out.
 """
 
 from __future__ import annotations
@@ -11,7 +18,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 from caproto import AccessRights, CaprotoError, ChannelType
 from caproto.threading.client import PV, Context, SharedBroadcaster
@@ -22,6 +31,26 @@ log = logging.getLogger(__name__)
 
 # A DBR_STRING holds 40 bytes, the last one the terminating NUL.
 STRING_BYTES = 40
+# How often the connection wait looks at the PVs.
+POLL_SECONDS = 0.01
+
+
+class MissingPVs(TagError):
+    """Some PVs did not answer, so nothing was written; `missing` holds their names after the prefix."""
+
+    def __init__(self, message: str, missing: Sequence[str]):
+        super().__init__(message)
+        self.missing = tuple(missing)
+
+
+@dataclass(frozen=True)
+class Payload:
+    """One put: the data in the form the target record takes, and whether the text had to be cut."""
+
+    data: bytes | list[bytes]
+    data_type: ChannelType
+    count: int
+    cut: bool
 
 
 def fit_utf8(text: str, limit: int) -> tuple[bytes, bool]:
@@ -33,120 +62,153 @@ def fit_utf8(text: str, limit: int) -> tuple[bytes, bool]:
     return encoded[: max(limit, 0)].decode("utf-8", errors="ignore").encode("utf-8"), True
 
 
-def encode_for(text: str, native_type: ChannelType, count: int) -> tuple[bytes | list[bytes], ChannelType, int, bool]:
-    """The payload for a target of `native_type` and `count` elements: (data, data_type, data_count, was_cut).
+def encode_for(text: str, native_type: ChannelType, count: int) -> Payload:
+    """The put of `text` into a target of `native_type` holding `count` elements.
 
-    A CHAR waveform of N elements takes UTF-8 bytes cut to N-1 plus a NUL; any
-    other record takes one DBR_STRING (39 usable bytes), which a CA server
-    converts to the record's own type.
+    A CHAR waveform of N elements takes the UTF-8 bytes cut to N-1 and a NUL
+    (an empty text is the NUL alone, which clears it); any other record takes
+    one DBR_STRING (39 usable bytes), which the server converts to the
+    record's own type.
     """
     if native_type == ChannelType.CHAR:
         encoded, cut = fit_utf8(text, max(count, 1) - 1)
-        payload = encoded + b"\0"
-        return payload, ChannelType.CHAR, len(payload), cut
+        data = encoded + b"\0"
+        return Payload(data, ChannelType.CHAR, len(data), cut)
     encoded, cut = fit_utf8(text, STRING_BYTES - 1)
-    return [encoded], ChannelType.STRING, 1, cut
+    return Payload([encoded], ChannelType.STRING, 1, cut)
 
 
 class CaTag:
-    """Writes values to `prefix + name` PVs of another IOC (e.g. tomoScan's `2bmb:TomoScan:`)."""
+    """Writes values to `prefix + name` PVs of another IOC (e.g. tomoScan's `2bmb:TomoScan:`).
+
+    `connect_timeout` bounds the wait for the PVs to answer; once some have
+    answered, the others get `settle_time` more (the PVs of one IOC answer
+    together, so a PV still silent by then is taken as absent).
+    """
 
     def __init__(
         self,
         connect_timeout: float = 3.0,
         put_timeout: float = 5.0,
+        settle_time: float = 1.0,
         context_factory: Callable[[], Context] | None = None,
     ) -> None:
         self._connect_timeout = connect_timeout
         self._put_timeout = put_timeout
+        self._settle_time = settle_time
         self._context_factory = context_factory or _default_context
-        self._context: Context | None = None
-        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"CaTag(connect_timeout={self._connect_timeout:g}, put_timeout={self._put_timeout:g})"
+        return (
+            f"CaTag(connect_timeout={self._connect_timeout:g}, put_timeout={self._put_timeout:g}, "
+            f"settle_time={self._settle_time:g})"
+        )
 
     def write(self, prefix: str, values: Mapping[str, str]) -> list[str]:
         """Write each value to `prefix + name`; return the names whose value was cut.
 
-        Raises TagError, writing nothing, when a target PV does not connect or
-        is not writable; raises TagError naming the PV when a put fails.
+        Raises, writing nothing: MissingPVs when some PVs do not answer (all
+        of them: the message names the prefix); TagError when a PV takes no
+        writes. Raises TagError naming the PV, and how many were written
+        before it, when a put fails.
         """
         if not values:
             return []
         if not prefix.strip():
-            raise TagError("tag: TagPrefix is empty; set it to the target IOC's prefix, e.g. 2bmb:TomoScan:")
-        names = list(values)
-        pvs = self._connect(prefix, names)
-        # Every payload is ready before the first put: a surprise here leaves nothing half-written.
-        puts = []
-        for name, pv in zip(names, pvs, strict=True):
-            channel = pv.channel
-            if channel is None:
-                raise TagError(f"tag: {pv.name} disconnected; nothing written")
-            puts.append((name, pv, *encode_for(values[name], channel.native_data_type, channel.native_data_count)))
-        cut: list[str] = []
-        for done, (name, pv, data, data_type, data_count, was_cut) in enumerate(puts):
-            self._put(pv, data, data_type, data_count, written=done, total=len(puts))
-            if was_cut:
-                cut.append(name)
+            raise TagError("TagPrefix is empty; set it to the target IOC's prefix, e.g. 2bmb:TomoScan:")
+        with self._session() as context:
+            pvs = self._connect(context, prefix, list(values))
+            # Every payload is ready before the first put: a surprise here leaves nothing half-written.
+            puts = [(name, pv, encode_for(values[name], *_native(pv))) for name, pv in pvs.items()]
+            for written, (_, pv, payload) in enumerate(puts):
+                self._put(pv, payload, written=written, total=len(puts))
+        cut = [name for name, _, payload in puts if payload.cut]
         log.info("tag: wrote %d PVs under %s; cut: %s", len(puts), prefix, ", ".join(cut) or "none")
         return cut
 
-    def close(self) -> None:
-        """Disconnect the Channel Access client (a later write reconnects)."""
-        with self._lock:
-            context, self._context = self._context, None
-        if context is not None:
-            context.disconnect()
+    @contextmanager
+    def _session(self) -> Iterator[Context]:
+        """A client context for one write, disconnected (with its search socket) afterwards.
 
-    def _get_context(self) -> Context:
-        with self._lock:
-            if self._context is None:
-                self._context = self._context_factory()
-            return self._context
+        The disconnection runs in a thread of its own: it joins the client's
+        threads, which takes up to half a second that the command need not wait.
+        """
+        context = self._context_factory()
+        try:
+            yield context
+        finally:
+            threading.Thread(target=context.disconnect, name="tag-disconnect", daemon=True).start()
 
-    def _connect(self, prefix: str, names: list[str]) -> list[PV]:
-        """Connect every PV (searches run in parallel) or raise TagError naming those that did not."""
-        pvs = self._get_context().get_pvs(*(prefix + name for name in names), timeout=self._connect_timeout)
-        deadline = time.monotonic() + self._connect_timeout
-        missing = []
-        for pv in pvs:
-            try:
-                pv.wait_for_connection(timeout=max(deadline - time.monotonic(), 0.0))
-            except (CaprotoError, TimeoutError):
-                missing.append(pv.name)
-        if len(missing) > 1 and len(missing) == len(pvs):
-            raise TagError(
-                f"tag: no PV under {prefix} answered within {self._connect_timeout:g} s "
-                "(is that IOC running and TagPrefix right?); nothing written"
+    def _connect(self, context: Context, prefix: str, names: list[str]) -> dict[str, PV]:
+        """The PVs of `names`, every one connected and writable, or TagError naming those that are not."""
+        pvs = dict(zip(names, context.get_pvs(*(prefix + name for name in names)), strict=True))
+        started = time.monotonic()
+        self._wait_for_answers(list(pvs.values()), started)
+        missing = [name for name, pv in pvs.items() if not pv.connected]
+        if len(missing) == len(names):
+            raise MissingPVs(
+                f"no PV under {prefix} answered within {self._connect_timeout:g} s "
+                "(is that IOC running and TagPrefix right?); nothing written",
+                missing,
             )
         if missing:
-            raise TagError(
-                f"tag: no answer within {self._connect_timeout:g} s from {', '.join(missing)}; nothing written"
+            waited = time.monotonic() - started
+            raise MissingPVs(
+                f"no answer within {waited:.1f} s from {', '.join(prefix + name for name in missing)}; nothing written",
+                missing,
             )
-        read_only = [pv.name for pv in pvs if not (pv.access_rights or 0) & AccessRights.WRITE]
+        read_only = [pv.name for pv in pvs.values() if not (pv.access_rights or 0) & AccessRights.WRITE]
         if read_only:
-            raise TagError(f"tag: no write access to {', '.join(read_only)}; nothing written")
+            raise TagError(f"no write access to {', '.join(read_only)}; nothing written")
         return pvs
 
-    def _put(self, pv: PV, data: object, data_type: ChannelType, data_count: int, *, written: int, total: int) -> None:
+    def _wait_for_answers(self, pvs: list[PV], started: float) -> None:
+        """Until every PV is connected, the connect timeout runs out, or none has answered for `settle_time`."""
+        deadline = started + self._connect_timeout
+        answered, last_answer = 0, None
+        while True:
+            now = time.monotonic()
+            connected = sum(pv.connected for pv in pvs)
+            if connected != answered:
+                answered, last_answer = connected, now
+            settled = last_answer is not None and now - last_answer >= self._settle_time
+            if connected == len(pvs) or now >= deadline or settled:
+                return
+            time.sleep(POLL_SECONDS)
+
+    def _put(self, pv: PV, payload: Payload, *, written: int, total: int) -> None:
         """One put with completion; TagError naming the PV when it fails."""
         before = f"{written} of {total} values were written before it"
         try:
-            response = pv.write(data, wait=True, timeout=self._put_timeout, data_type=data_type, data_count=data_count)
-        except (CaprotoError, TimeoutError, OSError) as error:
-            log.warning("tag: put to %s failed: %s", pv.name, error)
+            response = pv.write(
+                payload.data,
+                wait=True,
+                timeout=self._put_timeout,
+                data_type=payload.data_type,
+                data_count=payload.count,
+            )
+        except TimeoutError:
             raise TagError(
-                f"tag: {pv.name} refused the value or did not complete within {self._put_timeout:g} s; {before}"
+                f"{pv.name} did not confirm the put within {self._put_timeout:g} s "
+                f"(refused, or its IOC is stalled); {before}"
             ) from None
-        status = response.status
-        if not status.success:
-            raise TagError(f"tag: {pv.name} refused the value ({status.name}); {before}")
+        except (CaprotoError, OSError) as error:
+            log.warning("tag: put to %s failed: %s", pv.name, error)
+            raise TagError(f"the put to {pv.name} failed ({error}); {before}") from None
+        if not response.status.success:
+            raise TagError(f"{pv.name} refused the value ({response.status.name}); {before}")
+
+
+def _native(pv: PV) -> tuple[ChannelType, int]:
+    """The target's native data type and element count; TagError if it went away."""
+    channel = pv.channel
+    if channel is None:
+        raise TagError(f"{pv.name} disconnected; nothing written")
+    return channel.native_data_type, channel.native_data_count
 
 
 def _default_context() -> Context:
-    """A Channel Access client context.
+    """A Channel Access client context with its own search socket.
 
     caproto's threading broadcaster never spawns a caproto-repeater (only the
     sync client does); it only sends a registration to a repeater if one runs.

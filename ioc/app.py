@@ -33,6 +33,7 @@ from .model import (
     Person,
     SchedulingError,
     ServiceError,
+    TagError,
     check_name,
     dm_username,
     experiment_name,
@@ -205,18 +206,35 @@ class Beamline:
         return None
 
     def tag(self, prefix: str) -> Outcome:
-        """Write the user-info PVs into the IOC at `prefix` (e.g. tomoScan)."""
+        """Write the user-info PVs into the IOC at `prefix` (e.g. tomoScan), under the names `tag.fields` gives.
+
+        A PV the target lacks is left out: silently when its absence is normal
+        (ESAFDOINumber: tomoScan has none), with a warning naming it otherwise;
+        when none answers, the adapter's error says so and nothing is written.
+        """
         prefix = prefix.strip()
         if not prefix:
             raise InputError("TagPrefix is empty: set it to the target IOC's prefix, e.g. 2bmb:TomoScan:")
         values = tag_values(self.published.current)
         if values is None:
             raise InputError("no proposal is published to tag: Refresh or Select first")
-        cut = self.adapters.tag.write(prefix, values)
-        message = f"tagged {prefix} with proposal {values['ProposalNumber']}"
-        if cut:
-            return Outcome(f"{message}; cut to fit the target: {', '.join(cut)}", warning=True)
-        return Outcome(message)
+        settings = self.settings.tag
+        to_write = {pv: values[name] for name, pv in settings.targets().items()}
+        try:
+            cut, missing = self.adapters.tag.write(prefix, to_write), ()
+        except TagError as error:
+            missing = getattr(error, "missing", ())  # the PVs that did not answer; nothing was written
+            answered = {pv: value for pv, value in to_write.items() if pv not in missing}
+            if not missing or not answered:
+                raise
+            cut = self.adapters.tag.write(prefix, answered)
+        absent = [prefix + pv for pv in missing if pv not in settings.optional_pvs()]
+        if missing:
+            log.info("Tag: %s has no %s; the other fields were written", prefix, ", ".join(missing))
+        warnings = [f"not written, no such PV: {', '.join(absent)}"] if absent else []
+        warnings += [f"cut to fit the target: {', '.join(cut)}"] if cut else []
+        message = "; ".join([f"tagged {prefix} with proposal {values['ProposalNumber']}", *warnings])
+        return Outcome(message, warning=bool(warnings))
 
     # ------------------------------------------------------------------ experiments
 
@@ -517,7 +535,7 @@ class Beamline:
 
 
 def tag_values(current: CurrentProposal | None) -> dict[str, str] | None:
-    """The user-info PV values Tag writes, by PV name; None when nothing is published."""
+    """The user-info values Tag writes, by field (tomoScan's PV name and this IOC's); None when nothing is published."""
     beamtime = current.beamtime if current else None
     if beamtime is None:
         return None

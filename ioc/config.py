@@ -103,9 +103,39 @@ class EmailSettings:
     template: Path | None = None
 
 
+# The fields Tag writes, named as tomoScan's databases name their PVs (SPEC section 6).
+TAG_FIELDS = (
+    "UserName",
+    "UserLastName",
+    "UserEmail",
+    "UserBadge",
+    "UserInstitution",
+    "UserInfoUpdate",
+    "ProposalNumber",
+    "ProposalTitle",
+    "ESAFNumber",
+    "ESAFDOINumber",
+    "ExperimentYearMonth",
+)
+# Fields written only where the target has their PV: tomoScan's databases have no ESAFDOINumber.
+OPTIONAL_TAG_FIELDS = ("ESAFDOINumber",)
+
+
 @dataclass(frozen=True)
 class TagSettings:
     prefix: str = ""
+    # field -> PV name under the prefix, or None to leave the field out; a field not listed keeps its own name
+    fields: dict[str, str | None] = field(default_factory=dict, hash=False)
+
+    def targets(self) -> dict[str, str]:
+        """Each field Tag writes -> the name of its PV under the prefix."""
+        named = {name: self.fields.get(name, name) for name in TAG_FIELDS}
+        return {name: pv for name, pv in named.items() if pv is not None}
+
+    def optional_pvs(self) -> frozenset[str]:
+        """The PVs whose absence from the target is normal: the optional fields the config does not name."""
+        targets = self.targets()
+        return frozenset(targets[name] for name in OPTIONAL_TAG_FIELDS if name in targets and name not in self.fields)
 
 
 @dataclass(frozen=True)
@@ -184,6 +214,12 @@ def _convert(hint, value, key_path: str, base: Path, problems: list[str]):
             return None
         (inner,) = [a for a in args if a is not type(None)]
         return _convert(inner, value, key_path, base, problems)
+    if origin is dict:
+        if not isinstance(value, dict):
+            problems.append(f"{key_path}: expected a mapping of names, got {type(value).__name__}")
+            return _INVALID
+        items = {str(k): _convert(args[1], v, f"{key_path}.{k}", base, problems) for k, v in value.items()}
+        return {k: v for k, v in items.items() if v is not _INVALID}
     if origin is tuple:
         if not isinstance(value, list) or any(isinstance(v, (dict, list, bool)) or v is None for v in value):
             problems.append(f"{key_path}: expected a list of names or numbers, got {value!r}")
@@ -270,6 +306,26 @@ def _semantic_problems(s: Settings) -> list[str]:
         problems += secret_file_problems("email.credentials", s.email.credentials, required=False)
         if s.email.template is not None and not s.email.template.is_file():
             problems.append(f"email.template: no template file at {s.email.template}")
+    problems += _tag_problems(s.tag)
+    return problems
+
+
+def _tag_problems(tag: TagSettings) -> list[str]:
+    """`tag.fields` names known fields, each to a PV name of its own, and leaves something to write."""
+    problems = []
+    for name, pv in tag.fields.items():
+        if name not in TAG_FIELDS:
+            problems.append(f"tag.fields.{name}: unknown field (known: {', '.join(TAG_FIELDS)})")
+        elif pv is not None and (not pv.strip() or any(c.isspace() or c in "\"'" for c in pv)):
+            problems.append(f"tag.fields.{name}: {pv!r} is not a PV name (no spaces or quotes)")
+    writers: dict[str, list[str]] = {}
+    for name, pv in tag.targets().items():
+        writers.setdefault(pv, []).append(name)
+    for pv, names in writers.items():
+        if len(names) > 1:
+            problems.append(f"tag.fields: {' and '.join(names)} would write the same PV, {pv}")
+    if not writers:
+        problems.append("tag.fields: leaves out every field; Tag would write nothing")
     return problems
 
 

@@ -1,8 +1,15 @@
-"""CaTag against a second caproto IOC that mimics tomoScan's user-info records.
+"""CaTag against EPICS base records: tomoScan's user-info records served by pythonSoftIOC.
 
-The target IOC is this file run as a script in a subprocess, on a free port
-of 127.0.0.1 with a random prefix; every EPICS address variable is pinned to
-loopback for it and for the client.
+The target is an EPICS base IOC in a subprocess (tests/e2e/epics_base.py) loading
+tests/data/tomoscan_user_info.db, declared as tomoScan's own databases declare
+those records, plus tests/data/tag_target_extras.db (a renamed record, a
+numeric one, one refusing puts, one read-only through access security).
+
+One behaviour belongs to a caproto target and not to EPICS base: a caproto
+server refuses a put with a CA error message that caproto's threading client
+drops, so the refusal shows only at the put timeout. That test runs this file
+as a script: a caproto look-alike of the user-info records (which
+tests/e2e/test_scheduling.py also starts for its Tag test).
 """
 
 from __future__ import annotations
@@ -10,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,23 +26,12 @@ from pathlib import Path
 import pytest
 from caproto import ChannelType
 from caproto.server import PVGroup, pvproperty
-from caproto.threading.client import Context, SharedBroadcaster
-from dmagic_ioc.adapters.tag import CaTag, encode_for, fit_utf8
+from caproto.threading.client import Context, ContextDisconnectedError, SharedBroadcaster
+from dmagic_ioc.adapters.tag import CaTag, MissingPVs, Payload, encode_for, fit_utf8
 from dmagic_ioc.ioc.model import TagError
 
-STRING_NAMES = (
-    "UserName",
-    "UserLastName",
-    "UserEmail",
-    "UserBadge",
-    "UserInfoUpdate",
-    "ProposalNumber",
-    "ESAFNumber",
-    "ESAFDOINumber",
-    "ExperimentYearMonth",
-)
-ARRAY_NAMES = ("UserInstitution", "ProposalTitle")
-TAG_NAMES = STRING_NAMES + ARRAY_NAMES
+# --------------------------------------------------------------------------
+# The caproto look-alike, run as `python test_tag.py --prefix P` (kept above the test imports' use)
 
 
 def _string(doc: str):
@@ -48,7 +43,7 @@ def _array(doc: str):
 
 
 class TomoScanUserInfo(PVGroup):
-    """The user-info records of tomoScan: 40-byte strings and two 256-byte char arrays."""
+    """A caproto look-alike of tomoScan's user-info records (40-byte strings, two 256-byte char arrays)."""
 
     UserName = _string("PI first name")
     UserLastName = _string("PI last name")
@@ -61,147 +56,89 @@ class TomoScanUserInfo(PVGroup):
     ExperimentYearMonth = _string("YYYY-MM")
     UserInstitution = _array("PI institution")
     ProposalTitle = _array("proposal title")
-    Locked = pvproperty(value="", dtype=ChannelType.STRING, read_only=True, doc="a record clients cannot write")
     Refusing = _string("a record whose puts fail")
-    ScanCount = pvproperty(value=0, dtype=ChannelType.LONG, doc="a numeric record")
 
     @Refusing.putter
     async def Refusing(self, instance, value):
         raise ValueError("refused by the test IOC")
 
 
+if __name__ == "__main__":
+    from caproto.server import run
+
+    parser = argparse.ArgumentParser(description="tomoScan user-info look-alike for the Tag tests")
+    parser.add_argument("--prefix", required=True)
+    args = parser.parse_args()
+    run(TomoScanUserInfo(prefix=args.prefix).pvdb, interfaces=["127.0.0.1"])
+    sys.exit(0)
+
+from ..conftest import TEST_DATA, epics_env, free_port  # noqa: E402  (the script above runs without the package)
+from ..e2e.epics_base import CAReader, SoftIOC  # noqa: E402
+from ..e2e.harness import wait_for  # noqa: E402
+
+STRING_NAMES = (
+    "UserName",
+    "UserLastName",
+    "UserEmail",
+    "UserBadge",
+    "UserInfoUpdate",
+    "ProposalNumber",
+    "ESAFNumber",
+    "ExperimentYearMonth",
+)
+ARRAY_NAMES = ("UserInstitution", "ProposalTitle")
+
+
 # --------------------------------------------------------------------------
 # Fixtures
 
 
-def free_port() -> int:
-    """A port free for both UDP (CA search) and TCP (CA circuits) on 127.0.0.1."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
-            port = udp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free port on 127.0.0.1")
-
-
-def loopback_env(server_port: int, repeater_port: int) -> dict[str, str]:
-    return {
-        "EPICS_CA_AUTO_ADDR_LIST": "NO",
-        "EPICS_CA_ADDR_LIST": f"127.0.0.1:{server_port}",
-        "EPICS_CA_NAME_SERVERS": "",
-        "EPICS_CA_SERVER_PORT": str(server_port),
-        "EPICS_CAS_SERVER_PORT": str(server_port),
-        "EPICS_CA_REPEATER_PORT": str(repeater_port),
-        "EPICS_CAS_INTF_ADDR_LIST": "127.0.0.1",
-        "EPICS_CAS_AUTO_BEACON_ADDR_LIST": "NO",
-        "EPICS_CAS_BEACON_ADDR_LIST": "127.0.0.1",
-    }
-
-
 @pytest.fixture(scope="module")
-def epics_env():
-    """Pin every EPICS address variable to loopback for this module's clients."""
-    env = loopback_env(free_port(), free_port())
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in env.items():
-            patch.setenv(key, value)
-        yield env
-
-
-@pytest.fixture(scope="module")
-def reader(epics_env):
-    """A CA client of the test's own, to read what Tag wrote."""
-    context = Context(SharedBroadcaster(), timeout=5.0)
-    yield context
-    context.disconnect()
-
-
-@pytest.fixture(scope="module")
-def target(epics_env, reader, tmp_path_factory):
-    """The tomoScan look-alike IOC in a subprocess; yields its prefix once a PV answers."""
+def target(tmp_path_factory):
+    """tomoScan's user-info records (and the test extras) in EPICS base; yields the prefix Tag writes to."""
     prefix = f"tag{uuid.uuid4().hex[:8]}:TomoScan:"
-    output = tmp_path_factory.mktemp("target-ioc") / "ioc.log"
-    with output.open("wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--prefix", prefix],
-            env={**os.environ, **epics_env},
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    try:
-        wait_until_serving(reader, prefix + "UserName", process, output)
+    p, r = prefix.split(":", 1)
+    ioc = SoftIOC(
+        [TEST_DATA / "tomoscan_user_info.db", TEST_DATA / "tag_target_extras.db"],
+        {"P": p + ":", "R": r},
+        ready_pv=prefix + "UserName",
+        log_path=tmp_path_factory.mktemp("epics-base-target") / "ioc.log",
+        acf=TEST_DATA / "tag_target.acf",
+    )
+    with ioc:
         yield prefix
-    finally:
-        stop(process)
 
 
-def wait_until_serving(context: Context, pv_name: str, process: subprocess.Popen, output: Path) -> None:
-    """Poll a PV of the target until it reads; fail early if the process died."""
-    (pv,) = context.get_pvs(pv_name, timeout=0.25)
-    deadline = time.monotonic() + 20
-    while True:
-        if process.poll() is not None:
-            pytest.fail(f"target IOC exited with {process.returncode}:\n{output.read_text(errors='replace')}")
-        context.broadcaster.search_now()  # search again now rather than after the client's back-off
-        try:
-            pv.read(timeout=0.25)
-            return
-        except TimeoutError:
-            if time.monotonic() > deadline:
-                pytest.fail(f"target IOC did not serve {pv_name} within 20 s")
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+@pytest.fixture(scope="module")
+def reader():
+    reader = CAReader()
+    yield reader
+    reader.close()
 
 
 @pytest.fixture
-def make_tag(epics_env):
-    """CaTag instances whose context factory counts the contexts they ask for; closed at teardown."""
-    made = []
+def make_tag():
+    """CaTag instances whose context factory keeps the contexts they ask for."""
 
-    def make(connect_timeout: float = 2.0, put_timeout: float = 2.0) -> CaTag:
+    def make(connect_timeout: float = 3.0, put_timeout: float = 5.0, settle_time: float = 1.0) -> CaTag:
         created = []
 
         def factory() -> Context:
             created.append(Context(SharedBroadcaster()))
             return created[-1]
 
-        adapter = CaTag(connect_timeout=connect_timeout, put_timeout=put_timeout, context_factory=factory)
+        adapter = CaTag(
+            connect_timeout=connect_timeout, put_timeout=put_timeout, settle_time=settle_time, context_factory=factory
+        )
         adapter.created = created
-        made.append(adapter)
         return adapter
 
-    yield make
-    for adapter in made:
-        adapter.close()
+    return make
 
 
 @pytest.fixture
 def tag(make_tag) -> CaTag:
     return make_tag()
-
-
-def read_text(context: Context, pv_name: str) -> str:
-    """The PV's value as text, decoded as UTF-8 (strict: a split character fails the test)."""
-    (pv,) = context.get_pvs(pv_name, timeout=5.0)
-    response = pv.read(timeout=5.0)
-    if response.data_type in (ChannelType.STRING, ChannelType.TIME_STRING):
-        return response.data[0].decode("utf-8")
-    raw = bytes(response.data)
-    return raw.split(b"\0", 1)[0].decode("utf-8")
 
 
 def sample_values() -> dict[str, str]:
@@ -213,13 +150,27 @@ def sample_values() -> dict[str, str]:
         "UserInfoUpdate": "2026-10-14T09:30:00-05:00",
         "ProposalNumber": "1012039",
         "ESAFNumber": "281001",
-        "ESAFDOINumber": "10.1234/esaf.281001",
         "ExperimentYearMonth": "2026-10",
         "UserInstitution": "Example State University",
         "ProposalTitle": (
             "Operando X-ray tomography of lithium dendrite growth in solid-state batteries under fast charging"
         ),
     }
+
+
+def as_stored(name: str, value: str) -> bytes:
+    """What the record holds after Tag wrote `value` (that fits): a stringout its bytes, a waveform also the NUL."""
+    return value.encode() + (b"\0" if name in ARRAY_NAMES else b"")
+
+
+def longest_fit(text: str, limit: int) -> bytes:
+    """The UTF-8 of the longest run of `text`'s first characters that fits in `limit` bytes."""
+    kept = ""
+    for character in text:
+        if len((kept + character).encode()) > limit:
+            break
+        kept += character
+    return kept.encode()
 
 
 # --------------------------------------------------------------------------
@@ -245,104 +196,118 @@ def test_fit_utf8_cuts_at_a_character_boundary(text, limit, expected, cut):
 
 
 def test_encode_for_string_and_char_targets():
-    assert encode_for("Zoë", ChannelType.STRING, 1) == (["Zoë".encode()], ChannelType.STRING, 1, False)
-    payload, data_type, count, cut = encode_for("ü" * 200, ChannelType.CHAR, 256)
-    assert (data_type, count, cut) == (ChannelType.CHAR, 255, True)
-    assert payload == "ü".encode() * 127 + b"\0"
-    assert encode_for("", ChannelType.CHAR, 256) == (b"\0", ChannelType.CHAR, 1, False)
-    assert encode_for("7", ChannelType.LONG, 1) == ([b"7"], ChannelType.STRING, 1, False)
+    assert encode_for("Zoë", ChannelType.STRING, 1) == Payload(["Zoë".encode()], ChannelType.STRING, 1, False)
+    assert encode_for("ü" * 200, ChannelType.CHAR, 256) == Payload(
+        "ü".encode() * 127 + b"\0", ChannelType.CHAR, 255, True
+    )
+    assert encode_for("", ChannelType.CHAR, 256) == Payload(b"\0", ChannelType.CHAR, 1, False)
+    assert encode_for("", ChannelType.STRING, 1) == Payload([b""], ChannelType.STRING, 1, False)
+    assert encode_for("7", ChannelType.LONG, 1) == Payload([b"7"], ChannelType.STRING, 1, False)
 
 
 # --------------------------------------------------------------------------
-# Against the target IOC
+# Against EPICS base
 
 
-def test_values_land_in_the_target(tag, target, reader):
+def test_values_land_in_the_records_as_they_take_them(tag, target, reader):
     values = sample_values()
     assert tag.write(target, values) == []
     for name, value in values.items():
-        assert read_text(reader, target + name) == value, name
+        assert reader.raw(target + name) == as_stored(name, value), name
 
 
-def test_long_and_non_ascii_values_are_cut_and_reported(tag, target, reader):
+def test_long_and_non_ascii_values_are_cut_at_a_character_boundary_and_reported(tag, target, reader):
     values = sample_values()
-    values["UserLastName"] = "Müller-Łukasiewicz-Ødegård-Sørensen-Ñúñez"  # > 39 bytes in UTF-8
     values["UserName"] = "Zoë"  # non-ASCII that fits
+    values["UserLastName"] = "Müller-Łukasiewicz-Ødegård-Sørensen-Ñúñez"  # 49 bytes of UTF-8 into 39
     values["UserEmail"] = "a" * 39  # exactly fits: not cut
-    values["ProposalTitle"] = "Ω-phase " * 40  # 360 bytes into 255
+    values["ProposalTitle"] = "a" * 254 + "é and more"  # é would take bytes 255 and 256: 254 fit
     values["UserInstitution"] = "Universität " + "€" * 100
 
     cut = tag.write(target, values)
 
     assert sorted(cut) == ["ProposalTitle", "UserInstitution", "UserLastName"]
-    for name in ("UserLastName", "ProposalTitle", "UserInstitution"):
-        landed = read_text(reader, target + name)
-        limit = 39 if name in STRING_NAMES else 255
-        assert values[name].startswith(landed)
-        assert limit - 3 < len(landed.encode()) <= limit  # cut only as far as a whole character needs
-    assert read_text(reader, target + "UserName") == "Zoë"
-    assert read_text(reader, target + "UserEmail") == "a" * 39
+    assert reader.raw(target + "UserName") == "Zoë".encode()
+    assert reader.raw(target + "UserLastName") == longest_fit(values["UserLastName"], 39)
+    assert reader.raw(target + "UserLastName") == "Müller-Łukasiewicz-Ødegård-Sørense".encode()
+    assert reader.raw(target + "UserEmail") == b"a" * 39
+    assert reader.raw(target + "ProposalTitle") == b"a" * 254 + b"\0"
+    institution = reader.raw(target + "UserInstitution")
+    assert institution == longest_fit(values["UserInstitution"], 255) + b"\0"
+    assert institution == ("Universität " + "€" * 80).encode() + b"\0"  # 13 + 240 bytes: the 81st € needs 3 more
 
 
-def test_missing_target_pv_fails_naming_it_and_writes_nothing(make_tag, target, reader):
-    tag = make_tag(connect_timeout=1.0)
+def test_an_empty_value_clears_the_records(tag, target, reader):
     tag.write(target, sample_values())
-    values = {name: "CHANGED" for name in TAG_NAMES}
+    tag.write(target, {"UserEmail": "", "ProposalTitle": "", "UserInstitution": ""})
+    assert reader.raw(target + "UserEmail") == b""
+    assert reader.raw(target + "ProposalTitle") == b"\0"  # NORD 1: what `caget -S` and pyepics read as ""
+    assert reader.text(target + "UserInstitution") == ""
+
+
+def test_missing_pv_is_named_and_nothing_is_written(tag, target, reader):
+    tag.write(target, sample_values())
+    values = {name: "CHANGED" for name in sample_values()}
     values["NoSuchRecord"] = "x"
 
-    with pytest.raises(TagError) as raised:
+    started = time.monotonic()
+    with pytest.raises(MissingPVs) as raised:
         tag.write(target, values)
+    waited = time.monotonic() - started
 
+    assert raised.value.missing == ("NoSuchRecord",)
     message = str(raised.value)
-    assert f"{target}NoSuchRecord" in message
-    assert "nothing written" in message
+    assert f"{target}NoSuchRecord" in message and message.endswith("nothing written")
     assert "UserName" not in message
+    assert waited < 2.5, f"a PV missing beside answering ones is known after the settle time, not {waited:.2f} s"
     for name, value in sample_values().items():
-        assert read_text(reader, target + name) == value, name
+        assert reader.raw(target + name) == as_stored(name, value), name
 
 
-def test_wrong_prefix_names_the_prefix(make_tag, target):
+def test_no_pv_answering_names_the_prefix(make_tag):
     tag = make_tag(connect_timeout=1.0)
     prefix = f"nowhere{uuid.uuid4().hex[:6]}:"
-    with pytest.raises(TagError) as raised:
+    with pytest.raises(MissingPVs) as raised:
         tag.write(prefix, sample_values())
     assert str(raised.value) == (
-        f"tag: no PV under {prefix} answered within 1 s (is that IOC running and TagPrefix right?); nothing written"
+        f"no PV under {prefix} answered within 1 s (is that IOC running and TagPrefix right?); nothing written"
     )
+    assert set(raised.value.missing) == set(sample_values())
 
 
-def test_several_missing_pvs_are_all_named(make_tag, target):
-    tag = make_tag(connect_timeout=1.0)
-    with pytest.raises(TagError) as raised:
-        tag.write(target, {"UserName": "a", "Missing1": "b", "Missing2": "c"})
-    assert str(raised.value) == (f"tag: no answer within 1 s from {target}Missing1, {target}Missing2; nothing written")
-
-
-def test_read_only_target_writes_nothing(tag, target, reader):
+def test_read_only_record_writes_nothing(tag, target, reader):
     tag.write(target, {"UserBadge": "310001"})
     with pytest.raises(TagError, match=f"no write access to {target}Locked; nothing written"):
         tag.write(target, {"UserBadge": "999999", "Locked": "x"})
-    assert read_text(reader, target + "UserBadge") == "310001"
+    assert reader.raw(target + "UserBadge") == b"310001"
+    assert reader.raw(target + "Locked") == b"locked"
 
 
-def test_failed_put_names_the_pv(make_tag, target):
-    tag = make_tag(put_timeout=1.0)  # caproto's threading client learns of a failed put only by its timeout
+def test_a_refused_put_fails_at_once_naming_the_pv(tag, target, reader):
+    started = time.monotonic()
     with pytest.raises(TagError) as raised:
-        tag.write(target, {"UserBadge": "310001", "Refusing": "x"})
-    assert f"{target}Refusing" in str(raised.value)
-    assert "1 of 2 values were written before it" in str(raised.value)
+        tag.write(target, {"UserBadge": "310002", "Refusing": "x"})
+    took = time.monotonic() - started
+    assert (
+        str(raised.value) == f"{target}Refusing refused the value (ECA_PUTFAIL); 1 of 2 values were written before it"
+    )
+    assert took < 1.0, f"EPICS base answers a refused put at once; took {took:.2f} s"
+    assert reader.raw(target + "UserBadge") == b"310002"
 
 
-def test_numeric_target_takes_the_value_as_a_string_put(tag, target, reader):
+def test_numeric_record_takes_the_value_as_a_string_put(tag, target, reader):
     assert tag.write(target, {"ScanCount": "42"}) == []
-    (pv,) = reader.get_pvs(target + "ScanCount", timeout=5.0)
-    assert pv.read(timeout=5.0).data[0] == 42
+    assert reader.pv(target + "ScanCount").read().data[0] == 42
 
 
-def test_one_context_is_created_and_reused(tag, target):
+def test_each_write_has_its_own_context_closed_after_it(tag, target):
     tag.write(target, {"UserBadge": "1"})
     tag.write(target, {"UserBadge": "2"})
-    assert len(tag.created) == 1
+    assert len(tag.created) == 2
+    for context in tag.created:  # no search (for a missing PV, say) outlives the write
+        wait_for(lambda context=context: context.broadcaster.udp_sock is None, timeout=5, what="the context closed")
+        with pytest.raises(ContextDisconnectedError):
+            context.get_pvs(target + "UserBadge")
 
 
 def test_empty_values_touch_nothing(tag):
@@ -357,12 +322,55 @@ def test_empty_prefix_is_refused_before_any_network(tag):
 
 
 # --------------------------------------------------------------------------
-# The target IOC, run by the `target` fixture as `python test_tag.py --prefix P`
+# Against a caproto server: what EPICS base does not show
 
-if __name__ == "__main__":
-    from caproto.server import run
 
-    parser = argparse.ArgumentParser(description="tomoScan user-info look-alike for the Tag tests")
-    parser.add_argument("--prefix", required=True)
-    args = parser.parse_args()
-    run(TomoScanUserInfo(prefix=args.prefix).pvdb, interfaces=["127.0.0.1"])
+@pytest.fixture
+def caproto_target(tmp_path, monkeypatch):
+    """The look-alike above on a port of its own, which the client's address list gets for this test."""
+    port = free_port()
+    monkeypatch.setenv("EPICS_CA_ADDR_LIST", f"{os.environ['EPICS_CA_ADDR_LIST']} 127.0.0.1:{port}")
+    prefix = f"cap{uuid.uuid4().hex[:8]}:TomoScan:"
+    log_path = tmp_path / "caproto-target.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--prefix", prefix],
+            env={**os.environ, **epics_env(port)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    reader = CAReader()
+    try:
+        deadline = time.monotonic() + 20
+        (pv,) = reader.context.get_pvs(prefix + "UserName", timeout=0.25)
+        while True:
+            assert process.poll() is None, log_path.read_text(errors="replace")
+            reader.context.broadcaster.search_now()
+            try:
+                pv.read(timeout=0.25)
+                break
+            except TimeoutError:
+                assert time.monotonic() < deadline, "the caproto look-alike did not serve within 20 s"
+        yield prefix
+    finally:
+        reader.close()
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+def test_a_caproto_targets_refusal_shows_only_at_the_put_timeout(make_tag, caproto_target):
+    tag = make_tag(put_timeout=1.0)
+    started = time.monotonic()
+    with pytest.raises(TagError) as raised:
+        tag.write(caproto_target, {"UserBadge": "310001", "Refusing": "x"})
+    took = time.monotonic() - started
+    assert str(raised.value) == (
+        f"{caproto_target}Refusing did not confirm the put within 1 s (refused, or its IOC is stalled); "
+        "1 of 2 values were written before it"
+    )
+    assert took >= 1.0  # caproto's threading client drops the server's error reply (caproto 1.3)
