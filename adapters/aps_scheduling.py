@@ -21,7 +21,7 @@ from urllib.parse import quote, urlsplit
 import requests
 from requests.auth import HTTPBasicAuth
 
-from ..ioc.config import read_credentials
+from ..ioc.config import is_loopback, read_credentials
 from ..ioc.model import Beamtime, DMagicError, Person, Run, SchedulingError, parse_time
 
 log = logging.getLogger(__name__)
@@ -311,11 +311,20 @@ class ApsScheduling:
         timeout: float,
         tz: tzinfo,
         session: requests.Session | None = None,
+        *,
+        allow_insecure: bool = False,
     ) -> None:
         parts = urlsplit(url)
-        self._host = parts.hostname or url
+        self._host = parts.hostname or "?"
         if parts.port is not None:
             self._host = f"{self._host}:{parts.port}"
+        if parts.username is not None or parts.password is not None:
+            raise SchedulingError("scheduling.url: must not hold a user name or password; use scheduling.credentials")
+        if parts.scheme != "https" and not allow_insecure and not is_loopback(parts.hostname or ""):
+            raise SchedulingError(
+                f"scheduling.url: plain {parts.scheme or 'no scheme'} to {self._host} would send the password in "
+                "clear; use https://, or scheduling.allow_insecure: true"
+            )
         self._base = f"{url.rstrip('/')}/{API_PATH}/"
         self._beamline = beamline
         self._credentials = Path(credentials) if credentials is not None else None

@@ -10,6 +10,7 @@ links made clickable). The bundled default is `templates/data_access_email.txt`.
 
 from __future__ import annotations
 
+import base64
 import copy
 import html
 import importlib.resources
@@ -23,7 +24,7 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid, parseaddr
 from pathlib import Path
 
-from ..ioc.config import read_credentials
+from ..ioc.config import is_loopback, read_credentials
 from ..ioc.model import EmailError, InputError
 from ..ioc.ports import Delivery
 
@@ -147,7 +148,9 @@ class SmtpMailer:
 
     Each recipient is handled on their own: a refused address fails only that
     user. Logs in (after STARTTLS when set) only when `credentials` names a
-    `user|password` file, read at each round; the password is never logged.
+    `user|password` file, read at each round; the password is never logged,
+    and never sent over a plain connection to anything but loopback unless
+    `allow_insecure` (email.allow_insecure).
     """
 
     def __init__(
@@ -157,12 +160,24 @@ class SmtpMailer:
         starttls: bool = False,
         credentials: Path | None = None,
         timeout: float = 10,
+        *,
+        allow_insecure: bool = False,
     ):
         self.host = host
         self.port = port
         self.starttls = starttls
         self.credentials = credentials
         self.timeout = timeout
+        self.allow_insecure = allow_insecure
+        self._check_clear_login()
+
+    def _check_clear_login(self) -> None:
+        in_clear = self.credentials is not None and not self.starttls and not is_loopback(self.host)
+        if in_clear and not self.allow_insecure:
+            raise EmailError(
+                f"email: logging in to {self.server} without STARTTLS would send the password in clear; "
+                "set email.starttls: true, or email.allow_insecure: true"
+            )
 
     @property
     def server(self) -> str:
@@ -198,6 +213,7 @@ class SmtpMailer:
 
     def _connect(self) -> smtplib.SMTP:
         """Connect, STARTTLS and log in as configured; EmailError saying what failed."""
+        self._check_clear_login()
         login = self._login()
         try:
             smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
@@ -213,16 +229,16 @@ class SmtpMailer:
                 log.info("SMTP: logged in to %s as %s", self.server, login[0])
         except smtplib.SMTPAuthenticationError as error:
             _quit(smtp)
-            raise EmailError(
-                f"the SMTP server {self.server} refused the login of {login[0]}: {_reason(error)}"
-            ) from None
+            said = _redact(_reason(error), *login)  # a server may echo what it was sent
+            raise EmailError(f"the SMTP server {self.server} refused the login of {login[0]}: {said}") from None
         except smtplib.SMTPNotSupportedError as error:
             _quit(smtp)
             raise EmailError(f"the SMTP server {self.server}: {error}") from None
         except (smtplib.SMTPException, OSError, ssl.SSLError) as error:
             _quit(smtp)
             what = "STARTTLS with" if self.starttls else "the greeting of"
-            raise EmailError(f"{what} the SMTP server {self.server} failed: {_reason(error)}") from None
+            said = _redact(_reason(error), *login) if login else _reason(error)
+            raise EmailError(f"{what} the SMTP server {self.server} failed: {said}") from None
         return smtp
 
     def _login(self) -> tuple[str, str] | None:
@@ -253,6 +269,14 @@ def _refusal(address: str, error: Exception) -> str:
     if isinstance(error, smtplib.SMTPResponseException):
         return f"refused by the server: {error.smtp_code} {_text(error.smtp_error)}"
     return _reason(error)
+
+
+def _redact(text: str, user: str, password: str) -> str:
+    """`text` without the password, as sent or as AUTH PLAIN/LOGIN encode it."""
+    plain = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+    for secret in (plain, base64.b64encode(password.encode()).decode(), password):
+        text = text.replace(secret, "***")
+    return text
 
 
 def _reason(error: BaseException) -> str:

@@ -11,6 +11,7 @@ different threads one at a time, so one connection is shared under a lock.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -20,6 +21,7 @@ from datetime import datetime
 from pathlib import Path
 
 from ..ioc.model import DMError, Experiment, ExperimentUser, InputError
+from ..ioc.statefiles import keep_aside
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +103,69 @@ def migrate(conn: sqlite3.Connection, path: Path | str = "") -> int:
     return found
 
 
+def _check_readable(path: Path) -> None:
+    """Read every page of the file as it is on disk (`PRAGMA quick_check`), changing nothing, its WAL
+    neither: corrupt pages show now, not at some later command. Raises _Unreadable."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return  # none yet (a new registry), or the open that follows says why
+    if size == 0:
+        try:
+            wal_size = Path(f"{path}-wal").stat().st_size
+        except OSError:
+            wal_size = 0
+        if wal_size == 0:
+            raise _Unreadable("the file is empty")
+        return
+    try:
+        conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro&immutable=1", uri=True)
+    except sqlite3.Error:
+        return
+    try:
+        rows = conn.execute("PRAGMA quick_check(1)").fetchall()
+    except sqlite3.Error as error:
+        if error.sqlite_errorcode & 0xFF in _UNREADABLE:
+            raise _Unreadable(str(error)) from None
+        return
+    finally:
+        conn.close()
+    if rows != [("ok",)]:
+        said = " ".join(str(rows[0][0]).replace("*** in database main ***", "").split()) if rows else "no answer"
+        raise _Unreadable(f"integrity check: {said[:60]}")
+
+
+def unreadable(path: Path) -> str:
+    """Why the registry file at `path` cannot be read ('' when it can, or is not there): for --check."""
+    try:
+        _check_readable(Path(path))
+    except _Unreadable as error:
+        return str(error)
+    return ""
+
+
+def experiment_folders(storage_root: Path, limit: int = 2) -> list[str]:
+    """Up to `limit` folders two levels under `storage_root` (`2026-11/2026-11-Smith-1`, `2026/1234`):
+    where every layout keeps an experiment. Hidden names are left out; an unreadable root gives []."""
+    found: list[str] = []
+    try:
+        with os.scandir(storage_root) as tops:
+            for top in sorted(tops, key=lambda entry: entry.name):
+                if top.name.startswith(".") or not top.is_dir(follow_symlinks=False):
+                    continue
+                with os.scandir(top.path) as inner:
+                    found += sorted(
+                        f"{top.name}/{entry.name}"
+                        for entry in inner
+                        if not entry.name.startswith(".") and entry.is_dir(follow_symlinks=False)
+                    )
+                if len(found) >= limit:
+                    break
+    except OSError:
+        pass  # a root that cannot be listed: --check and Create name it
+    return found[:limit]
+
+
 def _iso(moment: datetime | None) -> str:
     return moment.isoformat() if moment else ""
 
@@ -109,29 +174,86 @@ def _from_iso(text: str) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
 
 
+SQLITE_COMPANIONS = ("-wal", "-shm")  # files beside the registry that hold part of it
+_UNREADABLE = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
+class _Unreadable(Exception):
+    """The registry file is there but is no readable SQLite database (garbage, truncated, corrupt pages)."""
+
+
 class Registry:
-    """Experiments, users, selection, e-mailed users and Globus rule ids in one SQLite file."""
+    """Experiments, users, selection, e-mailed users and Globus rule ids in one SQLite file.
+
+    A file that cannot be read is kept aside (`registry.sqlite.corrupt-<time>`)
+    and an empty registry started in its place; `problem` then says so in a
+    sentence for Status. A file that cannot be opened for another reason
+    (permissions, a newer schema) is refused with a DMError, never set aside.
+    """
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
         self._lock = threading.RLock()
+        self.problem = ""  # set when the file found could not be read and was kept aside
+        try:
+            self._conn = self._open()
+        except _Unreadable as error:
+            self._conn = self._start_afresh(str(error))
+
+    def _open(self) -> sqlite3.Connection:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=5.0)
+            _check_readable(self.path)
+            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=5.0)
         except (OSError, sqlite3.Error) as error:
             raise DMError(f"cannot open the registry {self.path}: {error}") from error
         try:
-            self._conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA journal_mode = WAL")
             # Commits are rare (one per command): pay the fsync for durability.
-            self._conn.execute("PRAGMA synchronous = FULL")
-            self._conn.execute("PRAGMA foreign_keys = ON")
-            migrate(self._conn, self.path)
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            migrate(conn, self.path)
         except sqlite3.Error as error:
-            self._conn.close()
+            conn.close()
+            if error.sqlite_errorcode & 0xFF in _UNREADABLE:
+                raise _Unreadable(str(error)) from None
             raise DMError(f"cannot open the registry {self.path}: {error}") from error
         except BaseException:
-            self._conn.close()
+            conn.close()
             raise
+        return conn
+
+    def storage_problem(self, storage_root: Path, *, advice: bool = True) -> str:
+        """A warning when the registry lists no experiment while `storage_root` holds experiment folders:
+        an empty registry there was lost or replaced, not the truth. `advice`: say what to do."""
+        if self.experiment_names():
+            return ""
+        folders = experiment_folders(storage_root)
+        if not folders:
+            return ""
+        found = f"the registry lists no experiment but {storage_root} holds some ({', '.join(folders)}, ...)"
+        if not advice:
+            return found
+        return f"{found}: with the IOC stopped, put back a backup of it, or Create/CreateManual each again (files stay)"
+
+    def _start_afresh(self, reason: str) -> sqlite3.Connection:
+        """Keep the unreadable file aside (with its WAL) and open an empty registry in its place."""
+        try:
+            aside = keep_aside(self.path, SQLITE_COMPANIONS)
+        except OSError as error:
+            raise DMError(
+                f"the registry {self.path} cannot be read ({reason}) nor kept aside ({error.strerror}): "
+                "move it away by hand, then start again"
+            ) from None
+        self.problem = (
+            f"registry {self.path.name} could not be read ({reason}): kept as {aside.name}, started empty; "
+            "with the IOC stopped, put back a backup or recover the kept copy (sqlite3 .recover)"
+        )
+        log.warning("registry %s could not be read (%s): kept as %s", self.path, reason, aside)
+        try:
+            return self._open()
+        except _Unreadable as error:  # a new file that cannot be read: the disk, not the data
+            raise DMError(f"cannot open the registry {self.path}: {error}") from None
 
     # ------------------------------------------------------------------ plumbing
 

@@ -7,6 +7,7 @@ import logging
 import logging.handlers
 import signal
 import sys
+import tempfile
 from datetime import datetime
 from pathlib import Path
 
@@ -14,10 +15,11 @@ from caproto.asyncio.server import run
 from caproto.server import template_arg_parser
 
 from .app import Adapters, Beamline
-from .config import ConfigError, Settings, load_config
+from .config import ConfigError, Settings, environment_problems, load_config
 from .demo import demo_folder, write_demo
-from .model import DMagicError
-from .server import DMagicIOC
+from .model import DMagicError, plural
+from .server import DMagicIOC, StartupProblem
+from .status import package_version
 
 log = logging.getLogger("dmagic_ioc")
 
@@ -36,7 +38,7 @@ def build_adapters(settings: Settings) -> Adapters:
 
         scheduling = ApsScheduling(
             settings.scheduling.url, settings.beamline.name, settings.scheduling.credentials,
-            settings.scheduling.timeout, tz,
+            settings.scheduling.timeout, tz, allow_insecure=settings.scheduling.allow_insecure,
         )  # fmt: skip
     else:
         from ..adapters.schedule_file import FileSchedule
@@ -75,7 +77,8 @@ def build_adapters(settings: Settings) -> Adapters:
         from ..adapters.email import SmtpMailer, load_template
 
         e = settings.email
-        mailer = SmtpMailer(e.smtp_host, e.smtp_port, starttls=e.starttls, credentials=e.credentials)
+        mailer = SmtpMailer(e.smtp_host, e.smtp_port, starttls=e.starttls, credentials=e.credentials,
+                            allow_insecure=e.allow_insecure)  # fmt: skip
         template = load_template(e.template)  # a bad template is refused at startup, not at the first Email
 
     return Adapters(scheduling=scheduling, dm=dm, state=registry, transfer=transfer, tag=CaTag(),
@@ -84,28 +87,107 @@ def build_adapters(settings: Settings) -> Adapters:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """caproto's standard server options (--interfaces, --list-pvs, -v, ...) plus ours."""
-    parser, _ = template_arg_parser(
+    caproto_parser, _ = template_arg_parser(
         desc="dmagic-ioc: the beamline's scheduling and data management as EPICS PVs",
         default_prefix="",
         argv=argv,
         supported_async_libs=["asyncio"],
     )
+    # caproto's options through `parents`; "resolve" lets our --prefix (with its help) replace caproto's.
+    parser = argparse.ArgumentParser(
+        prog="dmagic-ioc", description=caproto_parser.description, epilog=caproto_parser.epilog,
+        parents=[caproto_parser], conflict_handler="resolve",
+    )  # fmt: skip
+    parser.add_argument("--prefix", default="", help="PV prefix, e.g. 2bmb:DM: (default: ioc.prefix of the config)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     parser.add_argument("--config", type=Path, help="YAML config (default: the bundled demo)")
-    parser.add_argument("--check", action="store_true", help="validate the config and its credentials files, then exit")
+    parser.add_argument(
+        "--check", action="store_true",
+        help="validate the config, its files and folders (what Create and the transfer need), then exit",
+    )  # fmt: skip
     parser.add_argument("--print-pvs", action="store_true", help="print every PV name, one a line, and exit")
     return parser.parse_args(argv)
 
 
-def load(args) -> Settings:
-    if args.config is None:
-        from zoneinfo import ZoneInfo
+def state_problems(settings: Settings, registry) -> list[StartupProblem]:
+    """What the IOC's state looked like at start: a registry kept aside (DM:Health Error), an
+    empty registry beside a storage root that holds experiments. Runs before the event loop."""
+    problems = []
+    if registry.problem:
+        problems.append(StartupProblem(registry.problem, system="DM"))
+    if settings.dm.backend == "local":
+        empty = registry.storage_problem(settings.dm.storage_root, advice=not registry.problem)
+        if empty:
+            problems.append(StartupProblem(empty))
+    return problems
 
-        folder = demo_folder()
-        config_path = write_demo(folder, datetime.now(ZoneInfo("America/Chicago")).date())
-        print(f"dmagic-ioc: no --config, starting the demo from {config_path}", file=sys.stderr)
-    else:
-        config_path = args.config
-    return load_config(config_path)
+
+def preflight_problems(settings: Settings) -> list[str]:
+    """`--check` beyond the config's own checks: folders, group, secrets, the schedule file, the template."""
+    from ..adapters.local_dm import is_this_host
+    from ..adapters.registry import unreadable
+
+    problems = environment_problems(settings, data_is_local=is_this_host(settings.dm.data_host))
+    registry = settings.ioc.state_dir / "registry.sqlite"
+    if why := unreadable(registry):
+        problems.append(f"ioc.state_dir: {registry} cannot be read ({why}); at start it is kept aside, "
+                        "and an empty registry started: put back a backup first")  # fmt: skip
+    if settings.scheduling.backend == "file" and settings.scheduling.path is not None:
+        from ..adapters.schedule_file import FileSchedule
+
+        schedule = FileSchedule(settings.scheduling.path, settings.beamline.tz)
+        try:
+            runs = schedule.runs()
+            if runs:
+                schedule.beamtimes(runs[0])  # reads every entry of the file
+        except DMagicError as error:
+            problems.append(f"scheduling.path: {error}")
+    if settings.email.enabled:
+        from ..adapters.email import load_template
+
+        try:
+            load_template(settings.email.template)
+        except DMagicError as error:
+            said = str(error)
+            if not said.startswith("email.template"):
+                said = f"email.template: {settings.email.template}: {said.removeprefix('email template: ')}"
+            problems.append(said)
+    return problems
+
+
+def check(config_path: Path, prefix: str, *, demo: bool) -> int:
+    """`--check`: every problem of the config and of what it names on this machine, all at once."""
+    settings, problems = None, []
+    try:
+        settings = load_config(config_path)
+    except ConfigError as error:
+        settings, problems = error.settings, list(error.problems)
+    if settings is not None:
+        named = {_key(problem) for problem in problems}
+        problems += [p for p in preflight_problems(settings) if _key(p) not in named]
+    if problems:
+        print_problems(problems)
+        return 2
+    what = "the bundled demo config" if demo else f"config {settings.source}"
+    print(f"dmagic-ioc: {what} is valid (prefix {prefix or settings.ioc.prefix})")
+    return 0
+
+
+def _key(problem: str) -> str:
+    return problem.split(":", 1)[0]
+
+
+def print_problems(problems: list[str]) -> None:
+    print(f"dmagic-ioc: the config has {plural(len(problems), 'problem')}:", file=sys.stderr)
+    for problem in problems:
+        print(f"  {problem}", file=sys.stderr)
+
+
+def demo_today():
+    """Today where the demo's beamline is, so its beamtimes surround now."""
+    from zoneinfo import ZoneInfo
+
+    return datetime.now(ZoneInfo("America/Chicago")).date()
 
 
 def setup_logging(state_dir: Path, quiet: bool, verbose: int | None) -> None:
@@ -130,17 +212,27 @@ def setup_logging(state_dir: Path, quiet: bool, verbose: int | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.config is None and (args.check or args.print_pvs):
+        # They only look at the demo: written to a temporary folder, gone afterwards.
+        with tempfile.TemporaryDirectory(prefix="dmagic-ioc-demo-") as folder:
+            return run_on(args, write_demo(Path(folder), demo_today()))
+    if args.config is None:
+        config_path = write_demo(demo_folder(), demo_today())
+        print(f"dmagic-ioc: no --config, starting the demo from {config_path}", file=sys.stderr)
+        return run_on(args, config_path)
+    return run_on(args, args.config)
+
+
+def run_on(args: argparse.Namespace, config_path: Path) -> int:
+    """Check, list the PVs of, or serve the config at `config_path`."""
+    if args.check:
+        return check(config_path, args.prefix, demo=args.config is None)
     try:
-        settings = load(args)
+        settings = load_config(config_path)
     except ConfigError as error:
-        print(f"dmagic-ioc: the config has {len(error.problems)} problem(s):", file=sys.stderr)
-        for problem in error.problems:
-            print(f"  {problem}", file=sys.stderr)
+        print_problems(error.problems)
         return 2
     prefix = args.prefix or settings.ioc.prefix
-    if args.check:
-        print(f"dmagic-ioc: config {settings.source} is valid (prefix {prefix})")
-        return 0
 
     if args.print_pvs:
         ioc = DMagicIOC(prefix, app=Beamline(settings, adapters=None))
@@ -150,11 +242,12 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(settings.ioc.state_dir, args.quiet, args.verbose)
     try:
         settings.ioc.state_dir.mkdir(parents=True, exist_ok=True)
-        app = Beamline(settings, build_adapters(settings))
+        adapters = build_adapters(settings)
+        problems = state_problems(settings, adapters.state)
     except (DMagicError, OSError) as error:
         log.error("cannot start: %s", error)
         return 1
-    ioc = DMagicIOC(prefix, app=app)
+    ioc = DMagicIOC(prefix, app=Beamline(settings, adapters), startup_problems=problems)
     signal.signal(signal.SIGTERM, _interrupt)  # systemd stops with SIGTERM: shut down cleanly
     log.info("dmagic-ioc %s serving %d PVs under %s", ioc.status.version.value, len(ioc.pvdb), prefix)
     run(ioc.pvdb, startup_hook=ioc.startup, interfaces=args.interfaces, log_pv_names=args.list_pvs)

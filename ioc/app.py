@@ -115,6 +115,12 @@ class Beamline:
         self._refresh_lock = threading.Lock()  # the periodic refresh and the Refresh command
         self._publish_lock = threading.Lock()  # commands and the periodic refresh run in different threads
         self._progress = TransferProgress()
+        self._held_errors: set[str] = set()  # systems whose Health stays Error until restart
+
+    def hold_error(self, system: str) -> None:
+        """Show `system`'s Health as Error until restart, whatever later contacts say (lost state)."""
+        self._held_errors.add(system)
+        self.published.health[system] = "Error"
 
     def _publish(self, **changes) -> None:
         """Replace what the PVs show, changing only `changes`: a concurrent refresh is never undone."""
@@ -130,7 +136,7 @@ class Beamline:
         except ServiceError as error:
             self.published.health[error.system or system] = "Error"
             raise
-        self.published.health[system] = "OK"
+        self.published.health[system] = "Error" if system in self._held_errors else "OK"
         return result
 
     @property

@@ -8,13 +8,17 @@ problem before failing, so `--check` can list them all at once.
 from __future__ import annotations
 
 import dataclasses
+import grp
+import ipaddress
 import os
+import pwd
 import stat
 import string
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -23,10 +27,15 @@ from .model import BADGE, EXPERIMENT_NAME_FIELDS, InputError, check_name
 
 
 class ConfigError(Exception):
-    """The config has problems; `problems` lists each, naming its key."""
+    """The config has problems; `problems` lists each, naming its key.
 
-    def __init__(self, problems: list[str]):
+    `settings` is what could be built around them (the keys in error at their
+    defaults), or None, so `--check` can look further at the rest.
+    """
+
+    def __init__(self, problems: list[str], settings: Settings | None = None):
         self.problems = problems
+        self.settings = settings
         super().__init__("\n".join(problems))
 
 
@@ -67,6 +76,7 @@ class SchedulingSettings:
     timeout: float = 10.0
     refresh_period: float = 600.0
     path: Path | None = None
+    allow_insecure: bool = False  # true: Basic auth may go over plain http:// to a host other than loopback
 
 
 @dataclass(frozen=True)
@@ -101,6 +111,7 @@ class EmailSettings:
     credentials: Path | None = None
     sender: str = ""
     template: Path | None = None
+    allow_insecure: bool = False  # true: SMTP AUTH may go without STARTTLS to a host other than loopback
 
 
 # The fields Tag writes, named as tomoScan's databases name their PVs (SPEC section 6).
@@ -176,7 +187,7 @@ def settings_from_dict(raw: object, *, base: Path, source: Path | None = None) -
         settings = dataclasses.replace(settings, source=source)
         problems += _semantic_problems(settings)
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(problems, settings)
     return settings
 
 
@@ -222,12 +233,12 @@ def _convert(hint, value, key_path: str, base: Path, problems: list[str]):
         return {k: v for k, v in items.items() if v is not _INVALID}
     if origin is tuple:
         if not isinstance(value, list) or any(isinstance(v, (dict, list, bool)) or v is None for v in value):
-            problems.append(f"{key_path}: expected a list of names or numbers, got {value!r}")
+            problems.append(f"{key_path}: expected a list of names or numbers, got {_shown(key_path, value)}")
             return _INVALID
         return tuple(str(v) for v in value)
     if hint is Path:
         if not isinstance(value, str):
-            problems.append(f"{key_path}: expected a path, got {value!r}")
+            problems.append(f"{key_path}: expected a path, got {_shown(key_path, value)}")
             return _INVALID
         if value == "":
             problems.append(f"{key_path}: must not be empty")
@@ -235,7 +246,7 @@ def _convert(hint, value, key_path: str, base: Path, problems: list[str]):
         return (base / Path(value).expanduser()).resolve()
     if hint is bool:
         if not isinstance(value, bool):
-            problems.append(f"{key_path}: expected true or false, got {value!r}")
+            problems.append(f"{key_path}: expected true or false, got {_shown(key_path, value)}")
             return _INVALID
         return value
     if hint in (int, float):
@@ -244,15 +255,25 @@ def _convert(hint, value, key_path: str, base: Path, problems: list[str]):
             or not isinstance(value, (int, float))
             or (hint is int and not isinstance(value, int))
         ):
-            problems.append(f"{key_path}: expected a {'whole ' if hint is int else ''}number, got {value!r}")
+            kind = "a whole number" if hint is int else "a number"
+            problems.append(f"{key_path}: expected {kind}, got {_shown(key_path, value)}")
             return _INVALID
         return hint(value)
     if hint is str:
         if isinstance(value, (dict, list, bool)) or value is None:
-            problems.append(f"{key_path}: expected text, got {value!r}")
+            problems.append(f"{key_path}: expected text, got {_shown(key_path, value)}")
             return _INVALID
         return str(value)
     raise TypeError(f"no converter for {hint}")  # a programming error, not a config one
+
+
+_SECRET_WORDS = ("credential", "secret", "password", "token")
+
+
+def _shown(key_path: str, value: object) -> str:
+    """A value as a problem quotes it; never the value of a key that may hold a secret."""
+    name = key_path.rsplit(".", 1)[-1].lower()
+    return "a value (not shown: the key may hold a secret)" if any(w in name for w in _SECRET_WORDS) else repr(value)
 
 
 def _semantic_problems(s: Settings) -> list[str]:
@@ -285,8 +306,7 @@ def _semantic_problems(s: Settings) -> list[str]:
     if s.dm.transfer_workers < 1:
         problems.append("dm.transfer_workers: must be at least 1")
     if s.scheduling.backend == "aps":
-        if not s.scheduling.url.startswith(("https://", "http://")):
-            problems.append("scheduling.url: the aps backend needs the service's base URL (https://...)")
+        problems += _scheduling_url_problems(s.scheduling)
         problems += secret_file_problems("scheduling.credentials", s.scheduling.credentials, required=True)
     if s.scheduling.backend == "file":
         if s.scheduling.path is None:
@@ -304,6 +324,13 @@ def _semantic_problems(s: Settings) -> list[str]:
         if not s.email.sender:
             problems.append("email.sender: must be set when email.enabled is true")
         problems += secret_file_problems("email.credentials", s.email.credentials, required=False)
+        if s.email.credentials is not None and not s.email.starttls and not s.email.allow_insecure:
+            if not is_loopback(s.email.smtp_host):
+                problems.append(
+                    f"email.starttls: logging in to {s.email.smtp_host} without STARTTLS would send the "
+                    "email.credentials password in clear; set email.starttls: true, or email.allow_insecure: true "
+                    "only on a network you trust"
+                )
         if s.email.template is not None and not s.email.template.is_file():
             problems.append(f"email.template: no template file at {s.email.template}")
     problems += _tag_problems(s.tag)
@@ -329,6 +356,39 @@ def _tag_problems(tag: TagSettings) -> list[str]:
     return problems
 
 
+def _scheduling_url_problems(scheduling: SchedulingSettings) -> list[str]:
+    """A base URL the aps backend can use without giving its password away."""
+    try:
+        parts = urlsplit(scheduling.url)
+        port = parts.port  # a port that is not a number raises here
+    except ValueError:
+        parts, port = None, None
+    if parts is None or parts.scheme not in ("https", "http") or not parts.hostname:
+        return ["scheduling.url: the aps backend needs the service's base URL (https://...)"]
+    if parts.username is not None or parts.password is not None:
+        return ["scheduling.url: must not hold a user name or password; put them in scheduling.credentials"]
+    if parts.scheme == "http" and not scheduling.allow_insecure and not is_loopback(parts.hostname):
+        where = parts.hostname if port is None else f"{parts.hostname}:{port}"
+        return [
+            f"scheduling.url: http:// to {where} would send the scheduling.credentials password in clear "
+            "(Basic auth); use https://, or set scheduling.allow_insecure: true only on a network you trust"
+        ]
+    return []
+
+
+def is_loopback(host: str) -> bool:
+    """`localhost`, 127.0.0.0/8 or ::1: what never leaves this machine."""
+    host = host.strip().strip("[]").rstrip(".").lower()
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
 def _name_problems(key: str, value: str) -> list[str]:
     try:
         check_name(value, key)
@@ -349,6 +409,93 @@ def _template_problems(template: str) -> list[str]:
             f"use {', '.join('{' + f + '}' for f in EXPERIMENT_NAME_FIELDS)}"
         ]
     return _name_problems("dm.experiment_name", template.format(year_month="2026-01", pi_last_name="X", gup="1"))
+
+
+def environment_problems(s: Settings, *, data_is_local: bool = True) -> list[str]:
+    """What the IOC, Create and the transfer would trip on in this machine's folders, groups and secrets.
+
+    `--check` runs these on top of the config's own checks. They are not errors
+    at start: a disk may be mounted later, and Create then says what is missing.
+    `data_is_local`: the detectors write here (dm.data_host), so Create makes
+    the raw folders under dm.data_top_dir.
+    """
+    problems = _state_dir_problems(s.ioc.state_dir)
+    if s.dm.backend == "local":
+        problems += _folder_problems("dm.storage_root", s.dm.storage_root, write=True)
+        if s.dm.transfer == "builtin" or data_is_local:  # read by the built-in transfer, written by Create
+            problems += _folder_problems("dm.data_top_dir", s.dm.data_top_dir, write=data_is_local)
+        if s.dm.group is not None:
+            problems += _group_problems("dm.group", s.dm.group)
+    if s.scheduling.backend == "aps" and s.scheduling.credentials is not None:
+        problems += _credentials_problems("scheduling.credentials", s.scheduling.credentials)
+    if s.globus.enabled and s.globus.client_secret_file is not None:
+        problems += _credentials_problems("globus.client_secret_file", s.globus.client_secret_file, pair=False)
+    if s.email.enabled and s.email.credentials is not None:
+        problems += _credentials_problems("email.credentials", s.email.credentials)
+    return problems
+
+
+def _user() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
+
+
+def _folder_problems(key: str, path: Path, *, write: bool) -> list[str]:
+    if not path.exists():
+        return [f"{key}: {path} does not exist (is the disk mounted?)"]
+    if not path.is_dir():
+        return [f"{key}: {path} is not a folder"]
+    if not os.access(path, os.R_OK | os.X_OK):
+        return [f"{key}: {path} cannot be read by user {_user()}"]
+    if write and not os.access(path, os.W_OK | os.X_OK):
+        return [f"{key}: {path} is not writable by user {_user()}"]
+    return []
+
+
+def _state_dir_problems(state_dir: Path) -> list[str]:
+    """state_dir is created at start when missing: then the folder that would hold it must be writable."""
+    if not state_dir.exists():
+        parent = state_dir.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            return [
+                f"ioc.state_dir: {state_dir} does not exist and cannot be made: "
+                f"{parent} is not writable by user {_user()}"
+            ]
+        return []
+    problems = _folder_problems("ioc.state_dir", state_dir, write=True)
+    for name in ("registry.sqlite", "autosave.json"):
+        state_file = state_dir / name
+        if not problems and state_file.exists() and not os.access(state_file, os.R_OK | os.W_OK):
+            problems.append(f"ioc.state_dir: {state_file} cannot be read and written by user {_user()}")
+    return problems
+
+
+def _group_problems(key: str, name: str) -> list[str]:
+    try:
+        gid = grp.getgrnam(name).gr_gid
+    except KeyError:
+        return [f"{key}: unix group {name!r} does not exist on this host; create it or set {key}: null"]
+    if os.geteuid() != 0 and gid != os.getegid() and gid not in os.getgroups():
+        return [f"{key}: user {_user()} is not a member of group {name!r}, so Create could not give folders to it"]
+    return []
+
+
+def _credentials_problems(key: str, path: Path, *, pair: bool = True) -> list[str]:
+    """The file holds what the service needs (checked for its mode by the config's own checks)."""
+    if secret_file_problems(key, path, required=True):
+        return []  # already named by the config's own checks
+    try:
+        read_credentials(key, path) if pair else read_secret(key, path)
+    except InputError as error:
+        return [str(error)]
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
+        return [f"{key}: cannot read {path}: {reason}"]
+    return []
 
 
 def secret_file_problems(key: str, path: Path | None, *, required: bool) -> list[str]:

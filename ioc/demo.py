@@ -3,7 +3,8 @@
 `dmagic-ioc` without `--config` writes `config.yaml` and `schedule.yaml` into
 the demo folder (`$DMAGIC_DEMO_DIR`, else `~/.local/state/dmagic-ioc/demo`,
 else a temporary folder) and starts on them, so a new user sees real values at
-once and has a working config to copy.
+once and has a working config to copy. `--check` and `--print-pvs` without
+`--config` write them to a temporary folder that is removed afterwards.
 """
 
 from __future__ import annotations

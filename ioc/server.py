@@ -7,6 +7,8 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from caproto import AccessRights, AlarmSeverity
@@ -20,6 +22,7 @@ from .experiment import ExperimentGroup
 from .model import DMagicError
 from .proposal import ProposalGroup
 from .pvs import is_command
+from .statefiles import keep_aside
 from .status import StatusGroup
 
 log = logging.getLogger(__name__)
@@ -35,8 +38,9 @@ class DMagicIOC(PVGroup):
     experiment = SubGroup(ExperimentGroup, prefix="")
     daq = SubGroup(DaqGroup, prefix="")
 
-    def __init__(self, prefix: str, *, app: Beamline, **kwargs):
+    def __init__(self, prefix: str, *, app: Beamline, startup_problems: Sequence[StartupProblem] = (), **kwargs):
         self.app = app
+        self.startup_problems = tuple(startup_problems)
         super().__init__(prefix, **kwargs)
         self.engine = CommandEngine(self.status, after_command=self.show)
         self.ready = asyncio.Event()
@@ -50,19 +54,43 @@ class DMagicIOC(PVGroup):
         await self.status.show()
 
     async def startup(self, async_lib) -> None:
-        """Config defaults, then autosaved values, then the selected experiment; then autosave runs."""
+        """Config defaults, then autosaved values, then the selected experiment; then autosave runs.
+
+        State that could not be read (a registry or autosave file kept aside) makes the startup
+        Status MAJOR, saying what was done; the IOC serves on.
+        """
         settings = self.app.settings
         await self.proposal.refresh_period.write(settings.scheduling.refresh_period, verify_value=False)
         await self.proposal.tag_prefix.write(settings.tag.prefix, verify_value=False)
-        await self.autosave.restore()
+        problems = list(self.startup_problems)  # found before serving: a registry kept aside, say
+        kept = await self.autosave.restore()
+        if kept:
+            problems.append(StartupProblem(kept))
         try:
             await asyncio.to_thread(self.app.load_selection)
         except DMagicError as error:
-            await self.engine.report(f"reading the selected experiment failed: {error}", AlarmSeverity.MAJOR_ALARM)
+            problems.append(StartupProblem(f"reading the selected experiment failed: {error}"))
+        for problem in problems:
+            log.error("%s", problem.message)
+            if problem.system:
+                self.app.hold_error(problem.system)
         await self.show()
-        await self.engine.report(f"dmagic-ioc {self.status.version.value} started", AlarmSeverity.NO_ALARM)
+        started = f"dmagic-ioc {self.status.version.value} started"
+        if problems:
+            message = f"{started}, but {'; '.join(p.message for p in problems)}"
+            await self.engine.report(message, AlarmSeverity.MAJOR_ALARM)
+        else:
+            await self.engine.report(started, AlarmSeverity.NO_ALARM)
         self.ready.set()
         await self.autosave.run(async_lib)
+
+
+@dataclass(frozen=True)
+class StartupProblem:
+    """Something wrong found at start (an unreadable state file): Status says it with MAJOR severity."""
+
+    message: str
+    system: str = ""  # a system whose Health PV then stays at Error until restart ("DM" for the registry)
 
 
 NOT_AUTOSAVED = {"DeleteConfirm"}  # a confirmation is for one attempt, never for after a restart
@@ -78,23 +106,32 @@ def settings_channels(pvdb: dict) -> dict:
 
 
 class Autosave:
-    """RW PVs survive a restart: their values in a JSON file, written aside and renamed."""
+    """RW PVs survive a restart: their values in a JSON file, written aside and renamed.
+
+    A file that cannot be read is kept aside (`autosave.json.corrupt-<time>`),
+    never overwritten: the PVs start from their defaults and `restore` returns
+    a sentence for Status. When it cannot even be renamed, nothing is saved
+    until the next start.
+    """
 
     def __init__(self, path: Path, channels: dict):
         self.path = path
         self.channels = channels  # full PV name -> channel
         self._saved: dict | None = None
+        self.enabled = True
 
     def snapshot(self) -> dict:
         # Keyed without the prefix: an IOC started under a new prefix keeps its settings.
         return {ch.pvspec.name: _plain(ch.value) for ch in self.channels.values()}
 
-    async def restore(self) -> None:
+    async def restore(self) -> str:
+        """Write the saved values into their PVs; '' or, when the file could not be read, what was done."""
         try:
             saved = await asyncio.to_thread(self._read)
-        except (OSError, ValueError) as error:
-            log.warning("autosave %s not restored: %s", self.path, error)
-            return
+        except (OSError, ValueError, RecursionError) as error:
+            problem = await asyncio.to_thread(self._keep_aside, _reason(error))
+            self._saved = self.snapshot()
+            return problem
         for channel in self.channels.values():
             key = channel.pvspec.name
             if key in saved:
@@ -103,15 +140,34 @@ class Autosave:
                 except Exception as error:  # a stale or odd value: keep the default
                     log.warning("autosave: %s not restored from %r: %s", key, saved[key], error)
         self._saved = self.snapshot()
+        return ""
 
     def _read(self) -> dict:
-        if not self.path.exists():
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
             return {}
-        data = json.loads(self.path.read_text(encoding="utf-8"))
-        return data if isinstance(data, dict) else {}
+        values = json.loads(data.decode("utf-8"))
+        if not isinstance(values, dict):
+            raise ValueError(f"it holds a JSON {type(values).__name__}, not an object of PV values")
+        return values
+
+    def _keep_aside(self, reason: str) -> str:
+        """Rename the unreadable file; if even that fails, stop saving so it is never overwritten."""
+        try:
+            aside = keep_aside(self.path)
+        except OSError as error:
+            self.enabled = False
+            return (
+                f"autosave {self.path} could not be read ({reason}) nor kept aside ({error.strerror}): "
+                "RW PVs start from defaults and are not saved until the next start"
+            )
+        return f"autosave {self.path} could not be read ({reason}): kept it as {aside.name}; RW PVs start from defaults"
 
     async def run(self, async_lib) -> None:
         """Save whenever a setting changed; once more on the way out."""
+        if not self.enabled:
+            return
         try:
             while True:
                 await async_lib.library.sleep(AUTOSAVE_SECONDS)
@@ -124,7 +180,7 @@ class Autosave:
 
     async def save(self) -> None:
         snapshot = self.snapshot()
-        if snapshot != self._saved:
+        if self.enabled and snapshot != self._saved:
             await asyncio.to_thread(self._write, snapshot)
             self._saved = snapshot
 
@@ -140,6 +196,19 @@ class Autosave:
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
+
+
+def _reason(error: Exception) -> str:
+    """Why a state file could not be read, in a few words (never its content)."""
+    if isinstance(error, OSError):
+        return error.strerror or type(error).__name__
+    if isinstance(error, UnicodeDecodeError):
+        return "not UTF-8 text"
+    if isinstance(error, RecursionError):
+        return "nested too deeply"
+    if isinstance(error, json.JSONDecodeError):
+        return f"not valid JSON: {error.msg} at line {error.lineno} column {error.colno}"
+    return str(error)
 
 
 def _plain(value):

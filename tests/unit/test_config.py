@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
 from dmagic_ioc.ioc.config import (
     ConfigError,
     Settings,
+    environment_problems,
+    is_loopback,
     load_config,
     read_credentials,
     read_secret,
     settings_from_dict,
 )
 from dmagic_ioc.ioc.model import InputError
+
+CHICAGO = ZoneInfo("America/Chicago")
 
 
 @pytest.fixture
@@ -405,3 +410,287 @@ def test_read_credentials_refuses_an_open_file(tmp_path):
 def test_read_secret_first_line(tmp_path):
     path = secret(tmp_path / "secret", "  s3cr3t  \nother\n")
     assert read_secret("globus.client_secret_file", path) == "s3cr3t"
+
+
+# --------------------------------------------------------------------------- credentials never in clear
+
+
+def aps_at(base: Path, url: str, **scheduling) -> dict:
+    secret(base / "creds", "user|password\n")
+    return minimal(scheduling={"backend": "aps", "url": url, "credentials": "creds", **scheduling})
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://scheduling.example.org", "http://10.0.0.5:8080/x", "http://[2001:db8::1]", "http://127.0.0.1.nip.io"],
+)
+def test_basic_auth_over_plain_http_is_refused(base, url):
+    problem = one_problem(aps_at(base, url), base, "scheduling.url")
+    assert "in clear" in problem and "https://" in problem and "scheduling.allow_insecure" in problem
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://scheduling.example.org", "http://localhost:8080", "http://127.0.0.1", "http://127.3.4.5:81",
+     "http://[::1]:8080", "http://LOCALHOST."],
+)  # fmt: skip
+def test_https_and_loopback_are_allowed(base, url):
+    assert settings_from_dict(aps_at(base, url), base=base).scheduling.url == url
+
+
+def test_allow_insecure_lets_plain_http_through(base):
+    settings = settings_from_dict(aps_at(base, "http://sched.lan", allow_insecure=True), base=base)
+    assert settings.scheduling.allow_insecure is True
+    assert settings_from_dict(minimal(), base=base).scheduling.allow_insecure is False
+
+
+def test_a_password_in_the_url_is_refused_and_never_repeated(base):
+    problem = one_problem(aps_at(base, "https://beamline:hunter2@sched.example.org"), base, "scheduling.url")
+    assert "scheduling.credentials" in problem and "hunter2" not in problem
+
+
+def email(base: Path, **values) -> dict:
+    secret(base / "smtp", "beamline|s3cr3t\n")
+    return minimal(email={"enabled": True, "sender": "dm@example.org", "credentials": "smtp", **values})
+
+
+def test_smtp_auth_without_starttls_is_refused(base):
+    problem = one_problem(email(base, smtp_host="smtp.example.org"), base, "email.starttls")
+    assert "in clear" in problem and "email.allow_insecure" in problem and "smtp.example.org" in problem
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"smtp_host": "smtp.example.org", "starttls": True},
+        {"smtp_host": "smtp.example.org", "allow_insecure": True},
+        {"smtp_host": "localhost"},
+        {"smtp_host": "127.0.0.1"},
+        {"smtp_host": "::1"},
+    ],
+)
+def test_smtp_auth_over_tls_loopback_or_allowed_is_fine(base, values):
+    settings_from_dict(email(base, **values), base=base)
+
+
+def test_smtp_without_credentials_needs_no_tls(base):
+    raw = minimal(email={"enabled": True, "sender": "dm@example.org", "smtp_host": "smtp.example.org"})
+    assert settings_from_dict(raw, base=base).email.credentials is None
+
+
+@pytest.mark.parametrize(
+    "host, loopback",
+    [("localhost", True), ("127.0.0.1", True), ("127.255.0.9", True), ("::1", True), ("[::1]", True),
+     ("::ffff:127.0.0.1", True), ("localhost.example.org", False), ("128.0.0.1", False), ("10.0.0.1", False),
+     ("0.0.0.0", False), ("", False), ("my.localhost", False)],
+)  # fmt: skip
+def test_is_loopback(host, loopback):
+    assert is_loopback(host) is loopback
+
+
+def test_adapters_refuse_clear_credentials_on_their_own(tmp_path):
+    """Even when built without the config's checks, the adapters never log in over a plain connection."""
+    from dmagic_ioc.adapters.aps_scheduling import ApsScheduling
+    from dmagic_ioc.adapters.email import SmtpMailer
+    from dmagic_ioc.ioc.model import EmailError, SchedulingError
+
+    creds = secret(tmp_path / "creds", "user|password\n")
+    with pytest.raises(SchedulingError, match="in clear"):
+        ApsScheduling("http://sched.example.org", "2-BM-A,B", creds, 1.0, CHICAGO)
+    ApsScheduling("http://sched.example.org", "2-BM-A,B", creds, 1.0, CHICAGO, allow_insecure=True)
+    ApsScheduling("http://127.0.0.1:9", "2-BM-A,B", creds, 1.0, CHICAGO)
+    with pytest.raises(EmailError, match="in clear"):
+        SmtpMailer("smtp.example.org", 25, credentials=creds)
+    SmtpMailer("smtp.example.org", 25, credentials=creds, starttls=True)
+    SmtpMailer("smtp.example.org", 25, credentials=creds, allow_insecure=True)
+    SmtpMailer("smtp.example.org", 25)  # no login, nothing to protect
+
+
+def test_an_smtp_reply_never_carries_the_password_into_status(tmp_path, monkeypatch):
+    """A server that echoes what it was sent (AUTH PLAIN, AUTH LOGIN) in its refusal."""
+    import base64
+    import smtplib
+
+    from dmagic_ioc.adapters import email as email_module
+    from dmagic_ioc.ioc.model import EmailError
+
+    plain = base64.b64encode(b"\0beamline\0s3cr3t").decode()
+    login = base64.b64encode(b"s3cr3t").decode()
+
+    class EchoingSMTP:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def ehlo(self):
+            pass
+
+        def quit(self):
+            pass
+
+        def login(self, user, password):
+            raise smtplib.SMTPAuthenticationError(535, f"bad: {plain} / {login} / {password}".encode())
+
+    monkeypatch.setattr(email_module.smtplib, "SMTP", EchoingSMTP)
+    creds = secret(tmp_path / "smtp", "beamline|s3cr3t\n")
+    mailer = email_module.SmtpMailer("127.0.0.1", 25, credentials=creds)
+    with pytest.raises(EmailError) as error:
+        mailer.send([("d1", "a@b.org", object())])
+    said = str(error.value)
+    assert "beamline" in said and "535" in said
+    assert "s3cr3t" not in said and plain not in said and login not in said
+
+
+@pytest.mark.parametrize("key", ["credentials", "client_secret_file"])
+def test_a_value_under_a_secret_key_is_never_quoted(base, key):
+    section = "scheduling" if key == "credentials" else "globus"
+    problems = problems_of(minimal(**{section: {key: {"user": "beamline", "password": "hunter2"}}}), base)
+    assert not any("hunter2" in problem for problem in problems), problems
+    assert any(problem.startswith(f"{section}.{key}:") for problem in problems)
+
+
+# --------------------------------------------------------------------------- what --check finds on this machine
+
+
+@pytest.fixture
+def folders(base) -> Path:
+    for name in ("state", "data", "storage"):
+        (base / name).mkdir()
+    return base
+
+
+def local(**dm) -> dict:
+    return minimal(ioc={"state_dir": "state"}, dm={"data_top_dir": "data", "storage_root": "storage", **dm})
+
+
+def environment_of(raw: dict, base: Path, **kwargs) -> list[str]:
+    return environment_problems(settings_from_dict(raw, base=base), **kwargs)
+
+
+def test_a_ready_machine_has_no_problems(folders):
+    assert environment_of(local(), folders) == []
+
+
+def test_missing_folders_are_all_listed(folders):
+    raw = local(storage_root="gone/storage", data_top_dir="gone/data")
+    problems = environment_of(raw, folders)
+    assert [p.split(":")[0] for p in problems] == ["dm.storage_root", "dm.data_top_dir"], problems
+    assert all("does not exist" in p and "mounted" in p for p in problems)
+    assert str(folders / "gone" / "storage") in problems[0]
+
+
+def test_a_file_where_a_folder_belongs(folders):
+    (folders / "afile").write_text("x")
+    (problem,) = environment_of(local(storage_root="afile"), folders)
+    assert problem.startswith("dm.storage_root:") and "not a folder" in problem
+
+
+def test_unwritable_folders_are_named(folders, monkeypatch):
+    """Root writes everywhere: the permission answer is stubbed, as a service user would get it."""
+    import dmagic_ioc.ioc.config as config_module
+
+    locked = {folders / "storage", folders / "state"}
+    real_access = os.access
+    monkeypatch.setattr(
+        config_module.os, "access",
+        lambda path, mode: real_access(path, mode) and not (Path(path) in locked and mode & os.W_OK),
+    )  # fmt: skip
+    problems = environment_of(local(), folders)
+    assert {p.split(":")[0] for p in problems} == {"dm.storage_root", "ioc.state_dir"}, problems
+    assert all("not writable by user" in p for p in problems)
+
+
+def test_data_top_dir_must_be_writable_only_where_the_detectors_write(folders, monkeypatch):
+    import dmagic_ioc.ioc.config as config_module
+
+    real_access = os.access
+    monkeypatch.setattr(
+        config_module.os, "access",
+        lambda path, mode: real_access(path, mode) and not (Path(path) == folders / "data" and mode & os.W_OK),
+    )  # fmt: skip
+    assert [p.split(":")[0] for p in environment_of(local(), folders)] == ["dm.data_top_dir"]
+    assert environment_of(local(), folders, data_is_local=False) == []  # read-only mount of a remote host's data
+
+
+def test_a_missing_state_dir_is_fine_when_it_can_be_made(folders, monkeypatch):
+    raw = minimal(ioc={"state_dir": "new/deeper/state"}, dm={"data_top_dir": "data", "storage_root": "storage"})
+    assert environment_of(raw, folders) == []
+    assert not (folders / "new").exists()  # checking made nothing
+
+    import dmagic_ioc.ioc.config as config_module
+
+    real_access = os.access
+    monkeypatch.setattr(
+        config_module.os, "access",
+        lambda path, mode: real_access(path, mode) and not (Path(path) == folders and mode & os.W_OK),
+    )  # fmt: skip
+    (problem,) = environment_of(raw, folders)
+    assert problem.startswith("ioc.state_dir:") and "cannot be made" in problem and str(folders) in problem
+
+
+def test_a_state_file_that_cannot_be_written_is_named(folders, monkeypatch):
+    import dmagic_ioc.ioc.config as config_module
+
+    registry = folders / "state" / "registry.sqlite"
+    registry.write_bytes(b"")
+    real_access = os.access
+    monkeypatch.setattr(
+        config_module.os, "access", lambda path, mode: real_access(path, mode) and Path(path) != registry
+    )
+    (problem,) = environment_of(local(), folders)
+    assert problem.startswith("ioc.state_dir:") and "registry.sqlite" in problem
+
+
+def test_an_unknown_group_is_named(folders):
+    (problem,) = environment_of(local(group="no-such-group-dmagic"), folders)
+    assert problem.startswith("dm.group:") and "does not exist" in problem
+
+
+def test_a_group_the_user_is_not_in(folders, monkeypatch):
+    import grp
+
+    import dmagic_ioc.ioc.config as config_module
+
+    other = next((g for g in grp.getgrall() if g.gr_gid not in os.getgroups() and g.gr_gid != os.getegid()), None)
+    if other is None:
+        pytest.skip("no group this user is outside of")
+    monkeypatch.setattr(config_module.os, "geteuid", lambda: 4242)  # not root
+    (problem,) = environment_of(local(group=other.gr_name), folders)
+    assert problem.startswith("dm.group:") and "not a member" in problem
+
+
+def test_aps_dm_does_not_need_local_folders(base):
+    raw = minimal(dm={"backend": "aps", "storage_root": "/nowhere", "data_top_dir": "/nowhere"})
+    assert [p for p in environment_of(raw, base) if p.startswith("dm.")] == []
+
+
+@pytest.mark.parametrize(
+    "section, key, text, words",
+    [
+        ("scheduling", "credentials", "only-a-user\n", "one line 'user|password'"),
+        ("email", "credentials", "\n", "empty"),
+        ("globus", "client_secret_file", "", "empty"),
+        ("scheduling", "credentials", b"\xff\xfe\n", "not UTF-8"),
+    ],
+)
+def test_credentials_that_cannot_be_used_are_named(folders, section, key, text, words):
+    path = folders / "secret"
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+        path.chmod(0o600)
+    else:
+        secret(path, text)
+    values = {
+        "scheduling": {"backend": "aps", "url": "https://sched.example.org", "credentials": "secret"},
+        "email": {"enabled": True, "sender": "a@b.org", "credentials": "secret", "starttls": True},
+        "globus": {"enabled": True, "collection_id": "c", "client_id": "i", "client_secret_file": "secret"},
+    }[section]
+    raw = {**local(), section: {**local().get(section, {}), **values}}
+    (problem,) = environment_of(raw, folders)
+    assert problem.startswith(f"{section}.{key}:") and words in problem, problem
+
+
+def test_config_problems_carry_what_could_be_built(base):
+    with pytest.raises(ConfigError) as error:
+        settings_from_dict(minimal(dm={"storage_root": "/x/storage", "settle_time": -1}), base=base)
+    assert error.value.settings is not None
+    assert error.value.settings.dm.storage_root == Path("/x/storage")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
 from datetime import datetime, timedelta, timezone
@@ -153,6 +154,7 @@ def test_a_file_from_a_newer_version_is_refused(tmp_path):
     conn.close()
     with pytest.raises(DMError, match="newer than this dmagic-ioc"):
         Registry(path)
+    assert asides(path) == [] and path.exists()  # refused, not taken for unreadable and set aside
 
 
 def test_an_unopenable_path_is_a_dm_error(tmp_path):
@@ -225,3 +227,148 @@ def test_calls_from_several_threads_one_at_a_time_or_not(registry):
         thread.join()
     assert errors == []
     assert len(registry.experiment_names()) == 80
+
+
+# --------------------------------------------------------------------------- a file that cannot be read
+
+
+def filled_registry(path, count: int = 200) -> bytes:
+    """A registry of `count` experiments (many pages), closed; its bytes."""
+    with Registry(path) as registry:
+        for number in range(count):
+            registry.put_experiment(experiment(f"2026-10-Smith-{number}", title="x" * 300))
+    return path.read_bytes()
+
+
+def corrupt_pages(path) -> bytes:
+    """Overwrite every page after the first (the header and schema stay): what a bad disk leaves."""
+    data = bytearray(path.read_bytes())
+    data[4096:] = b"\xab" * (len(data) - 4096)
+    path.write_bytes(bytes(data))
+    return bytes(data)
+
+
+def asides(path) -> list:
+    """The kept copies of `path` (their -wal and -shm companions left out)."""
+    return sorted(p for p in path.parent.glob(path.name + ".corrupt-*") if not p.name.endswith(("-wal", "-shm")))
+
+
+def garbage(path) -> bytes:
+    path.write_bytes(b"this is not a database\n" * 100)
+    return path.read_bytes()
+
+
+def zero_bytes(path) -> bytes:
+    path.write_bytes(b"")
+    return b""
+
+
+def truncated(path) -> bytes:
+    path.write_bytes(filled_registry(path)[:6000])
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize(
+    "damage, reason",
+    [(garbage, "not a database"), (zero_bytes, "empty"), (corrupt_pages, "malformed|integrity check"),
+     (truncated, "malformed|integrity check")],
+    ids=["garbage", "zero-bytes", "corrupt-pages", "truncated"],
+)  # fmt: skip
+def test_an_unreadable_file_is_kept_aside_and_an_empty_registry_starts(tmp_path, damage, reason):
+    path = tmp_path / "registry.sqlite"
+    filled_registry(path, count=5)
+    original = damage(path)
+    with Registry(path) as registry:
+        (aside,) = asides(path)
+        assert aside.read_bytes() == original  # byte for byte, never overwritten
+        assert aside.name in registry.problem and path.name in registry.problem
+        assert re.search(reason, registry.problem), registry.problem
+        assert registry.experiment_names() == []
+        registry.put_experiment(experiment())  # the new one works
+        assert registry.experiment_names() == ["2026-10-Smith-1234"]
+    with Registry(path) as again:
+        assert again.problem == "" and again.experiment_names() == ["2026-10-Smith-1234"]
+    assert asides(path) == [aside]
+
+
+def test_a_readable_file_is_never_set_aside(tmp_path):
+    path = tmp_path / "registry.sqlite"
+    filled_registry(path, count=3)
+    with Registry(path) as registry:
+        assert registry.problem == "" and len(registry.experiment_names()) == 3
+    assert asides(path) == []
+
+
+def test_the_wal_follows_the_file_it_belongs_to(tmp_path):
+    path = tmp_path / "registry.sqlite"
+    path.write_bytes(b"garbage" * 1000)
+    wal = tmp_path / "registry.sqlite-wal"
+    wal.write_bytes(b"frames of the lost file")
+    with Registry(path) as registry:
+        (aside,) = asides(path)
+        assert (tmp_path / f"{aside.name}-wal").read_bytes() == b"frames of the lost file"
+        assert registry.problem
+
+
+def test_a_second_unreadable_file_gets_its_own_name(tmp_path):
+    path = tmp_path / "registry.sqlite"
+    for text in (b"first garbage", b"second garbage"):
+        path.write_bytes(text * 300)
+        Registry(path).close()
+    kept = asides(path)
+    assert sorted(p.read_bytes() for p in kept) == sorted([b"first garbage" * 300, b"second garbage" * 300])
+
+
+def test_cannot_keep_aside_is_a_dm_error_and_the_file_stays(tmp_path, monkeypatch):
+    from dmagic_ioc.adapters import registry as module
+
+    def refuse(path, companions=()):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(module, "keep_aside", refuse)
+    path = tmp_path / "registry.sqlite"
+    path.write_bytes(b"garbage" * 100)
+    with pytest.raises(DMError, match="nor kept aside"):
+        Registry(path)
+    assert path.read_bytes() == b"garbage" * 100
+
+
+# --------------------------------------------------------------------------- an empty registry beside full storage
+
+
+def test_an_empty_registry_beside_experiment_folders_is_not_taken_as_the_truth(registry, tmp_path):
+    storage = tmp_path / "storage"
+    (storage / "2026-11" / "2026-11-DArcy-1013377" / "data").mkdir(parents=True)
+    (storage / "2026-10" / "2026-10-Li-1012039").mkdir(parents=True)
+    problem = registry.storage_problem(storage)
+    assert "lists no experiment" in problem and str(storage) in problem
+    assert "2026-10/2026-10-Li-1012039" in problem and "2026-11/2026-11-DArcy-1013377" in problem
+    assert "backup" in problem and "Create" in problem  # what to do
+
+
+def test_storage_without_experiments_or_a_registry_with_some_is_fine(registry, tmp_path):
+    storage = tmp_path / "storage"
+    assert registry.storage_problem(storage) == ""  # not even there: --check names it
+    storage.mkdir()
+    (storage / ".snapshot" / "daily").mkdir(parents=True)  # hidden: not an experiment
+    (storage / "2026-11").mkdir()  # a month folder alone
+    (storage / "README").write_text("x")
+    assert registry.storage_problem(storage) == ""
+    (storage / "2026-11" / "2026-11-DArcy-1013377").mkdir()
+    assert registry.storage_problem(storage)
+    registry.put_experiment(experiment())
+    assert registry.storage_problem(storage) == ""
+
+
+def test_unreadable_says_why_and_changes_nothing(tmp_path):
+    from dmagic_ioc.adapters.registry import unreadable
+
+    path = tmp_path / "registry.sqlite"
+    assert unreadable(path) == ""  # none yet
+    filled_registry(path, count=2)
+    assert unreadable(path) == ""
+    original = corrupt_pages(path)
+    assert "integrity check" in unreadable(path)
+    assert path.read_bytes() == original and sorted(p.name for p in tmp_path.iterdir()) == ["registry.sqlite"]
+    path.write_bytes(b"")
+    assert unreadable(path) == "the file is empty"
