@@ -5,19 +5,37 @@ An experiment is a registry row, a storage directory
 detectors write on this machine, the raw folders `{data_top_dir}/{name}` and
 `{name}_rec`. Directories are made before the registry row, so a failure half-way
 leaves no row and a rerun completes the job. Raw data is never deleted.
+
+Storage identity: Create writes a marker, `{storage}/.dmagic-storage`, naming
+the experiment with a random id. The transfer engine (adapters/transfer.py)
+records that id at DaqStart and checks it through the storage folder's file
+descriptor before each batch of copies, so it never writes into a folder
+Create did not make: a storage deleted by hand, re-made by someone else, or
+hidden by an unmounted disk (its mount point is an empty folder on another
+disk) has no marker, or another id. A marker, not the device id: a device id
+cannot tell a folder re-made on the same disk (`rm -rf`, then `mkdir`), and
+inode numbers are reused; and a marker survives a storage moved to a new
+disk with its files. Create itself never makes `storage_root` (a missing one
+is an unmounted disk, not a folder to make), never re-makes the storage of a
+registered experiment that has gone, and refuses symbolic links where its
+folders must be.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import grp
+import json
 import logging
 import os
 import re
 import shutil
 import socket
+import uuid
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 
 from ..ioc.model import DMError, Experiment, ExperimentUser, InputError, Person, check_name
@@ -35,6 +53,9 @@ _YEAR_MONTH = re.compile(r"\d{4}-\d{2}")
 
 LOCAL_HOST_NAMES = ("localhost", "127.0.0.1", "::1")
 
+STORAGE_MARKER = ".dmagic-storage"  # in an experiment's storage folder: {"experiment", "id", "created"}
+FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC  # a folder, never through a symlink
+
 
 def is_this_host(host: str) -> bool:
     """True when `host` names the machine this IOC runs on."""
@@ -44,6 +65,78 @@ def is_this_host(host: str) -> bool:
     fqdn = socket.getfqdn().lower()
     names = {*LOCAL_HOST_NAMES, socket.gethostname().lower(), fqdn, fqdn.split(".")[0]}
     return host in names or host.split(".")[0] == socket.gethostname().lower().split(".")[0]
+
+
+def read_storage_marker(folder_fd: int) -> dict[str, str]:
+    """The marker of the storage folder open as `folder_fd`: {"experiment": ..., "id": ...}.
+
+    Raises FileNotFoundError when there is none, ValueError when it is not a
+    marker, OSError when it cannot be read (a symlink in its place included).
+    """
+    fd = os.open(STORAGE_MARKER, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder_fd)
+    try:
+        data = os.read(fd, 4096)
+    finally:
+        os.close(fd)
+    try:
+        marker = json.loads(data)
+        experiment, ident = marker["experiment"], marker["id"]
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"{STORAGE_MARKER} is not a storage marker") from None
+    if not isinstance(experiment, str) or not isinstance(ident, str) or not ident:
+        raise ValueError(f"{STORAGE_MARKER} is not a storage marker")
+    return {"experiment": experiment, "id": ident}
+
+
+def write_storage_marker(storage: Path, experiment: str) -> str:
+    """Mark `storage` as the storage Create made for `experiment`; return the marker's id.
+
+    An existing marker of the same experiment is kept (Create is idempotent);
+    one of another experiment, or one that cannot be read, is refused.
+    """
+    try:
+        folder = os.open(storage, FOLDER_FLAGS)
+    except OSError as error:
+        raise _disk_error("mark the storage folder", storage, error) from error
+    try:
+        try:
+            marker = read_storage_marker(folder)
+        except FileNotFoundError:
+            marker = None
+        except (OSError, ValueError) as error:
+            why = error.strerror if isinstance(error, OSError) else str(error)
+            raise DMError(
+                f"storage {storage}: its {STORAGE_MARKER} cannot be read ({why}); "
+                "nothing changed: find out what wrote it, remove it, and run Create again"
+            ) from None
+        if marker is not None:
+            if marker["experiment"] != experiment:
+                raise DMError(
+                    f"storage {storage} belongs to experiment {marker['experiment']!r} (says its {STORAGE_MARKER}); "
+                    f"not used for {experiment}"
+                )
+            return marker["id"]
+        ident = uuid.uuid4().hex
+        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        data = json.dumps({"experiment": experiment, "id": ident, "created": created}).encode()
+        part = f"{STORAGE_MARKER}.part-{ident[:8]}"
+        try:
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640,
+                         dir_fd=folder)  # fmt: skip
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(part, STORAGE_MARKER, src_dir_fd=folder, dst_dir_fd=folder)
+            os.fsync(folder)
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                os.unlink(part, dir_fd=folder)
+            raise _disk_error("write", storage / STORAGE_MARKER, error) from error
+        return ident
+    finally:
+        os.close(folder)
 
 
 def _disk_error(action: str, path: Path, error: OSError) -> DMError:
@@ -100,10 +193,17 @@ class LocalDM:
             source = existing if existing is not None and existing.year_month else experiment
             storage = self.storage_directory(name, self._year_month(source))
         self._require_root(self.storage_root, "dm.storage_root")
+        if existing is not None and existing.storage_directory and not os.path.lexists(storage):
+            # The registry row is written after the folders: they were all made once, then lost.
+            raise DMError(
+                f"the storage {storage} of experiment {name} is gone (deleted, or its disk not mounted?): "
+                "not made again here; mount the disk, or Delete the experiment and Create it anew"
+            )
         # The year-month folder is shared with other experiments: made if missing, else left as it is.
         self._make_dir(storage.parent, gid, adopt_existing=False)
         for path in (storage, storage / "data", storage / "analysis"):
             self._make_dir(path, gid)
+        write_storage_marker(storage, name)
         if existing is not None and existing.data_directory:
             data_directory = Path(existing.data_directory)
         else:
@@ -206,29 +306,44 @@ class LocalDM:
             raise DMError(f"{key}: {root} does not exist or is not a folder (is the disk mounted?); nothing created")
 
     def _make_dir(self, path: Path, gid: int | None, *, adopt_existing: bool = True) -> None:
-        """Create `path` with DIR_MODE and the group; an existing folder is fixed up when `adopt_existing`."""
+        """Create `path` with DIR_MODE and the group; an existing folder is fixed up when `adopt_existing`.
+
+        A symbolic link where the folder must be is refused (a chmod through it would change its target).
+        """
         try:
             path.mkdir()
         except FileExistsError:
+            if path.is_symlink():
+                raise DMError(
+                    f"{path} is a symbolic link, not a folder: refused (an experiment's folders must be real "
+                    "folders); remove it and run Create again"
+                ) from None
             if not path.is_dir():
                 raise DMError(f"cannot create folder {path}: a file of that name is in the way") from None
             if not adopt_existing:
                 return
         except OSError as error:
             raise _disk_error("create folder", path, error) from error
-        if gid is not None:
-            try:
-                os.chown(path, -1, gid)
-            except OSError as error:
-                raise DMError(
-                    f"cannot give {path} to group {self.group!r}: {error.strerror} "
-                    f"(the IOC's user must be a member of {self.group!r})"
-                ) from error
         try:
-            # chmod, not mkdir's mode: mkdir applies the umask and may drop the setgid bit.
-            os.chmod(path, DIR_MODE)
+            fd = os.open(path, FOLDER_FLAGS)
         except OSError as error:
-            raise _disk_error("set permissions on", path, error) from error
+            raise _disk_error("open folder", path, error) from error
+        try:
+            if gid is not None:
+                try:
+                    os.fchown(fd, -1, gid)
+                except OSError as error:
+                    raise DMError(
+                        f"cannot give {path} to group {self.group!r}: {error.strerror} "
+                        f"(the IOC's user must be a member of {self.group!r})"
+                    ) from error
+            try:
+                # fchmod, not mkdir's mode: mkdir applies the umask and may drop the setgid bit.
+                os.fchmod(fd, DIR_MODE)
+            except OSError as error:
+                raise _disk_error("set permissions on", path, error) from error
+        finally:
+            os.close(fd)
 
     def _check_inside_storage_root(self, storage: Path) -> None:
         root = self.storage_root.resolve()
@@ -238,7 +353,8 @@ class LocalDM:
 
     @staticmethod
     def _count_files(top: Path) -> int:
+        """The files under `top`, its marker left out: the data a Delete removes."""
         count = 0
-        for _, _, files in os.walk(top):
-            count += len(files)
+        for folder, _, files in os.walk(top):
+            count += len(files) - (folder == str(top) and STORAGE_MARKER in files)
         return count

@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from dmagic_ioc.adapters.local_dm import write_storage_marker
 from dmagic_ioc.adapters.transfer import LocalTransfer, Tree
 from dmagic_ioc.ioc.model import Experiment
 
@@ -63,6 +64,7 @@ def wait_until(condition, timeout: float, step: float = 0.005) -> float:
 def run_engine(src: Path, dest: Path, state: Path, workers: int) -> float:
     """Seconds for an upload (scan + copy + ledger) of `src` into a fresh `dest`."""
     shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir()  # the engine makes no destination folder: Create does
     ledger = state / f"ledger-{time.monotonic_ns()}.db"
     engine = LocalTransfer(ledger, settle_time=0.0, workers=workers, poll_interval=0.5)
     os.sync()  # neither side pays for the other's writeback
@@ -110,10 +112,11 @@ def measure_latency(base: Path, samples: int, settle_time: float) -> list[float]
     """Seconds from a new file's last write to its arrival, with the engine running continuously."""
     src, dest = base / "latency_src", base / "latency_dest"
     src.mkdir()
+    dest.mkdir()
     engine = LocalTransfer(base / "latency.db", settle_time=settle_time, poll_interval=0.5)
     latencies = []
     try:
-        engine.start(Experiment(name="latency"), {str(src): str(dest)}, once=False)
+        engine.start(Experiment(name="bench"), {str(src): str(dest)}, once=False)
         block = os.urandom(1024 * 1024)
         for i in range(samples):
             target = src / f"frame_{i}.h5"
@@ -141,7 +144,7 @@ def measure_poll_cost(base: Path, known: int) -> None:
     engine = LocalTransfer(base / "known.db", settle_time=2.0, poll_interval=0.5)
     try:
         started = time.monotonic()
-        engine.start(Experiment(name="known"), {str(src): str(dest)}, once=False)
+        engine.start(Experiment(name="bench"), {str(src): str(dest)}, once=False)
         wait_until(lambda: engine.progress().files_done == known, timeout=600, step=0.05)
         first_pass = time.monotonic() - started
         samples = []
@@ -190,6 +193,7 @@ def main() -> int:
         base = Path(tmp)
         state = base / "state"
         state.mkdir()
+        write_storage_marker(base, "bench")  # the destinations' storage, as Create marks it
         print(f"transfer benchmark in {base} (cpus: {os.cpu_count()}, workers: {args.workers})")
         if not shutil.which("rsync"):
             print("rsync not found: the reference is cp -a")

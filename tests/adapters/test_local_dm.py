@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import errno
 import grp
+import json
 import os
+import shutil
 import socket
 import stat
 from datetime import datetime, timedelta, timezone
@@ -173,10 +175,10 @@ def test_a_registry_failure_after_the_directories_is_completed_by_a_rerun(dm, re
 
 
 def test_permission_denied_names_the_path_and_the_reason(dm, roots, monkeypatch):
-    def denied(path, mode):
-        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+    def denied(fd, mode):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
 
-    monkeypatch.setattr(local_dm.os, "chmod", denied)
+    monkeypatch.setattr(local_dm.os, "fchmod", denied)
     with pytest.raises(DMError, match=r"cannot set permissions on .*2026-10: Permission denied"):
         dm.create_experiment(experiment())
 
@@ -225,10 +227,10 @@ def test_unknown_group_is_refused_before_anything_is_made(registry, roots):
 def test_chown_not_permitted_is_a_clear_error(registry, roots, monkeypatch):
     group = other_group()
 
-    def refused(path, uid, gid):
-        raise PermissionError(errno.EPERM, os.strerror(errno.EPERM), str(path))
+    def refused(fd, uid, gid):
+        raise PermissionError(errno.EPERM, os.strerror(errno.EPERM))
 
-    monkeypatch.setattr(local_dm.os, "chown", refused)
+    monkeypatch.setattr(local_dm.os, "fchown", refused)
     dm = LocalDM(registry, roots[0], roots[1], "localhost", group.gr_name)
     with pytest.raises(DMError, match=f"cannot give .* to group '{group.gr_name}': Operation not permitted"):
         dm.create_experiment(experiment())
@@ -275,8 +277,7 @@ def test_delete_says_one_file(dm):
 
 def test_delete_when_storage_is_already_gone(dm):
     created, _ = dm.create_experiment(experiment())
-    for sub in ("data", "analysis", ""):
-        Path(created.storage_directory, sub).rmdir()
+    shutil.rmtree(created.storage_directory)
     assert f"storage {created.storage_directory} was already gone" in dm.delete_experiment(NAME)
     assert dm.get_experiment(NAME) is None
 
@@ -326,3 +327,74 @@ def test_names_that_could_escape_are_refused(dm, roots, bad):
 
 def test_esaf_is_empty(dm):
     assert dm.esaf("271828") == ([], "")
+
+
+# ------------------------------------------------------------------ storage identity (SPEC 8)
+
+
+def test_create_marks_the_storage_and_a_rerun_keeps_the_mark(dm):
+    created, _ = dm.create_experiment(experiment())
+    storage = Path(created.storage_directory)
+    marker = json.loads((storage / local_dm.STORAGE_MARKER).read_text())
+    assert marker["experiment"] == NAME and len(marker["id"]) == 32
+
+    dm.create_experiment(experiment())
+
+    assert json.loads((storage / local_dm.STORAGE_MARKER).read_text())["id"] == marker["id"]
+    assert sorted(p.name for p in storage.iterdir()) == sorted([local_dm.STORAGE_MARKER, "analysis", "data"])
+
+
+def test_a_storage_marked_for_another_experiment_is_refused(dm, roots):
+    storage = roots[0] / "2026-10" / NAME
+    storage.mkdir(parents=True)
+    local_dm.write_storage_marker(storage, "2026-10-Other-1")
+
+    with pytest.raises(DMError, match="belongs to experiment '2026-10-Other-1'"):
+        dm.create_experiment(experiment())
+    assert dm.get_experiment(NAME) is None
+
+
+def test_the_storage_of_a_registered_experiment_that_went_is_not_made_again(dm):
+    created, _ = dm.create_experiment(experiment())
+    storage = Path(created.storage_directory)
+    shutil.rmtree(storage)  # deleted by hand, or its disk not mounted
+
+    with pytest.raises(DMError, match=f"the storage {storage} of experiment {NAME} is gone .*not made again"):
+        dm.create_experiment(experiment())
+    assert not storage.exists()
+
+    dm.delete_experiment(NAME)  # the way to make it anew
+    created, is_new = dm.create_experiment(experiment())
+    assert is_new and (storage / local_dm.STORAGE_MARKER).is_file()
+
+
+@pytest.mark.parametrize("where", ["data", "raw_rec"])
+def test_a_symlink_where_a_folder_must_be_is_refused_and_its_target_left_alone(dm, roots, tmp_path, where):
+    target = tmp_path / "etc"
+    target.mkdir()
+    os.chmod(target, 0o755)
+    if where == "data":
+        link = roots[0] / "2026-10" / NAME / "data"
+        link.parent.mkdir(parents=True)
+    else:
+        link = roots[1] / f"{NAME}_rec"
+    link.symlink_to(target, target_is_directory=True)
+
+    with pytest.raises(DMError, match=f"{link} is a symbolic link, not a folder: refused"):
+        dm.create_experiment(experiment())
+
+    assert mode(target) == 0o755 and list(target.iterdir()) == []
+    assert dm.get_experiment(NAME) is None
+
+
+def test_the_storage_marker_is_read_through_a_folder_descriptor(dm):
+    created, _ = dm.create_experiment(experiment())
+    fd = os.open(created.storage_directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert local_dm.read_storage_marker(fd)["experiment"] == NAME
+        os.unlink(local_dm.STORAGE_MARKER, dir_fd=fd)
+        os.symlink("/etc/hostname", local_dm.STORAGE_MARKER, dir_fd=fd)
+        with pytest.raises(OSError):  # never through a symlink
+            local_dm.read_storage_marker(fd)
+    finally:
+        os.close(fd)

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 from dmagic_ioc.adapters import transfer
+from dmagic_ioc.adapters.local_dm import write_storage_marker
 from dmagic_ioc.adapters.transfer import PART_NAME, Ledger, LocalTransfer, Tree
-from dmagic_ioc.ioc.model import Experiment, InputError
+from dmagic_ioc.ioc.model import DMError, Experiment, InputError
 
 SETTLE = 0.3
 POLL = 0.1
@@ -49,20 +50,32 @@ def write(path: Path, data: bytes) -> Path:
     return path
 
 
+def make_storage(storage: Path, experiment: str = EXPERIMENT.name, subdirs=("data", "analysis")) -> str:
+    """What Create makes: the storage folder, its destination folders and its marker; returns the marker's id."""
+    for subdir in subdirs:
+        (storage / subdir).mkdir(parents=True, exist_ok=True)
+    return write_storage_marker(storage, experiment)
+
+
 @pytest.fixture
 def paths(tmp_path: Path) -> dict[str, Path]:
-    return {
+    paths = {
+        "top": tmp_path / "data",
         "src": tmp_path / "data" / EXPERIMENT.name,
         "rec": tmp_path / "data" / f"{EXPERIMENT.name}_rec",
+        "storage": tmp_path / "dm" / EXPERIMENT.name,
         "dest": tmp_path / "dm" / EXPERIMENT.name / "data",
         "analysis": tmp_path / "dm" / EXPERIMENT.name / "analysis",
         "ledger": tmp_path / "state" / "transfers.db",
     }
+    paths["top"].mkdir()
+    make_storage(paths["storage"])
+    return paths
 
 
 @pytest.fixture
 def engine(paths: dict[str, Path]):
-    engine = LocalTransfer(paths["ledger"], settle_time=SETTLE, workers=3, poll_interval=POLL)
+    engine = LocalTransfer(paths["ledger"], settle_time=SETTLE, workers=3, poll_interval=POLL, source_top=paths["top"])
     engine.retry_initial, engine.retry_max = 0.1, 0.3
     yield engine
     engine.close()
@@ -191,9 +204,10 @@ def test_forget_after_the_destination_was_deleted_sends_every_file_again(engine,
     for rel, data in expected.items():
         write(paths["src"] / rel, data)
     assert " 12 files" in upload(engine, paths)
-    shutil.rmtree(paths["dest"])  # Delete of the experiment removed its storage
+    shutil.rmtree(paths["storage"])  # Delete of the experiment removed its storage
 
     engine.forget(sources(paths))
+    make_storage(paths["storage"])  # Create made it again
 
     assert engine.ledger.sent(str(paths["src"]), str(paths["dest"])) == {}
     summary = upload(engine, paths)  # the re-created experiment
@@ -328,7 +342,7 @@ def test_a_full_disk_shows_error_then_recovers(engine, paths, monkeypatch):
 
 
 def test_checksum_verification_copies_identically(paths):
-    engine = LocalTransfer(paths["ledger"], settle_time=0.0, checksum=True, poll_interval=POLL)
+    engine = LocalTransfer(paths["ledger"], settle_time=0.0, checksum=True, poll_interval=POLL, source_top=paths["top"])
     try:
         data = os.urandom(3 * transfer.BUFFER_SIZE + 123)
         write(paths["src"] / "big.h5", data)
@@ -390,6 +404,7 @@ engine.close()
 
 def test_kill_9_mid_transfer_then_resume_sends_every_file_exactly_once(tmp_path):
     src, dest, ledger = tmp_path / "src", tmp_path / "dest", tmp_path / "ledger.db"
+    make_storage(tmp_path, "kill9", subdirs=("dest",))
     expected = {}
     for i in range(400):
         data = os.urandom(2000 + 37 * i)
@@ -422,7 +437,7 @@ def test_kill_9_mid_transfer_then_resume_sends_every_file_exactly_once(tmp_path)
     assert not_resent == sent_before, "a file sent before the kill was sent again"
     with sqlite3.connect(ledger) as db:
         rows = db.execute("SELECT relpath, COUNT(*) FROM files GROUP BY root, relpath").fetchall()
-        assert sorted(relpath for relpath, _ in rows) == sorted(expected)
+        assert sorted(relpath.decode() for relpath, _ in rows) == sorted(expected)
         assert all(count == 1 for _, count in rows)
         assert db.execute("SELECT COUNT(*) FROM running").fetchone()[0] == 0
 
@@ -432,10 +447,10 @@ def test_an_unreadable_folder_is_reported_and_does_not_block_the_others(tmp_path
     write(tmp_path / "open" / "b", b"b")
     real_scandir = os.scandir
 
-    def scandir(path):
-        if str(path).endswith("locked"):
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
-        return real_scandir(path)
+    def scandir(fd):  # the scan lists folders through descriptors; as root, a chmod would not stop it
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("locked"):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+        return real_scandir(fd)
 
     monkeypatch.setattr(os, "scandir", scandir)
     tree = Tree(str(tmp_path))
@@ -452,6 +467,7 @@ def test_an_unreadable_folder_is_reported_and_does_not_block_the_others(tmp_path
 
 def test_a_chunk_of_files_is_copied_with_one_flush_and_each_checked(tmp_path, monkeypatch):
     src, dest = tmp_path / "src", tmp_path / "dest"
+    dest.mkdir()
     files = {f"d/f{i}": os.urandom(100 + i) for i in range(6)}
     for rel, data in files.items():
         write(src / rel, data)
@@ -463,16 +479,16 @@ def test_a_chunk_of_files_is_copied_with_one_flush_and_each_checked(tmp_path, mo
     monkeypatch.setattr(os, "fsync", lambda fd: fsyncs.append(fd) or real_fsync(fd))
     real_write_aside = transfer._write_aside
 
-    def write_aside(source, *args):
-        outcome = real_write_aside(source, *args)
-        if source.endswith("f2"):  # rewritten after its copy, before its rename
+    def write_aside(sources, dests, rel, *args):
+        outcome = real_write_aside(sources, dests, rel, *args)
+        if rel.endswith("f2"):  # rewritten after its copy, before its rename
             write(src / "d/f2", b"changed")
         return outcome
 
     monkeypatch.setattr(transfer, "_write_aside", write_aside)
-    items = [(str(src / rel), str(dest / rel), expected[rel]) for rel in files]
+    items = [(rel, expected[rel]) for rel in files]
 
-    outcomes = [outcome for outcome, _ in transfer.copy_files(items)]
+    outcomes = [outcome for outcome, _ in transfer.copy_files(str(src), str(dest), items)]
 
     assert outcomes == ["copied", "copied", "changed", "copied", "copied", "vanished"]
     if transfer._SYNCFS is not None:
@@ -480,3 +496,305 @@ def test_a_chunk_of_files_is_copied_with_one_flush_and_each_checked(tmp_path, mo
     assert tree_files(dest) == {rel: files[rel] for rel in ("d/f0", "d/f1", "d/f3", "d/f4")}
     assert (dest / "d/f0").stat().st_mtime_ns == expected["d/f0"][1]
     assert part_files(dest) == []
+
+
+# ------------------------------------------------------------------ confinement to the source folders (SPEC 8)
+
+
+def outside_secret(tmp_path: Path) -> Path:
+    """A file outside data_top_dir that no transfer may read."""
+    return write(tmp_path / "etc" / "shadow", b"root:$6$secret")
+
+
+@pytest.mark.parametrize("once", [True, False])
+def test_a_source_folder_that_is_a_symlink_is_refused_and_nothing_is_read(engine, paths, tmp_path, once):
+    secret = outside_secret(tmp_path)
+    paths["rec"].symlink_to(secret.parent, target_is_directory=True)  # ln -s /etc {DataDirectory}_rec
+    write(paths["src"] / "raw.h5", b"raw")
+
+    with pytest.raises(InputError, match=f"source folder {paths['rec']} is reached through a symbolic link: refused"):
+        engine.start(EXPERIMENT, sources(paths), once=once)
+
+    assert tree_files(paths["storage"] / "data") == {} and tree_files(paths["analysis"]) == {}
+    assert engine.progress().state == "Stopped" and engine.resume() is None
+
+
+def test_a_source_folder_reached_through_a_symlinked_folder_is_refused(engine, paths, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    write(elsewhere / EXPERIMENT.name / "a.h5", b"a")
+    (paths["top"] / "via").symlink_to(elsewhere, target_is_directory=True)
+    root = paths["top"] / "via" / EXPERIMENT.name
+
+    with pytest.raises(InputError, match=f"{root} is reached through a symbolic link \\({paths['top'] / 'via'} is one"):
+        engine.start(EXPERIMENT, {str(root): str(paths["dest"])}, once=True)
+
+
+@pytest.mark.parametrize("root", ["elsewhere", "data/../elsewhere"])
+def test_a_source_folder_outside_data_top_dir_is_refused(engine, paths, tmp_path, root):
+    write(tmp_path / "elsewhere" / "a.h5", b"a")
+
+    with pytest.raises(InputError, match="is not inside dm.data_top_dir"):
+        engine.start(EXPERIMENT, {str(tmp_path / root): str(paths["dest"])}, once=True)
+    assert tree_files(paths["dest"]) == {}
+
+
+def test_symlinks_and_special_files_inside_are_not_followed_and_the_summary_says_so(engine, paths, tmp_path, caplog):
+    secret = outside_secret(tmp_path)
+    write(paths["src"] / "scan1" / "proj.h5", b"proj")
+    (paths["src"] / "scan1" / "shadow").symlink_to(secret)
+    (paths["src"] / "etc").symlink_to(secret.parent, target_is_directory=True)
+    os.mkfifo(paths["src"] / "pipe")
+
+    summary = upload(engine, paths)
+
+    assert tree_files(paths["dest"]) == {"scan1/proj.h5": b"proj"}
+    assert not (paths["dest"] / "etc").exists() and not (paths["dest"] / "scan1" / "shadow").exists()
+    assert " 1 files" in summary and "; 3 not followed (symbolic links, special files): " in summary
+    assert f"{EXPERIMENT.name}/scan1/shadow" in summary
+    assert "scan1/shadow is a symbolic link: not followed" in caplog.text
+    assert "pipe is not a regular file: not followed" in caplog.text
+
+
+def test_a_folder_or_file_swapped_for_a_symlink_before_its_copy_is_not_followed(tmp_path):
+    """The race a path-based copy loses: the scan saw real files; by the copy, a symlink stands in their place,
+    pointing at files forged with the same size and mtime."""
+    src, dest, outside = tmp_path / "src", tmp_path / "dest", tmp_path / "outside"
+    dest.mkdir()
+    expected = {}
+    for rel in ("scan/f.h5", "g.h5"):
+        st = write(src / rel, b"x" * 100).stat()
+        expected[rel] = (st.st_size, st.st_mtime_ns)
+        forged = write(outside / Path(rel).name, b"y" * 100)
+        os.utime(forged, ns=(st.st_atime_ns, st.st_mtime_ns))
+    shutil.rmtree(src / "scan")
+    (src / "scan").symlink_to(outside, target_is_directory=True)
+    (src / "g.h5").unlink()
+    (src / "g.h5").symlink_to(outside / "g.h5")
+
+    outcomes = transfer.copy_files(str(src), str(dest), list(expected.items()))
+
+    assert outcomes == [("vanished", ""), ("vanished", "")]
+    assert tree_files(dest) == {}
+
+
+def test_the_scan_drops_a_folder_swapped_for_a_symlink_and_does_not_follow_it(tmp_path):
+    root = tmp_path / "src"
+    write(root / "scan" / "a.h5", b"a")
+    secret = outside_secret(tmp_path)
+    tree = Tree(str(root), str(tmp_path))
+    assert [rel for rel, _, _ in tree.poll()[0]] == ["scan/a.h5"]
+
+    shutil.rmtree(root / "scan")
+    (root / "scan").symlink_to(secret.parent, target_is_directory=True)
+    found, removed = tree.poll()
+
+    assert (found, removed) == ([], ["scan/a.h5"])
+    assert tree.skipped == {"scan": "a symbolic link"}
+    (root / "link").symlink_to(root / "scan")
+    tree.poll()
+    assert tree.skipped == {"scan": "a symbolic link", "link": "a symbolic link"}
+
+
+def test_a_rec_folder_that_appears_as_a_symlink_is_an_error_and_is_not_read(engine, paths, tmp_path):
+    write(paths["src"] / "raw.h5", b"raw")
+    engine.start(EXPERIMENT, sources(paths), once=False)  # _rec is not there yet: the transfer waits for it
+    wait_for(lambda: (paths["dest"] / "raw.h5").exists(), what="the raw file")
+
+    paths["rec"].symlink_to(outside_secret(tmp_path).parent, target_is_directory=True)
+
+    progress = wait_for(lambda: engine.progress() if engine.progress().state == "Error" else None, what="Error")
+    assert f"source folder {paths['rec']} refused: {paths['rec']} is a symbolic link, not followed" in progress.message
+    paths["rec"].unlink()
+    write(paths["rec"] / "slice.tiff", b"slice")
+    wait_for(lambda: (paths["analysis"] / "slice.tiff").exists(), what="the real _rec folder's file")
+    assert tree_files(paths["analysis"]) == {"slice.tiff": b"slice"}
+    wait_for(lambda: engine.progress().state == "Running", what="recovery")
+
+
+# ------------------------------------------------------------------ the storage Create made (SPEC 8)
+
+
+def test_a_missing_storage_is_refused_at_start_and_not_made(engine, paths):
+    write(paths["src"] / "a.h5", b"a")
+    shutil.rmtree(paths["storage"])
+
+    with pytest.raises(DMError, match=f"the storage {paths['storage']} of {EXPERIMENT.name} is missing"):
+        engine.start(EXPERIMENT, sources(paths), once=True)
+    assert not paths["storage"].exists()
+
+
+def test_a_storage_without_its_marker_or_with_another_experiments_is_refused(engine, paths):
+    write(paths["src"] / "a.h5", b"a")
+    (paths["storage"] / transfer.STORAGE_MARKER).unlink()
+    with pytest.raises(DMError, match=f"the storage {paths['storage']} has no .dmagic-storage"):
+        engine.start(EXPERIMENT, sources(paths), once=True)
+
+    write_storage_marker(paths["storage"], "2026-11-Other-1")
+    with pytest.raises(DMError, match="belongs to experiment 2026-11-Other-1"):
+        engine.start(EXPERIMENT, sources(paths), once=True)
+    assert tree_files(paths["dest"]) == {}
+
+
+def test_a_missing_destination_folder_is_refused_not_made(engine, paths):
+    paths["analysis"].rmdir()
+    write(paths["rec"] / "slice.tiff", b"slice")
+
+    with pytest.raises(DMError, match=f"{paths['analysis']} is missing from the storage of {EXPERIMENT.name}"):
+        engine.start(EXPERIMENT, sources(paths), once=False)
+    assert not paths["analysis"].exists()
+
+
+def test_a_storage_deleted_while_running_is_an_error_and_never_made_again(engine, paths):
+    write(paths["src"] / "a.h5", b"a")
+    engine.start(EXPERIMENT, sources(paths), once=False)
+    wait_for(lambda: (paths["dest"] / "a.h5").exists(), what="a.h5")
+
+    shutil.rmtree(paths["storage"])  # rm -rf of the experiment's storage
+    write(paths["src"] / "b.h5", b"b")
+
+    progress = wait_for(lambda: engine.progress() if engine.progress().state == "Error" else None, what="Error")
+    assert f"the storage {paths['storage']} of {EXPERIMENT.name} is missing" in progress.message
+    run = engine._run
+    wait_for(lambda: run.sources[0].files.get("b.h5") and run.sources[0].files["b.h5"].state == transfer.QUEUED,
+             what="b.h5 due and held")  # fmt: skip
+    assert not paths["storage"].exists()
+
+    make_storage(paths["storage"])  # Create ran again: a new storage, a new marker
+
+    wait_for(lambda: "made again since the transfer started" in engine.progress().message, what="the new marker")
+    assert sorted(tree_files(paths["storage"])) == [transfer.STORAGE_MARKER]
+    engine.stop()
+    engine.start(EXPERIMENT, sources(paths), once=False)
+    wait_for(lambda: tree_files(paths["dest"]) == {"a.h5": b"a", "b.h5": b"b"}, what="every file again")
+
+
+def test_a_storage_that_comes_back_with_its_marker_is_written_again(engine, paths, tmp_path):
+    write(paths["src"] / "a.h5", b"a")
+    engine.start(EXPERIMENT, sources(paths), once=False)
+    wait_for(lambda: (paths["dest"] / "a.h5").exists(), what="a.h5")
+    away = tmp_path / "away"
+    paths["storage"].rename(away)  # the disk goes away, then comes back with the same storage
+    write(paths["src"] / "b.h5", b"b")
+    wait_for(lambda: engine.progress().state == "Error", what="Error")
+
+    away.rename(paths["storage"])
+
+    wait_for(lambda: (paths["dest"] / "b.h5").exists(), what="b.h5 once the storage is back")
+    wait_for(lambda: engine.progress().state == "Running", what="recovery")
+
+
+# ------------------------------------------------------------------ file names that are not UTF-8 (SPEC 8)
+
+ODD = b"scan\xff.tif"
+
+
+def test_a_file_name_that_is_not_utf8_is_sent_under_the_same_bytes(engine, paths, caplog):
+    paths["src"].mkdir()
+    with open(os.path.join(os.fsencode(paths["src"]), ODD), "wb") as odd:
+        odd.write(b"odd bytes")
+    write(paths["src"] / "ok.tif", b"ok")
+
+    summary = upload(engine, paths)
+
+    assert " 2 files" in summary
+    dest = os.fsencode(paths["dest"])
+    assert sorted(os.listdir(dest)) == sorted([b"ok.tif", ODD])
+    with open(os.path.join(dest, ODD), "rb") as copy:
+        assert copy.read() == b"odd bytes"
+    assert "scan\\xff.tif" in caplog.text and "is not UTF-8: sent under the same bytes" in caplog.text
+    assert set(engine.ledger.sent(str(paths["src"]), str(paths["dest"]))) == {"ok.tif", os.fsdecode(ODD)}
+    progress = engine.progress()
+    progress.last_file.encode("utf-8")  # what the PVs show must encode
+    assert "(2 already there)" in upload(engine, paths)
+
+
+def test_a_failure_on_a_file_name_that_is_not_utf8_names_it_and_the_others_flow(engine, paths):
+    src = os.fsencode(paths["src"])
+    os.makedirs(os.path.join(src, ODD))
+    with open(os.path.join(src, ODD, b"f.h5"), "wb") as file:
+        file.write(b"f")
+    with open(os.path.join(os.fsencode(paths["dest"]), ODD), "wb") as blocker:
+        blocker.write(b"a file where the folder must go")
+    write(paths["src"] / "ok.h5", b"ok")
+
+    engine.start(EXPERIMENT, sources(paths), once=False)
+
+    progress = wait_for(lambda: engine.progress() if engine.progress().state == "Error" else None, what="Error")
+    assert "scan\\xff.tif/f.h5" in progress.message
+    progress.message.encode("utf-8")
+    wait_for(lambda: "ok.h5" in engine.ledger.sent(str(paths["src"]), str(paths["dest"])), what="ok.h5 recorded")
+    os.unlink(os.path.join(os.fsencode(paths["dest"]), ODD))
+    wait_for(lambda: os.fsdecode(ODD + b"/f.h5") in engine.ledger.sent(str(paths["src"]), str(paths["dest"])),
+             what="the odd file sent and recorded")  # fmt: skip
+    engine.stop()
+    assert engine.start(EXPERIMENT, sources(paths), once=False).startswith("transferring")
+
+
+def test_a_ledger_of_schema_1_is_migrated_with_its_rows(tmp_path):
+    path = tmp_path / "ledger.db"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE files (root TEXT NOT NULL, relpath TEXT NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER"
+            " NOT NULL, dest TEXT NOT NULL, sent_at REAL NOT NULL, PRIMARY KEY (root, relpath)) WITHOUT ROWID"
+        )
+        db.execute(
+            "CREATE TABLE running (id INTEGER PRIMARY KEY CHECK (id = 1), experiment TEXT NOT NULL,"
+            " sources TEXT NOT NULL, once INTEGER NOT NULL, started_at REAL NOT NULL)"
+        )
+        db.execute("INSERT INTO files VALUES ('/raw/a', 'scan/é.h5', 1, 2, '/dm/a', 0)")
+        db.execute("""INSERT INTO running VALUES (1, 'x', '{"/raw/a": "/dm/a"}', 0, 0)""")
+        db.execute("PRAGMA user_version = 1")
+    db.close()
+
+    ledger = Ledger(path)
+
+    assert ledger.sent("/raw/a", "/dm/a") == {"scan/é.h5": (1, 2)}
+    assert ledger.running() == transfer.Definition("x", {"/raw/a": "/dm/a"}, False, "", "")
+    ledger.add("/raw/a", "scan/é.h5", 3, 4, "/dm/a")
+    ledger.commit()
+    assert ledger.sent("/raw/a", "/dm/a") == {"scan/é.h5": (3, 4)}  # the same row, not a second one
+    ledger.close()
+
+
+# ------------------------------------------------------------------ a ledger that cannot be read (SPEC 8)
+
+
+def damage(path: Path, how: str) -> bytes:
+    if how == "garbage":
+        path.write_bytes(os.urandom(3000))
+    elif how == "truncated":
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        path.write_bytes(b"")
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("how", ["garbage", "truncated", "empty"])
+def test_an_unreadable_ledger_is_kept_aside_and_a_fresh_one_sends_nothing_twice(paths, how):
+    for i in range(300):  # enough rows for a ledger of several pages
+        write(paths["src"] / f"d{i % 3}" / f"f{i:03d}.h5", b"%d" % i)
+    first = LocalTransfer(paths["ledger"], settle_time=0.0, poll_interval=POLL, source_top=paths["top"])
+    assert " 300 files" in upload(first, paths)
+    first.close()
+    inodes = {p: p.stat().st_ino for p in paths["dest"].rglob("*.h5")}
+    damaged = damage(paths["ledger"], how)
+
+    engine = LocalTransfer(paths["ledger"], settle_time=0.0, poll_interval=POLL, source_top=paths["top"])
+    try:
+        assert engine.resume() is None
+        progress = engine.progress()
+        assert progress.state == "Error"
+        assert f"the transfer ledger {paths['ledger']} could not be read" in progress.message
+        kept = [p for p in paths["ledger"].parent.iterdir() if ".corrupt-" in p.name and not p.name.endswith("-shm")]
+        assert [p.name for p in kept] == [f"{paths['ledger'].name}.corrupt-{kept[0].name.split('.corrupt-')[1]}"]
+        assert kept[0].read_bytes() == damaged
+        assert f"kept it as {kept[0].name}" in progress.message
+
+        assert engine.stop() == "no transfer is running"
+        assert engine.progress().state == "Stopped"  # seen: the alarm is cleared
+        summary = upload(engine, paths)
+        assert " 0 files" in summary and "(300 already there)" in summary
+        assert {p: p.stat().st_ino for p in paths["dest"].rglob("*.h5")} == inodes
+    finally:
+        engine.close()
