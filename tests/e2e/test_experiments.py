@@ -110,7 +110,7 @@ def test_selection_survives_a_restart_and_delete_needs_confirmation(config, tmp_
         ioc.put("Manual:LastName", "Other")
         ioc.command("CreateManual")
         other = ioc.get("ExperimentName")
-        ioc.put("TimeOffsetDays", -4000)  # no run, no proposal: Select must publish them
+        ioc.put("TimeOffsetDays", -3000)  # no run, no proposal: Select must publish them
         ioc.command("Refresh")
         assert ioc.get("ProposalNumber") == "" and ioc.get("Run") == ""
         ioc.put("SelectName", NAME)
