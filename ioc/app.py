@@ -40,6 +40,7 @@ from .model import (
     find_beamtime,
     look_moment,
     parse_badges,
+    plural,
     select_beamtime,
     select_run,
     year_month,
@@ -129,14 +130,16 @@ class Beamline:
 
     # ------------------------------------------------------------------ helpers
 
-    def _contact(self, system: str, call: Callable[..., T], *args, **kwargs) -> T:
-        """Call an adapter of `system` and record the contact on its Health PV."""
+    def _contact(self, system: str | None, call: Callable[..., T], *args, **kwargs) -> T:
+        """Call an adapter of `system` and record the contact on its Health PV (None: no outside system)."""
         try:
             result = call(*args, **kwargs)
         except ServiceError as error:
-            self.published.health[error.system or system] = "Error"
+            if error.system or system:
+                self.published.health[error.system or system] = "Error"
             raise
-        self.published.health[system] = "Error" if system in self._held_errors else "OK"
+        if system:
+            self.published.health[system] = "Error" if system in self._held_errors else "OK"
         return result
 
     @property
@@ -274,7 +277,7 @@ class Beamline:
     def create_manual(self, request: ManualRequest) -> Outcome:
         """Create (or complete) an experiment from the `Manual:*` PVs, for commissioning."""
         start, end = self._manual_dates(request.start, request.end)
-        badges = parse_badges(request.badges) if request.badges.strip() else ()
+        badges = parse_badges(request.badges, "Manual:Badges") if request.badges.strip() else ()
         last_name = request.last_name.strip() or "Staff"
         name = experiment_name(
             self.settings.dm.experiment_name, year_month=year_month(start), pi_last_name=last_name, gup=str(request.gup)
@@ -320,7 +323,7 @@ class Beamline:
         added, details, warning = self._give_access(experiment, users)
         if created:
             message = (
-                f"created experiment {experiment.name} with {len(users)} users; storage {experiment.storage_directory}"
+                f"created experiment {experiment.name} with {plural(len(users), 'user')}; storage {experiment.storage_directory}"
             )
         else:
             message = f"experiment {experiment.name} exists: selected it; users added: {', '.join(added) or 'none'}"
@@ -359,8 +362,8 @@ class Beamline:
     def _grant(self, experiment: Experiment, users: Sequence[ExperimentUser]) -> str:
         """Globus access for `users`; a sentence fragment for Status."""
         access = self.adapters.access
-        if access is None:
-            return ""
+        if access is None or not any(u.email.strip() for u in users):
+            return ""  # no Globus call: Globus:Health stays what the last contact said
         try:
             rules = self._contact("Globus", access.grant, experiment, users)
         except GlobusError as error:
@@ -368,7 +371,7 @@ class Beamline:
                 self.adapters.state.record_rules(experiment.name, error.done)
             raise
         self.adapters.state.record_rules(experiment.name, rules)
-        return f"; Globus access for {len(rules)} users" if rules else ""
+        return f"; Globus access for {plural(len(rules), 'user')}" if rules else ""
 
     def select(self, name: str) -> Outcome:
         """Select an existing experiment and publish the proposal it belongs to."""
@@ -484,7 +487,7 @@ class Beamline:
             self.adapters.state.mark_emailed(experiment.name, delivery.delivered)
         self.load_selection()
         failed = delivery.failed or {}
-        parts = [f"e-mailed {len(delivery.delivered)} users of {experiment.name}"]
+        parts = [f"e-mailed {plural(len(delivery.delivered), 'user')} of {experiment.name}"]
         if skipped:
             parts.append(f"no address: {', '.join(skipped)}")
         if failed:
@@ -512,8 +515,11 @@ class Beamline:
         return {raw: str(storage / "data"), f"{raw}_rec": str(storage / "analysis")}
 
     @property
-    def _transfer_system(self) -> str:
-        return "Globus" if self.settings.dm.transfer == "globus" else "DM"
+    def _transfer_system(self) -> str | None:
+        """The system a transfer call contacts; None for the built-in engine, which is no outside system."""
+        if self.settings.dm.transfer == "globus":
+            return "Globus"
+        return "DM" if self.settings.dm.backend == "aps" else None
 
     def _transfer(self, *, once: bool) -> str:
         experiment = self._selected()
