@@ -11,10 +11,10 @@ import tempfile
 from datetime import datetime
 from pathlib import Path
 
-from caproto.asyncio.server import run
 from caproto.server import template_arg_parser
 
 from .app import Adapters, Beamline
+from .caserver import serve
 from .config import ConfigError, Settings, environment_problems, load_config
 from .demo import demo_folder, write_demo
 from .model import DMagicError, plural
@@ -250,7 +250,8 @@ def run_on(args: argparse.Namespace, config_path: Path) -> int:
     ioc = DMagicIOC(prefix, app=Beamline(settings, adapters), startup_problems=problems)
     signal.signal(signal.SIGTERM, _interrupt)  # systemd stops with SIGTERM: shut down cleanly
     log.info("dmagic-ioc %s serving %d PVs under %s", ioc.status.version.value, len(ioc.pvdb), prefix)
-    run(ioc.pvdb, startup_hook=ioc.startup, interfaces=args.interfaces, log_pv_names=args.list_pvs)
+    serve(ioc.pvdb, write_access=ioc.write_access, startup_hook=ioc.startup, interfaces=args.interfaces,
+          log_pv_names=args.list_pvs)  # fmt: skip
     return 0
 
 

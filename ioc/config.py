@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
+from .access import host_problems, resolution_problems
 from .model import BADGE, EXPERIMENT_NAME_FIELDS, InputError, check_name
 
 
@@ -289,6 +290,7 @@ def _semantic_problems(s: Settings) -> list[str]:
         problems.append(f"beamline.timezone: unknown time zone {s.beamline.timezone!r}")
     if not s.ioc.prefix:
         problems.append("ioc.prefix: must not be empty")
+    problems += host_problems(s.ioc.access.write_hosts)
     if not s.beamline.name:
         problems.append("beamline.name: must be set (the beamline id as the scheduling system spells it)")
     for badge in s.beamline.contacts:
@@ -420,6 +422,7 @@ def environment_problems(s: Settings, *, data_is_local: bool = True) -> list[str
     the raw folders under dm.data_top_dir.
     """
     problems = _state_dir_problems(s.ioc.state_dir)
+    problems += resolution_problems(s.ioc.access.write_hosts)
     if s.dm.backend == "local":
         problems += _folder_problems("dm.storage_root", s.dm.storage_root, write=True)
         if s.dm.transfer == "builtin" or data_is_local:  # read by the built-in transfer, written by Create

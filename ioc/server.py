@@ -11,12 +11,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from caproto import AccessRights, AlarmSeverity
+from caproto import AlarmSeverity
 from caproto.server import PVGroup, SubGroup
 
+from .access import restrict_writes
 from .app import Beamline
 from .commands import CommandEngine
-from .config import AccessSettings
 from .daq import DaqGroup
 from .experiment import ExperimentGroup
 from .model import DMagicError
@@ -45,7 +45,7 @@ class DMagicIOC(PVGroup):
         self.engine = CommandEngine(self.status, after_command=self.show)
         self.ready = asyncio.Event()
         self.autosave = Autosave(app.settings.ioc.state_dir / "autosave.json", settings_channels(self.pvdb))
-        restrict_writes(self.pvdb, app.settings.ioc.access)
+        self.write_access = restrict_writes(self.pvdb, app.settings.ioc.access)  # None: anyone may write
 
     async def show(self) -> None:
         """Publish what the use cases changed: proposal, experiment, health."""
@@ -214,21 +214,3 @@ def _reason(error: Exception) -> str:
 def _plain(value):
     """caproto hands numeric values as numpy scalars; JSON wants Python ones."""
     return value.item() if hasattr(value, "item") else value
-
-
-def restrict_writes(pvdb: dict, access: AccessSettings) -> None:
-    """Only the listed hosts or users may write RW and command PVs; everyone may read."""
-    if not access.restricted:
-        return
-    hosts = {h.lower() for h in access.write_hosts}
-    users = set(access.write_users)
-
-    def check_access(hostname: str, username: str) -> AccessRights:
-        host = (hostname or "").lower()
-        if username in users or host in hosts or host.split(".")[0] in hosts:
-            return AccessRights.READ | AccessRights.WRITE
-        return AccessRights.READ
-
-    for channel in pvdb.values():
-        if not channel.pvspec.read_only:
-            channel.check_access = check_access
