@@ -102,7 +102,6 @@ def test_a_claimed_host_name_never_admits(opi_allowed_ioc, clients):
     lines = wait_for(lambda: refusal_lines(ioc, "127.0.0.1"), what="the refusal in the log")
     assert len(lines) == 1, lines  # one line for that address, not one per write
     assert "SelectName" in lines[0] and "opi-allowed" in lines[0]
-    assert "does not resolve" in ioc.log()  # said at start: that name admits nobody
     assert "Traceback" not in ioc.log()
 
 
