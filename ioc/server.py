@@ -21,7 +21,7 @@ from .daq import DaqGroup
 from .experiment import ExperimentGroup
 from .model import DMagicError
 from .proposal import ProposalGroup
-from .pvs import is_command
+from .pvs import is_command, serve_record_fields
 from .statefiles import keep_aside
 from .status import StatusGroup
 
@@ -48,9 +48,10 @@ class DMagicIOC(PVGroup):
         self.write_access = restrict_writes(self.pvdb, app.settings.ioc.access)  # None: anyone may write
 
     async def show(self) -> None:
-        """Publish what the use cases changed: proposal, experiment, health."""
+        """Publish what the use cases changed: proposal, experiment, transfer state, health."""
         await self.proposal.show()
         await self.experiment.show()
+        await self.daq.show(await asyncio.to_thread(self.app.transfer_progress))
         await self.status.show()
 
     async def startup(self, async_lib) -> None:
@@ -60,6 +61,7 @@ class DMagicIOC(PVGroup):
         Status MAJOR, saying what was done; the IOC serves on.
         """
         settings = self.app.settings
+        await serve_record_fields(self.pvdb)
         await self.proposal.refresh_period.write(settings.scheduling.refresh_period, verify_value=False)
         await self.proposal.tag_prefix.write(settings.tag.prefix, verify_value=False)
         problems = list(self.startup_problems)  # found before serving: a registry kept aside, say
