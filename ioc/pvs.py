@@ -81,6 +81,10 @@ class _Guarded:
             raise
         return await self.write(value, flags=flags)
 
+    def checked(self, value):
+        """`value` (a Python value: restored from autosave, say) if this PV takes it; else PutRefused."""
+        raise NotImplementedError
+
     def refuse(self, why: str) -> PutRefused:
         return PutRefused(f"{self.pvspec.name}: write refused, {why}; it stays {self.value!r}")
 
@@ -97,16 +101,25 @@ class GuardedText(_Guarded):
             log.warning("%s: text is not UTF-8, read as Latin-1: %r", self.pvspec.name, text)
             return text
 
+    def checked(self, value) -> str:
+        if not isinstance(value, str):
+            raise self.refuse(f"it takes text, not {value!r}")
+        return value
+
 
 class GuardedEnum(_Guarded):
     def from_wire(self, data, data_type) -> str:
-        states = tuple(self.enum_strings)
         raw = wire_bytes(data, data_type)
-        if raw is not None:
-            text = raw.decode("utf-8", "replace").strip()
-            if text in states:
-                return text
-        number = wire_number(data, data_type)
+        if raw is not None and raw.decode("utf-8", "replace").strip() in self.enum_strings:
+            return raw.decode("utf-8").strip()
+        return self.checked(wire_number(data, data_type))
+
+    def checked(self, value) -> str:
+        """A state, from its name or its index."""
+        states = tuple(self.enum_strings)
+        if isinstance(value, str) and value in states:
+            return value
+        number = as_number(value)
         if number is None or not number.is_integer() or not 0 <= number < len(states):
             choices = ", ".join(f"{i} ({state})" for i, state in enumerate(states))
             raise self.refuse(f"it takes one of {choices}")
@@ -117,7 +130,10 @@ class GuardedNumber(_Guarded):
     """A number within the PV's control limits (`lower_ctrl_limit`..`upper_ctrl_limit`)."""
 
     def from_wire(self, data, data_type):
-        number = wire_number(data, data_type)
+        return self.checked(wire_number(data, data_type))
+
+    def checked(self, value):
+        number = as_number(value)
         low, high = self.lower_ctrl_limit, self.upper_ctrl_limit
         if number is None or not math.isfinite(number) or not low <= number <= high:
             raise self.refuse(f"it takes a number from {low:g} to {high:g}")
@@ -126,6 +142,13 @@ class GuardedNumber(_Guarded):
                 raise self.refuse("it takes a whole number")
             return int(number)
         return number
+
+
+def as_number(value) -> float | None:
+    """`value` as a float when it is a number (not a bool, not text), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
 
 
 class TextChar(GuardedText, PvpropertyChar):

@@ -137,8 +137,8 @@ class Autosave:
         for channel in self.channels.values():
             key = channel.pvspec.name
             if key in saved:
-                try:
-                    await channel.write(saved[key], verify_value=False)
+                try:  # the same checks as a client's write, putters included: a saved NaN stays out
+                    await channel.write(channel.checked(saved[key]))
                 except Exception as error:  # a stale or odd value: keep the default
                     log.warning("autosave: %s not restored from %r: %s", key, saved[key], error)
         self._saved = self.snapshot()

@@ -86,6 +86,24 @@ def test_unreadable_autosave_is_kept_aside_never_overwritten(config, tmp_path, d
     assert kept_copies(autosave) == [kept]
 
 
+def test_nonsense_saved_by_an_older_version_is_not_restored(config, tmp_path):
+    """An autosave that holds what the checks refuse today (NaN, a period that spins, an enum index out of
+    range): each value keeps its default, and the IOC serves and refreshes."""
+    autosave = tmp_path / "state" / "autosave.json"
+    autosave.parent.mkdir(parents=True, exist_ok=True)
+    autosave.write_text('{"TimeOffsetDays": NaN, "RefreshPeriod": 1e-9, "EmailMode": 7, "Manual:GUP": -3, '
+                        '"Manual:LastName": 12, "TagPrefix": "2bmb:TomoScan:"}')  # fmt: skip
+    with IOC(config, tmp_path) as ioc:
+        assert ioc.get("TimeOffsetDays") == 0 and ioc.get("RefreshPeriod") == 0  # the config's refresh_period
+        assert ioc.get("EmailMode") == "New users" and ioc.get("Manual:GUP") == 0
+        assert ioc.get("Manual:LastName") == "" and ioc.get("TagPrefix") == "2bmb:TomoScan:"
+        status, severity = ioc.command("Refresh")
+        assert severity < MAJOR, status
+        beat = ioc.get("Heartbeat")
+        wait_for(lambda: ioc.get("Heartbeat") > beat, what="Heartbeat")
+        assert "not restored" in ioc.log() and "Traceback" not in ioc.log()
+
+
 # --------------------------------------------------------------------------- registry.sqlite
 
 
