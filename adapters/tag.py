@@ -145,6 +145,8 @@ class CaTag:
         started = time.monotonic()
         self._wait_for_answers(list(pvs.values()), started)
         missing = [name for name, pv in pvs.items() if not pv.connected]
+        # No more searches for them: one sent while the context closes would fail in caproto's search thread.
+        context.broadcaster.cancel(*(prefix + name for name in missing))
         if len(missing) == len(names):
             raise MissingPVs(
                 f"no PV under {prefix} answered within {self._connect_timeout:g} s "

@@ -17,7 +17,9 @@ from .pvs import fit
 log = logging.getLogger(__name__)
 
 DB_PATH = Path("db_templates") / "dmagic.db"  # run from the project folder
-DESC_BYTES = 40  # DESC holds 41 bytes with the terminating NUL
+# DESC holds 40 bytes and a NUL, but Channel Access carries it as a DBR_STRING: 39 bytes and a NUL.
+# Cut to 39, it reads over CA from an EPICS base IOC loading this file as the description is written here.
+DESC_BYTES = 39
 STATE_BYTES = 25  # ZNAM/ONAM and ZRST... hold 26 bytes with the NUL
 # mbbi/mbbo state fields, in order
 MBB_FIELDS = ("ZR", "ON", "TW", "TH", "FR", "FV", "SX", "SV", "EI", "NI", "TE", "EL", "TV", "TT", "FT", "FF")

@@ -83,7 +83,6 @@ class SoftIOC:
                         ) from None
         finally:
             context.disconnect()
-            context.broadcaster.disconnect()
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -103,8 +102,9 @@ class CAReader:
         self.context = Context(SharedBroadcaster(), timeout=5.0)
 
     def close(self) -> None:
+        # Searches still unanswered are cancelled first: one sent while the context closes fails in caproto's thread.
+        self.context.broadcaster.cancel(*(name for name, _ in list(self.context.pvs)))
         self.context.disconnect()
-        self.context.broadcaster.disconnect()
 
     def pv(self, name: str):
         (pv,) = self.context.get_pvs(name, timeout=5.0)
