@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -72,8 +70,8 @@ if __name__ == "__main__":
     run(TomoScanUserInfo(prefix=args.prefix).pvdb, interfaces=["127.0.0.1"])
     sys.exit(0)
 
-from ..conftest import TEST_DATA, epics_env, free_port  # noqa: E402  (the script above runs without the package)
-from ..e2e.epics_base import CAReader, SoftIOC  # noqa: E402
+from ..conftest import TEST_DATA, free_port  # noqa: E402  (the script above runs without the package)
+from ..e2e.epics_base import CAReader, IOCProcess, SoftIOC  # noqa: E402
 from ..e2e.harness import wait_for  # noqa: E402
 
 STRING_NAMES = (
@@ -331,36 +329,9 @@ def caproto_target(tmp_path, monkeypatch):
     port = free_port()
     monkeypatch.setenv("EPICS_CA_ADDR_LIST", f"{os.environ['EPICS_CA_ADDR_LIST']} 127.0.0.1:{port}")
     prefix = f"cap{uuid.uuid4().hex[:8]}:TomoScan:"
-    log_path = tmp_path / "caproto-target.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--prefix", prefix],
-            env={**os.environ, **epics_env(port)},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    reader = CAReader()
-    try:
-        deadline = time.monotonic() + 20
-        (pv,) = reader.context.get_pvs(prefix + "UserName", timeout=0.25)
-        while True:
-            assert process.poll() is None, log_path.read_text(errors="replace")
-            reader.context.broadcaster.search_now()
-            try:
-                pv.read(timeout=0.25)
-                break
-            except TimeoutError:
-                assert time.monotonic() < deadline, "the caproto look-alike did not serve within 20 s"
+    command = [sys.executable, str(Path(__file__).resolve()), "--prefix", prefix]
+    with IOCProcess(command, prefix + "UserName", tmp_path / "caproto-target.log", server_port=port):
         yield prefix
-    finally:
-        reader.close()
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
 
 
 def test_a_caproto_targets_refusal_shows_only_at_the_put_timeout(make_tag, caproto_target):

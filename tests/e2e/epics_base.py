@@ -1,8 +1,9 @@
-"""Start an EPICS base IOC (tests/e2e/softioc_target.py, pythonSoftIOC) in a subprocess for a test.
+"""Start a target IOC in a subprocess for a test: EPICS base (tests/e2e/softioc_target.py, pythonSoftIOC) or another.
 
 It serves on the session's second Channel Access port (conftest.EPICS_PORTS[1])
-with every address pinned to loopback, is ready once a PV of its own answers
-(polled, never a fixed sleep), and stops with SIGINT, then a kill.
+unless told another, with every address pinned to loopback, is ready once a PV
+of its own answers (polled, never a fixed sleep), and stops with SIGINT, then a
+kill. `CAReader` reads what the targets hold, as bytes.
 """
 
 from __future__ import annotations
@@ -24,28 +25,20 @@ SCRIPT = Path(__file__).with_name("softioc_target.py")
 STARTUP_TIMEOUT = 30.0
 
 
-class SoftIOC:
-    """One EPICS base IOC serving `databases` with `macros`; use as a context manager."""
+class IOCProcess:
+    """One IOC in a subprocess serving on `server_port`, ready once `ready_pv` reads; a context manager."""
 
-    def __init__(
-        self,
-        databases: Sequence[Path],
-        macros: dict[str, str],
-        ready_pv: str,
-        log_path: Path,
-        acf: Path | None = None,
-    ):
-        self.command = [sys.executable, str(SCRIPT), "--macros", ",".join(f"{k}={v}" for k, v in macros.items())]
-        for database in databases:
-            self.command += ["--db", str(database)]
-        if acf is not None:
-            self.command += ["--acf", str(acf)]
+    what = "the IOC"
+
+    def __init__(self, command: list[str], ready_pv: str, log_path: Path, server_port: int = EPICS_PORTS[1]):
+        self.command = command
         self.ready_pv = ready_pv
         self.log_path = log_path
+        self.server_port = server_port
         self.process: subprocess.Popen | None = None
 
-    def __enter__(self) -> SoftIOC:
-        env = {**os.environ, **epics_env(EPICS_PORTS[1])}
+    def __enter__(self) -> IOCProcess:
+        env = {**os.environ, **epics_env(self.server_port)}
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 self.command, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
@@ -71,7 +64,7 @@ class SoftIOC:
             (pv,) = context.get_pvs(self.ready_pv, timeout=0.25)
             while True:
                 if self.process.poll() is not None:
-                    raise AssertionError(f"EPICS base IOC exited with {self.process.returncode}:\n{self.log()}")
+                    raise AssertionError(f"{self.what} exited with {self.process.returncode}:\n{self.log()}")
                 context.broadcaster.search_now()  # search again now rather than after the client's back-off
                 try:
                     pv.read(timeout=0.25)
@@ -79,12 +72,13 @@ class SoftIOC:
                 except TimeoutError:
                     if time.monotonic() - started > STARTUP_TIMEOUT:
                         raise AssertionError(
-                            f"EPICS base IOC did not serve {self.ready_pv} within {STARTUP_TIMEOUT:g} s:\n{self.log()}"
+                            f"{self.what} did not serve {self.ready_pv} within {STARTUP_TIMEOUT:g} s:\n{self.log()}"
                         ) from None
         finally:
             context.disconnect()
 
     def stop(self) -> None:
+        """SIGINT, then a kill if it has not ended within 10 s."""
         if self.process is None or self.process.poll() is not None:
             return
         self.process.send_signal(signal.SIGINT)
@@ -93,6 +87,27 @@ class SoftIOC:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(5)
+
+
+class SoftIOC(IOCProcess):
+    """An EPICS base IOC (softioc_target.py) serving `databases` with `macros` on the second CA port."""
+
+    what = "the EPICS base IOC"
+
+    def __init__(
+        self,
+        databases: Sequence[Path],
+        macros: dict[str, str],
+        ready_pv: str,
+        log_path: Path,
+        acf: Path | None = None,
+    ):
+        command = [sys.executable, str(SCRIPT), "--macros", ",".join(f"{k}={v}" for k, v in macros.items())]
+        for database in databases:
+            command += ["--db", str(database)]
+        if acf is not None:
+            command += ["--acf", str(acf)]
+        super().__init__(command, ready_pv, log_path)
 
 
 class CAReader:
