@@ -165,7 +165,8 @@ class CaTag:
         return pvs
 
     def _wait_for_answers(self, pvs: list[PV], started: float) -> None:
-        """Until every PV is connected, the connect timeout runs out, or none has answered for `settle_time`."""
+        """Until every PV is connected, or the connect timeout runs out, or no other has answered for
+        `settle_time` since the last one did."""
         deadline = started + self._connect_timeout
         answered, last_answer = 0, None
         while True:
