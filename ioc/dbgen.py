@@ -12,17 +12,12 @@ import sys
 from pathlib import Path
 
 from .pvinfo import PREFIX_MACRO, PVInfo, ioc_pvs
-from .pvs import fit
+from .pvs import DESC_BYTES, MBB_FIELDS, fit
 
 log = logging.getLogger(__name__)
 
 DB_PATH = Path("db_templates") / "dmagic.db"  # run from the project folder
-# DESC holds 40 bytes and a NUL, but Channel Access carries it as a DBR_STRING: 39 bytes and a NUL.
-# Cut to 39, it reads over CA from an EPICS base IOC loading this file as the description is written here.
-DESC_BYTES = 39
 STATE_BYTES = 25  # ZNAM/ONAM and ZRST... hold 26 bytes with the NUL
-# mbbi/mbbo state fields, in order
-MBB_FIELDS = ("ZR", "ON", "TW", "TH", "FR", "FV", "SX", "SV", "EI", "NI", "TE", "EL", "TV", "TT", "FT", "FF")
 
 HEADER = f"""\
 # dmagic-ioc: the EPICS database of the IOC's PVs, one record per PV.
@@ -37,7 +32,7 @@ def _quote(value: str) -> str:
 
 
 def record_fields(pv: PVInfo) -> list[tuple[str, str]]:
-    """The fields that describe `pv` beyond its type: DESC, size, states, precision."""
+    """The fields that describe `pv` beyond its type: DESC, size, states, precision, units, limits."""
     fields = [("DESC", fit(pv.doc, DESC_BYTES))]
     if pv.record == "waveform":
         fields += [("FTVL", "CHAR"), ("NELM", str(pv.length))]
@@ -52,7 +47,15 @@ def record_fields(pv: PVInfo) -> list[tuple[str, str]]:
         ]
     elif pv.record in ("ai", "ao") and pv.precision is not None:
         fields.append(("PREC", str(pv.precision)))
+    if pv.units:
+        fields.append(("EGU", pv.units))
+    if pv.limits:  # where ao/longout records take their control limits
+        fields += [("DRVL", _number(pv.limits[0])), ("DRVH", _number(pv.limits[1]))]
     return fields
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
 def render_record(pv: PVInfo) -> str:

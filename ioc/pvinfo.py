@@ -40,6 +40,8 @@ class PVInfo:
     length: int = 1  # char waveform: bytes it holds (NELM)
     states: tuple[str, ...] = ()  # enum and command states, in order
     precision: int | None = None  # double: digits shown
+    units: str = ""  # numbers: engineering units (EGU)
+    limits: tuple[float, float] | None = None  # writable numbers: the range a write must fall in
 
     @property
     def writable(self) -> bool:
@@ -76,7 +78,14 @@ def describe_channel(name: str, channel: Any) -> PVInfo:
         length=channel.max_length if kind == "text" else 1,
         states=states,
         precision=channel.precision if kind == "double" else None,
+        units=getattr(channel, "units", "") or "",
+        limits=_limits(channel) if writable and kind in ("long", "double") else None,
     )
+
+
+def _limits(channel: Any) -> tuple[float, float] | None:
+    low, high = channel.lower_ctrl_limit, channel.upper_ctrl_limit
+    return (low, high) if low != high else None
 
 
 def describe(pvdb: Mapping[str, Any], prefix: str) -> list[PVInfo]:

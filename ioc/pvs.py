@@ -31,6 +31,8 @@ MBB_FIELDS = ("ZR", "ON", "TW", "TH", "FR", "FV", "SX", "SV", "EI", "NI", "TE", 
 
 # EPICS string records hold 40 bytes including the terminating NUL.
 STRING_BYTES = 39
+# DESC holds 40 bytes and a NUL, but Channel Access carries it as a DBR_STRING: 39 bytes and a NUL.
+DESC_BYTES = 39
 
 
 class PutRefused(CaprotoValueError):
@@ -271,6 +273,7 @@ async def serve_record_fields(pvdb: dict) -> None:
             field.check_access = _read_only
         if channel.data_type == ChannelType.CHAR:
             await fields.pvdb["FTVL"].write("CHAR", verify_value=False)
+        channel.__doc__ = fit(" ".join((channel.pvspec.doc or "").split()), DESC_BYTES)  # what .DESC answers
         if "ZRST" in fields.pvdb:  # mbbi/mbbo: caproto leaves the state strings empty
             for key, state in zip(MBB_FIELDS, channel.enum_strings, strict=False):
                 await fields.pvdb[key + "ST"].write(state, verify_value=False)

@@ -35,7 +35,11 @@ def looks(reader: CAReader, name: str) -> dict:
         seen["enum_strings"] = [bytes(state).decode() for state in metadata.enum_strings]
     if native == ChannelType.DOUBLE:
         seen["precision"] = metadata.precision
+    if native in (ChannelType.DOUBLE, ChannelType.LONG):
+        seen["units"] = bytes(metadata.units).decode()
+        seen["limits"] = (metadata.lower_ctrl_limit, metadata.upper_ctrl_limit)
     seen["RTYP"] = pv_text(reader, name + ".RTYP")
+    seen["DESC"] = pv_text(reader, name + ".DESC")
     return seen
 
 
