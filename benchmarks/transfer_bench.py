@@ -24,8 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from dmagic_ioc.adapters.local_dm import write_storage_marker
-from dmagic_ioc.adapters.transfer import LocalTransfer, Tree
+from dmagic_ioc.adapters.dm.local import write_storage_marker
+from dmagic_ioc.adapters.transfer.local import LocalTransfer
+from dmagic_ioc.adapters.transfer.scan import Tree
 from dmagic_ioc.ioc.model import Experiment
 
 MB = 1e6

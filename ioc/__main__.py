@@ -46,26 +46,28 @@ def build_adapters(settings: Settings) -> Adapters:
         scheduling = FileSchedule(settings.scheduling.path, tz)
 
     if dm_cfg.backend == "aps":
-        from ..adapters.aps_dm import ApsDaq, ApsDM
+        from ..adapters.dm.aps import ApsDM
+        from ..adapters.dm.aps_daq import ApsDaq
 
         dm = ApsDM(settings.beamline.station, dm_cfg.data_top_dir, tz=tz)
         transfer = ApsDaq(settings.beamline.station, dm_cfg.data_top_dir, dm_cfg.data_host)
     else:
-        from ..adapters.local_dm import LocalDM
+        from ..adapters.dm.local import LocalDM
 
         dm = LocalDM(registry, dm_cfg.storage_root, dm_cfg.data_top_dir, dm_cfg.data_host, dm_cfg.group)
         transfer = None
 
     access = None
     if settings.globus.enabled:
-        from ..adapters.globus import GlobusAccess, GlobusTransfer
+        from ..adapters.globus.access import GlobusAccess
+        from ..adapters.globus.transfer import GlobusTransfer
 
         g = settings.globus
         access = GlobusAccess(g.collection_id, g.client_id, g.client_secret_file, dm_cfg.storage_root)
         if dm_cfg.transfer == "globus":
             transfer = GlobusTransfer(access, g.source_collection_id, state_dir / "globus-transfer.json")
     if transfer is None:
-        from ..adapters.transfer import LocalTransfer
+        from ..adapters.transfer.local import LocalTransfer
 
         transfer = LocalTransfer(
             state_dir / "transfers.sqlite", settle_time=dm_cfg.settle_time, checksum=dm_cfg.checksum,
@@ -124,7 +126,7 @@ def state_problems(settings: Settings, registry) -> list[StartupProblem]:
 
 def preflight_problems(settings: Settings) -> list[str]:
     """`--check` beyond the config's own checks: folders, group, secrets, the schedule file, the template."""
-    from ..adapters.local_dm import is_this_host
+    from ..adapters.hosts import is_this_host
     from ..adapters.registry import unreadable
 
     problems = environment_problems(settings, data_is_local=is_this_host(settings.dm.data_host))

@@ -7,7 +7,7 @@ detectors write on this machine, the raw folders `{data_top_dir}/{name}` and
 leaves no row and a rerun completes the job. Raw data is never deleted.
 
 Storage identity: Create writes a marker, `{storage}/.dmagic-storage`, naming
-the experiment with a random id. The transfer engine (adapters/transfer.py)
+the experiment with a random id. The transfer engine (adapters/transfer/)
 records that id at DaqStart and checks it through the storage folder's file
 descriptor before each batch of copies, so it never writes into a folder
 Create did not make: a storage deleted by hand, re-made by someone else, or
@@ -32,14 +32,14 @@ import logging
 import os
 import re
 import shutil
-import socket
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..ioc.model import DMError, Experiment, ExperimentUser, InputError, Person, check_name
-from .registry import Registry
+from ...ioc.model import DMError, Experiment, ExperimentUser, InputError, Person, check_name
+from ..hosts import is_this_host
+from ..registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -51,20 +51,8 @@ DIR_MODE = 0o2770
 
 _YEAR_MONTH = re.compile(r"\d{4}-\d{2}")
 
-LOCAL_HOST_NAMES = ("localhost", "127.0.0.1", "::1")
-
 STORAGE_MARKER = ".dmagic-storage"  # in an experiment's storage folder: {"experiment", "id", "created"}
 FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC  # a folder, never through a symlink
-
-
-def is_this_host(host: str) -> bool:
-    """True when `host` names the machine this IOC runs on."""
-    host = host.strip().lower()
-    if not host:
-        return True
-    fqdn = socket.getfqdn().lower()
-    names = {*LOCAL_HOST_NAMES, socket.gethostname().lower(), fqdn, fqdn.split(".")[0]}
-    return host in names or host.split(".")[0] == socket.gethostname().lower().split(".")[0]
 
 
 def read_storage_marker(folder_fd: int) -> dict[str, str]:

@@ -1,18 +1,5 @@
-"""Globus: read-only sharing of experiment folders, and Globus transfers.
-
-`GlobusAccess` keeps one read-only access rule per user on the guest
-collection that exposes `dm.storage_root`; `GlobusTransfer` moves raw data
-with Globus tasks when `dm.transfer: globus`. Both act as a confidential
-client (client credentials grant); the secret is read from its file on first
-use and never logged.
-
-Service URLs: globus-sdk resolves each service's base URL from the
-`GLOBUS_SDK_ENVIRONMENT` (production, preview, ...) and, ahead of it,
-`GLOBUS_SDK_SERVICE_URL_<SERVICE>` environment variables (`..._AUTH`,
-`..._TRANSFER`, `..._APP`); tests point those at a local server.
-
-Every method blocks on the network: the IOC calls them off the event loop.
-"""
+"""`GlobusTransfer`: raw data moved with Globus tasks when `dm.transfer: globus`. Every method
+returns at once; a background thread follows the task."""
 
 from __future__ import annotations
 
@@ -23,322 +10,19 @@ import os
 import re
 import threading
 import time
-import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import globus_sdk
-from globus_sdk.scopes import AuthScopes, TransferScopes
 
-from ..ioc.config import read_secret
-from ..ioc.model import Experiment, ExperimentUser, GlobusError, InputError
-from ..ioc.ports import TransferProgress
+from ...ioc.model import Experiment, GlobusError
+from ...ioc.ports import TransferProgress
+from .access import GlobusAccess
+from .client import Clients, collection_path, describe_error, is_permanent
 
 log = logging.getLogger(__name__)
-
-APP_NAME = "dmagic-ioc"
-
-
-# --------------------------------------------------------------------------
-# Shared helpers
-
-
-def collection_path(storage_root: Path | str, directory: Path | str) -> str:
-    """`/gdata/dm/2BM/2026-03/exp` -> `/2026-03/exp/`: the folder as the guest
-    collection rooted at `storage_root` sees it (leading and trailing slash)."""
-    root, path = PurePosixPath(storage_root), PurePosixPath(directory)
-    if not str(directory) or not path.is_absolute():
-        raise GlobusError(f"Globus: {str(directory)!r} is not an absolute storage directory")
-    try:
-        relative = path.relative_to(root)
-    except ValueError:
-        raise GlobusError(
-            f"Globus: {path} is not under dm.storage_root {root}, which the guest collection exposes"
-        ) from None
-    if not relative.parts or ".." in relative.parts:
-        raise GlobusError(f"Globus: refusing to share {path}: it must be a folder below dm.storage_root {root}")
-    return f"/{relative.as_posix()}/"
-
-
-def describe_error(error: Exception) -> str:
-    """A short reason for Status: HTTP status, Globus code and message; never tokens."""
-    if isinstance(error, globus_sdk.GlobusAPIError):
-        message = " ".join((error.message or "").split())
-        if len(message) > 160:
-            message = message[:157] + "..."
-        reason = f"{error.http_status} {_error_code(error)}"
-        return f"{reason}: {message}" if message else reason
-    if isinstance(error, globus_sdk.GlobusTimeoutError):
-        return "no answer from Globus (timeout)"
-    if isinstance(error, globus_sdk.NetworkError):
-        return "cannot reach Globus (connection failed)"
-    return type(error).__name__
-
-
-def _error_code(error: globus_sdk.GlobusAPIError) -> str:
-    """The Globus error code, or the OAuth `error` field Auth's token endpoint uses."""
-    body = error.raw_json if isinstance(error.raw_json, dict) else {}
-    return error.code or str(body.get("error") or "Error")
-
-
-def _is_permanent(error: Exception) -> bool:
-    """A 4xx other than 429 will not go away by retrying."""
-    return isinstance(error, globus_sdk.GlobusAPIError) and 400 <= error.http_status < 500 and error.http_status != 429
-
-
-class _Clients:
-    """Auth and Transfer clients acting as the confidential client, built on first use."""
-
-    def __init__(
-        self,
-        client_id: str,
-        client_secret_file: Path | None,
-        *,
-        max_retries: int,
-        timeout: float,
-        auth_client: globus_sdk.AuthClient | None = None,
-        transfer_client: globus_sdk.TransferClient | None = None,
-    ):
-        self._client_id = client_id
-        self._secret_file = client_secret_file
-        self._max_retries = max_retries
-        self._timeout = timeout
-        self._auth = auth_client
-        self._transfer = transfer_client
-        self._login: globus_sdk.ConfidentialAppAuthClient | None = None
-        self._lock = threading.Lock()
-
-    def _confidential(self) -> globus_sdk.ConfidentialAppAuthClient:
-        if self._login is None:
-            if self._secret_file is None:
-                raise GlobusError("Globus: globus.client_secret_file is not set")
-            try:
-                secret = read_secret("globus.client_secret_file", Path(self._secret_file))
-            except InputError as error:
-                raise GlobusError(f"Globus: {error}") from None
-            self._login = globus_sdk.ConfidentialAppAuthClient(
-                self._client_id, secret, app_name=APP_NAME, **self._transport_options()
-            )
-        return self._login
-
-    def _transport_options(self) -> dict[str, Any]:
-        return {
-            "transport": globus_sdk.transport.RequestsTransport(http_timeout=self._timeout),
-            "retry_config": globus_sdk.transport.RetryConfig(max_retries=self._max_retries),
-        }
-
-    def auth(self) -> globus_sdk.AuthClient:
-        with self._lock:
-            if self._auth is None:
-                authorizer = self._authorizer(AuthScopes.view_identities)
-                self._auth = globus_sdk.AuthClient(
-                    authorizer=authorizer, app_name=APP_NAME, **self._transport_options()
-                )
-            return self._auth
-
-    def transfer(self) -> globus_sdk.TransferClient:
-        with self._lock:
-            if self._transfer is None:
-                authorizer = self._authorizer(TransferScopes.all)
-                self._transfer = globus_sdk.TransferClient(
-                    authorizer=authorizer, app_name=APP_NAME, **self._transport_options()
-                )
-            return self._transfer
-
-    def _authorizer(self, scope: Any) -> globus_sdk.ClientCredentialsAuthorizer:
-        """Renewing client-credentials tokens; the first one is fetched now."""
-        try:
-            return globus_sdk.ClientCredentialsAuthorizer(self._confidential(), scope)
-        except (globus_sdk.GlobusAPIError, globus_sdk.NetworkError) as error:
-            if isinstance(error, globus_sdk.GlobusAPIError) and error.http_status in (400, 401, 403):
-                self._login = None  # read the secret file again next time: it may have been fixed
-                raise GlobusError(
-                    f"Globus Auth refused the client credentials ({error.http_status} {_error_code(error)}); "
-                    "check globus.client_id and globus.client_secret_file"
-                ) from None
-            raise GlobusError(f"Globus: cannot get a token: {describe_error(error)}") from None
-
-
-# --------------------------------------------------------------------------
-# Access rules
-
-
-class GlobusAccess:
-    """`ports.Access` on a Globus guest collection: one read-only rule per user and folder.
-
-    The collection's root is `storage_root`; an experiment's folder is shared
-    as its storage directory relative to that root. Users are found by e-mail
-    (Globus Auth identity lookup with provisioning); users without an e-mail
-    are left out. Globus sends no notification of its own: the IOC e-mails.
-    """
-
-    def __init__(
-        self,
-        collection_id: str,
-        client_id: str,
-        client_secret_file: Path | None,
-        storage_root: Path | str,
-        *,
-        max_retries: int = 2,
-        timeout: float = 30.0,
-        auth_client: globus_sdk.AuthClient | None = None,
-        transfer_client: globus_sdk.TransferClient | None = None,
-    ):
-        self.collection_id = collection_id
-        self.client_id = client_id
-        self.client_secret_file = client_secret_file
-        self.storage_root = PurePosixPath(storage_root)
-        self.max_retries = max_retries
-        self.timeout = timeout
-        self._clients = _Clients(
-            client_id,
-            client_secret_file,
-            max_retries=max_retries,
-            timeout=timeout,
-            auth_client=auth_client,
-            transfer_client=transfer_client,
-        )
-
-    def path(self, experiment: Experiment) -> str:
-        """The experiment's folder as the guest collection sees it: `/2026-03/exp/`."""
-        if not experiment.storage_directory:
-            raise GlobusError(f"Globus: experiment {experiment.name} has no storage directory")
-        return collection_path(self.storage_root, experiment.storage_directory)
-
-    def url(self, experiment: Experiment) -> str:
-        """The Globus web app's file manager opened on the experiment's folder.
-
-        '' when the folder cannot be shared (no storage directory, or one
-        outside `storage_root`): publishing a selection must not fail on it;
-        `grant` reports why.
-        """
-        try:
-            path = self.path(experiment)
-        except GlobusError as error:
-            log.warning("no Globus link for %s: %s", experiment.name, error)
-            return ""
-        query = urllib.parse.urlencode(
-            {"origin_id": self.collection_id, "origin_path": path}, quote_via=urllib.parse.quote
-        )
-        webapp = globus_sdk.config.get_webapp_url().rstrip("/")
-        return f"{webapp}/file-manager?{query}"
-
-    def grant(self, experiment: Experiment, users: Sequence[ExperimentUser]) -> dict[str, str]:
-        """Ensure one read-only rule per user with an e-mail: {username: rule_id}.
-
-        Existing rules (same identity, same path) are reused. A user that fails
-        does not stop the others (a network failure stops the round); the
-        GlobusError names every failed user and carries in `done` the rules of
-        the users that succeeded ({username: rule_id}, made or reused), so the
-        caller records them; a rerun completes the job without duplicating a rule.
-        """
-        path = self.path(experiment)
-        with_email = [user for user in users if user.email.strip()]
-        if not with_email:
-            return {}
-        transfer = self._clients.transfer()
-        existing = self._existing_rules(transfer, path)
-        granted: dict[str, str] = {}
-        failed: dict[str, str] = {}
-        for user in with_email:
-            try:
-                identity = self._identity(user)
-                rule_id = existing.get(identity)
-                if rule_id is None:
-                    rule_id = self._add_rule(transfer, identity, path)
-                    existing[identity] = rule_id
-                    log.info("Globus: read access to %s for %s (rule %s)", path, user.username, rule_id)
-                else:
-                    log.info("Globus: %s already has read access to %s (rule %s)", user.username, path, rule_id)
-                granted[user.username] = rule_id
-            except globus_sdk.NetworkError as error:
-                raise GlobusError(
-                    f"Globus: {describe_error(error)}; access for {user.username} not given", done=dict(granted)
-                ) from None
-            except (globus_sdk.GlobusAPIError, GlobusError) as error:
-                reason = describe_error(error) if isinstance(error, globus_sdk.GlobusAPIError) else str(error)
-                log.warning("Globus: access for %s to %s failed: %s", user.username, path, reason)
-                failed[user.username] = reason
-        if failed:
-            shown = "; ".join(f"{name}: {reason}" for name, reason in failed.items())
-            raise GlobusError(
-                f"Globus access to {path} failed for {', '.join(failed)} ({shown}); rerun to complete", done=granted
-            )
-        return granted
-
-    def revoke(self, experiment: Experiment, rules: Mapping[str, str]) -> list[str]:
-        """Delete exactly these rules; one already gone counts as removed."""
-        if not rules:
-            return []
-        transfer = self._clients.transfer()
-        removed: list[str] = []
-        failed: dict[str, str] = {}
-        for username, rule_id in rules.items():
-            try:
-                transfer.delete_endpoint_acl_rule(self.collection_id, rule_id)
-                log.info("Globus: removed rule %s of %s on %s", rule_id, username, experiment.name)
-            except globus_sdk.GlobusAPIError as error:
-                if error.http_status != 404:
-                    log.warning("Globus: removing rule %s of %s failed: %s", rule_id, username, describe_error(error))
-                    failed[username] = f"rule {rule_id}: {describe_error(error)}"
-                    continue
-                log.info("Globus: rule %s of %s was already gone", rule_id, username)
-            except globus_sdk.NetworkError as error:
-                raise GlobusError(f"Globus: {describe_error(error)}; access of {username} not removed") from None
-            removed.append(username)
-        if failed:
-            shown = "; ".join(f"{name} {reason}" for name, reason in failed.items())
-            raise GlobusError(f"Globus: could not remove access of {', '.join(failed)} ({shown})")
-        return removed
-
-    def _call(self, what: str, action):
-        """Run one request; turn any Globus failure into a GlobusError naming `what`."""
-        try:
-            return action()
-        except (globus_sdk.GlobusAPIError, globus_sdk.NetworkError) as error:
-            raise GlobusError(f"Globus: cannot {what}: {describe_error(error)}") from None
-
-    def _existing_rules(self, transfer: globus_sdk.TransferClient, path: str) -> dict[str, str]:
-        """{identity id: rule id} of the identity rules already on `path`."""
-        response = self._call(
-            f"list the access rules of collection {self.collection_id}",
-            lambda: transfer.endpoint_acl_list(self.collection_id),
-        )
-        rules: dict[str, str] = {}
-        for rule in response:
-            if rule.get("principal_type") == "identity" and _same_folder(rule.get("path", ""), path):
-                rules.setdefault(rule["principal"], rule["id"])
-        return rules
-
-    def _identity(self, user: ExperimentUser) -> str:
-        """The Globus identity id for the user's e-mail, provisioned if new."""
-        email = user.email.strip()
-        response = self._clients.auth().get_identities(usernames=[email], provision=True)
-        for identity in response.get("identities", []):
-            if identity.get("id") and str(identity.get("username", "")).lower() == email.lower():
-                return identity["id"]
-        raise GlobusError(f"no Globus identity for {email}")
-
-    def _add_rule(self, transfer: globus_sdk.TransferClient, identity: str, path: str) -> str:
-        rule = {
-            "DATA_TYPE": "access",
-            "principal_type": "identity",
-            "principal": identity,
-            "path": path,
-            "permissions": "r",
-        }
-        response = transfer.add_endpoint_acl_rule(self.collection_id, rule)
-        return response["access_id"]
-
-
-def _same_folder(a: str, b: str) -> bool:
-    return a.rstrip("/") == b.rstrip("/")
-
-
-# --------------------------------------------------------------------------
-# Transfers
 
 
 @dataclass
@@ -399,7 +83,7 @@ class GlobusTransfer:
         self.poll_interval = poll_interval
         self.resubmit_interval = resubmit_interval
         # its own clients (own HTTP session): this thread never shares a session with Access calls
-        self._clients = _Clients(
+        self._clients = Clients(
             access.client_id,
             access.client_secret_file,
             max_retries=access.max_retries,
@@ -530,7 +214,7 @@ class GlobusTransfer:
             except (globus_sdk.GlobusAPIError, globus_sdk.NetworkError, GlobusError) as error:
                 reason = str(error) if isinstance(error, GlobusError) else describe_error(error)
                 log.warning("Globus transfer of %s: %s", job.experiment, reason)
-                finished = _is_permanent(error)
+                finished = is_permanent(error)
                 self._set(
                     control, state="Error", rate_mb_s=0.0, message=f"Globus transfer of {job.experiment}: {reason}"
                 )

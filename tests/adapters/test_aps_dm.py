@@ -10,7 +10,9 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from dmagic_ioc.adapters.aps_dm import ApsDaq, ApsDM, parse_sdk_date, sdk_date, sdk_field
+from dmagic_ioc.adapters.dm.aps import ApsDM
+from dmagic_ioc.adapters.dm.aps_daq import ApsDaq
+from dmagic_ioc.adapters.dm.aps_sdk import parse_sdk_date, sdk_date, sdk_field
 from dmagic_ioc.ioc.model import DMError, Experiment, ExperimentUser, InputError, Person
 from dmagic_ioc.ioc.ports import TransferProgress
 
@@ -69,7 +71,7 @@ def test_missing_sdk_is_a_clear_dm_error(monkeypatch, data_top_dir):
 
 
 def test_module_import_does_not_import_the_sdk():
-    check = "import sys, dmagic_ioc.adapters.aps_dm; assert 'dm' not in sys.modules"
+    check = "import sys, dmagic_ioc.adapters.dm.aps, dmagic_ioc.adapters.dm.aps_daq; assert 'dm' not in sys.modules"
     subprocess.run([sys.executable, "-c", check], check=True, timeout=60)
 
 

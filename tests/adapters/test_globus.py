@@ -20,7 +20,9 @@ from pathlib import Path
 
 import globus_sdk
 import pytest
-from dmagic_ioc.adapters.globus import GlobusAccess, GlobusTransfer, collection_path
+from dmagic_ioc.adapters.globus.access import GlobusAccess
+from dmagic_ioc.adapters.globus.client import collection_path
+from dmagic_ioc.adapters.globus.transfer import GlobusTransfer
 from dmagic_ioc.ioc.model import Experiment, ExperimentUser, GlobusError
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response

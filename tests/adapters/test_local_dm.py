@@ -13,8 +13,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from dmagic_ioc.adapters import local_dm
-from dmagic_ioc.adapters.local_dm import DIR_MODE, LocalDM, is_this_host
+from dmagic_ioc.adapters.dm import local as local_dm
+from dmagic_ioc.adapters.dm.local import DIR_MODE, LocalDM
+from dmagic_ioc.adapters.hosts import is_this_host
 from dmagic_ioc.adapters.registry import Registry
 from dmagic_ioc.ioc.model import DMError, Experiment, ExperimentUser, InputError
 

@@ -15,9 +15,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from dmagic_ioc.adapters import transfer
-from dmagic_ioc.adapters.local_dm import write_storage_marker
-from dmagic_ioc.adapters.transfer import PART_NAME, Ledger, LocalTransfer, Tree
+from dmagic_ioc.adapters.dm.local import STORAGE_MARKER, write_storage_marker
+from dmagic_ioc.adapters.transfer import copying
+from dmagic_ioc.adapters.transfer.copying import PART_NAME
+from dmagic_ioc.adapters.transfer.files import QUEUED
+from dmagic_ioc.adapters.transfer.ledger import SCHEMA_VERSION, Definition, Ledger
+from dmagic_ioc.adapters.transfer.local import LocalTransfer
+from dmagic_ioc.adapters.transfer.scan import Tree
 from dmagic_ioc.ioc.model import DMError, Experiment, InputError
 
 SETTLE = 0.3
@@ -280,7 +284,7 @@ def test_stop_abandons_copies_without_leaving_a_temporary_file(engine, paths, mo
         time.sleep(0.02)
         return real_copy_file_range(*args)
 
-    monkeypatch.setattr(transfer, "COPY_CHUNK", 64 * 1024)
+    monkeypatch.setattr(copying, "COPY_CHUNK", 64 * 1024)
     monkeypatch.setattr(os, "copy_file_range", slow_copy_file_range)
     engine.start(EXPERIMENT, sources(paths), once=False)
     wait_for(lambda: part_files(paths["dest"]) if paths["dest"].exists() else [], what="a copy under way")
@@ -317,7 +321,7 @@ def test_a_blocked_destination_shows_error_then_recovers(engine, paths):
 
 def test_a_full_disk_shows_error_then_recovers(engine, paths, monkeypatch):
     write(paths["src"] / "proj.h5", b"projection")
-    real_copy_data = transfer._copy_data
+    real_copy_data = copying._copy_data
     disk_full = threading.Event()
     disk_full.set()
 
@@ -326,7 +330,7 @@ def test_a_full_disk_shows_error_then_recovers(engine, paths, monkeypatch):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_copy_data(*args)
 
-    monkeypatch.setattr(transfer, "_copy_data", copy_data)
+    monkeypatch.setattr(copying, "_copy_data", copy_data)
     engine.start(EXPERIMENT, sources(paths), once=False)
 
     wait_for(lambda: engine.progress().state == "Error", what="Error state")
@@ -344,7 +348,7 @@ def test_a_full_disk_shows_error_then_recovers(engine, paths, monkeypatch):
 def test_checksum_verification_copies_identically(paths):
     engine = LocalTransfer(paths["ledger"], settle_time=0.0, checksum=True, poll_interval=POLL, source_top=paths["top"])
     try:
-        data = os.urandom(3 * transfer.BUFFER_SIZE + 123)
+        data = os.urandom(3 * copying.BUFFER_SIZE + 123)
         write(paths["src"] / "big.h5", data)
         engine.start(EXPERIMENT, sources(paths), once=True)
         wait_for(lambda: engine.progress().state == "Stopped", what="the upload to end")
@@ -374,24 +378,25 @@ def test_ledger_schema_is_versioned(tmp_path):
     ledger = Ledger(tmp_path / "ledger.db")
     ledger.close()
     with sqlite3.connect(tmp_path / "ledger.db") as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == transfer.SCHEMA_VERSION
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 RUNNER = """
 import sys, time, os
 from pathlib import Path
-from dmagic_ioc.adapters import transfer
+from dmagic_ioc.adapters.transfer import copying
+from dmagic_ioc.adapters.transfer.local import LocalTransfer
 from dmagic_ioc.ioc.model import Experiment
 
-real_copy_data = transfer._copy_data
+real_copy_data = copying._copy_data
 def slow_copy_data(*args):
     time.sleep(0.01)  # so that the kill lands mid-transfer
     return real_copy_data(*args)
-transfer._copy_data = slow_copy_data
+copying._copy_data = slow_copy_data
 
 command, ledger, src, dest = sys.argv[1:]
-engine = transfer.LocalTransfer(Path(ledger), settle_time=0.1, workers=4, poll_interval=0.1)
+engine = LocalTransfer(Path(ledger), settle_time=0.1, workers=4, poll_interval=0.1)
 if command == "start":
     engine.start(Experiment(name="kill9"), {src: dest}, once=True)
 else:
@@ -475,9 +480,9 @@ def test_a_chunk_of_files_is_copied_with_one_flush_and_each_checked(tmp_path, mo
     (src / "d/f5").unlink()  # vanished before its copy
     flushes, fsyncs = [], []
     real_fsync = os.fsync
-    monkeypatch.setattr(transfer, "syncfs", lambda fd: flushes.append(fd))
+    monkeypatch.setattr(copying, "syncfs", lambda fd: flushes.append(fd))
     monkeypatch.setattr(os, "fsync", lambda fd: fsyncs.append(fd) or real_fsync(fd))
-    real_write_aside = transfer._write_aside
+    real_write_aside = copying._write_aside
 
     def write_aside(sources, dests, rel, *args):
         outcome = real_write_aside(sources, dests, rel, *args)
@@ -485,13 +490,13 @@ def test_a_chunk_of_files_is_copied_with_one_flush_and_each_checked(tmp_path, mo
             write(src / "d/f2", b"changed")
         return outcome
 
-    monkeypatch.setattr(transfer, "_write_aside", write_aside)
+    monkeypatch.setattr(copying, "_write_aside", write_aside)
     items = [(rel, expected[rel]) for rel in files]
 
-    outcomes = [outcome for outcome, _ in transfer.copy_files(str(src), str(dest), items)]
+    outcomes = [outcome for outcome, _ in copying.copy_files(str(src), str(dest), items)]
 
     assert outcomes == ["copied", "copied", "changed", "copied", "copied", "vanished"]
-    if transfer._SYNCFS is not None:
+    if copying._SYNCFS is not None:
         assert len(flushes) == 1 and fsyncs == []
     assert tree_files(dest) == {rel: files[rel] for rel in ("d/f0", "d/f1", "d/f3", "d/f4")}
     assert (dest / "d/f0").stat().st_mtime_ns == expected["d/f0"][1]
@@ -571,7 +576,7 @@ def test_a_folder_or_file_swapped_for_a_symlink_before_its_copy_is_not_followed(
     (src / "g.h5").unlink()
     (src / "g.h5").symlink_to(outside / "g.h5")
 
-    outcomes = transfer.copy_files(str(src), str(dest), list(expected.items()))
+    outcomes = copying.copy_files(str(src), str(dest), list(expected.items()))
 
     assert outcomes == [("vanished", ""), ("vanished", "")]
     assert tree_files(dest) == {}
@@ -625,7 +630,7 @@ def test_a_missing_storage_is_refused_at_start_and_not_made(engine, paths):
 
 def test_a_storage_without_its_marker_or_with_another_experiments_is_refused(engine, paths):
     write(paths["src"] / "a.h5", b"a")
-    (paths["storage"] / transfer.STORAGE_MARKER).unlink()
+    (paths["storage"] / STORAGE_MARKER).unlink()
     with pytest.raises(DMError, match=f"the storage {paths['storage']} has no .dmagic-storage"):
         engine.start(EXPERIMENT, sources(paths), once=True)
 
@@ -655,14 +660,14 @@ def test_a_storage_deleted_while_running_is_an_error_and_never_made_again(engine
     progress = wait_for(lambda: engine.progress() if engine.progress().state == "Error" else None, what="Error")
     assert f"the storage {paths['storage']} of {EXPERIMENT.name} is missing" in progress.message
     run = engine._run
-    wait_for(lambda: run.sources[0].files.get("b.h5") and run.sources[0].files["b.h5"].state == transfer.QUEUED,
+    wait_for(lambda: run.sources[0].files.get("b.h5") and run.sources[0].files["b.h5"].state == QUEUED,
              what="b.h5 due and held")  # fmt: skip
     assert not paths["storage"].exists()
 
     make_storage(paths["storage"])  # Create ran again: a new storage, a new marker
 
     wait_for(lambda: "made again since the transfer started" in engine.progress().message, what="the new marker")
-    assert sorted(tree_files(paths["storage"])) == [transfer.STORAGE_MARKER]
+    assert sorted(tree_files(paths["storage"])) == [STORAGE_MARKER]
     engine.stop()
     engine.start(EXPERIMENT, sources(paths), once=False)
     wait_for(lambda: tree_files(paths["dest"]) == {"a.h5": b"a", "b.h5": b"b"}, what="every file again")
@@ -749,7 +754,7 @@ def test_a_ledger_of_schema_1_is_migrated_with_its_rows(tmp_path):
     ledger = Ledger(path)
 
     assert ledger.sent("/raw/a", "/dm/a") == {"scan/é.h5": (1, 2)}
-    assert ledger.running() == transfer.Definition("x", {"/raw/a": "/dm/a"}, False, "", "")
+    assert ledger.running() == Definition("x", {"/raw/a": "/dm/a"}, False, "", "")
     ledger.add("/raw/a", "scan/é.h5", 3, 4, "/dm/a")
     ledger.commit()
     assert ledger.sent("/raw/a", "/dm/a") == {"scan/é.h5": (3, 4)}  # the same row, not a second one

@@ -1,0 +1,289 @@
+"""`ApsDaq`: raw data moved into DM storage by the APS DM system's DAQs (continuous) and uploads (once)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ...ioc.model import DMError, Experiment, InputError, check_name
+from ...ioc.ports import TransferProgress
+from ..hosts import is_this_host
+from .aps_sdk import MAX_MESSAGE, import_dm, sdk_call, sdk_field
+
+log = logging.getLogger(__name__)
+
+DAQ_INFO = {"processExistingFiles": True}
+# Files of the `_rec` folder land under the experiment's analysis directory.
+ANALYSIS_INFO = {"useAnalysisDirectoryAsRoot": True}
+_RUNNING = {"running", "pending", "waiting", "starting", "processing"}
+_FAILED = {"failed", "aborted", "error", "timeout"}
+
+
+def inspect_folder(path: Path) -> tuple[str, int]:
+    """('ok', files) / ('empty', 0) / ('missing', 0) / ('unknown', 0) when the parent is not visible here."""
+    if path.is_dir():
+        count = 0
+        for _, _, files in os.walk(path):
+            count += len(files)
+            if count:
+                break
+        return ("ok", count) if count else ("empty", 0)
+    if path.parent.is_dir():
+        return "missing", 0
+    return "unknown", 0
+
+
+class ApsDaq:
+    """`ports.Transfer` through the DM system's DAQs (continuous) and uploads (once).
+
+    The DM system runs them on its own servers: they outlive the IOC, so
+    `resume` re-attaches to DAQs still running for this station.
+    """
+
+    def __init__(
+        self,
+        station: str,
+        data_top_dir: Path,
+        data_host: str = "localhost",
+        api: Any = None,
+        *,
+        direct_mount: bool = False,
+    ):
+        self.station = station
+        self.data_top_dir = Path(data_top_dir)
+        self.data_host = data_host
+        self.direct_mount = direct_mount
+        self._sdk = api if api is not None else import_dm()
+        self._daq_api: Any = None
+        self._lock = threading.Lock()
+        self._daqs: list[tuple[str, str]] = []  # (experiment, dataDirectory) started or adopted
+        self._uploads: list[tuple[str, str]] = []  # (experiment, upload id)
+        self._last_bytes: tuple[float, float] | None = None  # (monotonic time, bytes)
+        self._rate = 0.0
+
+    @property
+    def daq_api(self) -> Any:
+        if self._daq_api is None:
+            self._daq_api = sdk_call("connecting to the DAQ service", self._sdk.ExperimentDaqApi)
+        return self._daq_api
+
+    def data_url(self, path: str) -> str:
+        """The dataDirectory the DM system reads: `@host:path` unless it mounts the data itself."""
+        if self.direct_mount:
+            return path
+        host = socket.getfqdn() if is_this_host(self.data_host) else self.data_host
+        return f"@{host}:{path}"
+
+    # ------------------------------------------------------------------ ports.Transfer
+
+    def start(self, experiment: Experiment, sources: Mapping[str, str], *, once: bool) -> str:
+        """Start a DAQ (or an upload when `once`) per source folder, after checking each folder."""
+        name = check_name(experiment.name, "experiment name")
+        if not sources:
+            raise InputError(f"no source folders to transfer for {name}")
+        plan, notes = self._plan(name, sources, once=once)
+        running = set() if once else self._running_pairs(name)
+        started, already = [], []
+        with self._lock:
+            if once:
+                self._uploads = []
+            for source, url, analysis in plan:
+                info = dict(ANALYSIS_INFO) if analysis else {}
+                if once:
+                    reply = sdk_call(f"starting the upload of {source}", self.daq_api.upload, name, url, info)
+                    upload_id = sdk_field(reply, "id", default="")
+                    self._uploads.append((name, str(upload_id)))
+                    started.append(source)
+                    continue
+                if (name, url) in running:
+                    already.append(source)
+                else:
+                    sdk_call(f"starting the DAQ of {source}", self.daq_api.startDaq, name, url, {**DAQ_INFO, **info})
+                    started.append(source)
+                if (name, url) not in self._daqs:
+                    self._daqs.append((name, url))
+            self._last_bytes = None
+        what = "upload" if once else "DM DAQ"
+        parts = []
+        if started:
+            parts.append(f"{what} started for {name}: {', '.join(started)}")
+        if already:
+            parts.append(f"{what} already running for {', '.join(already)}")
+        sentence = "; ".join(parts + notes)
+        log.info("%s", sentence)
+        return sentence
+
+    def stop(self) -> str:
+        """Stop the running DAQs this IOC started or adopted, and any upload under way."""
+        with self._lock:
+            daqs, uploads = list(self._daqs), list(self._uploads)
+        running = self._running_pairs(None)
+        stopped = []
+        for experiment, url in daqs:
+            if (experiment, url) in running:
+                sdk_call(f"stopping the DAQ of {url}", self.daq_api.stopDaq, experiment, url)
+                stopped.append(url)
+        for _, upload_id in uploads:
+            if upload_id and hasattr(self.daq_api, "stopUpload"):
+                info = sdk_call("reading upload status", self.daq_api.getUploadInfo, upload_id)
+                if str(sdk_field(info, "status", default="")).lower() in _RUNNING:
+                    sdk_call(f"stopping upload {upload_id}", self.daq_api.stopUpload, upload_id)
+                    stopped.append(f"upload {upload_id}")
+        names = sorted({experiment for experiment, _ in daqs} | {experiment for experiment, _ in uploads})
+        with self._lock:
+            self._daqs = []
+        if not stopped:
+            return f"no DM transfer was running for {', '.join(names) or 'this IOC'}"
+        sentence = f"stopped DM transfer for {', '.join(names)}: {', '.join(stopped)}"
+        log.info("%s", sentence)
+        return sentence
+
+    def progress(self) -> TransferProgress:
+        """Sum the DM status of the tracked DAQs and uploads into one TransferProgress."""
+        with self._lock:
+            daqs, uploads = list(self._daqs), list(self._uploads)
+        if not daqs and not uploads:
+            return TransferProgress()
+        entries = []
+        if daqs:
+            listed = sdk_call("listing DAQs", self.daq_api.listDaqs) or []
+            wanted = set(daqs)
+            entries += [d for d in listed if (sdk_field(d, "experimentName"), sdk_field(d, "dataDirectory")) in wanted]
+        for _, upload_id in uploads:
+            if upload_id:
+                entries.append(sdk_call("reading upload status", self.daq_api.getUploadInfo, upload_id))
+        return self._summarize(entries, uploading=bool(uploads) and not daqs)
+
+    def resume(self) -> str | None:
+        """Re-attach to DAQs the DM system still runs for this station (they outlive the IOC)."""
+        listed = sdk_call("listing DAQs", self.daq_api.listDaqs) or []
+        mine = []
+        for daq in listed:
+            if str(sdk_field(daq, "status", default="")).lower() not in _RUNNING:
+                continue
+            station = sdk_field(daq, "experimentStationName", "stationName")
+            url = str(sdk_field(daq, "dataDirectory", default=""))
+            if station == self.station or (station is None and self._under_data_top_dir(url)):
+                mine.append((str(sdk_field(daq, "experimentName")), url))
+        if not mine:
+            return None
+        with self._lock:
+            self._daqs = mine
+            self._last_bytes = None
+        names = sorted({experiment for experiment, _ in mine})
+        return f"DM DAQ still running for {', '.join(names)} ({len(mine)} folder{'s' if len(mine) != 1 else ''})"
+
+    def forget(self, sources: Mapping[str, str]) -> None:
+        """Nothing to forget: this IOC keeps no record of the files sent.
+
+        The DM system's DAQs and uploads decide on its servers what to send;
+        nothing kept here could make a re-created experiment miss files.
+        """
+
+    # ------------------------------------------------------------------ helpers
+
+    def _plan(
+        self, name: str, sources: Mapping[str, str], *, once: bool
+    ) -> tuple[list[tuple[str, str, bool]], list[str]]:
+        """Check every source before starting any: a wrong folder makes DM transfer nothing, silently."""
+        plan, notes = [], []
+        for source, destination in sources.items():
+            analysis = source.rstrip("/").endswith("_rec") or Path(destination).name == "analysis"
+            state, files = inspect_folder(Path(source))
+            if state == "missing":
+                if not analysis:
+                    raise DMError(
+                        f"source folder {source} does not exist on {self.data_host}: check dm.data_top_dir and "
+                        f"the experiment name; DM would transfer nothing; nothing started"
+                    )
+                notes.append(f"skipped {source}: it does not exist yet (start again once reconstructions are written)")
+                continue
+            if state == "empty":
+                if once:
+                    notes.append(f"skipped {source}: it is empty")
+                    continue
+                notes.append(f"{source} is empty now; new files will be transferred")
+            elif state == "unknown":
+                notes.append(f"{source} is not visible from this host; not checked")
+            else:
+                log.info("source %s holds files (%s+)", source, files)
+            plan.append((source, self.data_url(source), analysis))
+        if not plan:
+            raise DMError(f"nothing to {'upload' if once else 'transfer'} for {name}: {'; '.join(notes)}")
+        return plan, notes
+
+    def _running_pairs(self, name: str | None) -> set[tuple[str, str]]:
+        listed = sdk_call("listing DAQs", self.daq_api.listDaqs) or []
+        return {
+            (str(sdk_field(d, "experimentName")), str(sdk_field(d, "dataDirectory")))
+            for d in listed
+            if str(sdk_field(d, "status", default="")).lower() in _RUNNING
+            and (name is None or sdk_field(d, "experimentName") == name)
+        }
+
+    def _under_data_top_dir(self, url: str) -> bool:
+        path = url.split(":", 1)[1] if url.startswith("@") and ":" in url else url
+        top = str(self.data_top_dir).rstrip("/") + "/"
+        return path.startswith(top)
+
+    def _summarize(self, entries: list[Any], *, uploading: bool) -> TransferProgress:
+        def number(entry: Any, *keys: str) -> float:
+            value = sdk_field(entry, *keys, default=0)
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                return 0.0
+
+        total = done = errors = 0
+        size = 0.0
+        statuses, last_file, error_texts = [], "", []
+        for entry in entries:
+            total += int(number(entry, "nFiles", "nTotalFiles"))
+            done += int(number(entry, "nCompletedFiles", "nProcessedFiles"))
+            errors += int(number(entry, "nProcessingErrors", "nErrors"))
+            size += number(entry, "totalProcessedBytes", "nProcessedBytes", "processedBytes", "nBytes")
+            statuses.append(str(sdk_field(entry, "status", default="")).lower())
+            last_file = str(sdk_field(entry, "lastFileProcessed", "currentFile", "lastFile", default="") or last_file)
+            problems = sdk_field(entry, "processingErrors", default=None)
+            if isinstance(problems, Mapping):
+                error_texts += [f"{path}: {why}" for path, why in problems.items()]
+            for key in ("errorMessage", "error"):
+                text = sdk_field(entry, key)
+                if text:
+                    error_texts.append(str(text))
+        rate = self._update_rate(size)
+        running = any(status in _RUNNING for status in statuses)
+        failed = any(status in _FAILED for status in statuses) or errors > 0
+        state = "Error" if failed else "Running" if running else "Stopped"
+        message = ""
+        if failed:
+            first = f": {error_texts[0]}" if error_texts else ""
+            message = f"DM reports {errors or 'a'} transfer error{'s' if errors != 1 else ''}{first}"[:MAX_MESSAGE]
+        elif uploading and entries and not running:
+            message = f"upload done: {done} of {total} files"
+        return TransferProgress(
+            state=state,
+            files_done=done,
+            files_total=max(total, done),
+            bytes_done=size,
+            rate_mb_s=rate if running else 0.0,
+            last_file=last_file,
+            message=message,
+        )
+
+    def _update_rate(self, size: float) -> float:
+        """Record `size` bytes now; return the MB/s since the previous record (progress runs in several threads)."""
+        with self._lock:
+            now = time.monotonic()
+            if self._last_bytes is not None:
+                then, before = self._last_bytes
+                if now > then and size >= before:
+                    self._rate = (size - before) / (now - then) / 1e6
+            self._last_bytes = (now, size)
+            return self._rate

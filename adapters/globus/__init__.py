@@ -1,0 +1,2 @@
+"""Globus: read-only sharing of experiment folders (`access`), and Globus transfers (`transfer`),
+through one confidential client (`client`)."""

@@ -1,0 +1,342 @@
+"""Copying files whole: through a verified temporary file made durable, then renamed into place."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import functools
+import hashlib
+import logging
+import os
+import random
+import re
+import stat
+import sys
+import threading
+from collections.abc import Callable, Sequence
+
+from .folders import Folders, SymlinkRefused, open_folder, reason_for, shown
+from .storage import StorageUnavailable
+
+log = logging.getLogger(__name__)
+
+COPY_CHUNK = 64 * 1024 * 1024  # bytes per copy_file_range call; a stop is seen between chunks
+BUFFER_SIZE = 4 * 1024 * 1024  # userspace copy and checksum buffer
+PART_NAME = re.compile(r"^\..*\.part-[0-9a-f]{8}$", re.DOTALL)
+_NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF, errno.EPERM}
+# A source file: never through a symlink; O_NONBLOCK so that a FIFO put in its place cannot block the open.
+SOURCE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+# Copy outcomes; FAILED is also the state of a file waiting for its retry
+COPIED, CHANGED, VANISHED, CANCELLED, FAILED = "copied", "changed", "vanished", "cancelled", "failed"
+NO_STORAGE = "no storage"  # the storage is not the one Create made: nothing written, the file waits
+
+
+class _Cancelled(Exception):
+    pass
+
+
+def part_name(name: str) -> str:
+    """The temporary name a copy of `name` is written under, in the same folder."""
+    stem = os.fsdecode(os.fsencode(name)[:200])
+    return f".{stem}.part-{random.getrandbits(32):08x}"
+
+
+def _load_syncfs() -> Callable[[int], int] | None:
+    """libc's syncfs(2), if it reports writeback errors (Linux >= 5.8); else None (fsync per file)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        release = re.match(r"(\d+)\.(\d+)", os.uname().release)
+        if release is None or (int(release[1]), int(release[2])) < (5, 8):
+            return None  # older kernels' syncfs returns 0 even when writeback failed
+        function = ctypes.CDLL(None, use_errno=True).syncfs
+    except (AttributeError, OSError):
+        return None
+    function.argtypes, function.restype = [ctypes.c_int], ctypes.c_int
+    return function
+
+
+_SYNCFS = _load_syncfs()
+
+
+def syncfs(fd: int) -> None:
+    """Write back and flush everything dirty on `fd`'s filesystem; raise the writeback errors since `fd` was opened."""
+    if _SYNCFS is None:
+        raise OSError(errno.ENOSYS, "syncfs is not available")
+    if _SYNCFS(fd) != 0:  # ctypes releases the GIL for the call
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+def copy_file(
+    src: str,
+    dst: str,
+    expected: tuple[int, int],
+    *,
+    checksum: bool = False,
+    cancel: threading.Event | None = None,
+) -> str:
+    """Copy one file into an existing folder; see `copy_files`. Returns its outcome; a failure raises OSError."""
+    (src_folder, name), dst_folder = os.path.split(src), os.path.dirname(dst)
+    if os.path.basename(dst) != name:
+        raise ValueError(f"copy_file keeps the name: {src} -> {dst}")
+    outcome, reason = copy_files(src_folder, dst_folder, [(name, expected)], checksum=checksum, cancel=cancel)[0]
+    if outcome == FAILED:
+        raise OSError(errno.EIO, reason)
+    return outcome
+
+
+def copy_files(
+    source: str,
+    dest: str,
+    items: Sequence[tuple[str, tuple[int, int]]],
+    *,
+    checksum: bool = False,
+    cancel: threading.Event | None = None,
+    open_source: Callable[[], int] | None = None,
+    open_dest: Callable[[], int] | None = None,
+) -> list[tuple[str, str]]:
+    """Copy each (relpath, expected (size, mtime_ns)) from folder `source` to the same relpath under `dest`,
+    through a durable, verified temporary file and a rename.
+
+    `open_source` and `open_dest` give the two folders' descriptors (default:
+    `open_folder`); every folder and file below them is reached by name from
+    them, never through a symlink. Folders missing below `dest` are made, never
+    `dest` itself. `open_dest` may raise StorageUnavailable: every item is then
+    NO_STORAGE with its message, nothing written.
+
+    Returns an (outcome, reason) per item: COPIED, CHANGED (the source is not
+    `expected` or changed during the copy: nothing written), VANISHED (gone, or
+    no longer a regular file reached without a symlink), CANCELLED, NO_STORAGE,
+    or FAILED with a sentence; no temporary file is left behind.
+
+    Three phases, so that several small files share one flush:
+    1. each file is copied to `.NAME.part-XXXXXXXX` beside its destination,
+       given the source's mode and mtime, and its size (or checksum) checked;
+    2. the copies' data and inodes are made durable: one syncfs(2) per
+       destination filesystem for the whole batch (one fsync for a single
+       file, or per file where syncfs is missing). syncfs reports writeback
+       errors that happened since its fd was opened, so that fd is a dup of
+       the first temporary file's, opened before any of the batch was written;
+    3. each source is stat'ed again (it must still be `expected`), and its
+       copy renamed into place.
+    Data is durable BEFORE its rename, as with an fsync per file: a power
+    failure can lose a rename (the engine makes renames durable before it
+    records them in its ledger), never leave a name pointing at missing data.
+    A file renamed but not yet in the ledger is then either absent (re-sent)
+    or whole with the source's size and mtime (counted as sent).
+    """
+    results: list[tuple[str, str]] = [(CANCELLED, "")] * len(items)
+    try:
+        sources = Folders(source, (open_source or functools.partial(open_folder, source))(), make=False)
+    except OSError as error:
+        if _gone(error):
+            return [(VANISHED, "")] * len(items)
+        return [(FAILED, f"cannot read {shown(source)}: {reason_for(error, source)}")] * len(items)
+    try:
+        dests = Folders(dest, (open_dest or functools.partial(open_folder, dest))(), make=True)
+    except StorageUnavailable as error:
+        sources.close()
+        return [(NO_STORAGE, str(error))] * len(items)
+    except OSError as error:
+        sources.close()
+        return [(FAILED, f"cannot copy into {shown(dest)}: {reason_for(error, dest)}")] * len(items)
+    written: list[tuple[int, str]] = []  # (index, temporary name) after phase 1
+    per_file = len(items) == 1 or _SYNCFS is None
+    sync_fds: dict[int, int] = {}  # st_dev -> fd for syncfs
+    try:
+        for index, (rel, expected) in enumerate(items):
+            if cancel is not None and cancel.is_set():
+                return results
+            try:
+                outcome, tmp = _write_aside(sources, dests, rel, expected, checksum, cancel,
+                                            None if per_file else sync_fds)  # fmt: skip
+            except _Cancelled:
+                return results
+            except OSError as error:
+                results[index] = _failure(error, source, dest, rel)
+                continue
+            if tmp:
+                written.append((index, tmp))  # CANCELLED until renamed
+            else:
+                results[index] = (outcome, "")
+        if cancel is not None and cancel.is_set():
+            return results
+        try:
+            for fd in sync_fds.values():
+                syncfs(fd)
+        except OSError as error:
+            for index, _tmp in written:
+                src, dst = (shown(os.path.join(folder, items[index][0])) for folder in (source, dest))
+                results[index] = (FAILED, f"cannot copy {src} to {dst}: cannot flush the copies: {reason_for(error)}")
+            return results
+        for position, (index, tmp) in enumerate(written):
+            rel, expected = items[index]
+            folder, _, name = rel.rpartition("/")
+            try:
+                try:
+                    after = os.stat(name, dir_fd=sources.get(folder), follow_symlinks=False)
+                except OSError as error:
+                    raise _SourceError(error) from None
+                if (after.st_size, after.st_mtime_ns) != expected or not stat.S_ISREG(after.st_mode):
+                    results[index] = (CHANGED, "")
+                    continue
+                folder_fd = dests.get(folder)
+                os.replace(tmp, name, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
+                written[position] = (index, "")
+                results[index] = (COPIED, "")
+            except OSError as error:
+                results[index] = _failure(error, source, dest, rel)
+        return results
+    finally:
+        for fd in sync_fds.values():
+            os.close(fd)
+        for index, tmp in written:
+            if tmp:
+                _unlink_quietly(dests.get(items[index][0].rpartition("/")[0]), tmp)
+        sources.close()
+        dests.close()
+
+
+def _gone(error: OSError) -> bool:
+    """The file or folder a copy reads is no longer there as a real one (removed, or a symlink now)."""
+    return isinstance(error, (FileNotFoundError, NotADirectoryError, SymlinkRefused)) or error.errno == errno.ELOOP
+
+
+def _failure(error: OSError, source: str, dest: str, rel: str) -> tuple[str, str]:
+    if isinstance(error, _SourceError):
+        if _gone(error.error):
+            return VANISHED, ""
+        error = error.error
+    src, dst = os.path.join(source, rel), os.path.join(dest, rel)
+    return FAILED, f"cannot copy {shown(src)} to {shown(dst)}: {reason_for(error, src, dst)}"
+
+
+class _SourceError(OSError):
+    """An error reading the source of a copy (not writing its destination)."""
+
+    def __init__(self, error: OSError):
+        super().__init__(error.errno, error.strerror, error.filename)
+        self.error = error
+
+
+def _write_aside(
+    sources: Folders,
+    dests: Folders,
+    rel: str,
+    expected: tuple[int, int],
+    checksum: bool,
+    cancel: threading.Event | None,
+    sync_fds: dict[int, int] | None,
+) -> tuple[str, str]:
+    """Phase 1 of `copy_files`: (COPIED, temporary name in rel's destination folder), or (CHANGED, "").
+
+    With `sync_fds` None the copy is fsync'ed here; otherwise its filesystem's
+    fd is added to `sync_fds` for one syncfs later.
+    """
+    folder, _, name = rel.rpartition("/")
+    try:
+        src_fd = os.open(name, SOURCE_FLAGS, dir_fd=sources.get(folder))
+    except OSError as error:
+        raise _SourceError(error) from None
+    try:
+        before = os.fstat(src_fd)
+        if not stat.S_ISREG(before.st_mode):
+            raise _SourceError(FileNotFoundError(errno.ENOENT, "no longer a regular file", rel))
+        if (before.st_size, before.st_mtime_ns) != expected:
+            return CHANGED, ""
+        folder_fd = dests.get(folder)
+        tmp = part_name(name)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=folder_fd)
+        try:
+            try:
+                if sync_fds is not None:
+                    device = os.fstat(fd).st_dev
+                    if device not in sync_fds:
+                        sync_fds[device] = os.dup(fd)  # before this batch's data is written: see copy_files
+                copied, source_digest = _copy_data(src_fd, fd, before.st_size, checksum, cancel)
+                os.fchmod(fd, stat.S_IMODE(before.st_mode))
+                os.utime(fd, ns=(before.st_atime_ns, before.st_mtime_ns))
+                if sync_fds is None:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            if copied != before.st_size:
+                raise OSError(errno.EIO, f"copy has {copied} bytes, source {before.st_size}")
+            if source_digest is not None and _digest(folder_fd, tmp) != source_digest:
+                raise OSError(errno.EIO, "checksum of the copy differs from the source")
+            done, tmp = tmp, ""
+            return COPIED, done
+        finally:
+            if tmp:
+                _unlink_quietly(folder_fd, tmp)
+    finally:
+        os.close(src_fd)
+
+
+def _copy_data(
+    src_fd: int, dst_fd: int, size: int, checksum: bool, cancel: threading.Event | None
+) -> tuple[int, bytes | None]:
+    """Copy up to `size` bytes in the kernel when possible; with `checksum`, through a buffer, hashing.
+
+    Returns (bytes copied, fewer if the source shrank; the source's digest or None).
+    """
+    offset = 0
+    if not checksum:
+        try:
+            while offset < size:
+                if cancel is not None and cancel.is_set():
+                    raise _Cancelled
+                count = os.copy_file_range(src_fd, dst_fd, min(COPY_CHUNK, size - offset), offset, offset)
+                if count == 0:
+                    return offset, None  # the source shrank: the size check refuses the copy
+                offset += count
+            return offset, None
+        except OSError as error:
+            if offset or error.errno not in _NO_KERNEL_COPY:
+                raise
+            log.debug("copy_file_range unavailable (%s); copying through a buffer", error)
+    hasher = hashlib.blake2b() if checksum else None
+    buffer = bytearray(BUFFER_SIZE)
+    view = memoryview(buffer)
+    os.lseek(src_fd, 0, os.SEEK_SET)
+    os.lseek(dst_fd, 0, os.SEEK_SET)
+    while offset < size:
+        if cancel is not None and cancel.is_set():
+            raise _Cancelled
+        count = os.readv(src_fd, [view[: min(BUFFER_SIZE, size - offset)]])
+        if count == 0:
+            break
+        chunk = view[:count]
+        if hasher is not None:
+            hasher.update(chunk)
+        while chunk:
+            chunk = chunk[os.write(dst_fd, chunk) :]
+        offset += count
+    return offset, hasher.digest() if hasher is not None else None
+
+
+def _digest(folder_fd: int, name: str) -> bytes:
+    with open(os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder_fd), "rb") as file:
+        return hashlib.file_digest(file, hashlib.blake2b).digest()
+
+
+def _unlink_quietly(folder_fd: int, name: str) -> None:
+    try:
+        os.unlink(name, dir_fd=folder_fd)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        log.warning("cannot remove temporary file %s", shown(name), exc_info=True)
+
+
+def remove_part_files(folder_fd: int) -> int:
+    """Remove leftover temporary copies under the folder open as `folder_fd` (after a kill); return how many."""
+    removed = 0
+    for _path, _dirs, names, dir_fd in os.fwalk(".", dir_fd=folder_fd, follow_symlinks=False):
+        for name in names:
+            if PART_NAME.match(name):
+                _unlink_quietly(dir_fd, name)
+                removed += 1
+    return removed

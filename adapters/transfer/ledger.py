@@ -1,0 +1,208 @@
+"""The transfer ledger: what was sent, and the running transfer, so that a restart resumes without resending."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import NamedTuple
+
+from ...ioc.model import DMError
+
+SCHEMA_VERSION = 2
+SQLITE_HEADER = b"SQLite format 3\x00"
+LEDGER_COMPANIONS = ("-wal", "-shm")  # files beside the ledger that hold part of it
+_UNREADABLE = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
+
+
+class LedgerUnreadable(Exception):
+    """The ledger file is there but cannot be read as a ledger (garbage, truncated, corrupt pages)."""
+
+
+class Definition(NamedTuple):
+    """The running transfer, as the ledger records it for a resume."""
+
+    experiment: str
+    sources: dict[str, str]
+    once: bool
+    storage: str = ""  # the experiment's storage folder ('' in a ledger of schema 1)
+    marker: str = ""  # the id of its marker at start
+
+
+class Ledger:
+    """SQLite record of sent files and of the running transfer's definition.
+
+    Rows are buffered and committed in batches (`BATCH_FILES` rows or
+    `BATCH_SECONDS`); a lost batch costs nothing since a destination file with
+    the source's size and mtime counts as sent (one stat each at resume), so
+    the batches are large: each costs a commit and folder fsyncs. Thread-safe.
+    Relative paths are stored as their bytes (a name need not be UTF-8).
+    Raises LedgerUnreadable when the file is not a readable ledger.
+    """
+
+    BATCH_FILES = 1000
+    BATCH_SECONDS = 0.5
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._rows: list[tuple[str, str, int, int, str, float]] = []
+        self._last_commit = time.monotonic()
+        _check_header(self.path)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            rows = self._db.execute("PRAGMA quick_check(1)").fetchall()
+            if rows != [("ok",)]:
+                said = " ".join(str(rows[0][0]).split()) if rows else "no answer"
+                raise LedgerUnreadable(f"integrity check: {said[:120]}")
+            self._migrate()
+            try:
+                self._db.execute("SELECT root, relpath, size, mtime_ns, dest, sent_at FROM files LIMIT 0")
+                self._db.execute("SELECT experiment, sources, once, started_at, storage, marker FROM running LIMIT 0")
+            except sqlite3.OperationalError as error:
+                raise LedgerUnreadable(f"not a transfer ledger: {error}") from None
+        except sqlite3.DatabaseError as error:
+            self._db.close()
+            if error.sqlite_errorcode & 0xFF in _UNREADABLE:
+                raise LedgerUnreadable(str(error)) from None
+            raise
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise DMError(f"transfer ledger {self.path} has schema {version}, newer than this IOC's")
+        if version == SCHEMA_VERSION:
+            return
+        with self._transaction():
+            if version < 1:
+                self._db.execute(
+                    "CREATE TABLE IF NOT EXISTS files (root TEXT NOT NULL, relpath BLOB NOT NULL,"
+                    " size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, dest TEXT NOT NULL,"
+                    " sent_at REAL NOT NULL, PRIMARY KEY (root, relpath)) WITHOUT ROWID"
+                )
+                self._db.execute(
+                    "CREATE TABLE IF NOT EXISTS running (id INTEGER PRIMARY KEY CHECK (id = 1),"
+                    " experiment TEXT NOT NULL, sources TEXT NOT NULL, once INTEGER NOT NULL,"
+                    " started_at REAL NOT NULL, storage TEXT NOT NULL DEFAULT '', marker TEXT NOT NULL DEFAULT '')"
+                )
+            else:  # 1 -> 2: relative paths as bytes; the storage and its marker id in the running row
+                self._db.execute("UPDATE files SET relpath = CAST(relpath AS BLOB) WHERE typeof(relpath) = 'text'")
+                self._db.execute("ALTER TABLE running ADD COLUMN storage TEXT NOT NULL DEFAULT ''")
+                self._db.execute("ALTER TABLE running ADD COLUMN marker TEXT NOT NULL DEFAULT ''")
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def running(self) -> Definition | None:
+        """The running transfer, or None."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT experiment, sources, once, storage, marker FROM running WHERE id = 1"
+            ).fetchone()
+        if row is None:
+            return None
+        return Definition(row[0], json.loads(row[1]), bool(row[2]), row[3], row[4])
+
+    def set_running(
+        self, experiment: str, sources: Mapping[str, str], once: bool, storage: str = "", marker: str = ""
+    ) -> None:
+        with self._lock, self._transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO running (id, experiment, sources, once, started_at, storage, marker)"
+                " VALUES (1, ?, ?, ?, ?, ?, ?)",
+                (experiment, json.dumps(dict(sources)), int(once), time.time(), storage, marker),
+            )
+
+    def clear_running(self) -> None:
+        with self._lock, self._transaction():
+            self._db.execute("DELETE FROM running")
+
+    def sent(self, root: str, dest: str) -> dict[str, tuple[int, int]]:
+        """Files of `root` sent to `dest`: {relpath: (size, mtime_ns)}."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT relpath, size, mtime_ns FROM files WHERE root = ? AND dest = ?", (root, dest)
+            ).fetchall()
+        return {os.fsdecode(relpath): (size, mtime_ns) for relpath, size, mtime_ns in rows}
+
+    def forget(self, sources: Mapping[str, str]) -> int:
+        """Drop the rows of files sent from each root to its destination, in one transaction; return how many.
+
+        Rows still buffered for them are dropped too, so that a later commit cannot bring them back.
+        """
+        pairs = set(sources.items())
+        with self._lock:
+            with self._transaction():
+                removed = sum(
+                    self._db.execute("DELETE FROM files WHERE root = ? AND dest = ?", pair).rowcount for pair in pairs
+                )
+            self._rows = [row for row in self._rows if (row[0], row[4]) not in pairs]
+        return removed
+
+    def add(self, root: str, relpath: str, size: int, mtime_ns: int, dest: str) -> None:
+        """Buffer one sent file; `commit_if_due` or `commit` writes it."""
+        with self._lock:
+            self._rows.append((root, relpath, size, mtime_ns, dest, time.time()))
+
+    def due(self) -> bool:
+        with self._lock:
+            return bool(self._rows) and (
+                len(self._rows) >= self.BATCH_FILES or time.monotonic() - self._last_commit >= self.BATCH_SECONDS
+            )
+
+    def commit(self) -> int:
+        """Write the buffered rows in one transaction; they stay buffered if it fails."""
+        with self._lock:
+            rows, self._last_commit = self._rows, time.monotonic()
+            if not rows:
+                return 0
+            with self._transaction():
+                self._db.executemany(
+                    "INSERT INTO files (root, relpath, size, mtime_ns, dest, sent_at) VALUES (?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (root, relpath) DO UPDATE SET size = excluded.size,"
+                    " mtime_ns = excluded.mtime_ns, dest = excluded.dest, sent_at = excluded.sent_at",
+                    [(root, os.fsencode(rel), size, mtime, dest, at) for root, rel, size, mtime, dest, at in rows],
+                )
+            self._rows = []
+            return len(rows)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def _check_header(path: Path) -> None:
+    """Refuse a file that SQLite would not read as a database, before SQLite opens (and may write) it."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(len(SQLITE_HEADER))
+    except FileNotFoundError:
+        return  # a new ledger
+    if not head:
+        try:
+            wal = os.stat(f"{path}-wal").st_size
+        except FileNotFoundError:
+            wal = 0
+        if not wal:
+            raise LedgerUnreadable("the file is empty")
+    elif head != SQLITE_HEADER:
+        raise LedgerUnreadable("not an SQLite file")
