@@ -17,6 +17,7 @@ from .app import Adapters, Beamline
 from .caserver import serve
 from .config import ConfigError, Settings, environment_problems, load_config
 from .demo import demo_folder, write_demo
+from .logs import quiet_expected_errors
 from .model import DMagicError, plural
 from .server import DMagicIOC, StartupProblem
 from .status import package_version
@@ -71,7 +72,7 @@ def build_adapters(settings: Settings) -> Adapters:
 
         transfer = LocalTransfer(
             state_dir / "transfers.sqlite", settle_time=dm_cfg.settle_time, checksum=dm_cfg.checksum,
-            workers=dm_cfg.transfer_workers,
+            workers=dm_cfg.transfer_workers, source_top=dm_cfg.data_top_dir,
         )  # fmt: skip
 
     mailer, template = None, ""
@@ -242,6 +243,7 @@ def run_on(args: argparse.Namespace, config_path: Path) -> int:
         return 0
 
     setup_logging(settings.ioc.state_dir, args.quiet, args.verbose)
+    quiet_expected_errors()
     try:
         settings.ioc.state_dir.mkdir(parents=True, exist_ok=True)
         adapters = build_adapters(settings)
