@@ -263,17 +263,24 @@ def command(name: str, doc: str) -> pvproperty:
 
 async def serve_record_fields(pvdb: dict) -> None:
     """Make the record fields (`PV.DESC`, `.RTYP`, `.EGU`, ...) answer as an EPICS record's would, and
-    read-only: caproto links some of them (`.ZRST`, `.PROC`, `.RVAL`) to the PV itself, and no client
-    may rename a state or write a value past the checks by way of a field."""
+    hold still: every field is read-only, and caproto's field getters and putters are replaced by the
+    values they give now. caproto links some fields to the PV itself (`.ZRST` renames a state; reading
+    `.ONAM` writes the PV again), so left alone a client could rename a state or run a command by way of
+    a field. A PV's description, states, units and precision never change while the IOC runs."""
     for channel in pvdb.values():
         fields = getattr(channel, "field_inst", None)
         if fields is None:
             continue
+        channel.__doc__ = fit(" ".join((channel.pvspec.doc or "").split()), DESC_BYTES)  # what .DESC gives
         for field in fields.pvdb.values():
             field.check_access = _read_only
+            if field.getter is not None:
+                value = await field.getter(field)
+                if value is not None:
+                    await field.write(value, verify_value=False)
+            field.getter = field.putter = None
         if channel.data_type == ChannelType.CHAR:
             await fields.pvdb["FTVL"].write("CHAR", verify_value=False)
-        channel.__doc__ = fit(" ".join((channel.pvspec.doc or "").split()), DESC_BYTES)  # what .DESC answers
         if "ZRST" in fields.pvdb:  # mbbi/mbbo: caproto leaves the state strings empty
             for key, state in zip(MBB_FIELDS, channel.enum_strings, strict=False):
                 await fields.pvdb[key + "ST"].write(state, verify_value=False)

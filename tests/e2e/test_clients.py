@@ -131,7 +131,11 @@ def test_record_fields_answer_and_cannot_be_written(ioc):
         with pytest.raises(CaprotoError):
             caproto_write(p + field, value, notify=True, timeout=5, repeater=False)
     assert epics.caget(p + "EmailMode.ZRST", timeout=5) == "New users"
-    assert ioc.get("EmailMode") == "New users" and ioc.get("Create") == "Done"
+    for field in ("DM:Health.THST", "DM:Health.FFST", "Create.ONAM", "Create.ZNAM", "EmailMode.ONST"):
+        epics.caget(p + field, timeout=5)  # reading a field changes nothing
+    status = ioc.get("Status")
+    assert epics.PV(p + "DM:Health").enum_strs == ("OK", "Error", "Disabled")
+    assert ioc.get("EmailMode") == "New users" and ioc.get("Create") == "Done" and ioc.get("Status") == status
     assert ioc.get("ExperimentName") == ""  # Create did not run
 
 
