@@ -22,7 +22,7 @@ import requests
 from requests.auth import HTTPBasicAuth
 
 from ..ioc.config import is_loopback, read_credentials
-from ..ioc.model import Beamtime, DMagicError, Person, Run, SchedulingError, parse_time
+from ..ioc.domain.model import Beamtime, DMagicError, Person, Run, SchedulingError, parse_time
 
 log = logging.getLogger(__name__)
 

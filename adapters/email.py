@@ -25,8 +25,8 @@ from email.utils import formatdate, make_msgid, parseaddr
 from pathlib import Path
 
 from ..ioc.config import is_loopback, read_credentials
-from ..ioc.model import EmailError, InputError
-from ..ioc.ports import Delivery
+from ..ioc.domain.model import EmailError, InputError
+from ..ioc.domain.ports import Delivery
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def build_message(template: str, *, sender: str, to: str, values: Mapping[str, s
 
 
 class SmtpMailer:
-    """`ports.Mailer` over SMTP: one connection per round, one message per recipient.
+    """`ports.Mailer` over SMTP: renders the template for each recipient; one connection per round.
 
     Each recipient is handled on their own: a refused address fails only that
     user. Logs in (after STARTTLS when set) only when `credentials` names a
@@ -161,8 +161,12 @@ class SmtpMailer:
         credentials: Path | None = None,
         timeout: float = 10,
         *,
+        template: str = "",
+        sender: str = "",
         allow_insecure: bool = False,
     ):
+        self.template = template or default_template()
+        self.sender = sender
         self.host = host
         self.port = port
         self.starttls = starttls
@@ -183,8 +187,16 @@ class SmtpMailer:
     def server(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def send(self, messages: Sequence[tuple[str, str, EmailMessage]]) -> Delivery:
-        """Send each (username, address, message); users without an address are skipped."""
+    def send(self, recipients: Sequence[tuple[str, str]], values: Mapping[str, str]) -> Delivery:
+        """The message, filled with `values`, to each (username, address); users without an address are skipped."""
+        messages = [
+            (username, address, build_message(self.template, sender=self.sender, to=address.strip(), values=values))
+            if (address or "").strip() else (username, "", None)
+            for username, address in recipients
+        ]  # fmt: skip
+        return self._deliver(messages)
+
+    def _deliver(self, messages: Sequence[tuple[str, str, EmailMessage | None]]) -> Delivery:
         skipped = tuple(username for username, address, _ in messages if not (address or "").strip())
         pending = [(user, address.strip(), message) for user, address, message in messages if (address or "").strip()]
         if not pending:

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
-from ..ioc.model import DMError, Experiment, ExperimentUser, InputError
+from ..ioc.domain.model import DMError, Experiment, ExperimentUser, InputError
 from ..ioc.statefiles import keep_aside
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from ..ioc.model import BADGE, Beamtime, Person, Run, SchedulingError, parse_time
+from ..ioc.domain.model import BADGE, Beamtime, Person, Run, SchedulingError, parse_time
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from caproto import AccessRights, CaprotoError, ChannelType
 from caproto.threading.client import PV, Context, SharedBroadcaster
 
-from ..ioc.model import TagError
+from ..ioc.domain.model import MissingPVs, TagError
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +33,6 @@ log = logging.getLogger(__name__)
 STRING_BYTES = 40
 # How often the connection wait looks at the PVs.
 POLL_SECONDS = 0.01
-
-
-class MissingPVs(TagError):
-    """Some PVs did not answer, so nothing was written; `missing` holds their names after the prefix."""
-
-    def __init__(self, message: str, missing: Sequence[str]):
-        super().__init__(message)
-        self.missing = tuple(missing)
 
 
 @dataclass(frozen=True)

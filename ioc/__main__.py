@@ -13,14 +13,15 @@ from pathlib import Path
 
 from caproto.server import template_arg_parser
 
-from .app import Adapters, Beamline
+
 from .caserver import serve
 from .config import ConfigError, Settings, environment_problems, load_config
 from .demo import demo_folder, write_demo
 from .logs import quiet_expected_errors
-from .model import DMagicError, plural
+from .domain.model import DMagicError, plural
+from .groups.status import package_version
 from .server import DMagicIOC, StartupProblem
-from .status import package_version
+from .usecases import Adapters, Beamline
 
 log = logging.getLogger("dmagic_ioc")
 
@@ -75,17 +76,17 @@ def build_adapters(settings: Settings) -> Adapters:
             workers=dm_cfg.transfer_workers, source_top=dm_cfg.data_top_dir,
         )  # fmt: skip
 
-    mailer, template = None, ""
+    mailer = None
     if settings.email.enabled:
         from ..adapters.email import SmtpMailer, load_template
 
         e = settings.email
         mailer = SmtpMailer(e.smtp_host, e.smtp_port, starttls=e.starttls, credentials=e.credentials,
-                            allow_insecure=e.allow_insecure)  # fmt: skip
-        template = load_template(e.template)  # a bad template is refused at startup, not at the first Email
+                            template=load_template(e.template),  # a bad template is refused at start
+                            sender=e.sender, allow_insecure=e.allow_insecure)  # fmt: skip
 
     return Adapters(scheduling=scheduling, dm=dm, state=registry, transfer=transfer, tag=CaTag(),
-                    access=access, mailer=mailer, email_template=template)  # fmt: skip
+                    access=access, mailer=mailer)  # fmt: skip
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -238,7 +239,7 @@ def run_on(args: argparse.Namespace, config_path: Path) -> int:
     prefix = args.prefix or settings.ioc.prefix
 
     if args.print_pvs:
-        ioc = DMagicIOC(prefix, app=Beamline(settings, adapters=None))
+        ioc = DMagicIOC(prefix, beamline=Beamline(settings, adapters=None))
         print("\n".join(ioc.pvdb))
         return 0
 
@@ -251,7 +252,7 @@ def run_on(args: argparse.Namespace, config_path: Path) -> int:
     except (DMagicError, OSError) as error:
         log.error("cannot start: %s", error)
         return 1
-    ioc = DMagicIOC(prefix, app=Beamline(settings, adapters), startup_problems=problems)
+    ioc = DMagicIOC(prefix, beamline=Beamline(settings, adapters), startup_problems=problems)
     signal.signal(signal.SIGTERM, _interrupt)  # systemd stops with SIGTERM: shut down cleanly
     log.info("dmagic-ioc %s serving %d PVs under %s", ioc.status.version.value, len(ioc.pvdb), prefix)
     serve(ioc.pvdb, write_access=ioc.write_access, startup_hook=ioc.startup, interfaces=args.interfaces,

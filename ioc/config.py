@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 
 from .access import host_problems, resolution_problems
-from .model import BADGE, EXPERIMENT_NAME_FIELDS, InputError, check_name
+from .domain.model import BADGE, EXPERIMENT_NAME_FIELDS, InputError, check_name
 
 
 class ConfigError(Exception):
@@ -116,20 +116,19 @@ class EmailSettings:
 
 
 # The fields Tag writes, named as tomoScan's databases name their PVs (SPEC section 6).
-TAG_FIELDS = (
-    "UserName",
-    "UserLastName",
-    "UserEmail",
-    "UserBadge",
-    "UserInstitution",
-    "UserInfoUpdate",
-    "ProposalNumber",
-    "ProposalTitle",
-    "ESAFNumber",
-    "ESAFDOINumber",
-    "ExperimentYearMonth",
-)
-# Fields written only where the target has their PV: tomoScan's databases have no ESAFDOINumber.
+TAG_FIELDS = {  # Tag's fields (tomoScan's user-info record names) -> the `UserInfo` value each takes
+    "UserName": "first_name",
+    "UserLastName": "last_name",
+    "UserEmail": "email",
+    "UserBadge": "badge",
+    "UserInstitution": "institution",
+    "UserInfoUpdate": "updated",
+    "ProposalNumber": "proposal",
+    "ProposalTitle": "title",
+    "ESAFNumber": "esaf",
+    "ESAFDOINumber": "esaf_doi",
+    "ExperimentYearMonth": "year_month",
+}
 OPTIONAL_TAG_FIELDS = ("ESAFDOINumber",)
 
 

@@ -13,7 +13,7 @@ import logging
 
 from caproto import Forbidden
 
-from .commands import CommandFailed
+from .engine import CommandFailed
 from .pvs import PutRefused
 
 

@@ -312,7 +312,7 @@ def fit(value: str, limit: int) -> str:
     return encoded[:limit].decode("utf-8", "ignore")
 
 
-async def publish(channel, value, severity: AlarmSeverity | None = None, *, force: bool = False) -> None:
+async def update(channel, value, severity: AlarmSeverity | None = None, *, force: bool = False) -> None:
     """Write `value` (and an alarm severity) when something changed, or always with `force`.
 
     Text is cut to what the PV holds so a long value never fails the write;

@@ -1,4 +1,4 @@
-"""The IOC: the concerns' PV groups under one prefix, autosave and write access control."""
+"""The IOC: the concerns' PV groups under one prefix, built around one engine; autosave; write access."""
 
 from __future__ import annotations
 
@@ -12,46 +12,52 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from caproto import AlarmSeverity
-from caproto.server import PVGroup, SubGroup
 
 from .access import restrict_writes
-from .app import Beamline
-from .commands import CommandEngine
-from .daq import DaqGroup
-from .experiment import ExperimentGroup
-from .model import DMagicError
-from .proposal import ProposalGroup
+from .engine import Engine, first_health
+from .groups.daq import DaqGroup
+from .groups.experiment import ExperimentGroup
+from .groups.proposal import ProposalGroup
+from .groups.status import StatusGroup
 from .pvs import is_command, serve_record_fields
 from .statefiles import keep_aside
-from .status import StatusGroup
+from .usecases import Beamline
 
 log = logging.getLogger(__name__)
 
 AUTOSAVE_SECONDS = 0.5
 
 
-class DMagicIOC(PVGroup):
-    """dmagic-ioc: the beamline's scheduling and data management on PVs."""
+class DMagicIOC:
+    """dmagic-ioc: the beamline's scheduling and data management on PVs.
 
-    status = SubGroup(StatusGroup, prefix="")
-    proposal = SubGroup(ProposalGroup, prefix="")
-    experiment = SubGroup(ExperimentGroup, prefix="")
-    daq = SubGroup(DaqGroup, prefix="")
+    The status group first, then the engine that writes it, then the groups
+    whose commands run through the engine; `pvdb` holds them all, in that order.
+    """
 
-    def __init__(self, prefix: str, *, app: Beamline, startup_problems: Sequence[StartupProblem] = (), **kwargs):
-        self.app = app
+    def __init__(self, prefix: str, *, beamline: Beamline, startup_problems: Sequence[StartupProblem] = ()):
+        self.beamline = beamline
         self.startup_problems = tuple(startup_problems)
-        super().__init__(prefix, **kwargs)
-        self.engine = CommandEngine(self.status, after_command=self.show)
-        self.ready = asyncio.Event()
-        self.autosave = Autosave(app.settings.ioc.state_dir / "autosave.json", settings_channels(self.pvdb))
-        self.write_access = restrict_writes(self.pvdb, app.settings.ioc.access)  # None: anyone may write
+        health = first_health(beamline.settings)
+        self.status = StatusGroup(prefix, health=health)
+        self.engine = Engine(beamline, self.status, health)
+        self.engine.show = self.show
+        wiring = {"engine": self.engine, "beamline": beamline}
+        self.proposal = ProposalGroup(prefix, **wiring)
+        self.experiment = ExperimentGroup(prefix, **wiring)
+        self.daq = DaqGroup(prefix, **wiring)
+        self.pvdb = {**self.status.pvdb, **self.proposal.pvdb, **self.experiment.pvdb, **self.daq.pvdb}
+        self.autosave = Autosave(beamline.settings.ioc.state_dir / "autosave.json", settings_channels(self.pvdb))
+        self.write_access = restrict_writes(self.pvdb, beamline.settings.ioc.access)  # None: anyone may write
 
     async def show(self) -> None:
-        """Publish what the use cases changed: proposal, experiment, transfer state, health."""
-        await self.proposal.show()
-        await self.experiment.show()
-        await self.daq.show(await asyncio.to_thread(self.app.transfer_progress))
+        """Every group shows what the use cases changed: proposal, experiment, transfer state, health."""
+        state = self.beamline.state
+        await self.proposal.show(state)
+        await self.experiment.show(state)
+        progress = await self.engine.query("reading the transfer's progress", self.beamline.transfer_progress)
+        if progress is not None:
+            await self.daq.show(progress)
         await self.status.show()
 
     async def startup(self, async_lib) -> None:
@@ -60,7 +66,7 @@ class DMagicIOC(PVGroup):
         State that could not be read (a registry or autosave file kept aside) makes the startup
         Status MAJOR, saying what was done; the IOC serves on.
         """
-        settings = self.app.settings
+        settings = self.beamline.settings
         await serve_record_fields(self.pvdb)
         await self.proposal.refresh_period.write(settings.scheduling.refresh_period, verify_value=False)
         await self.proposal.tag_prefix.write(settings.tag.prefix, verify_value=False)
@@ -68,22 +74,21 @@ class DMagicIOC(PVGroup):
         kept = await self.autosave.restore()
         if kept:
             problems.append(StartupProblem(kept))
-        try:
-            await asyncio.to_thread(self.app.load_selection)
-        except DMagicError as error:
-            problems.append(StartupProblem(f"reading the selected experiment failed: {error}"))
         for problem in problems:
             log.error("%s", problem.message)
             if problem.system:
-                self.app.hold_error(problem.system)
-        await self.show()
+                self.engine.hold_error(problem.system)
+        failure = await self.engine.background("reading the selected experiment", self.beamline.read_selection,
+                                               say_failure=False)  # fmt: skip
+        if failure:
+            problems.append(StartupProblem(failure))
         started = f"dmagic-ioc {self.status.version.value} started"
         if problems:
             message = f"{started}, but {'; '.join(p.message for p in problems)}"
             await self.engine.report(message, AlarmSeverity.MAJOR_ALARM)
         else:
             await self.engine.report(started, AlarmSeverity.NO_ALARM)
-        self.ready.set()
+        self.engine.ready.set()
         await self.autosave.run(async_lib)
 
 

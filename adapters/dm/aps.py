@@ -9,7 +9,7 @@ from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Any
 
-from ...ioc.model import DMError, Experiment, ExperimentUser, InputError, Person, check_name, year_month
+from ...ioc.domain.model import DMError, Experiment, ExperimentUser, InputError, Person, check_name, year_month
 from .aps_sdk import (
     exception_named,
     import_dm,

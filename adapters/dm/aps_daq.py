@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ...ioc.model import DMError, Experiment, InputError, check_name
-from ...ioc.ports import TransferProgress
+from ...ioc.domain.model import DMError, Experiment, InputError, check_name
+from ...ioc.domain.ports import TransferProgress, TransferState
 from ..hosts import is_this_host
 from .aps_sdk import MAX_MESSAGE, import_dm, sdk_call, sdk_field
 
@@ -260,7 +260,7 @@ class ApsDaq:
         rate = self._update_rate(size)
         running = any(status in _RUNNING for status in statuses)
         failed = any(status in _FAILED for status in statuses) or errors > 0
-        state = "Error" if failed else "Running" if running else "Stopped"
+        state = TransferState.ERROR if failed else TransferState.RUNNING if running else TransferState.STOPPED
         message = ""
         if failed:
             first = f": {error_texts[0]}" if error_texts else ""

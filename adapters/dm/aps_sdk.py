@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from datetime import date, datetime, tzinfo
 from typing import Any, TypeVar
 
-from ...ioc.model import DMError
+from ...ioc.domain.model import DMError
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ...ioc.model import DMError, Experiment, ExperimentUser, InputError, Person, check_name
+from ...ioc.domain.model import DMError, Experiment, ExperimentUser, InputError, Person, check_name
 from ..hosts import is_this_host
 from ..registry import Registry
 

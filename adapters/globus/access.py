@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 
 import globus_sdk
 
-from ...ioc.model import Experiment, ExperimentUser, GlobusError
+from ...ioc.domain.model import Experiment, ExperimentUser, GlobusError
 from .client import Clients, collection_path, describe_error
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ import globus_sdk
 from globus_sdk.scopes import AuthScopes, TransferScopes
 
 from ...ioc.config import read_secret
-from ...ioc.model import GlobusError, InputError
+from ...ioc.domain.model import GlobusError, InputError
 
 log = logging.getLogger(__name__)
 

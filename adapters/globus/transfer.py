@@ -17,8 +17,8 @@ from typing import Any
 
 import globus_sdk
 
-from ...ioc.model import Experiment, GlobusError
-from ...ioc.ports import TransferProgress
+from ...ioc.domain.model import Experiment, GlobusError
+from ...ioc.domain.ports import TransferProgress, TransferState
 from .access import GlobusAccess
 from .client import Clients, collection_path, describe_error, is_permanent
 
@@ -122,7 +122,7 @@ class GlobusTransfer:
             name = self._job.experiment if self._job else ""
             self._control.cancel = True
             self._control.stop.set()
-            self._progress = dataclasses.replace(self._progress, state="Stopped", rate_mb_s=0.0, message="")
+            self._progress = dataclasses.replace(self._progress, state=TransferState.STOPPED, rate_mb_s=0.0, message="")
         return f"Stopping the Globus transfer of {name}"
 
     def progress(self) -> TransferProgress:
@@ -183,7 +183,7 @@ class GlobusTransfer:
         )
         with self._lock:
             self._job, self._control, self._thread = job, control, thread
-            self._progress = TransferProgress(state="Running")
+            self._progress = TransferProgress(state=TransferState.RUNNING)
         self._save_state(job)
         thread.start()
 
@@ -201,7 +201,7 @@ class GlobusTransfer:
                     task_id = self._submit(job)
                     if task_id is None and job.once:
                         message = f"Globus upload of {job.experiment}: none of its source folders exists, nothing sent"
-                        self._set(control, state="Stopped", rate_mb_s=0.0, message=message)
+                        self._set(control, state=TransferState.STOPPED, rate_mb_s=0.0, message=message)
                         finished = True
                         continue
                 if task_id is not None:
@@ -216,12 +216,12 @@ class GlobusTransfer:
                 log.warning("Globus transfer of %s: %s", job.experiment, reason)
                 finished = is_permanent(error)
                 self._set(
-                    control, state="Error", rate_mb_s=0.0, message=f"Globus transfer of {job.experiment}: {reason}"
+                    control, state=TransferState.ERROR, rate_mb_s=0.0, message=f"Globus transfer of {job.experiment}: {reason}"
                 )
             except Exception:
                 log.exception("Globus transfer of %s: unexpected failure", job.experiment)
                 message = f"Globus transfer of {job.experiment}: unexpected failure, see the IOC log"
-                self._set(control, state="Error", rate_mb_s=0.0, message=message)
+                self._set(control, state=TransferState.ERROR, rate_mb_s=0.0, message=message)
             if not finished:
                 stop.wait(self.poll_interval)
         if control.cancel:
@@ -292,23 +292,23 @@ class GlobusTransfer:
                 f"{job.bytes_before / 1e6:.1f} MB transferred"
             )
             log.info("%s (task %s)", summary, task_id)
-            self._set(control, state="Stopped", rate_mb_s=0.0, message=summary, **counts)
+            self._set(control, state=TransferState.STOPPED, rate_mb_s=0.0, message=summary, **counts)
             return True, True
         if status == "SUCCEEDED":
-            self._set(control, state="Running", rate_mb_s=0.0, message="", **counts)
+            self._set(control, state=TransferState.RUNNING, rate_mb_s=0.0, message="", **counts)
             return True, False
         if status == "FAILED":
             reason = (task.get("fatal_error") or {}).get("description") or task.get("nice_status") or "failed"
             message = f"Globus transfer of {job.experiment} failed (task {task_id}): {reason}"
             log.error("%s", message)
-            self._set(control, state="Error", rate_mb_s=0.0, message=message, **counts)
+            self._set(control, state=TransferState.ERROR, rate_mb_s=0.0, message=message, **counts)
             return True, True
         if status == "INACTIVE":
             message = f"Globus task {task_id} of {job.experiment} is paused: {task.get('nice_status') or 'inactive'}"
-            self._set(control, state="Error", rate_mb_s=0.0, message=message, **counts)
+            self._set(control, state=TransferState.ERROR, rate_mb_s=0.0, message=message, **counts)
             return False, False
         rate = float(task.get("effective_bytes_per_second") or 0) / 1e6
-        self._set(control, state="Running", rate_mb_s=rate, message="", **counts)
+        self._set(control, state=TransferState.RUNNING, rate_mb_s=rate, message="", **counts)
         return False, False
 
     def _cancel_task(self, job: _Job, task_id: str | None) -> None:

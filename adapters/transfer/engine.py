@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from ...ioc.ports import TransferProgress
+from ...ioc.domain.ports import TransferProgress, TransferState
 from .copying import COPIED, FAILED, NO_STORAGE, VANISHED, copy_files, remove_part_files
 from .files import DONE, PENDING, QUEUED, File, Job, Source, not_followed
 from .folders import SymlinkRefused, open_folder, shown
@@ -472,7 +472,7 @@ class Run:
             summary += f" ({already} already there)"
         summary += not_followed(self.sources)
         log.info("%s", summary)
-        self.owner.show_progress(self, self.snapshot("Stopped", summary, rate=0.0))
+        self.owner.show_progress(self, self.snapshot(TransferState.STOPPED, summary, rate=0.0))
         self.finished = True
 
     # ---- progress
@@ -484,11 +484,11 @@ class Run:
         problems += list(self.errors.values())[::-1]
         if problems:
             more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-            self.owner.show_progress(self, self.snapshot("Error", problems[0] + more))
+            self.owner.show_progress(self, self.snapshot(TransferState.ERROR, problems[0] + more))
         else:
-            self.owner.show_progress(self, self.snapshot("Running", ""))
+            self.owner.show_progress(self, self.snapshot(TransferState.RUNNING, ""))
 
-    def snapshot(self, state: str, message: str, rate: float | None = None) -> TransferProgress:
+    def snapshot(self, state: TransferState, message: str, rate: float | None = None) -> TransferProgress:
         if rate is None:
             rate = self._rate()
         return TransferProgress(

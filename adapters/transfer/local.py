@@ -11,8 +11,8 @@ import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from ...ioc.model import DMError, Experiment, InputError
-from ...ioc.ports import TransferProgress
+from ...ioc.domain.model import DMError, Experiment, InputError
+from ...ioc.domain.ports import TransferProgress, TransferState
 from ...ioc.statefiles import keep_aside
 from .engine import Run
 from .folders import SymlinkRefused, is_inside, open_folder, reason_for, shown
@@ -93,7 +93,7 @@ class LocalTransfer:
         )
         log.error("%s", notice)
         with self._progress_lock:
-            self._progress = TransferProgress(state="Error", message=notice)
+            self._progress = TransferProgress(state=TransferState.ERROR, message=notice)
         return ledger
 
     @contextlib.contextmanager
@@ -181,7 +181,7 @@ class LocalTransfer:
     def _launch(self, name: str, sources: dict[str, str], once: bool, storage: Storage, verb: str) -> str:
         run = Run(self, name, sources, once, storage)
         self._run = run
-        self.show_progress(run, run.snapshot("Running", "", rate=0.0))
+        self.show_progress(run, run.snapshot(TransferState.RUNNING, "", rate=0.0))
         run.thread.start()
         present = [root for root in sources if os.path.isdir(root)]
         missing = [root for root in sources if root not in present]
@@ -206,8 +206,8 @@ class LocalTransfer:
                 with self._ledger_errors():
                     self.ledger.clear_running()
                 with self._progress_lock:
-                    if self._progress.state == "Error":  # e.g. a ledger kept aside: seen, cleared
-                        self._progress = dataclasses.replace(self._progress, state="Stopped", message="")
+                    if self._progress.state == TransferState.ERROR:  # e.g. a ledger kept aside: seen, cleared
+                        self._progress = dataclasses.replace(self._progress, state=TransferState.STOPPED, message="")
                 return "no transfer is running"
             run.cancel.set()
             run.wake()
@@ -218,7 +218,7 @@ class LocalTransfer:
             sentence = f"{kind} of {run.experiment} stopped: {run.summary()}"
             if run.thread.is_alive():
                 sentence += "; a copy is still finishing"
-            self.show_progress(run, run.snapshot("Stopped", sentence, rate=0.0), final=True)
+            self.show_progress(run, run.snapshot(TransferState.STOPPED, sentence, rate=0.0), final=True)
             log.info("%s", sentence)
             return sentence
 

@@ -13,8 +13,8 @@ import pytest
 from dmagic_ioc.adapters.dm.aps import ApsDM
 from dmagic_ioc.adapters.dm.aps_daq import ApsDaq
 from dmagic_ioc.adapters.dm.aps_sdk import parse_sdk_date, sdk_date, sdk_field
-from dmagic_ioc.ioc.model import DMError, Experiment, ExperimentUser, InputError, Person
-from dmagic_ioc.ioc.ports import TransferProgress
+from dmagic_ioc.ioc.domain.model import DMError, Experiment, ExperimentUser, InputError, Person
+from dmagic_ioc.ioc.domain.ports import TransferProgress, TransferState
 
 FAKES = Path(__file__).resolve().parents[1] / "fakes"
 CHICAGO = timezone(timedelta(hours=-5))
@@ -338,7 +338,7 @@ def test_daq_progress_stop_and_errors(daq, fake_dm, sources):
     running.update(nFiles=10, nProcessedFiles=4, nCompletedFiles=4, lastFileProcessed="scan_004.h5")
     progress = daq.progress()
     assert (progress.state, progress.files_done, progress.files_total, progress.last_file) == (
-        "Running",
+        TransferState.RUNNING,
         4,
         10,
         "scan_004.h5",
@@ -346,7 +346,7 @@ def test_daq_progress_stop_and_errors(daq, fake_dm, sources):
     assert progress.percent == 40.0
     running.update(nProcessingErrors=1, processingErrors={"scan_005.h5": "Permission denied"})
     progress = daq.progress()
-    assert progress.state == "Error"
+    assert progress.state == TransferState.ERROR
     assert progress.message == "DM reports 1 transfer error: scan_005.h5: Permission denied"
     assert daq.stop().startswith(f"stopped DM transfer for {NAME}")
     assert fake_dm.STATE.called("stopDaq")[0][0][0] == NAME
@@ -372,7 +372,7 @@ def test_the_rate_is_kept_under_the_lock(fake_dm, data_top_dir, sources):
     fake_dm.STATE.daqs[0].update(nCompletedFiles=2, totalProcessedBytes=3e6)
     progress = daq.progress()
 
-    assert progress.state == "Running" and progress.rate_mb_s > 0
+    assert progress.state == TransferState.RUNNING and progress.rate_mb_s > 0
 
 
 def test_forget_is_a_no_op_for_dm_transfers(daq, fake_dm, sources):
@@ -389,11 +389,11 @@ def test_upload_once(daq, fake_dm, sources, data_top_dir):
     calls = fake_dm.STATE.called("upload")
     assert calls[0][0][2] == {}
     assert calls[1][0][2] == {"useAnalysisDirectoryAsRoot": True}
-    assert daq.progress().state == "Running"
+    assert daq.progress().state == TransferState.RUNNING
     for upload in fake_dm.STATE.uploads.values():
         upload.update(status="done", nFiles=1, nProcessedFiles=1, nCompletedFiles=1)
     progress = daq.progress()
-    assert (progress.state, progress.message) == ("Stopped", "upload done: 2 of 2 files")
+    assert (progress.state, progress.message) == (TransferState.STOPPED, "upload done: 2 of 2 files")
 
 
 def test_upload_of_empty_folders_is_refused(daq, fake_dm, data_top_dir):
@@ -411,7 +411,7 @@ def test_resume_adopts_running_daqs_of_this_station(fake_dm, data_top_dir, sourc
     fake_dm.ExperimentDaqApi().startDaq("other", "@host:/data/other", {})  # another station's DAQ
     restarted = ApsDaq("2BM", data_top_dir, "tomodata3")
     assert restarted.resume() == f"DM DAQ still running for {NAME} (1 folder)"
-    assert restarted.progress().state == "Running"
+    assert restarted.progress().state == TransferState.RUNNING
     assert restarted.stop().startswith("stopped DM transfer")
     assert ApsDaq("2BM", data_top_dir, "tomodata3").resume() is None
 

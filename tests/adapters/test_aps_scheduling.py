@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import requests
 from dmagic_ioc.adapters.aps_scheduling import ApsScheduling
-from dmagic_ioc.ioc.model import Run, SchedulingError
+from dmagic_ioc.ioc.domain.model import Run, SchedulingError
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 

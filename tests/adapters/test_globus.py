@@ -20,10 +20,11 @@ from pathlib import Path
 
 import globus_sdk
 import pytest
+from dmagic_ioc.ioc.domain.ports import TransferState
 from dmagic_ioc.adapters.globus.access import GlobusAccess
 from dmagic_ioc.adapters.globus.client import collection_path
 from dmagic_ioc.adapters.globus.transfer import GlobusTransfer
-from dmagic_ioc.ioc.model import Experiment, ExperimentUser, GlobusError
+from dmagic_ioc.ioc.domain.model import Experiment, ExperimentUser, GlobusError
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
@@ -527,14 +528,14 @@ def test_upload_submits_checksum_transfer_and_reports_progress(make_transfer, fa
         ("/data3/2BM/2026-03-Smith-1_rec/", "/2026-03/2026-03-Smith-1/analysis/", True),
     ]
     progress = transfer.progress()
-    assert (progress.state, progress.files_done, progress.bytes_done, progress.rate_mb_s) == ("Running", 5, 4e6, 2.0)
+    assert (progress.state, progress.files_done, progress.bytes_done, progress.rate_mb_s) == (TransferState.RUNNING, 5, 4e6, 2.0)
 
     task_id = next(iter(fake.tasks))
     fake.set_task(task_id, status="SUCCEEDED", files_transferred=9, bytes_transferred=9e6, nice_status=None)
     transfer.join(timeout=10)
 
     progress = transfer.progress()
-    assert (progress.state, progress.files_done, progress.files_total) == ("Stopped", 10, 10)
+    assert (progress.state, progress.files_done, progress.files_total) == (TransferState.STOPPED, 10, 10)
     assert "done" in progress.message and "9.0 MB" in progress.message
     assert len(fake.submissions) == 1
 
@@ -545,7 +546,7 @@ def test_continuous_resubmits_then_stop_cancels(make_transfer, fake):
 
     transfer.start(EXPERIMENT, SOURCES, once=False)
     wait_for(lambda: len(fake.submissions) >= 3)
-    assert transfer.progress().state == "Running"
+    assert transfer.progress().state == TransferState.RUNNING
     assert "already running" in transfer.start(EXPERIMENT, SOURCES, once=False)
 
     fake.new_task_status = "ACTIVE"
@@ -553,12 +554,12 @@ def test_continuous_resubmits_then_stop_cancels(make_transfer, fake):
     active = next(task_id for task_id, task in fake.tasks.items() if task["status"] == "ACTIVE")
 
     assert "Stopping" in transfer.stop()
-    assert transfer.progress().state == "Stopped"
+    assert transfer.progress().state == TransferState.STOPPED
     transfer.join(timeout=10)
     submitted = len(fake.submissions)
 
     assert fake.cancelled == [active]
-    assert transfer.progress().state == "Stopped"
+    assert transfer.progress().state == TransferState.STOPPED
     assert transfer.stop() == "No Globus transfer is running"
     assert len(fake.submissions) == submitted
 
@@ -572,7 +573,7 @@ def test_failed_task_shows_error(make_transfer, fake, tmp_path):
     transfer.join(timeout=10)
 
     progress = transfer.progress()
-    assert progress.state == "Error"
+    assert progress.state == TransferState.ERROR
     assert "permission denied" in progress.message
     assert not state.exists()
     assert len(fake.submissions) == 1
@@ -596,7 +597,7 @@ def test_submission_error_retries_and_recovers(make_transfer, fake):
     transfer.start(EXPERIMENT, SOURCES, once=True)
     wait_for(lambda: transfer.progress().files_total == 10)
 
-    assert transfer.progress().state == "Running"
+    assert transfer.progress().state == TransferState.RUNNING
     assert fake.calls["_submit"] == 2
 
 
@@ -644,7 +645,7 @@ def test_upload_without_any_source_folder_ends_with_a_message(make_transfer, fak
     transfer.start(EXPERIMENT, SOURCES, once=True)
     transfer.join(timeout=10)
 
-    assert transfer.progress().state == "Stopped"
+    assert transfer.progress().state == TransferState.STOPPED
     assert "nothing sent" in transfer.progress().message
     assert fake.submissions == []
 
@@ -660,7 +661,7 @@ def test_transfer_needs_source_collection_and_storage_destinations(fake, secret_
         transfer.start(EXPERIMENT, {"/data3/x": "/elsewhere/x"}, once=True)
     with pytest.raises(GlobusError, match="absolute"):
         transfer.start(EXPERIMENT, {"relative/x": f"{STORAGE_ROOT}/x"}, once=True)
-    assert transfer.progress().state == "Stopped"
+    assert transfer.progress().state == TransferState.STOPPED
     assert sum(fake.calls.values()) == 0
 
 

@@ -17,7 +17,7 @@ from dmagic_ioc.adapters.dm import local as local_dm
 from dmagic_ioc.adapters.dm.local import DIR_MODE, LocalDM
 from dmagic_ioc.adapters.hosts import is_this_host
 from dmagic_ioc.adapters.registry import Registry
-from dmagic_ioc.ioc.model import DMError, Experiment, ExperimentUser, InputError
+from dmagic_ioc.ioc.domain.model import DMError, Experiment, ExperimentUser, InputError
 
 CHICAGO = timezone(timedelta(hours=-5))
 NAME = "2026-10-Smith-1234"

@@ -25,8 +25,9 @@ import pytest
 from caproto import ChannelType
 from caproto.server import PVGroup, pvproperty
 from caproto.threading.client import Context, ContextDisconnectedError, SharedBroadcaster
-from dmagic_ioc.adapters.tag import CaTag, MissingPVs, Payload, encode_for, fit_utf8
-from dmagic_ioc.ioc.model import TagError
+from dmagic_ioc.adapters.tag import CaTag, Payload, encode_for, fit_utf8
+from dmagic_ioc.ioc.domain.model import MissingPVs
+from dmagic_ioc.ioc.domain.model import TagError
 
 # --------------------------------------------------------------------------
 # The caproto look-alike, run as `python test_tag.py --prefix P` (kept above the test imports' use)

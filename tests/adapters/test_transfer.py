@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from dmagic_ioc.ioc.domain.ports import TransferState
 from dmagic_ioc.adapters.dm.local import STORAGE_MARKER, write_storage_marker
 from dmagic_ioc.adapters.transfer import copying
 from dmagic_ioc.adapters.transfer.copying import PART_NAME
@@ -22,7 +23,7 @@ from dmagic_ioc.adapters.transfer.files import QUEUED
 from dmagic_ioc.adapters.transfer.ledger import SCHEMA_VERSION, Definition, Ledger
 from dmagic_ioc.adapters.transfer.local import LocalTransfer
 from dmagic_ioc.adapters.transfer.scan import Tree
-from dmagic_ioc.ioc.model import DMError, Experiment, InputError
+from dmagic_ioc.ioc.domain.model import DMError, Experiment, InputError
 
 SETTLE = 0.3
 POLL = 0.1
@@ -104,7 +105,7 @@ def test_files_in_subfolders_arrive_identical_with_their_mtime(engine, paths):
     assert tree_files(paths["dest"]) == tree_files(src)
     assert (paths["dest"] / "top.txt").stat().st_mtime_ns == old
     progress = engine.progress()
-    assert progress.state == "Running"
+    assert progress.state == TransferState.RUNNING
     assert progress.files_total == 31
     assert progress.bytes_done == sum(len(data) for data in tree_files(src).values())
 
@@ -188,7 +189,7 @@ def test_upload_ends_by_itself_with_a_summary(engine, paths):
     sentence = engine.start(EXPERIMENT, sources(paths), once=True)
 
     assert "does not exist, skipped" in sentence
-    wait_for(lambda: engine.progress().state == "Stopped", what="the upload to end")
+    wait_for(lambda: engine.progress().state == TransferState.STOPPED, what="the upload to end")
     progress = engine.progress()
     assert progress.message.startswith(f"upload of {EXPERIMENT.name} finished: 5 files, 1.0 MB in ")
     assert (progress.files_done, progress.files_total, progress.percent) == (5, 5, 100.0)
@@ -199,7 +200,7 @@ def test_upload_ends_by_itself_with_a_summary(engine, paths):
 def upload(engine: LocalTransfer, paths: dict[str, Path]) -> str:
     """Run one upload to its end; return its summary."""
     engine.start(EXPERIMENT, sources(paths), once=True)
-    wait_for(lambda: engine.progress().state == "Stopped", what="the upload to end")
+    wait_for(lambda: engine.progress().state == TransferState.STOPPED, what="the upload to end")
     return engine.progress().message
 
 
@@ -296,7 +297,7 @@ def test_stop_abandons_copies_without_leaving_a_temporary_file(engine, paths, mo
     assert sentence.startswith(f"transfer of {EXPERIMENT.name} stopped")
     assert part_files(paths["dest"]) == []
     assert not (paths["dest"] / "big.h5").exists()
-    assert engine.progress().state == "Stopped"
+    assert engine.progress().state == TransferState.STOPPED
     assert engine.resume() is None  # stop clears the running definition
 
 
@@ -307,14 +308,14 @@ def test_a_blocked_destination_shows_error_then_recovers(engine, paths):
 
     engine.start(EXPERIMENT, sources(paths), once=False)
 
-    progress = wait_for(lambda: engine.progress() if engine.progress().state == "Error" else None, what="Error state")
+    progress = wait_for(lambda: engine.progress() if engine.progress().state == TransferState.ERROR else None, what="Error state")
     assert "scan1/proj.h5" in progress.message
     assert "File exists" in progress.message or "Not a directory" in progress.message
     wait_for(lambda: (paths["dest"] / "ok.h5").exists(), what="the other file to get through")
 
     blocker.unlink()
 
-    wait_for(lambda: engine.progress().state == "Running", what="recovery")
+    wait_for(lambda: engine.progress().state == TransferState.RUNNING, what="recovery")
     assert (paths["dest"] / "scan1" / "proj.h5").read_bytes() == b"projection"
     assert engine.progress().message == ""
 
@@ -333,7 +334,7 @@ def test_a_full_disk_shows_error_then_recovers(engine, paths, monkeypatch):
     monkeypatch.setattr(copying, "_copy_data", copy_data)
     engine.start(EXPERIMENT, sources(paths), once=False)
 
-    wait_for(lambda: engine.progress().state == "Error", what="Error state")
+    wait_for(lambda: engine.progress().state == TransferState.ERROR, what="Error state")
     message = engine.progress().message
     assert str(paths["src"] / "proj.h5") in message
     assert "No space left on device" in message
@@ -341,7 +342,7 @@ def test_a_full_disk_shows_error_then_recovers(engine, paths, monkeypatch):
 
     disk_full.clear()
 
-    wait_for(lambda: engine.progress().state == "Running", what="recovery")
+    wait_for(lambda: engine.progress().state == TransferState.RUNNING, what="recovery")
     assert (paths["dest"] / "proj.h5").read_bytes() == b"projection"
 
 
@@ -351,7 +352,7 @@ def test_checksum_verification_copies_identically(paths):
         data = os.urandom(3 * copying.BUFFER_SIZE + 123)
         write(paths["src"] / "big.h5", data)
         engine.start(EXPERIMENT, sources(paths), once=True)
-        wait_for(lambda: engine.progress().state == "Stopped", what="the upload to end")
+        wait_for(lambda: engine.progress().state == TransferState.STOPPED, what="the upload to end")
         assert (paths["dest"] / "big.h5").read_bytes() == data
     finally:
         engine.close()
@@ -387,7 +388,8 @@ import sys, time, os
 from pathlib import Path
 from dmagic_ioc.adapters.transfer import copying
 from dmagic_ioc.adapters.transfer.local import LocalTransfer
-from dmagic_ioc.ioc.model import Experiment
+from dmagic_ioc.ioc.domain.model import Experiment
+from dmagic_ioc.ioc.domain.ports import TransferState
 
 real_copy_data = copying._copy_data
 def slow_copy_data(*args):
@@ -401,7 +403,7 @@ if command == "start":
     engine.start(Experiment(name="kill9"), {src: dest}, once=True)
 else:
     assert engine.resume() is not None
-while engine.progress().state != "Stopped":
+while engine.progress().state != TransferState.STOPPED:
     time.sleep(0.05)
 engine.close()
 """
@@ -521,7 +523,7 @@ def test_a_source_folder_that_is_a_symlink_is_refused_and_nothing_is_read(engine
         engine.start(EXPERIMENT, sources(paths), once=once)
 
     assert tree_files(paths["storage"] / "data") == {} and tree_files(paths["analysis"]) == {}
-    assert engine.progress().state == "Stopped" and engine.resume() is None
+    assert engine.progress().state == TransferState.STOPPED and engine.resume() is None
 
 
 def test_a_source_folder_reached_through_a_symlinked_folder_is_refused(engine, paths, tmp_path):
@@ -607,13 +609,13 @@ def test_a_rec_folder_that_appears_as_a_symlink_is_an_error_and_is_not_read(engi
 
     paths["rec"].symlink_to(outside_secret(tmp_path).parent, target_is_directory=True)
 
-    progress = wait_for(lambda: engine.progress() if engine.progress().state == "Error" else None, what="Error")
+    progress = wait_for(lambda: engine.progress() if engine.progress().state == TransferState.ERROR else None, what="Error")
     assert f"source folder {paths['rec']} refused: {paths['rec']} is a symbolic link, not followed" in progress.message
     paths["rec"].unlink()
     write(paths["rec"] / "slice.tiff", b"slice")
     wait_for(lambda: (paths["analysis"] / "slice.tiff").exists(), what="the real _rec folder's file")
     assert tree_files(paths["analysis"]) == {"slice.tiff": b"slice"}
-    wait_for(lambda: engine.progress().state == "Running", what="recovery")
+    wait_for(lambda: engine.progress().state == TransferState.RUNNING, what="recovery")
 
 
 # ------------------------------------------------------------------ the storage Create made (SPEC 8)
@@ -657,7 +659,7 @@ def test_a_storage_deleted_while_running_is_an_error_and_never_made_again(engine
     shutil.rmtree(paths["storage"])  # rm -rf of the experiment's storage
     write(paths["src"] / "b.h5", b"b")
 
-    progress = wait_for(lambda: engine.progress() if engine.progress().state == "Error" else None, what="Error")
+    progress = wait_for(lambda: engine.progress() if engine.progress().state == TransferState.ERROR else None, what="Error")
     assert f"the storage {paths['storage']} of {EXPERIMENT.name} is missing" in progress.message
     run = engine._run
     wait_for(lambda: run.sources[0].files.get("b.h5") and run.sources[0].files["b.h5"].state == QUEUED,
@@ -680,12 +682,12 @@ def test_a_storage_that_comes_back_with_its_marker_is_written_again(engine, path
     away = tmp_path / "away"
     paths["storage"].rename(away)  # the disk goes away, then comes back with the same storage
     write(paths["src"] / "b.h5", b"b")
-    wait_for(lambda: engine.progress().state == "Error", what="Error")
+    wait_for(lambda: engine.progress().state == TransferState.ERROR, what="Error")
 
     away.rename(paths["storage"])
 
     wait_for(lambda: (paths["dest"] / "b.h5").exists(), what="b.h5 once the storage is back")
-    wait_for(lambda: engine.progress().state == "Running", what="recovery")
+    wait_for(lambda: engine.progress().state == TransferState.RUNNING, what="recovery")
 
 
 # ------------------------------------------------------------------ file names that are not UTF-8 (SPEC 8)
@@ -724,7 +726,7 @@ def test_a_failure_on_a_file_name_that_is_not_utf8_names_it_and_the_others_flow(
 
     engine.start(EXPERIMENT, sources(paths), once=False)
 
-    progress = wait_for(lambda: engine.progress() if engine.progress().state == "Error" else None, what="Error")
+    progress = wait_for(lambda: engine.progress() if engine.progress().state == TransferState.ERROR else None, what="Error")
     assert "scan\\xff.tif/f.h5" in progress.message
     progress.message.encode("utf-8")
     wait_for(lambda: "ok.h5" in engine.ledger.sent(str(paths["src"]), str(paths["dest"])), what="ok.h5 recorded")
@@ -789,7 +791,7 @@ def test_an_unreadable_ledger_is_kept_aside_and_a_fresh_one_sends_nothing_twice(
     try:
         assert engine.resume() is None
         progress = engine.progress()
-        assert progress.state == "Error"
+        assert progress.state == TransferState.ERROR
         assert f"the transfer ledger {paths['ledger']} could not be read" in progress.message
         kept = [p for p in paths["ledger"].parent.iterdir() if ".corrupt-" in p.name and not p.name.endswith("-shm")]
         assert [p.name for p in kept] == [f"{paths['ledger'].name}.corrupt-{kept[0].name.split('.corrupt-')[1]}"]
@@ -797,7 +799,7 @@ def test_an_unreadable_ledger_is_kept_aside_and_a_fresh_one_sends_nothing_twice(
         assert f"kept it as {kept[0].name}" in progress.message
 
         assert engine.stop() == "no transfer is running"
-        assert engine.progress().state == "Stopped"  # seen: the alarm is cleared
+        assert engine.progress().state == TransferState.STOPPED  # seen: the alarm is cleared
         summary = upload(engine, paths)
         assert " 0 files" in summary and "(300 already there)" in summary
         assert {p: p.stat().st_ino for p in paths["dest"].rglob("*.h5")} == inodes

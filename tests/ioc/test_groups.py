@@ -18,11 +18,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from caproto import AlarmSeverity
-from dmagic_ioc.ioc.app import Adapters, Beamline
-from dmagic_ioc.ioc.commands import CommandFailed
+from dmagic_ioc.ioc.usecases import Adapters, Beamline
+from dmagic_ioc.ioc.engine import CommandFailed
 from dmagic_ioc.ioc.config import BeamlineSettings, DMSettings, GlobusSettings, IocSettings, Settings
-from dmagic_ioc.ioc.model import Beamtime, DMError, Experiment, Person, Run, SchedulingError, parse_time
-from dmagic_ioc.ioc.ports import TransferProgress
+from dmagic_ioc.ioc.domain.model import Beamtime, DMError, Experiment, Person, Run, SchedulingError, parse_time
+from dmagic_ioc.ioc.domain.ports import TransferProgress, TransferState
 from dmagic_ioc.ioc.server import DMagicIOC
 
 CHICAGO = ZoneInfo("America/Chicago")
@@ -192,11 +192,11 @@ class FakeTransfer:
 
     def start(self, experiment, sources, *, once):
         self.starts.append((experiment.name, dict(sources), once))
-        self.state = TransferProgress(state="Running")
+        self.state = TransferProgress(state=TransferState.RUNNING)
         return f"transfer of {experiment.name} started"
 
     def stop(self):
-        self.state = TransferProgress(state="Stopped")
+        self.state = TransferProgress(state=TransferState.STOPPED)
         return "transfer stopped"
 
     def progress(self):
@@ -257,12 +257,11 @@ async def rig(tmp_path):
         tag=FakeTag(),
         access=FakeAccess(),
     )
-    app = Beamline(settings, Adapters(**vars(fakes)), clock=lambda: NOW)
-    ioc = DMagicIOC("test:", app=app)
-    await asyncio.to_thread(app.load_selection)
-    await ioc.show()
+    beamline = Beamline(settings, Adapters(**vars(fakes)), clock=lambda: NOW)
+    ioc = DMagicIOC("test:", beamline=beamline)
+    assert await ioc.engine.background("reading the selected experiment", beamline.read_selection) == ""
     released: list[threading.Event] = []
-    yield SimpleNamespace(ioc=ioc, app=app, settings=settings, fakes=fakes, tmp=tmp_path, released=released)
+    yield SimpleNamespace(ioc=ioc, beamline=beamline, settings=settings, fakes=fakes, tmp=tmp_path, released=released)
     for event in released:  # never leave a worker thread waiting
         event.set()
 
@@ -280,7 +279,7 @@ async def until(condition, what: str = "condition") -> None:
 def blocking_schedule(rig) -> BlockingSchedule:
     schedule = BlockingSchedule()
     rig.released.append(schedule.release)
-    rig.app.adapters.scheduling = schedule
+    rig.beamline.adapters.scheduling = schedule
     return schedule
 
 
@@ -390,13 +389,13 @@ async def test_unexpected_exception_is_reported_and_the_ioc_goes_on(rig):
         def runs(self):
             raise KeyError("oops")
 
-    rig.app.adapters.scheduling = Broken()
+    rig.beamline.adapters.scheduling = Broken()
     await fails(rig.ioc.proposal.refresh)
     message, severity = status(rig)
     assert severity == MAJOR
     assert "internal error" in message and "KeyError" in message
     assert_idle(rig, rig.ioc.proposal.refresh)
-    rig.app.adapters.scheduling = FakeSchedule()
+    rig.beamline.adapters.scheduling = FakeSchedule()
     await run(rig.ioc.proposal.refresh)
     assert status(rig)[1] == NO
 
@@ -504,7 +503,7 @@ async def test_time_offset_looks_ahead(rig):
 async def test_scheduling_failure_keeps_the_last_proposal(rig):
     ioc = rig.ioc
     await run(ioc.proposal.refresh)
-    rig.app.adapters.scheduling = FailingSchedule()
+    rig.beamline.adapters.scheduling = FailingSchedule()
     error = await fails(ioc.proposal.refresh)
     assert "503" in error
     assert status(rig) == (error, MAJOR)
@@ -518,7 +517,7 @@ async def test_scheduling_failure_keeps_the_last_proposal(rig):
     assert ioc.status.scheduling_health.alarm.severity == MAJOR
     assert ioc.status.dm_health.value == "OK"
 
-    rig.app.adapters.scheduling = FakeSchedule()  # the service is back: the next refresh recovers
+    rig.beamline.adapters.scheduling = FakeSchedule()  # the service is back: the next refresh recovers
     await run(ioc.proposal.refresh)
     await ioc.status.show()
     assert ioc.status.scheduling_health.value == "OK"
@@ -526,7 +525,7 @@ async def test_scheduling_failure_keeps_the_last_proposal(rig):
 
 
 async def test_scheduling_failure_before_any_proposal(rig):
-    rig.app.adapters.scheduling = FailingSchedule()
+    rig.beamline.adapters.scheduling = FailingSchedule()
     await fails(rig.ioc.proposal.refresh)
     assert rig.ioc.proposal.proposal_number.value == ""
     assert rig.ioc.status.scheduling_health.value == "Error"
@@ -706,7 +705,7 @@ async def test_delete_needs_the_exact_confirmation(rig):
 async def test_delete_refused_while_a_transfer_runs(rig):
     e = rig.ioc.experiment
     await refreshed_and_created(rig)
-    rig.fakes.transfer.state = TransferProgress(state="Running", files_done=1, files_total=3)
+    rig.fakes.transfer.state = TransferProgress(state=TransferState.RUNNING, files_done=1, files_total=3)
     await e.delete_confirm.write(EXPERIMENT)
     assert "DaqStop first" in await fails(e.delete)
     assert e.delete_confirm.value == ""
@@ -805,13 +804,13 @@ async def test_daq_start_and_progress(rig):
     assert rig.fakes.transfer.starts == [
         (EXPERIMENT, {raw: str(storage / "data"), f"{raw}_rec": str(storage / "analysis")}, False)
     ]
-    progress = TransferProgress(state="Running", files_done=1, files_total=4, bytes_done=2e6, rate_mb_s=1.5,
+    progress = TransferProgress(state=TransferState.RUNNING, files_done=1, files_total=4, bytes_done=2e6, rate_mb_s=1.5,
                                 last_file="a.h5")  # fmt: skip
     await ioc.daq.show(progress)
     assert (ioc.daq.daq_state.value, ioc.daq.files_done.value, ioc.daq.percent.value) == ("Running", 1, 25.0)
-    failed = replace(progress, state="Error", message="copy of b.h5 failed: disk full")
+    failed = replace(progress, state=TransferState.ERROR, message="copy of b.h5 failed: disk full")
     await ioc.daq.show(failed)
-    await ioc.daq.report(failed)
-    assert ioc.daq.shown == failed.message
+    await ioc.daq.tell(failed)
+    assert ioc.daq.said == failed.message
     assert ioc.daq.daq_state.alarm.severity == MAJOR
     assert status(rig) == ("copy of b.h5 failed: disk full", MAJOR)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
+from dataclasses import replace
 
-from dmagic_ioc.ioc.model import DMError, GlobusError
-from dmagic_ioc.ioc.ports import TransferProgress
+from dmagic_ioc.ioc.domain.model import DMError, GlobusError
+from dmagic_ioc.ioc.domain.ports import TransferProgress, TransferState
 
 from .test_groups import EXPERIMENT, MAJOR, MINOR, NO, FakeAccess, fails, run, status
 
@@ -27,26 +27,26 @@ class FlakyAccess(FakeAccess):
 
 async def test_globus_failing_half_way_records_the_rules_made_and_a_rerun_completes(rig):
     access = FlakyAccess(failing={"d310002"})
-    rig.app.adapters.access = access
+    rig.beamline.adapters.access = access
     await run(rig.ioc.proposal.refresh)
     error = await fails(rig.ioc.experiment.create)
     assert "no Globus identity for d310002" in error and status(rig)[1] == MAJOR
     # the experiment exists and is selected; the rules that were made are recorded for RemoveUser/Delete
     assert rig.ioc.experiment.experiment_name.value == EXPERIMENT
     assert set(rig.fakes.state.rules(EXPERIMENT)) == {"d310001", "d310009"}
-    assert rig.app.published.health["Globus"] == "Error"
+    assert rig.ioc.engine.health["Globus"] == "Error"
 
     access.failing.clear()
     await run(rig.ioc.experiment.create)
     assert set(rig.fakes.state.rules(EXPERIMENT)) == {"d310001", "d310002", "d310009"}
-    assert rig.app.published.health["Globus"] == "OK"
+    assert rig.ioc.engine.health["Globus"] == "OK"
 
 
 async def test_add_user_rerun_after_a_globus_failure_grants_access(rig):
     await run(rig.ioc.proposal.refresh)
     await run(rig.ioc.experiment.create)
     access = FlakyAccess(failing={"d310002"})
-    rig.app.adapters.access = access
+    rig.beamline.adapters.access = access
     rig.fakes.state.forget_rules(EXPERIMENT, ["d310002"])
     await rig.ioc.experiment.badges.write("310002")
     await fails(rig.ioc.experiment.add_user)  # DM already has the user; Globus fails
@@ -77,12 +77,12 @@ async def test_users_dm_refuses_are_a_warning_and_the_others_get_access(rig):
 async def test_delete_is_refused_while_a_transfer_retries_and_forgets_the_transfer_after(rig):
     await run(rig.ioc.proposal.refresh)
     await run(rig.ioc.experiment.create)
-    rig.fakes.transfer.state = TransferProgress(state="Error", message="disk full")
+    rig.fakes.transfer.state = TransferProgress(state=TransferState.ERROR, message="disk full")
     await rig.ioc.experiment.delete_confirm.write(EXPERIMENT)
     assert "DaqStop first" in await fails(rig.ioc.experiment.delete)
     assert EXPERIMENT in rig.fakes.dm.experiments
 
-    rig.fakes.transfer.state = TransferProgress(state="Stopped")
+    rig.fakes.transfer.state = TransferProgress(state=TransferState.STOPPED)
     await rig.ioc.experiment.delete_confirm.write(EXPERIMENT)
     await run(rig.ioc.experiment.delete)
     assert len(rig.fakes.transfer.forgotten) == 1
@@ -92,7 +92,7 @@ async def test_delete_is_refused_while_a_transfer_retries_and_forgets_the_transf
 async def test_a_selection_dm_could_not_read_at_startup_is_read_when_needed(rig):
     await run(rig.ioc.proposal.refresh)
     await run(rig.ioc.experiment.create)
-    rig.app._publish(experiment=None)  # as after a startup with DM unreachable
+    rig.beamline.state = replace(rig.beamline.state, experiment=None)  # as after a startup with DM unreachable
     await run(rig.ioc.daq.daq_start)
     assert rig.fakes.transfer.starts[-1][0] == EXPERIMENT
 
@@ -102,6 +102,8 @@ async def test_an_unreadable_transfer_status_is_an_error_not_a_crash(rig):
         raise DMError("DM service did not answer within 10 s")
 
     rig.fakes.transfer.progress = broken
-    progress = await asyncio.to_thread(rig.app.transfer_progress)
-    assert progress.state == "Error" and "did not answer" in progress.message
-    assert rig.app.published.health["DM"] == "Error"
+    settings = rig.beamline.settings  # the APS DM backend's DAQ: reading its status is a contact with DM
+    rig.beamline.settings = replace(settings, dm=replace(settings.dm, backend="aps"))
+    progress = await rig.ioc.engine.query("reading the transfer's progress", rig.beamline.transfer_progress)
+    assert progress.state == TransferState.ERROR and "did not answer" in progress.message
+    assert rig.ioc.engine.health["DM"] == "Error"

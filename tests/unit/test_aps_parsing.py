@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from dmagic_ioc.adapters.aps_scheduling import parse_activities, parse_activity, parse_runs, parse_schedule
-from dmagic_ioc.ioc.model import Beamtime, SchedulingError, find_beamtime, select_beamtime
+from dmagic_ioc.ioc.domain.model import Beamtime, SchedulingError, find_beamtime, select_beamtime
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -18,7 +18,7 @@ from dmagic_ioc.ioc.config import (
     read_secret,
     settings_from_dict,
 )
-from dmagic_ioc.ioc.model import InputError
+from dmagic_ioc.ioc.domain.model import InputError
 
 CHICAGO = ZoneInfo("America/Chicago")
 
@@ -492,7 +492,7 @@ def test_adapters_refuse_clear_credentials_on_their_own(tmp_path):
     """Even when built without the config's checks, the adapters never log in over a plain connection."""
     from dmagic_ioc.adapters.aps_scheduling import ApsScheduling
     from dmagic_ioc.adapters.email import SmtpMailer
-    from dmagic_ioc.ioc.model import EmailError, SchedulingError
+    from dmagic_ioc.ioc.domain.model import EmailError, SchedulingError
 
     creds = secret(tmp_path / "creds", "user|password\n")
     with pytest.raises(SchedulingError, match="in clear"):
@@ -512,7 +512,7 @@ def test_an_smtp_reply_never_carries_the_password_into_status(tmp_path, monkeypa
     import smtplib
 
     from dmagic_ioc.adapters import email as email_module
-    from dmagic_ioc.ioc.model import EmailError
+    from dmagic_ioc.ioc.domain.model import EmailError
 
     plain = base64.b64encode(b"\0beamline\0s3cr3t").decode()
     login = base64.b64encode(b"s3cr3t").decode()
@@ -534,7 +534,7 @@ def test_an_smtp_reply_never_carries_the_password_into_status(tmp_path, monkeypa
     creds = secret(tmp_path / "smtp", "beamline|s3cr3t\n")
     mailer = email_module.SmtpMailer("127.0.0.1", 25, credentials=creds)
     with pytest.raises(EmailError) as error:
-        mailer.send([("d1", "a@b.org", object())])
+        mailer.send([("d1", "a@b.org")], {})
     said = str(error.value)
     assert "beamline" in said and "535" in said
     assert "s3cr3t" not in said and plain not in said and login not in said

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
-from dmagic_ioc.ioc.model import (
+from dmagic_ioc.ioc.domain.model import (
     Beamtime,
     InputError,
     Person,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 
 import pytest
-from dmagic_ioc.ioc import dbgen, pvtable
-from dmagic_ioc.ioc.pvinfo import PVInfo, ioc_pvs
+from dmagic_ioc.ioc.tools import dbgen, pvtable
+from dmagic_ioc.ioc.tools.pvinfo import PVInfo, ioc_pvs
 
 from ..conftest import REPO, contract_pvs
 
@@ -46,7 +46,7 @@ def expected_record(kind: str, access: str) -> tuple[str, dict[str, str]]:
 
 def test_committed_db_matches_the_generator(pvs):
     assert DB_FILE.read_text(encoding="utf-8") == dbgen.render_db(pvs), (
-        "db_templates/dmagic.db is out of date: run python -m dmagic_ioc.ioc.dbgen"
+        "db_templates/dmagic.db is out of date: run python -m dmagic_ioc.ioc.tools.dbgen"
     )
 
 
@@ -128,5 +128,5 @@ def test_pvtable_command_line(tmp_path):
 
 
 def test_readme_pv_table_is_current(pvs):
-    """README.md's PV table is generated: `python -m dmagic_ioc.ioc.pvtable --write README.md`."""
+    """README.md's PV table is generated: `python -m dmagic_ioc.ioc.tools.pvtable --write README.md`."""
     assert pvtable.is_current((REPO / "README.md").read_text(encoding="utf-8"), pvtable.render_table(pvs))

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from dmagic_ioc.adapters.registry import SCHEMA_VERSION, Registry, migrate
-from dmagic_ioc.ioc.model import DMError, Experiment, ExperimentUser, InputError
+from dmagic_ioc.ioc.domain.model import DMError, Experiment, ExperimentUser, InputError
 
 CHICAGO = timezone(timedelta(hours=-5))
 

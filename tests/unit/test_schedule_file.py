@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from dmagic_ioc.adapters.schedule_file import FileSchedule
-from dmagic_ioc.ioc.model import Person, SchedulingError, select_beamtime, select_run
+from dmagic_ioc.ioc.domain.model import Person, SchedulingError, select_beamtime, select_run
 
 CHICAGO = ZoneInfo("America/Chicago")
 UTC = timezone.utc

@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from dmagic_ioc.ioc.pvinfo import ioc_pvs
+from dmagic_ioc.ioc.tools.pvinfo import ioc_pvs
 
 from ..conftest import REPO, contract_pvs
 

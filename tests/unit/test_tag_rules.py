@@ -6,10 +6,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from dmagic_ioc.adapters.tag import MissingPVs
-from dmagic_ioc.ioc.app import Adapters, Beamline, tag_values
 from dmagic_ioc.ioc.config import TAG_FIELDS, ConfigError, TagSettings, settings_from_dict
-from dmagic_ioc.ioc.model import Beamtime, CurrentProposal, Person, TagError
+from dmagic_ioc.ioc.domain.model import Beamtime, CurrentProposal, MissingPVs, Person, TagError, UserInfo
+from dmagic_ioc.ioc.usecases import Adapters, Beamline, BeamlineState
 
 MOMENT = datetime(2026, 11, 20, 18, 0, tzinfo=timezone.utc)
 PREFIX = "2bmb:TomoScan:"
@@ -80,9 +79,12 @@ def test_bad_fields_are_refused(base, fields, expected):
     assert problems_with(base, {"fields": fields}) == [expected]
 
 
-def test_tag_values_has_every_field_in_order():
+def test_every_tag_field_takes_a_user_info_value():
     beamtime = Beamtime("1013377", "Title", MOMENT, MOMENT + timedelta(days=3), people=(Person("310010", is_pi=True),))
-    assert tuple(tag_values(CurrentProposal(None, beamtime, MOMENT))) == TAG_FIELDS
+    info = UserInfo.of(CurrentProposal(None, beamtime, MOMENT))
+    values = {name: getattr(info, attribute) for name, attribute in TAG_FIELDS.items()}
+    assert values["ProposalNumber"] == "1013377" and values["UserBadge"] == "310010"
+    assert values["UserInfoUpdate"] == "2026-11-20T18:00:00+00:00" and values["ProposalTitle"] == "Title"
 
 
 # --------------------------------------------------------------------------
@@ -112,7 +114,7 @@ def beamline(base: Path, target: ScriptedTarget, fields: dict | None = None) -> 
     app = Beamline(settings, Adapters(scheduling=None, dm=None, state=None, transfer=None, tag=target))
     pi = Person("310010", "Zoë", "Müller-Łukasiewicz", "zoe@example.de", "Universität Beispielstadt", is_pi=True)
     beamtime = Beamtime("1013377", "Foam", MOMENT, MOMENT + timedelta(days=3), people=(pi,), esaf="281002")
-    app.published.current = CurrentProposal(None, beamtime, MOMENT)
+    app.state = BeamlineState(current=CurrentProposal(None, beamtime, MOMENT))
     return app
 
 

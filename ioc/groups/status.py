@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
 
 from caproto import AlarmSeverity
 
-from .commands import CommandGroup
-from .pvs import HEALTH_STATES, enum, long, publish, string, text
+from ..pvs import HEALTH_STATES, GuardedPVGroup, enum, long, string, text, update
 
 HEALTH_SEVERITY = {"OK": AlarmSeverity.NO_ALARM, "Error": AlarmSeverity.MAJOR_ALARM, "Disabled": AlarmSeverity.NO_ALARM}
+HEALTH_PVS = {"Scheduling": "scheduling_health", "DM": "dm_health", "Globus": "globus_health", "Email": "email_health"}
 
 
 def package_version() -> str:
@@ -20,8 +21,15 @@ def package_version() -> str:
         return "unknown"
 
 
-class StatusGroup(CommandGroup):
-    """What the last command did, whether one runs, and whether the outside systems answer."""
+class StatusGroup(GuardedPVGroup):
+    """What the last command did, whether one runs, and whether the outside systems answer.
+
+    The engine writes these PVs; `health` is its record of each system's last contact, shown here.
+    """
+
+    def __init__(self, prefix: str, *, health: Mapping[str, str], **kwargs):
+        self.health = health
+        super().__init__(prefix, **kwargs)
 
     status = text("Status", 512, "Last human-readable result; MINOR on warning, MAJOR on failure")
     busy = enum("Busy", ("Idle", "Busy"), "A command is running")
@@ -45,13 +53,7 @@ class StatusGroup(CommandGroup):
             await self.show()
 
     async def show(self) -> None:
-        """Publish the Health PVs from the last contact with each system."""
-        health = self.app.published.health
-        for system, channel in (
-            ("Scheduling", self.scheduling_health),
-            ("DM", self.dm_health),
-            ("Globus", self.globus_health),
-            ("Email", self.email_health),
-        ):
-            state = health.get(system, "OK")
-            await publish(channel, state, HEALTH_SEVERITY[state])
+        """Show each system's Health from its last contact."""
+        for system, attribute in HEALTH_PVS.items():
+            state = self.health.get(system, "OK")
+            await update(getattr(self, attribute), state, HEALTH_SEVERITY[state])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from typing import Protocol
 
 from .model import Beamtime, Experiment, ExperimentUser, Person, Run
@@ -58,11 +59,17 @@ class DataManagement(Protocol):
         """ESAF experimenters and DOI; ([], '') where the backend has no ESAF data."""
 
 
+class TransferState(Enum):
+    STOPPED = "Stopped"
+    RUNNING = "Running"
+    ERROR = "Error"
+
+
 @dataclass(frozen=True)
 class TransferProgress:
     """A snapshot of the data transfer for the `Daq:*` PVs."""
 
-    state: str = "Stopped"  # Stopped | Running | Error
+    state: TransferState = TransferState.STOPPED
     files_done: int = 0
     files_total: int = 0
     bytes_done: float = 0.0
@@ -148,8 +155,9 @@ class Delivery:
 
 
 class Mailer(Protocol):
-    def send(self, messages: Sequence[tuple[str, str, object]]) -> Delivery:
-        """Send (username, address, email.message.EmailMessage) each on its own."""
+    def send(self, recipients: Sequence[tuple[str, str]], values: Mapping[str, str]) -> Delivery:
+        """Render the data-access message with `values` (experiment, title, pi, beamline, globus_url,
+        storage_directory) and send it to each (username, address) on its own."""
 
 
 class TagTarget(Protocol):

@@ -1,27 +1,26 @@
-"""The use cases behind the command PVs, in plain blocking Python.
+"""The use cases behind the command PVs, in plain blocking Python: no PVs, no caproto, no adapters.
 
-`Beamline` holds the adapters and what the IOC publishes (the current
-proposal, the selected experiment). Each public method is one command: it
-validates its input before changing anything, calls the adapters, and returns
-an `Outcome` or raises a `DMagicError` whose message goes to `Status`. The
-command engine runs one at a time in a worker thread; the PV groups publish
-the state afterwards.
+`Beamline` holds the adapters (through the ports) and the state the PVs show
+(`BeamlineState`: the current proposal, the selected experiment, ...). Each
+public method is one command or background job: it validates its input before
+changing anything, calls the adapters, replaces the state, and returns an
+`Outcome` or raises a `DMagicError` whose message is fit for `Status`. The
+engine (`ioc/engine.py`) runs them one at a time in a worker thread, so the
+state needs no lock, and reads `contacts()` for the Health PVs afterwards.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
+import queue
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import date, datetime, time, timedelta, timezone
 from pathlib import Path
 from typing import TypeVar
 
-from ..adapters.email import build_message
-from .commands import Outcome
-from .config import Settings
-from .model import (
+from .config import TAG_FIELDS, Settings
+from .domain.model import (
     Beamtime,
     CurrentProposal,
     DMError,
@@ -33,7 +32,8 @@ from .model import (
     Person,
     SchedulingError,
     ServiceError,
-    TagError,
+    MissingPVs,
+    UserInfo,
     check_name,
     dm_username,
     experiment_name,
@@ -45,7 +45,7 @@ from .model import (
     select_run,
     year_month,
 )
-from .ports import (
+from .domain.ports import (
     Access,
     DataManagement,
     Mailer,
@@ -54,14 +54,22 @@ from .ports import (
     TagTarget,
     Transfer,
     TransferProgress,
+    TransferState,
 )
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-SYSTEMS = ("Scheduling", "DM", "Globus", "Email")
-EMAIL_MODES = ("New users", "All users")
+SYSTEMS = ("Scheduling", "DM", "Globus", "Email")  # the outside systems, each with a Health PV
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a use case did, in a sentence for `Status`; `warning` makes it MINOR."""
+
+    message: str
+    warning: bool = False
 
 
 @dataclass(frozen=True)
@@ -88,20 +96,17 @@ class Adapters:
     tag: TagTarget
     access: Access | None = None
     mailer: Mailer | None = None
-    email_template: str = ""
 
 
-@dataclass
-class Published:
-    """What the PVs show. Use cases replace it through `Beamline._publish`, never field by field,
-    so the event loop always reads a consistent snapshot; `health` is updated key by key."""
+@dataclass(frozen=True)
+class BeamlineState:
+    """What the PVs show, replaced whole by the use cases: the event loop always reads one snapshot."""
 
     current: CurrentProposal | None = None
     experiment: Experiment | None = None
     experiments: tuple[str, ...] = ()
     emailed: tuple[str, ...] = ()
     globus_url: str = ""
-    health: dict[str, str] = field(default_factory=dict)
 
 
 class Beamline:
@@ -111,35 +116,33 @@ class Beamline:
         self.settings = settings
         self.adapters = adapters
         self.clock = clock or (lambda: datetime.now(timezone.utc))
-        enabled = {"Globus": settings.globus.enabled, "Email": settings.email.enabled}
-        self.published = Published(health={s: "OK" if enabled.get(s, True) else "Disabled" for s in SYSTEMS})
-        self._refresh_lock = threading.Lock()  # the periodic refresh and the Refresh command
-        self._publish_lock = threading.Lock()  # commands and the periodic refresh run in different threads
+        self.state = BeamlineState()
+        self._contacts: queue.SimpleQueue[tuple[str, bool]] = queue.SimpleQueue()  # (system, answered)
         self._progress = TransferProgress()
-        self._held_errors: set[str] = set()  # systems whose Health stays Error until restart
 
-    def hold_error(self, system: str) -> None:
-        """Show `system`'s Health as Error until restart, whatever later contacts say (lost state)."""
-        self._held_errors.add(system)
-        self.published.health[system] = "Error"
+    def _change(self, **changes) -> None:
+        """Replace the state the PVs show, with `changes`."""
+        self.state = replace(self.state, **changes)
 
-    def _publish(self, **changes) -> None:
-        """Replace what the PVs show, changing only `changes`: a concurrent refresh is never undone."""
-        with self._publish_lock:
-            self.published = replace(self.published, **changes)
+    def contacts(self) -> list[tuple[str, bool]]:
+        """The contacts with outside systems since the last call: (system, answered), oldest first."""
+        taken = []
+        while not self._contacts.empty():
+            taken.append(self._contacts.get_nowait())
+        return taken
 
     # ------------------------------------------------------------------ helpers
 
     def _contact(self, system: str | None, call: Callable[..., T], *args, **kwargs) -> T:
-        """Call an adapter of `system` and record the contact on its Health PV (None: no outside system)."""
+        """Call an adapter of `system` and record the contact for its Health PV (None: no outside system)."""
         try:
             result = call(*args, **kwargs)
         except ServiceError as error:
             if error.system or system:
-                self.published.health[error.system or system] = "Error"
+                self._contacts.put((error.system or system, False))
             raise
         if system:
-            self.published.health[system] = "Error" if system in self._held_errors else "OK"
+            self._contacts.put((system, True))
         return result
 
     @property
@@ -147,13 +150,19 @@ class Beamline:
         return self.settings.beamline.tz
 
     def _selected(self) -> Experiment:
-        experiment = self.published.experiment
+        experiment = self.state.experiment
         if experiment is None and self.adapters.state.selected():
             self.load_selection()  # DM was unreachable at startup: read the selection now
-            experiment = self.published.experiment
+            experiment = self.state.experiment
         if experiment is None:
             raise InputError("no experiment is selected: use Create, CreateManual or Select first")
         return experiment
+
+    def read_selection(self) -> Outcome:
+        """At start: the selected experiment, as the registry has it."""
+        self.load_selection()
+        name = self.state.experiment.name if self.state.experiment else ""
+        return Outcome(f"selected experiment: {name}" if name else "no experiment selected")
 
     def load_selection(self) -> None:
         """Read the selected experiment, its e-mailed users and the station's list from DM."""
@@ -161,28 +170,27 @@ class Beamline:
         name = state.selected()
         experiment = self._contact("DM", dm.get_experiment, name) if name else None
         access = self.adapters.access
-        self._publish(
+        self._change(
             experiment=experiment,
             emailed=tuple(state.emailed(name)) if experiment else (),
             globus_url=access.url(experiment) if access and experiment else "",
         )
-        self._publish(experiments=tuple(self._contact("DM", dm.list_experiments)))
+        self._change(experiments=tuple(self._contact("DM", dm.list_experiments)))
 
     # ------------------------------------------------------------------ scheduling
 
     def refresh(self, offset_days: float) -> Outcome:
         """Read the beamtime at now + offset from the scheduling system and publish it."""
-        with self._refresh_lock:
-            now = self.clock()
-            moment = look_moment(now, offset_days).astimezone(self.tz)
-            scheduling = self.adapters.scheduling
-            run = select_run(self._contact("Scheduling", scheduling.runs), moment)
-            beamtimes = self._contact("Scheduling", scheduling.beamtimes, run) if run else []
-            beamtime = select_beamtime(beamtimes, moment)
-            warning = ""
-            if beamtime is not None and beamtime.esaf:
-                beamtime, warning = self._with_esaf(beamtime)
-            self._publish(current=CurrentProposal(run, beamtime, now.astimezone(self.tz)))
+        now = self.clock()
+        moment = look_moment(now, offset_days).astimezone(self.tz)
+        scheduling = self.adapters.scheduling
+        run = select_run(self._contact("Scheduling", scheduling.runs), moment)
+        beamtimes = self._contact("Scheduling", scheduling.beamtimes, run) if run else []
+        beamtime = select_beamtime(beamtimes, moment)
+        warning = ""
+        if beamtime is not None and beamtime.esaf:
+            beamtime, warning = self._with_esaf(beamtime)
+        self._change(current=CurrentProposal(run, beamtime, now.astimezone(self.tz)))
         when = moment.strftime("%Y-%m-%d %H:%M %Z")
         if run is None:
             return Outcome(f"no run of the schedule contains {when}", warning=True)
@@ -224,17 +232,18 @@ class Beamline:
         prefix = prefix.strip()
         if not prefix:
             raise InputError("TagPrefix is empty: set it to the target IOC's prefix, e.g. 2bmb:TomoScan:")
-        values = tag_values(self.published.current)
-        if values is None:
+        current = self.state.current
+        if current is None or current.beamtime is None:
             raise InputError("no proposal is published to tag: Refresh or Select first")
+        info = UserInfo.of(current)
         settings = self.settings.tag
-        to_write = {pv: values[name] for name, pv in settings.targets().items()}
+        to_write = {pv: getattr(info, TAG_FIELDS[name]) for name, pv in settings.targets().items()}
         try:
             cut, missing = self.adapters.tag.write(prefix, to_write), ()
-        except TagError as error:
-            missing = getattr(error, "missing", ())  # the PVs that did not answer; nothing was written
+        except MissingPVs as error:  # nothing was written: write those that answered
+            missing = error.missing
             answered = {pv: value for pv, value in to_write.items() if pv not in missing}
-            if not missing or not answered:
+            if not answered:
                 raise
             cut = self.adapters.tag.write(prefix, answered)
         absent = [prefix + pv for pv in missing if pv not in settings.optional_pvs()]
@@ -242,14 +251,14 @@ class Beamline:
             log.info("Tag: %s has no %s; the other fields were written", prefix, ", ".join(missing))
         warnings = [f"not written, no such PV: {', '.join(absent)}"] if absent else []
         warnings += [f"cut to fit the target: {', '.join(cut)}"] if cut else []
-        message = "; ".join([f"tagged {prefix} with proposal {values['ProposalNumber']}", *warnings])
+        message = "; ".join([f"tagged {prefix} with proposal {info.proposal}", *warnings])
         return Outcome(message, warning=bool(warnings))
 
     # ------------------------------------------------------------------ experiments
 
     def create(self) -> Outcome:
         """Create (or complete) the DM experiment of the current proposal and select it."""
-        current = self.published.current
+        current = self.state.current
         beamtime = current.beamtime if current else None
         if beamtime is None:
             raise InputError("no proposal is active now (ProposalActive is No): Refresh, or use CreateManual")
@@ -389,7 +398,7 @@ class Beamline:
             return Outcome(f"selected {name}; its proposal {experiment.gup} was not read: {error}", warning=True)
         if found is None:
             return Outcome(f"selected {name}; proposal {experiment.gup} is not in the schedule", warning=True)
-        self._publish(current=found)
+        self._change(current=found)
         return Outcome(f"selected {name} and published its proposal {experiment.gup}")
 
     def add_users(self, badges_text: str) -> Outcome:
@@ -411,7 +420,7 @@ class Beamline:
         return Outcome(message + details, warning=warning)
 
     def _known_people(self) -> dict[str, Person]:
-        beamtime = self.published.current.beamtime if self.published.current else None
+        beamtime = self.state.current.beamtime if self.state.current else None
         if beamtime is None:
             return {}
         return {p.badge: p for p in (*beamtime.people, *beamtime.esaf_people)}
@@ -449,7 +458,7 @@ class Beamline:
                 f"DeleteConfirm must equal ExperimentName ({experiment.name}) to delete it; nothing deleted"
             )
         transfer = self.adapters.transfer
-        if transfer.progress().state != "Stopped":
+        if transfer.progress().state != TransferState.STOPPED:
             raise InputError("a transfer is running (or retrying after an error): DaqStop first; nothing deleted")
         revoked = self._revoke(experiment)
         removed = self._contact("DM", self.adapters.dm.delete_experiment, experiment.name)
@@ -461,13 +470,14 @@ class Beamline:
 
     # ------------------------------------------------------------------ e-mail
 
-    def email(self, mode: str) -> Outcome:
-        """Send the data-access message to the selected experiment's users."""
+    def email(self, everyone: bool) -> Outcome:
+        """Send the data-access message to the selected experiment's users: those not yet e-mailed,
+        or `everyone`."""
         mailer = self.adapters.mailer
         if mailer is None:
             raise InputError("e-mail is not enabled (email.enabled: false in the config)")
         experiment = self._selected()
-        already = set(self.published.emailed) if mode != "All users" else set()
+        already = set() if everyone else set(self.state.emailed)
         users = [u for u in experiment.users if u.username not in already]
         skipped = [u.username for u in users if not u.email]
         recipients = [u for u in users if u.email]
@@ -476,13 +486,8 @@ class Beamline:
             return Outcome(
                 f"e-mail: nothing sent, {reason}" + (f"; no address: {', '.join(skipped)}" if skipped else "")
             )
-        values = self._email_values(experiment)
-        messages = [
-            (u.username, u.email, build_message(self.adapters.email_template, sender=self.settings.email.sender,
-                                                to=u.email, values=values))
-            for u in recipients
-        ]  # fmt: skip
-        delivery = self._contact("Email", mailer.send, messages)
+        addresses = [(u.username, u.email) for u in recipients]
+        delivery = self._contact("Email", mailer.send, addresses, self._email_values(experiment))
         if delivery.delivered:
             self.adapters.state.mark_emailed(experiment.name, delivery.delivered)
         self.load_selection()
@@ -503,7 +508,7 @@ class Beamline:
             "title": experiment.title,
             "pi": pi.name if pi else "",
             "beamline": self.settings.beamline.name,
-            "globus_url": self.published.globus_url,
+            "globus_url": self.state.globus_url,
             "storage_directory": experiment.storage_directory,
         }
 
@@ -531,8 +536,12 @@ class Beamline:
         try:
             self._progress = self._contact(self._transfer_system, self.adapters.transfer.progress)
         except ServiceError as error:
-            self._progress = replace(self._progress, state="Error", message=f"transfer status not read: {error}")
+            self._progress = replace(self._progress, state=TransferState.ERROR, message=f"transfer status not read: {error}")
         return self._progress
+
+    def resume_transfer(self) -> Outcome:
+        """After a restart, resume the transfer that was running before; an empty outcome when none was."""
+        return Outcome(self._contact(self._transfer_system, self.adapters.transfer.resume) or "")
 
     def daq_start(self) -> Outcome:
         """Start continuous transfer of the selected experiment's raw and `_rec` folders."""
@@ -545,23 +554,3 @@ class Beamline:
     def daq_stop(self) -> Outcome:
         return Outcome(self._contact(self._transfer_system, self.adapters.transfer.stop))
 
-
-def tag_values(current: CurrentProposal | None) -> dict[str, str] | None:
-    """The user-info values Tag writes, by field (tomoScan's PV name and this IOC's); None when nothing is published."""
-    beamtime = current.beamtime if current else None
-    if beamtime is None:
-        return None
-    pi = beamtime.pi or Person("")
-    return {
-        "UserName": pi.first_name,
-        "UserLastName": pi.last_name,
-        "UserEmail": pi.email,
-        "UserBadge": pi.badge,
-        "UserInstitution": pi.institution,
-        "UserInfoUpdate": current.refreshed.isoformat(timespec="seconds"),
-        "ProposalNumber": beamtime.gup,
-        "ProposalTitle": beamtime.title,
-        "ESAFNumber": beamtime.esaf,
-        "ESAFDOINumber": beamtime.esaf_doi,
-        "ExperimentYearMonth": beamtime.year_month,
-    }

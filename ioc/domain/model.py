@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, tzinfo
 
@@ -58,6 +58,15 @@ class EmailError(ServiceError):
 
 class TagError(DMagicError):
     """Tag could not write the target IOC."""
+
+
+class MissingPVs(TagError):
+    """Some of the target's PVs did not answer, so nothing was written; `missing` holds their names
+    after the prefix, so that the others can be written."""
+
+    def __init__(self, message: str, missing: Sequence[str]):
+        super().__init__(message)
+        self.missing = tuple(missing)
 
 
 # --------------------------------------------------------------------------
@@ -197,6 +206,45 @@ class CurrentProposal:
     run: Run | None
     beamtime: Beamtime | None
     refreshed: datetime
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    """Who runs the experiment, on which proposal: what tomoScan keeps in its user-info PVs (the PI's
+    name, e-mail, badge, institution; the proposal's number, title, ESAF) and what Tag writes there."""
+
+    first_name: str = ""
+    last_name: str = ""
+    email: str = ""
+    badge: str = ""
+    institution: str = ""
+    updated: str = ""  # ISO 8601 time the schedule was read
+    proposal: str = ""
+    title: str = ""
+    esaf: str = ""
+    esaf_doi: str = ""
+    year_month: str = ""
+
+    @classmethod
+    def of(cls, current: CurrentProposal) -> UserInfo:
+        """The user info of `current`'s beamtime; only the time of the refresh when there is none."""
+        beamtime = current.beamtime
+        if beamtime is None:
+            return cls(updated=iso(current.refreshed))
+        pi = beamtime.pi or Person("")
+        return cls(
+            first_name=pi.first_name,
+            last_name=pi.last_name,
+            email=pi.email,
+            badge=pi.badge,
+            institution=pi.institution,
+            updated=iso(current.refreshed),
+            proposal=beamtime.gup,
+            title=beamtime.title,
+            esaf=beamtime.esaf,
+            esaf_doi=beamtime.esaf_doi,
+            year_month=beamtime.year_month,
+        )
 
 
 # --------------------------------------------------------------------------

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from caproto import AlarmSeverity
 
-from .app import EMAIL_MODES, ManualRequest
-from .commands import CommandGroup
-from .pvs import NO_YES, command, enum, long, publish, string, text
+from ..pvs import NO_YES, command, enum, long, string, text, update
+from ..usecases import BeamlineState, ManualRequest
+from .base import CommandGroup
+
+EMAIL_MODES = ("New users", "All users")  # who Email writes to
 
 
 class ExperimentGroup(CommandGroup):
@@ -50,7 +52,7 @@ class ExperimentGroup(CommandGroup):
 
     @create.putter
     async def create(self, instance, value):
-        return await self.run_command(instance, value, self.app.create)
+        return await self.run_command(instance, value, self.beamline.create)
 
     @create_manual.putter
     async def create_manual(self, instance, value):
@@ -65,46 +67,45 @@ class ExperimentGroup(CommandGroup):
             start=self.manual_start.value,
             end=self.manual_end.value,
         )
-        return await self.run_command(instance, value, self.app.create_manual, request)
+        return await self.run_command(instance, value, self.beamline.create_manual, request)
 
     @select.putter
     async def select(self, instance, value):
-        return await self.run_command(instance, value, self.app.select, self.select_name.value)
+        return await self.run_command(instance, value, self.beamline.select, self.select_name.value)
 
     @add_user.putter
     async def add_user(self, instance, value):
-        return await self.run_command(instance, value, self.app.add_users, self.badges.value)
+        return await self.run_command(instance, value, self.beamline.add_users, self.badges.value)
 
     @remove_user.putter
     async def remove_user(self, instance, value):
-        return await self.run_command(instance, value, self.app.remove_users, self.badges.value)
+        return await self.run_command(instance, value, self.beamline.remove_users, self.badges.value)
 
     @email.putter
     async def email(self, instance, value):
-        return await self.run_command(instance, value, self.app.email, self.email_mode.value)
+        return await self.run_command(instance, value, self.beamline.email, self.email_mode.value == "All users")
 
     @delete.putter
     async def delete(self, instance, value):
-        attempt = value == "Busy" and self.root.engine.running is None  # a refused write changes nothing
+        attempt = value == "Busy" and self.engine.running is None  # a refused write changes nothing
         try:
-            return await self.run_command(instance, value, self.app.delete, self.delete_confirm.value)
+            return await self.run_command(instance, value, self.beamline.delete, self.delete_confirm.value)
         finally:
             if attempt:  # a confirmation is good for one attempt only
-                await publish(self.delete_confirm, "")
+                await update(self.delete_confirm, "")
 
-    async def show(self) -> None:
-        """Publish the selected experiment and the station's list."""
-        published = self.app.published
-        experiment = published.experiment
+    async def show(self, state: BeamlineState) -> None:
+        """Show the selected experiment and the station's list."""
+        experiment = state.experiment
         exists = experiment is not None
-        await publish(self.experiment_name, experiment.name if exists else "")
-        await publish(self.experiment_exists, NO_YES[exists], AlarmSeverity.NO_ALARM)
-        await publish(self.data_directory, experiment.data_directory if exists else "")
-        await publish(self.storage_directory, experiment.storage_directory if exists else "")
-        await publish(self.globus_url, published.globus_url)
-        await publish(self.experiment_users, ",".join(experiment.usernames) if exists else "")
-        await publish(self.experiments, whole_lines(published.experiments, self.experiments.max_length - 1))
-        await publish(self.emailed_users, ",".join(published.emailed))
+        await update(self.experiment_name, experiment.name if exists else "")
+        await update(self.experiment_exists, NO_YES[exists], AlarmSeverity.NO_ALARM)
+        await update(self.data_directory, experiment.data_directory if exists else "")
+        await update(self.storage_directory, experiment.storage_directory if exists else "")
+        await update(self.globus_url, state.globus_url)
+        await update(self.experiment_users, ",".join(experiment.usernames) if exists else "")
+        await update(self.experiments, whole_lines(state.experiments, self.experiments.max_length - 1))
+        await update(self.emailed_users, ",".join(state.emailed))
 
 
 def whole_lines(lines: tuple[str, ...], limit: int) -> str:

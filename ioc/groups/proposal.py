@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 
 from caproto import AlarmSeverity
 
-from .app import tag_values
-from .commands import CommandGroup
-from .model import DMagicError, iso
-from .pvs import NO_YES, command, double, enum, long, publish, string, text
+from ..domain.model import UserInfo, iso
+from ..pvs import NO_YES, command, double, enum, long, string, text, update
+from ..usecases import BeamlineState
+from .base import CommandGroup
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +30,7 @@ def retry_delay(period: float, failures: int) -> float:
 class ProposalGroup(CommandGroup):
     """Who runs the experiment now, from the scheduling system; Refresh and Tag."""
 
-    beamline = string("Beamline", "Beamline id")
+    beamline_name = string("Beamline", "Beamline id")
     run = string("Run", "Run containing now + offset, e.g. 2026-3")
     time_offset_days = double(
         "TimeOffsetDays", "Look this many days ahead (+) or back (-)", rw=True, units="d", limits=(-3660, 3660)
@@ -81,21 +80,23 @@ class ProposalGroup(CommandGroup):
 
     @refresh.putter
     async def refresh(self, instance, value):
-        return await self.run_command(instance, value, self.app.refresh, self.time_offset_days.value)
+        return await self.run_command(instance, value, self.beamline.refresh, self.time_offset_days.value)
 
     @tag.putter
     async def tag(self, instance, value):
-        return await self.run_command(instance, value, self.app.tag, self.tag_prefix.value)
+        return await self.run_command(instance, value, self.beamline.tag, self.tag_prefix.value)
 
     @refresh.startup
     async def refresh(self, instance, async_lib):
         """Refresh at startup, then every RefreshPeriod seconds; back off after failures, never stop."""
-        await publish(self.beamline, self.app.settings.beamline.name)
-        await self.root.ready.wait()  # autosaved TimeOffsetDays and RefreshPeriod first
+        await update(self.beamline_name, self.beamline.settings.beamline.name)
+        await self.engine.ready.wait()  # autosaved TimeOffsetDays and RefreshPeriod first
         failures = 0
         while True:
-            ok = await self._automatic_refresh(report=failures == 0)
-            failures = 0 if ok else failures + 1
+            failure = await self.engine.background(
+                "automatic Refresh", self.beamline.refresh, self.time_offset_days.value, say_failure=failures == 0
+            )  # a failure is said once; Scheduling:Health shows it meanwhile
+            failures = failures + 1 if failure else 0
             waited_since = time.monotonic()
             while True:  # RefreshPeriod may change while we wait; 0 = off
                 period = self.refresh_period.value
@@ -103,67 +104,45 @@ class ProposalGroup(CommandGroup):
                     break
                 await async_lib.library.sleep(0.5)
 
-    async def _automatic_refresh(self, report: bool) -> bool:
-        """One automatic refresh; False when it failed (an unexpected error too: the loop never stops)."""
-        try:
-            return await self._refresh_once(report)
-        except Exception:
-            log.exception("automatic refresh failed unexpectedly")
-            return False
-
-    async def _refresh_once(self, report: bool) -> bool:
-        """One automatic refresh off the event loop; a failure goes to Health (and Status if `report`)."""
-        try:
-            outcome = await asyncio.to_thread(self.app.refresh, self.time_offset_days.value)
-        except DMagicError as error:
-            log.warning("automatic refresh failed: %s", error)
-            if report and self.root.engine.running is None:  # Scheduling:Health shows it in any case
-                await self.root.engine.report(f"automatic Refresh failed: {error}", AlarmSeverity.MAJOR_ALARM)
-            await self.root.show()
-            return False
-        log.info("automatic refresh: %s", outcome.message)
-        await self.root.show()
-        return True
-
-    async def show(self) -> None:
-        """Publish the current proposal; an empty one when nothing is scheduled."""
-        current = self.app.published.current
+    async def show(self, state: BeamlineState) -> None:
+        """Show the current proposal; an empty one when nothing is scheduled."""
+        current = state.current
         if current is None:
             return
         beamtime = current.beamtime
-        await publish(self.run, current.run.name if current.run else "")
+        await update(self.run, current.run.name if current.run else "")
         active = beamtime is not None
-        await publish(
+        await update(
             self.proposal_active, NO_YES[active], AlarmSeverity.NO_ALARM if active else AlarmSeverity.MINOR_ALARM
         )
-        tagged = self._tagged()
-        values = tag_values(current) or {**dict.fromkeys(tagged, ""), "UserInfoUpdate": iso(current.refreshed)}
-        for name, channel in tagged.items():
-            await publish(channel, values[name])
+        info = UserInfo.of(current)
+        for attribute, channel in self._user_info_pvs().items():
+            await update(channel, getattr(info, attribute))
         people = beamtime.people_pi_first if beamtime else ()
-        await publish(self.schedule_proposal_number, beamtime.gup if beamtime else "")
-        await publish(self.schedule_pi, beamtime.pi.full_name if beamtime and beamtime.pi else "")
-        await publish(self.proposal_type, beamtime.proposal_type if beamtime else "")
-        await publish(self.proposal_start, iso(beamtime.start) if beamtime else "")
-        await publish(self.proposal_end, iso(beamtime.end) if beamtime else "")
-        await publish(self.proprietary, NO_YES[bool(beamtime and beamtime.proprietary)])
-        await publish(self.mail_in, NO_YES[bool(beamtime and beamtime.mail_in)])
-        await publish(self.users_count, len(people))
-        await publish(self.users_names, ",".join(p.full_name for p in people))
-        await publish(self.users_badges, ",".join(p.badge for p in people))
-        await publish(self.users_emails, ",".join(p.email for p in people))
+        await update(self.schedule_proposal_number, beamtime.gup if beamtime else "")
+        await update(self.schedule_pi, beamtime.pi.full_name if beamtime and beamtime.pi else "")
+        await update(self.proposal_type, beamtime.proposal_type if beamtime else "")
+        await update(self.proposal_start, iso(beamtime.start) if beamtime else "")
+        await update(self.proposal_end, iso(beamtime.end) if beamtime else "")
+        await update(self.proprietary, NO_YES[bool(beamtime and beamtime.proprietary)])
+        await update(self.mail_in, NO_YES[bool(beamtime and beamtime.mail_in)])
+        await update(self.users_count, len(people))
+        await update(self.users_names, ",".join(p.full_name for p in people))
+        await update(self.users_badges, ",".join(p.badge for p in people))
+        await update(self.users_emails, ",".join(p.email for p in people))
 
-    def _tagged(self) -> dict:
+    def _user_info_pvs(self) -> dict:
+        """`UserInfo` attribute -> the PV that shows it (tomoScan's names)."""
         return {
-            "UserName": self.user_name,
-            "UserLastName": self.user_last_name,
-            "UserEmail": self.user_email,
-            "UserBadge": self.user_badge,
-            "UserInstitution": self.user_institution,
-            "UserInfoUpdate": self.user_info_update,
-            "ProposalNumber": self.proposal_number,
-            "ProposalTitle": self.proposal_title,
-            "ESAFNumber": self.esaf_number,
-            "ESAFDOINumber": self.esaf_doi_number,
-            "ExperimentYearMonth": self.experiment_year_month,
+            "first_name": self.user_name,
+            "last_name": self.user_last_name,
+            "email": self.user_email,
+            "badge": self.user_badge,
+            "institution": self.user_institution,
+            "updated": self.user_info_update,
+            "proposal": self.proposal_number,
+            "title": self.proposal_title,
+            "esaf": self.esaf_number,
+            "esaf_doi": self.esaf_doi_number,
+            "year_month": self.experiment_year_month,
         }

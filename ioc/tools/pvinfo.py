@@ -14,7 +14,7 @@ from typing import Any
 
 from caproto import ChannelType
 
-from .pvs import is_command, record_type
+from ..pvs import is_command, record_type
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +112,10 @@ def _quiet(logger_name: str) -> Iterator[None]:
 
 def ioc_pvs() -> list[PVInfo]:
     """Describe the PVs of a `DMagicIOC` built on default settings, without adapters (nothing is contacted)."""
-    from .app import Beamline
-    from .config import Settings
-    from .server import DMagicIOC
+    from ..config import Settings
+    from ..server import DMagicIOC
+    from ..usecases import Beamline
 
-    with _quiet(DMagicIOC.__module__):
-        ioc = DMagicIOC(PREFIX_MACRO, app=Beamline(Settings(), adapters=None))
+    with _quiet("dmagic_ioc.ioc.groups"):
+        ioc = DMagicIOC(PREFIX_MACRO, beamline=Beamline(Settings(), adapters=None))
     return describe(ioc.pvdb, PREFIX_MACRO)

@@ -1,6 +1,6 @@
 """Render the Markdown table of the IOC's PVs and keep the README's copy in sync.
 
-`python -m dmagic_ioc.ioc.pvtable` prints the table; `--write README.md`
+`python -m dmagic_ioc.ioc.tools.pvtable` prints the table; `--write README.md`
 replaces the text between the pv-table markers; `--check README.md` exits
 non-zero when that text is out of date.
 """
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         if not current:
             print(
-                f"{path}: the PV table is out of date: run python -m dmagic_ioc.ioc.pvtable --write {path}",
+                f"{path}: the PV table is out of date: run python -m dmagic_ioc.ioc.tools.pvtable --write {path}",
                 file=sys.stderr,
             )
             return 1

@@ -1,0 +1,162 @@
+"""The one way into the use cases, and the one writer of the status PVs.
+
+A command putter hands its use case to `Engine.command`; the automatic
+refresh and startup hand theirs to `Engine.background`; the transfer's
+progress is read through `Engine.query`. Use cases are plain blocking Python:
+the engine runs each in a worker thread, never two commands or background
+jobs at a time (so the use cases need no locks), then it alone turns the
+outcome into `Status`, `LastError`, `Busy`, `LastCommand` and the `*:Health`
+PVs, and has every PV group show what changed, before a put completes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from caproto import AlarmSeverity, AlarmStatus
+
+from .domain.model import DMagicError, printable
+from .pvs import COMMAND_STATES, update
+from .usecases import SYSTEMS, Beamline, Outcome
+
+log = logging.getLogger(__name__)
+
+def first_health(settings) -> dict[str, str]:
+    """Each system's Health before any contact: OK, or Disabled when the config turns it off."""
+    enabled = {"Globus": settings.globus.enabled, "Email": settings.email.enabled}
+    return {system: "OK" if enabled.get(system, True) else "Disabled" for system in SYSTEMS}
+
+
+class CommandFailed(Exception):
+    """Raised out of a command putter so the client's put fails; `Status` already says why."""
+
+
+class Engine:
+    """Runs the use cases one at a time, off the event loop, and shows their outcomes."""
+
+    def __init__(self, beamline: Beamline, status_pvs, health: dict[str, str]):
+        self.beamline = beamline
+        self._pvs = status_pvs  # the StatusGroup: status, busy, last_command, last_error
+        self.health = health  # system -> OK/Error/Disabled, changed here only (the StatusGroup shows it)
+        self._held: set[str] = set()  # systems whose Health stays Error until restart (lost state)
+        self._one_at_a_time = asyncio.Lock()
+        self.running: str | None = None  # the command running now
+        self.ready = asyncio.Event()  # set once startup has restored settings and read the selection
+        self.show: Callable[[], Awaitable[None]] | None = None  # every group shows the use cases' state
+        self._last_query_error = ""
+
+    # ------------------------------------------------------------------ ways in
+
+    async def command(self, name: str, channel, use_case: Callable[..., Outcome], *args) -> Outcome:
+        """Run command `name` of PV `channel`: the whole body of its putter. Raises CommandFailed."""
+        if self.running is not None:
+            message = f"{name} refused: {self.running} is running; try again when it ends"
+            await self.report(message, AlarmSeverity.MAJOR_ALARM)
+            raise CommandFailed(message)
+        self.running = name
+        try:
+            await channel.write(COMMAND_STATES[1], verify_value=False, status=AlarmStatus.NO_ALARM,
+                                severity=AlarmSeverity.NO_ALARM)  # fmt: skip
+            await update(self._pvs.last_command, name, force=True)
+            await update(self._pvs.busy, "Busy")
+            await self.report(f"{name} running", AlarmSeverity.NO_ALARM)
+            async with self._one_at_a_time:
+                outcome, failure = await self._run(name, use_case, *args)
+            try:
+                await self._show()
+            finally:
+                await update(self._pvs.busy, "Idle")
+            if outcome is None:
+                await self.report(failure, AlarmSeverity.MAJOR_ALARM)
+                raise CommandFailed(failure)
+            await self.report(outcome.message, AlarmSeverity.MINOR_ALARM if outcome.warning else AlarmSeverity.NO_ALARM)
+            return outcome
+        finally:
+            self.running = None
+            await channel.write(COMMAND_STATES[0], verify_value=False)
+
+    async def background(self, name: str, use_case: Callable[..., Outcome], *args, say_failure: bool = True,
+                         say_outcome: bool = False) -> str:  # fmt: skip
+        """Background work (the automatic refresh, startup, resuming a transfer): after a running command,
+        never beside it. Its failure goes to `Status` when `say_failure` (and its outcome, when not empty,
+        when `say_outcome`) unless a command has started meanwhile; the Health PVs show its contacts in
+        any case. Returns '' when it succeeded, else why it failed."""
+        async with self._one_at_a_time:
+            outcome, failure = await self._run(name, use_case, *args)
+        await self._show()
+        if outcome is None:
+            if say_failure:
+                await self.notify(failure, AlarmSeverity.MAJOR_ALARM)
+        elif say_outcome and outcome.message:
+            await self.notify(outcome.message, AlarmSeverity.MINOR_ALARM if outcome.warning else AlarmSeverity.NO_ALARM)
+        return failure
+
+    async def query(self, name: str, read: Callable, *args):
+        """A read that changes nothing the commands change (the transfer's progress), beside them.
+
+        Returns None when it failed unexpectedly (a bug): said once on Status and in the log, not at
+        every poll, and the caller's loop goes on."""
+        try:
+            result = await asyncio.to_thread(read, *args)
+        except Exception as error:
+            if repr(error) != self._last_query_error:
+                self._last_query_error = repr(error)
+                log.exception("%s failed unexpectedly", name)
+                await self.report(f"{name} failed: internal error ({error}); see the IOC log", AlarmSeverity.MAJOR_ALARM)
+            return None
+        finally:
+            self._take_contacts()
+        self._last_query_error = ""
+        return result
+
+    # ------------------------------------------------------------------ status
+
+    async def report(self, message: str, severity: AlarmSeverity) -> None:
+        """Show `message` on Status (control characters escaped); a failure is also kept on LastError."""
+        message = printable(message)
+        await update(self._pvs.status, message, severity, force=True)
+        if severity == AlarmSeverity.MAJOR_ALARM:
+            await update(self._pvs.last_error, message)
+
+    async def notify(self, message: str, severity: AlarmSeverity) -> bool:
+        """News from background work (a transfer error, the end of an upload): on Status unless a
+        command runs, whose outcome it must not hide. False when it was not shown (say it again later)."""
+        if self.running is not None:
+            return False
+        await self.report(message, severity)
+        return True
+
+    def hold_error(self, system: str) -> None:
+        """Show `system`'s Health as Error until restart, whatever later contacts say (its state was lost)."""
+        self._held.add(system)
+        self.health[system] = "Error"
+
+    # ------------------------------------------------------------------ inside
+
+    async def _run(self, name: str, use_case: Callable[..., Outcome], *args) -> tuple[Outcome | None, str]:
+        """Run `use_case(*args)` in a worker thread: (outcome, '') or (None, why it failed)."""
+        try:
+            outcome = await asyncio.to_thread(use_case, *args)
+        except DMagicError as error:
+            failure = f"{name} failed: {error}"
+            log.warning("%s", failure)
+        except Exception as error:  # a bug: say so on Status, keep the IOC alive
+            log.exception("%s failed unexpectedly", name)
+            failure = f"{name} failed: internal error ({type(error).__name__}: {error}); see the IOC log"
+        else:
+            log.info("%s: %s", name, outcome.message)
+            return outcome, ""
+        finally:
+            self._take_contacts()
+        return None, failure
+
+    def _take_contacts(self) -> None:
+        """The use cases' contacts with the outside systems, into the Health PVs' states (on the loop)."""
+        for system, ok in self.beamline.contacts():
+            self.health[system] = "OK" if ok and system not in self._held else "Error"
+
+    async def _show(self) -> None:
+        if self.show is not None:
+            await self.show()

@@ -1,0 +1,1 @@
+"""One PVGroup per concern: status, proposal, experiment, daq."""
