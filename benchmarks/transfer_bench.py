@@ -27,7 +27,7 @@ from pathlib import Path
 from dmagic_ioc.adapters.dm.local import write_storage_marker
 from dmagic_ioc.adapters.transfer.local import LocalTransfer
 from dmagic_ioc.adapters.transfer.scan import Tree
-from dmagic_ioc.ioc.model import Experiment
+from dmagic_ioc.ioc.domain.model import Experiment
 
 MB = 1e6
 
