@@ -28,6 +28,7 @@ from dmagic_ioc.adapters.dm.local import write_storage_marker
 from dmagic_ioc.adapters.transfer.local import LocalTransfer
 from dmagic_ioc.adapters.transfer.scan import Tree
 from dmagic_ioc.ioc.domain.model import Experiment
+from dmagic_ioc.ioc.domain.ports import TransferState
 
 MB = 1e6
 
@@ -72,9 +73,9 @@ def run_engine(src: Path, dest: Path, state: Path, workers: int) -> float:
     try:
         started = time.monotonic()
         engine.start(Experiment(name="bench"), {str(src): str(dest)}, once=True)
-        ended = wait_until(lambda: engine.progress().state != "Running", timeout=3600)
+        ended = wait_until(lambda: engine.progress().state != TransferState.RUNNING, timeout=3600)
         progress = engine.progress()
-        if progress.state != "Stopped":
+        if progress.state != TransferState.STOPPED:
             raise RuntimeError(f"engine ended in {progress.state}: {progress.message}")
         return ended - started
     finally:
