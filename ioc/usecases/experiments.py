@@ -1,0 +1,246 @@
+"""Experiments in DM: Create, CreateManual, Select, AddUser, RemoveUser, Delete."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import date, datetime, time, timedelta
+
+from ..domain.model import (
+    DMError,
+    Experiment,
+    ExperimentUser,
+    GlobusError,
+    InputError,
+    Person,
+    SchedulingError,
+    check_name,
+    dm_username,
+    experiment_name,
+    parse_badges,
+    plural,
+    year_month,
+)
+from ..domain.ports import (
+    TransferState,
+)
+from .base import BeamlineCore, ManualRequest, Outcome
+
+log = logging.getLogger(__name__)
+
+
+class ExperimentCases(BeamlineCore):
+    """Experiments in DM: Create, CreateManual, Select, AddUser, RemoveUser, Delete."""
+
+    # ------------------------------------------------------------------ experiments
+
+    def create(self) -> Outcome:
+        """Create (or complete) the DM experiment of the current proposal and select it."""
+        current = self.state.current
+        beamtime = current.beamtime if current else None
+        if beamtime is None:
+            raise InputError("no proposal is active now (ProposalActive is No): Refresh, or use CreateManual")
+        pi = beamtime.pi
+        name = experiment_name(
+            self.settings.dm.experiment_name,
+            year_month=beamtime.year_month,
+            pi_last_name=pi.last_name if pi else "",
+            gup=beamtime.gup,
+        )
+        people = [ExperimentUser.from_person(p, "proposal") for p in beamtime.people_pi_first]
+        people += [ExperimentUser.from_person(p, "esaf") for p in beamtime.esaf_people]
+        experiment = Experiment(
+            name=name,
+            title=beamtime.title,
+            gup=beamtime.gup,
+            esaf=beamtime.esaf,
+            start=beamtime.start,
+            end=beamtime.end,
+            year_month=beamtime.year_month,
+            data_directory=str(self.settings.dm.data_top_dir / name),
+        )
+        return self._create(experiment, people)
+
+    def create_manual(self, request: ManualRequest) -> Outcome:
+        """Create (or complete) an experiment from the `Manual:*` PVs, for commissioning."""
+        start, end = self._manual_dates(request.start, request.end)
+        badges = parse_badges(request.badges, "Manual:Badges") if request.badges.strip() else ()
+        last_name = request.last_name.strip() or "Staff"
+        name = experiment_name(
+            self.settings.dm.experiment_name, year_month=year_month(start), pi_last_name=last_name, gup=str(request.gup)
+        )
+        people = [ExperimentUser(dm_username(b), source="manual") for b in badges]
+        if people:  # the Manual:* person is the first badge's owner
+            first = Person(badges[0], request.first_name.strip(), last_name, request.email.strip(),
+                           request.institution.strip())  # fmt: skip
+            people[0] = ExperimentUser.from_person(first, "manual")
+        experiment = Experiment(
+            name=name,
+            title=request.title.strip() or f"{last_name} manual experiment",
+            gup=str(request.gup) if request.gup else "",
+            start=start,
+            end=end,
+            year_month=year_month(start),
+            data_directory=str(self.settings.dm.data_top_dir / name),
+        )
+        return self._create(experiment, people)
+
+    def _manual_dates(self, start_text: str, end_text: str) -> tuple[datetime, datetime]:
+        def day(text: str, what: str) -> date | None:
+            if not text.strip():
+                return None
+            try:
+                return date.fromisoformat(text.strip())
+            except ValueError:
+                raise InputError(f"{what} {text!r} is not a date YYYY-MM-DD") from None
+
+        today = self.clock().astimezone(self.tz).date()
+        start = day(start_text, "Manual:Start") or today.replace(day=1)
+        end = day(end_text, "Manual:End") or start + timedelta(days=14)
+        if end <= start:
+            raise InputError(f"Manual:End {end} is not after Manual:Start {start}")
+        return (datetime.combine(start, time(), self.tz), datetime.combine(end, time(), self.tz))
+
+    def _create(self, experiment: Experiment, people: list[ExperimentUser]) -> Outcome:
+        dm = self.adapters.dm
+        contacts = [ExperimentUser(dm_username(b), source="contact") for b in self.settings.beamline.contacts]
+        users = list({u.username: u for u in reversed(people + contacts)}.values())[::-1]
+        experiment, created = self._contact("DM", dm.create_experiment, experiment)
+        self.adapters.state.select(experiment.name)  # selected even if a later step fails: a rerun completes
+        added, details, warning = self._give_access(experiment, users)
+        if created:
+            users_text = plural(len(users), "user")
+            message = f"created experiment {experiment.name} with {users_text}; storage {experiment.storage_directory}"
+        else:
+            message = f"experiment {experiment.name} exists: selected it; users added: {', '.join(added) or 'none'}"
+        return Outcome(message + details, warning=warning)
+
+    def _give_access(self, experiment: Experiment, users: Sequence[ExperimentUser]) -> tuple[list[str], str, bool]:
+        """DM access, then Globus access for every one of `users` DM has (not only the new ones: a
+        rerun after a Globus failure completes). Returns (added, a Status fragment, warning); the
+        selection's PVs are read again whatever happens."""
+        try:
+            added, problem = self._add_users(experiment, users)
+            granted = self._grant(experiment, self._with_dm_access(experiment.name, users))
+        finally:
+            self.load_selection()
+        return added, granted + problem, bool(problem)
+
+    def _add_users(self, experiment: Experiment, users: Sequence[ExperimentUser]) -> tuple[list[str], str]:
+        """Add users in DM: (the usernames added, a warning fragment for those DM refused).
+
+        A user DM refuses (e.g. without a DM account) is a warning, not a failure: the others get
+        access and the command goes on, so one experimenter does not block the experiment.
+        """
+        try:
+            return self._contact("DM", self.adapters.dm.add_users, experiment.name, users), ""
+        except DMError as error:
+            if error.done is None:
+                raise
+            return list(error.done), f"; not all users added: {error}"
+
+    def _with_dm_access(self, name: str, users: Sequence[ExperimentUser]) -> list[ExperimentUser]:
+        """Those of `users` that experiment `name` has in DM now (read again after adding them)."""
+        experiment = self._contact("DM", self.adapters.dm.get_experiment, name)
+        have = set(experiment.usernames) if experiment else set()
+        return [u for u in users if u.username in have]
+
+    def _grant(self, experiment: Experiment, users: Sequence[ExperimentUser]) -> str:
+        """Globus access for `users`; a sentence fragment for Status."""
+        access = self.adapters.access
+        if access is None or not any(u.email.strip() for u in users):
+            return ""  # no Globus call: Globus:Health stays what the last contact said
+        try:
+            rules = self._contact("Globus", access.grant, experiment, users)
+        except GlobusError as error:
+            if error.done:  # rules made before the failure: recorded, so RemoveUser/Delete can revoke them
+                self.adapters.state.record_rules(experiment.name, error.done)
+            raise
+        self.adapters.state.record_rules(experiment.name, rules)
+        return f"; Globus access for {plural(len(rules), 'user')}" if rules else ""
+
+    def select(self, name: str) -> Outcome:
+        """Select an existing experiment and publish the proposal it belongs to."""
+        name = check_name(name, "SelectName")
+        experiment = self._contact("DM", self.adapters.dm.get_experiment, name)
+        if experiment is None:
+            raise InputError(f"no experiment named {name}: Experiments lists the station's experiments")
+        self.adapters.state.select(name)
+        self.load_selection()
+        if not experiment.gup:
+            return Outcome(f"selected {name} (no proposal)")
+        try:
+            found = self._beamtime_of(experiment.gup, experiment.start)
+        except SchedulingError as error:
+            return Outcome(f"selected {name}; its proposal {experiment.gup} was not read: {error}", warning=True)
+        if found is None:
+            return Outcome(f"selected {name}; proposal {experiment.gup} is not in the schedule", warning=True)
+        self._change(current=found)
+        return Outcome(f"selected {name} and published its proposal {experiment.gup}")
+
+    def add_users(self, badges_text: str) -> Outcome:
+        """Give the badges in `Badges` access to the selected experiment."""
+        badges = parse_badges(badges_text)
+        experiment = self._selected()
+        known = self._known_people()
+        users = [
+            ExperimentUser.from_person(known[b], "added")
+            if b in known
+            else ExperimentUser(dm_username(b), source="added")
+            for b in badges
+        ]
+        added, details, warning = self._give_access(experiment, users)
+        if added:
+            message = f"gave {', '.join(added)} access to {experiment.name}"
+        else:
+            message = f"{', '.join(u.username for u in users)} already had access to {experiment.name}"
+        return Outcome(message + details, warning=warning)
+
+    def _known_people(self) -> dict[str, Person]:
+        beamtime = self.state.current.beamtime if self.state.current else None
+        if beamtime is None:
+            return {}
+        return {p.badge: p for p in (*beamtime.people, *beamtime.esaf_people)}
+
+    def remove_users(self, badges_text: str) -> Outcome:
+        """Take access to the selected experiment from the badges in `Badges`."""
+        badges = parse_badges(badges_text)
+        experiment = self._selected()
+        usernames = [dm_username(b) for b in badges]
+        revoked = self._revoke(experiment, usernames)
+        removed = self._contact("DM", self.adapters.dm.remove_users, experiment.name, usernames)
+        self.load_selection()
+        if not removed:
+            return Outcome(f"none of {', '.join(usernames)} had access to {experiment.name}")
+        return Outcome(f"removed access of {', '.join(removed)} from {experiment.name}{revoked}")
+
+    def _revoke(self, experiment: Experiment, usernames: Sequence[str] | None = None) -> str:
+        access, state = self.adapters.access, self.adapters.state
+        if access is None:
+            return ""
+        rules = state.rules(experiment.name)
+        if usernames is not None:
+            rules = {u: rule for u, rule in rules.items() if u in usernames}
+        if not rules:
+            return ""
+        removed = self._contact("Globus", access.revoke, experiment, rules)
+        state.forget_rules(experiment.name, removed)
+        return f"; {len(removed)} Globus rules deleted"
+
+    def delete(self, confirm: str) -> Outcome:
+        """Delete the selected experiment when `DeleteConfirm` equals its name."""
+        experiment = self._selected()
+        if confirm.strip() != experiment.name:
+            raise InputError(
+                f"DeleteConfirm must equal ExperimentName ({experiment.name}) to delete it; nothing deleted"
+            )
+        transfer = self.adapters.transfer
+        if transfer.progress().state != TransferState.STOPPED:
+            raise InputError("a transfer is running (or retrying after an error): DaqStop first; nothing deleted")
+        revoked = self._revoke(experiment)
+        removed = self._contact("DM", self.adapters.dm.delete_experiment, experiment.name)
+        transfer.forget(self._sources(experiment))  # a re-created experiment gets its files again
+        self.adapters.state.forget_experiment(experiment.name)
+        self.adapters.state.select("")
+        self.load_selection()
+        return Outcome(removed + revoked)
