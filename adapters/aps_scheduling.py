@@ -21,7 +21,7 @@ from urllib.parse import quote, urlsplit
 import requests
 from requests.auth import HTTPBasicAuth
 
-from ..ioc.config import is_loopback, read_credentials
+from ..ioc.secrets import is_loopback, read_credentials
 from ..ioc.domain.model import Beamtime, DMagicError, Person, Run, SchedulingError, parse_time
 
 log = logging.getLogger(__name__)

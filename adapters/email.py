@@ -24,7 +24,7 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid, parseaddr
 from pathlib import Path
 
-from ..ioc.config import is_loopback, read_credentials
+from ..ioc.secrets import is_loopback, read_credentials
 from ..ioc.domain.model import EmailError, InputError
 from ..ioc.domain.ports import Delivery
 

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import grp
-import ipaddress
 import os
 import pwd
-import stat
 import string
 import types
 import typing
@@ -23,8 +21,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
-from .access import host_problems, resolution_problems
+from .addresses import host_problems, resolution_problems
 from .domain.model import BADGE, EXPERIMENT_NAME_FIELDS, InputError, check_name
+from .secrets import is_loopback, read_credentials, read_secret, secret_file_problems
 
 
 class ConfigError(Exception):
@@ -377,19 +376,6 @@ def _scheduling_url_problems(scheduling: SchedulingSettings) -> list[str]:
     return []
 
 
-def is_loopback(host: str) -> bool:
-    """`localhost`, 127.0.0.0/8 or ::1: what never leaves this machine."""
-    host = host.strip().strip("[]").rstrip(".").lower()
-    if host == "localhost":
-        return True
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    mapped = getattr(address, "ipv4_mapped", None)
-    return address.is_loopback or (mapped is not None and mapped.is_loopback)
-
-
 def _name_problems(key: str, value: str) -> list[str]:
     try:
         check_name(value, key)
@@ -498,38 +484,3 @@ def _credentials_problems(key: str, path: Path, *, pair: bool = True) -> list[st
         reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
         return [f"{key}: cannot read {path}: {reason}"]
     return []
-
-
-def secret_file_problems(key: str, path: Path | None, *, required: bool) -> list[str]:
-    """A credentials or secret file must exist and be readable by its owner only."""
-    if path is None:
-        return [f"{key}: must be set"] if required else []
-    try:
-        mode = path.stat().st_mode
-    except OSError as error:
-        return [f"{key}: cannot read {path}: {error.strerror}"]
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        return [f"{key}: {path} is readable by group or others (mode {stat.S_IMODE(mode):04o}); run: chmod 600 {path}"]
-    if not os.access(path, os.R_OK):
-        return [f"{key}: {path} is not readable by this user"]
-    return []
-
-
-def read_secret(key: str, path: Path) -> str:
-    """The stripped first line of a secret file, after the mode check."""
-    problems = secret_file_problems(key, path, required=True)
-    if problems:
-        raise InputError(problems[0])
-    lines = path.read_text(encoding="utf-8").strip().splitlines()
-    if not lines or not lines[0].strip():
-        raise InputError(f"{key}: {path} is empty")
-    return lines[0].strip()
-
-
-def read_credentials(key: str, path: Path) -> tuple[str, str]:
-    """`user|password` or `user password` on one line -> (user, password)."""
-    line = read_secret(key, path)
-    user, sep, password = line.partition("|") if "|" in line else line.partition(" ")
-    if not sep or not user.strip() or not password.strip():
-        raise InputError(f"{key}: {path} must hold one line 'user|password' (or 'user password')")
-    return user.strip(), password.strip()

@@ -19,7 +19,7 @@ from typing import Any
 import globus_sdk
 from globus_sdk.scopes import AuthScopes, TransferScopes
 
-from ...ioc.config import read_secret
+from ...ioc.secrets import read_secret
 from ...ioc.domain.model import GlobusError, InputError
 
 log = logging.getLogger(__name__)

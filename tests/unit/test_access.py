@@ -11,15 +11,8 @@ import caproto as ca
 import pytest
 from caproto import AccessRights, ChannelType
 from caproto.server import PVGroup, pvproperty
-from dmagic_ioc.ioc.access import (
-    ClientHost,
-    WriteAccess,
-    host_problems,
-    parse_hosts,
-    plain_address,
-    resolution_problems,
-    restrict_writes,
-)
+from dmagic_ioc.ioc.access import ClientHost, WriteAccess, restrict_writes
+from dmagic_ioc.ioc.addresses import host_problems, parse_hosts, plain_address, resolution_problems
 from dmagic_ioc.ioc.caserver import RefusalLog, SearchSocket, _write_notify_failure
 from dmagic_ioc.ioc.config import AccessSettings, ConfigError, settings_from_dict
 
