@@ -21,8 +21,8 @@ from urllib.parse import quote, urlsplit
 import requests
 from requests.auth import HTTPBasicAuth
 
-from ..ioc.secrets import is_loopback, read_credentials
 from ..ioc.domain.model import Beamtime, DMagicError, Person, Run, SchedulingError, parse_time
+from ..ioc.secrets import is_loopback, read_credentials
 
 log = logging.getLogger(__name__)
 

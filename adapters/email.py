@@ -24,9 +24,9 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid, parseaddr
 from pathlib import Path
 
-from ..ioc.secrets import is_loopback, read_credentials
 from ..ioc.domain.model import EmailError, InputError
 from ..ioc.domain.ports import Delivery
+from ..ioc.secrets import is_loopback, read_credentials
 
 log = logging.getLogger(__name__)
 
@@ -189,16 +189,16 @@ class SmtpMailer:
 
     def send(self, recipients: Sequence[tuple[str, str]], values: Mapping[str, str]) -> Delivery:
         """The message, filled with `values`, to each (username, address); users without an address are skipped."""
-        messages = [
-            (username, address, build_message(self.template, sender=self.sender, to=address.strip(), values=values))
-            if (address or "").strip() else (username, "", None)
-            for username, address in recipients
-        ]  # fmt: skip
-        return self._deliver(messages)
+        skipped = tuple(username for username, address in recipients if not (address or "").strip())
+        addressed = [(username, address.strip()) for username, address in recipients if (address or "").strip()]
+        pending = [
+            (username, address, build_message(self.template, sender=self.sender, to=address, values=values))
+            for username, address in addressed
+        ]
+        return self._deliver(pending, skipped)
 
-    def _deliver(self, messages: Sequence[tuple[str, str, EmailMessage | None]]) -> Delivery:
-        skipped = tuple(username for username, address, _ in messages if not (address or "").strip())
-        pending = [(user, address.strip(), message) for user, address, message in messages if (address or "").strip()]
+    def _deliver(self, pending: Sequence[tuple[str, str, EmailMessage]], skipped: tuple[str, ...]) -> Delivery:
+        """Send each (username, address, message) over one connection; `skipped` have no address."""
         if not pending:
             return Delivery(skipped=skipped, failed={})
         delivered: list[str] = []
@@ -241,6 +241,7 @@ class SmtpMailer:
                 log.info("SMTP: logged in to %s as %s", self.server, login[0])
         except smtplib.SMTPAuthenticationError as error:
             _quit(smtp)
+            assert login is not None  # only smtp.login refuses a login
             said = _redact(_reason(error), *login)  # a server may echo what it was sent
             raise EmailError(f"the SMTP server {self.server} refused the login of {login[0]}: {said}") from None
         except smtplib.SMTPNotSupportedError as error:

@@ -13,13 +13,13 @@ from pathlib import Path
 
 from caproto.server import template_arg_parser
 
-
 from .caserver import serve
 from .config import ConfigError, Settings, environment_problems, load_config
 from .demo import demo_folder, write_demo
-from .logs import quiet_expected_errors
 from .domain.model import DMagicError, plural
+from .domain.ports import Access, DataManagement, Mailer, SchedulingSource, Transfer
 from .groups.status import package_version
+from .logs import quiet_expected_errors
 from .server import DMagicIOC, StartupProblem
 from .usecases import Adapters, Beamline
 
@@ -35,6 +35,7 @@ def build_adapters(settings: Settings) -> Adapters:
     registry = Registry(state_dir / "registry.sqlite")
     dm_cfg, tz = settings.dm, settings.beamline.tz
 
+    scheduling: SchedulingSource
     if settings.scheduling.backend == "aps":
         from ..adapters.aps_scheduling import ApsScheduling
 
@@ -45,8 +46,11 @@ def build_adapters(settings: Settings) -> Adapters:
     else:
         from ..adapters.schedule_file import FileSchedule
 
+        assert settings.scheduling.path is not None  # the config requires it of the file backend
         scheduling = FileSchedule(settings.scheduling.path, tz)
 
+    dm: DataManagement
+    transfer: Transfer | None
     if dm_cfg.backend == "aps":
         from ..adapters.dm.aps import ApsDM
         from ..adapters.dm.aps_daq import ApsDaq
@@ -59,7 +63,7 @@ def build_adapters(settings: Settings) -> Adapters:
         dm = LocalDM(registry, dm_cfg.storage_root, dm_cfg.data_top_dir, dm_cfg.data_host, dm_cfg.group)
         transfer = None
 
-    access = None
+    access: Access | None = None
     if settings.globus.enabled:
         from ..adapters.globus.access import GlobusAccess
         from ..adapters.globus.transfer import GlobusTransfer
@@ -76,7 +80,7 @@ def build_adapters(settings: Settings) -> Adapters:
             workers=dm_cfg.transfer_workers, source_top=dm_cfg.data_top_dir,
         )  # fmt: skip
 
-    mailer = None
+    mailer: Mailer | None = None
     if settings.email.enabled:
         from ..adapters.email import SmtpMailer, load_template
 
@@ -172,6 +176,7 @@ def check(config_path: Path, prefix: str, *, demo: bool) -> int:
     if problems:
         print_problems(problems)
         return 2
+    assert settings is not None  # load_config returned it, or raised with problems
     what = "the bundled demo config" if demo else f"config {settings.source}"
     print(f"dmagic-ioc: {what} is valid (prefix {prefix or settings.ioc.prefix})")
     return 0

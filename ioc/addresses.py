@@ -74,7 +74,7 @@ def plain_address(address: IPAddress | str) -> IPAddress:
 def resolve_host(name: str) -> frozenset[IPAddress]:
     """Every address `name` resolves to (IPv4 and IPv6); blocking, raises OSError when it does not resolve."""
     infos = socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
-    return frozenset(plain_address(info[4][0]) for info in infos)
+    return frozenset(plain_address(str(info[4][0])) for info in infos)
 
 
 def host_problems(entries: Iterable[str]) -> list[str]:

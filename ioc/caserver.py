@@ -84,7 +84,7 @@ class Circuit(caproto_server.VirtualCircuit):
             return None
         access = self.context.write_access
         if access is not None and entry.check_access == access.check_access:
-            why = access.refusal(self.circuit.address[0], self.client_username)
+            why = access.refusal(self.circuit.address[0], self.client_username) or "ioc.access refuses it"
         else:
             why = "the PV is read-only"
         self.context.refusals.note(channel.name, self.circuit.address[0], self.client_username,

@@ -215,8 +215,9 @@ _INVALID = object()
 
 
 def _convert(hint, value, key_path: str, base: Path, problems: list[str]):
+    """`value` as the type `hint` says; _INVALID, its problem added to `problems`, when it does not fit."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         built = _build(hint, value, key_path + ".", base, problems)
         return _INVALID if built is None else built
     if origin in (typing.Union, types.UnionType):
@@ -230,40 +231,53 @@ def _convert(hint, value, key_path: str, base: Path, problems: list[str]):
             return _INVALID
         items = {str(k): _convert(args[1], v, f"{key_path}.{k}", base, problems) for k, v in value.items()}
         return {k: v for k, v in items.items() if v is not _INVALID}
-    if origin is tuple:
-        if not isinstance(value, list) or any(isinstance(v, (dict, list, bool)) or v is None for v in value):
-            problems.append(f"{key_path}: expected a list of names or numbers, got {_shown(key_path, value)}")
-            return _INVALID
-        return tuple(str(v) for v in value)
-    if hint is Path:
-        if not isinstance(value, str):
-            problems.append(f"{key_path}: expected a path, got {_shown(key_path, value)}")
-            return _INVALID
-        if value == "":
-            problems.append(f"{key_path}: must not be empty")
-            return _INVALID
-        return (base / Path(value).expanduser()).resolve()
-    if hint is bool:
-        if not isinstance(value, bool):
-            problems.append(f"{key_path}: expected true or false, got {_shown(key_path, value)}")
-            return _INVALID
-        return value
-    if hint in (int, float):
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or (hint is int and not isinstance(value, int))
-        ):
-            kind = "a whole number" if hint is int else "a number"
-            problems.append(f"{key_path}: expected {kind}, got {_shown(key_path, value)}")
-            return _INVALID
-        return hint(value)
-    if hint is str:
-        if isinstance(value, (dict, list, bool)) or value is None:
-            problems.append(f"{key_path}: expected text, got {_shown(key_path, value)}")
-            return _INVALID
-        return str(value)
-    raise TypeError(f"no converter for {hint}")  # a programming error, not a config one
+    leaf = _LEAVES.get(origin or hint)
+    if leaf is None:
+        raise TypeError(f"no converter for {hint}")  # a programming error, not a config one
+    try:
+        return leaf(hint, value, base, _shown(key_path, value))
+    except _Unfit as unfit:
+        problems.append(f"{key_path}: {unfit}")
+        return _INVALID
+
+
+class _Unfit(Exception):
+    """A config value of the wrong kind; the message follows the key in the problem."""
+
+
+def _names(hint, value, base: Path, shown: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or any(isinstance(v, (dict, list, bool)) or v is None for v in value):
+        raise _Unfit(f"expected a list of names or numbers, got {shown}")
+    return tuple(str(v) for v in value)
+
+
+def _path(hint, value, base: Path, shown: str) -> Path:
+    if not isinstance(value, str):
+        raise _Unfit(f"expected a path, got {shown}")
+    if value == "":
+        raise _Unfit("must not be empty")
+    return (base / Path(value).expanduser()).resolve()
+
+
+def _flag(hint, value, base: Path, shown: str) -> bool:
+    if not isinstance(value, bool):
+        raise _Unfit(f"expected true or false, got {shown}")
+    return value
+
+
+def _number(hint, value, base: Path, shown: str) -> int | float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (hint is int and not isinstance(value, int)):
+        raise _Unfit(f"expected {'a whole number' if hint is int else 'a number'}, got {shown}")
+    return hint(value)
+
+
+def _text(hint, value, base: Path, shown: str) -> str:
+    if isinstance(value, (dict, list, bool)) or value is None:
+        raise _Unfit(f"expected text, got {shown}")
+    return str(value)
+
+
+_LEAVES = {tuple: _names, Path: _path, bool: _flag, int: _number, float: _number, str: _text}
 
 
 _SECRET_WORDS = ("credential", "secret", "password", "token")
@@ -276,12 +290,30 @@ def _shown(key_path: str, value: object) -> str:
 
 
 def _semantic_problems(s: Settings) -> list[str]:
+    """What the types alone do not say: choices, names, ranges, and what one setting needs of another."""
+    return [
+        *_choice_problems(s),
+        *_ioc_and_beamline_problems(s),
+        *_name_and_range_problems(s),
+        *_scheduling_problems(s.scheduling),
+        *_globus_problems(s),
+        *_email_problems(s.email),
+        *_tag_problems(s.tag),
+    ]
+
+
+def _choice_problems(s: Settings) -> list[str]:
     problems = []
     for key, choices in CHOICES.items():
         section, name = key.split(".")
         value = getattr(getattr(s, section), name)
         if value not in choices:
             problems.append(f"{key}: {value!r} is not one of {', '.join(choices)}")
+    return problems
+
+
+def _ioc_and_beamline_problems(s: Settings) -> list[str]:
+    problems = []
     try:
         _ = s.beamline.tz
     except (ZoneInfoNotFoundError, ValueError):
@@ -294,7 +326,11 @@ def _semantic_problems(s: Settings) -> list[str]:
     for badge in s.beamline.contacts:
         if not BADGE.fullmatch(badge):
             problems.append(f"beamline.contacts: {badge!r} is not a badge number")
-    problems += _template_problems(s.dm.experiment_name)
+    return problems
+
+
+def _name_and_range_problems(s: Settings) -> list[str]:
+    problems = _template_problems(s.dm.experiment_name)
     if s.dm.group is not None:
         problems += _name_problems("dm.group", s.dm.group)
     if s.scheduling.timeout <= 0:
@@ -305,14 +341,25 @@ def _semantic_problems(s: Settings) -> list[str]:
         problems.append("dm.settle_time: must be 0 or more seconds")
     if s.dm.transfer_workers < 1:
         problems.append("dm.transfer_workers: must be at least 1")
-    if s.scheduling.backend == "aps":
-        problems += _scheduling_url_problems(s.scheduling)
-        problems += secret_file_problems("scheduling.credentials", s.scheduling.credentials, required=True)
-    if s.scheduling.backend == "file":
-        if s.scheduling.path is None:
+    return problems
+
+
+def _scheduling_problems(scheduling: SchedulingSettings) -> list[str]:
+    """What the chosen backend needs: the aps service's URL and credentials, or the file's path."""
+    problems = []
+    if scheduling.backend == "aps":
+        problems += _scheduling_url_problems(scheduling)
+        problems += secret_file_problems("scheduling.credentials", scheduling.credentials, required=True)
+    if scheduling.backend == "file":
+        if scheduling.path is None:
             problems.append("scheduling.path: the file backend needs the schedule's path")
-        elif not s.scheduling.path.exists() or s.scheduling.path.is_dir():
-            problems.append(f"scheduling.path: no schedule file at {s.scheduling.path}")
+        elif not scheduling.path.exists() or scheduling.path.is_dir():
+            problems.append(f"scheduling.path: no schedule file at {scheduling.path}")
+    return problems
+
+
+def _globus_problems(s: Settings) -> list[str]:
+    problems = []
     if s.globus.enabled:
         for key in ("collection_id", "client_id"):
             if not getattr(s.globus, key):
@@ -320,20 +367,25 @@ def _semantic_problems(s: Settings) -> list[str]:
         problems += secret_file_problems("globus.client_secret_file", s.globus.client_secret_file, required=True)
     if s.dm.transfer == "globus" and not s.globus.enabled:
         problems.append("dm.transfer: 'globus' needs globus.enabled: true")
-    if s.email.enabled:
-        if not s.email.sender:
-            problems.append("email.sender: must be set when email.enabled is true")
-        problems += secret_file_problems("email.credentials", s.email.credentials, required=False)
-        if s.email.credentials is not None and not s.email.starttls and not s.email.allow_insecure:
-            if not is_loopback(s.email.smtp_host):
-                problems.append(
-                    f"email.starttls: logging in to {s.email.smtp_host} without STARTTLS would send the "
-                    "email.credentials password in clear; set email.starttls: true, or email.allow_insecure: true "
-                    "only on a network you trust"
-                )
-        if s.email.template is not None and not s.email.template.is_file():
-            problems.append(f"email.template: no template file at {s.email.template}")
-    problems += _tag_problems(s.tag)
+    return problems
+
+
+def _email_problems(email: EmailSettings) -> list[str]:
+    if not email.enabled:
+        return []
+    problems = []
+    if not email.sender:
+        problems.append("email.sender: must be set when email.enabled is true")
+    problems += secret_file_problems("email.credentials", email.credentials, required=False)
+    login = email.credentials is not None
+    if login and not email.starttls and not email.allow_insecure and not is_loopback(email.smtp_host):
+        problems.append(
+            f"email.starttls: logging in to {email.smtp_host} without STARTTLS would send the "
+            "email.credentials password in clear; set email.starttls: true, or email.allow_insecure: true "
+            "only on a network you trust"
+        )
+    if email.template is not None and not email.template.is_file():
+        problems.append(f"email.template: no template file at {email.template}")
     return problems
 
 

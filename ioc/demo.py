@@ -30,9 +30,9 @@ PEOPLE = [
 
 def demo_folder() -> Path:
     """The first writable of $DMAGIC_DEMO_DIR, the user's state folder, a temporary folder."""
-    candidates = [os.environ.get("DMAGIC_DEMO_DIR"), Path.home() / ".local/state/dmagic-ioc/demo"]
-    for candidate in filter(None, candidates):
-        folder = Path(candidate)
+    chosen = os.environ.get("DMAGIC_DEMO_DIR")
+    candidates = [Path(chosen)] if chosen else []
+    for folder in [*candidates, Path.home() / ".local/state/dmagic-ioc/demo"]:
         try:
             folder.mkdir(parents=True, exist_ok=True)
             if os.access(folder, os.W_OK):

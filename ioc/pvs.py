@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import TYPE_CHECKING
 
 from caproto import AccessRights, AlarmSeverity, AlarmStatus, CaprotoValueError, ChannelType, native_type
 from caproto.server import PVGroup, pvproperty
@@ -64,7 +65,13 @@ def wire_number(data, data_type) -> float | None:
         return None
 
 
-class _Guarded:
+if TYPE_CHECKING:  # the guards are mixed into caproto's ChannelData classes (below): mypy reads them as one
+    from caproto import ChannelData as _ChannelData
+else:
+    _ChannelData = object
+
+
+class _Guarded(_ChannelData):
     """A writable PV that checks what a client writes before anything changes.
 
     caproto's own conversion cannot clear a UTF-8 char waveform, accepts an

@@ -3,6 +3,7 @@ without it never need it; its objects, its dates, and its failures as a `DMError
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from datetime import date, datetime, tzinfo
@@ -80,27 +81,29 @@ def parse_sdk_date(value: Any, tz: tzinfo | None = None) -> datetime | None:
     if value is None or value == "":
         return None
     if isinstance(value, datetime):
-        moment = value
+        moment: datetime | None = value
     elif isinstance(value, date):
         moment = datetime(value.year, value.month, value.day)
     else:
-        text = str(value).strip()
-        moment = None
-        try:
-            day, month, year = text.split("-")
-            if month.title() in _MONTHS and len(year) == 2:
-                moment = datetime(2000 + int(year), _MONTHS.index(month.title()) + 1, int(day))
-        except ValueError:
-            moment = None
-        if moment is None:
-            try:
-                moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-            except ValueError:
-                log.warning("unreadable date from the DM system: %r", text)
-                return None
+        moment = _text_date(str(value).strip())
+    if moment is None:
+        return None
     if moment.tzinfo is None and tz is not None:
         moment = moment.replace(tzinfo=tz)
     return moment
+
+
+def _text_date(text: str) -> datetime | None:
+    """`14-Oct-26` or ISO 8601; None, with a warning, when it is neither."""
+    with contextlib.suppress(ValueError):
+        day, month, year = text.split("-")
+        if month.title() in _MONTHS and len(year) == 2:
+            return datetime(2000 + int(year), _MONTHS.index(month.title()) + 1, int(day))
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        log.warning("unreadable date from the DM system: %r", text)
+        return None
 
 
 def exception_named(error: BaseException, *names: str) -> bool:

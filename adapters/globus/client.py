@@ -13,21 +13,21 @@ from __future__ import annotations
 
 import logging
 import threading
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePath, PurePosixPath
 from typing import Any
 
 import globus_sdk
 from globus_sdk.scopes import AuthScopes, TransferScopes
 
-from ...ioc.secrets import read_secret
 from ...ioc.domain.model import GlobusError, InputError
+from ...ioc.secrets import read_secret
 
 log = logging.getLogger(__name__)
 
 APP_NAME = "dmagic-ioc"
 
 
-def collection_path(storage_root: Path | str, directory: Path | str) -> str:
+def collection_path(storage_root: PurePath | str, directory: PurePath | str) -> str:
     """`/gdata/dm/2BM/2026-03/exp` -> `/2026-03/exp/`: the folder as the guest
     collection rooted at `storage_root` sees it (leading and trailing slash)."""
     root, path = PurePosixPath(storage_root), PurePosixPath(directory)

@@ -215,15 +215,19 @@ class GlobusTransfer:
                 reason = str(error) if isinstance(error, GlobusError) else describe_error(error)
                 log.warning("Globus transfer of %s: %s", job.experiment, reason)
                 finished = is_permanent(error)
-                self._set(
-                    control, state=TransferState.ERROR, rate_mb_s=0.0, message=f"Globus transfer of {job.experiment}: {reason}"
-                )
+                message = f"Globus transfer of {job.experiment}: {reason}"
+                self._set(control, state=TransferState.ERROR, rate_mb_s=0.0, message=message)
             except Exception:
                 log.exception("Globus transfer of %s: unexpected failure", job.experiment)
                 message = f"Globus transfer of {job.experiment}: unexpected failure, see the IOC log"
                 self._set(control, state=TransferState.ERROR, rate_mb_s=0.0, message=message)
             if not finished:
                 stop.wait(self.poll_interval)
+        self._wind_up(job, control, task_id, finished=finished)
+        log.info("Globus transfer of %s: thread ends", job.experiment)
+
+    def _wind_up(self, job: _Job, control: _Control, task_id: str | None, *, finished: bool) -> None:
+        """After the loop: cancel the task when asked to; forget the job when it ended and is still the current one."""
         if control.cancel:
             self._cancel_task(job, task_id)
         if finished or control.cancel:
@@ -231,7 +235,6 @@ class GlobusTransfer:
                 current = self._job is job
             if current:
                 self._forget_state()
-        log.info("Globus transfer of %s: thread ends", job.experiment)
 
     def _submit(self, job: _Job) -> str | None:
         """Submit one pass over the source folders that exist; None when none does."""
@@ -272,13 +275,15 @@ class GlobusTransfer:
             raise
         return True
 
-    def _record(self, job: _Job, task_id: str, task: Mapping[str, Any], control: _Control) -> tuple[bool, bool]:
+    def _record(
+        self, job: _Job, task_id: str, task: Mapping[str, Any] | globus_sdk.GlobusHTTPResponse, control: _Control
+    ) -> tuple[bool, bool]:
         """Publish the task's state; return (task ended, job ended)."""
         status = task.get("status", "")
         files_total = int(task.get("files") or 0)
         files_done = int(task.get("files_transferred") or 0) + int(task.get("files_skipped") or 0)
         task_bytes = float(task.get("bytes_transferred") or 0)
-        counts = {"files_done": files_done, "files_total": files_total}
+        counts: dict[str, float] = {"files_done": files_done, "files_total": files_total}
         if status in ("SUCCEEDED", "FAILED"):
             job.bytes_before += task_bytes
             job.ended_ids.append(task_id)
