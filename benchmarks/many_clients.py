@@ -136,6 +136,29 @@ def percentiles(values: list[float]) -> str:
     return f"median {statistics.median(values) * 1e3:.0f} ms, p99 {p99 * 1e3:.0f} ms, max {values[-1] * 1e3:.0f} ms"
 
 
+def wait_for_ioc(read, prefix: str, ioc: subprocess.Popen, log_path: Path) -> None:
+    """Until the IOC answers a read of its Heartbeat (30 s at most, SystemExit with its log then)."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            read(prefix + "Heartbeat", timeout=0.5, repeater=False)
+            return
+        except Exception:
+            if time.monotonic() > deadline or ioc.poll() is not None:
+                raise SystemExit(f"the IOC did not start:\n{log_path.read_text()}") from None
+
+
+def most_bytes_waiting(port: int, end: float) -> int:
+    """The most bytes seen waiting on the IOC's search socket, sampled every 10 ms until `end`."""
+    most_waiting = 0
+    while time.monotonic() < end:
+        stats = udp_socket_stats(port)
+        if stats:
+            most_waiting = max(most_waiting, stats[0])
+        time.sleep(0.01)
+    return most_waiting
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=120)
@@ -168,14 +191,7 @@ def main() -> int:
     with open(log_path, "wb") as log:
         ioc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                read(prefix + "Heartbeat", timeout=0.5, repeater=False)
-                break
-            except Exception:
-                if time.monotonic() > deadline or ioc.poll() is not None:
-                    raise SystemExit(f"the IOC did not start:\n{log_path.read_text()}") from None
+        wait_for_ioc(read, prefix, ioc, log_path)
         log_before, cpu_before, before = log_path.stat().st_size, cpu_seconds(ioc.pid), udp_socket_stats(port)
         context = multiprocessing.get_context("fork")
         results = context.Queue()
@@ -188,12 +204,7 @@ def main() -> int:
         stop, probe_delays = threading.Event(), []
         probe = threading.Thread(target=search_probe, args=(prefix + "Heartbeat", port, stop, probe_delays))
         probe.start()
-        most_waiting = 0
-        while time.monotonic() < end:
-            stats = udp_socket_stats(port)
-            if stats:
-                most_waiting = max(most_waiting, stats[0])
-            time.sleep(0.01)
+        most_waiting = most_bytes_waiting(port, end)
         stop.set()
         probe.join()
         outcomes = [outcome for _ in workers for outcome in results.get(timeout=args.timeout * 10 + 30)]

@@ -127,76 +127,123 @@ def copy_files(
     A file renamed but not yet in the ledger is then either absent (re-sent)
     or whole with the source's size and mtime (counted as sent).
     """
-    results: list[tuple[str, str]] = [(CANCELLED, "")] * len(items)
+    try:
+        sources, dests = _open_folders(source, dest, open_source, open_dest)
+    except _Unopened as unopened:
+        return [unopened.result] * len(items)
+    batch = _Batch(source, dest, sources, dests, items)
+    try:
+        if batch.write_aside(checksum, cancel) and not (cancel is not None and cancel.is_set()) and batch.flush():
+            batch.rename()
+        return batch.results
+    finally:
+        batch.close()
+
+
+class _Unopened(Exception):
+    """A folder of a batch cannot be opened: `result` is every item's."""
+
+    def __init__(self, outcome: str, reason: str):
+        super().__init__(reason)
+        self.result = (outcome, reason)
+
+
+def _open_folders(
+    source: str, dest: str, open_source: Callable[[], int] | None, open_dest: Callable[[], int] | None
+) -> tuple[Folders, Folders]:
+    """The two folders of a `copy_files` batch, or _Unopened."""
     try:
         sources = Folders(source, (open_source or functools.partial(open_folder, source))(), make=False)
     except OSError as error:
         if _gone(error):
-            return [(VANISHED, "")] * len(items)
-        return [(FAILED, f"cannot read {shown(source)}: {reason_for(error, source)}")] * len(items)
+            raise _Unopened(VANISHED, "") from None
+        raise _Unopened(FAILED, f"cannot read {shown(source)}: {reason_for(error, source)}") from None
     try:
         dests = Folders(dest, (open_dest or functools.partial(open_folder, dest))(), make=True)
     except StorageUnavailable as error:
         sources.close()
-        return [(NO_STORAGE, str(error))] * len(items)
+        raise _Unopened(NO_STORAGE, str(error)) from None
     except OSError as error:
         sources.close()
-        return [(FAILED, f"cannot copy into {shown(dest)}: {reason_for(error, dest)}")] * len(items)
-    written: list[tuple[int, str]] = []  # (index, temporary name) after phase 1
-    per_file = len(items) == 1 or _SYNCFS is None
-    sync_fds: dict[int, int] = {}  # st_dev -> fd for syncfs
-    try:
-        for index, (rel, expected) in enumerate(items):
+        raise _Unopened(FAILED, f"cannot copy into {shown(dest)}: {reason_for(error, dest)}") from None
+    return sources, dests
+
+
+class _Batch:
+    """One `copy_files` call, in its three phases: its folders, items, results and the copies written aside."""
+
+    def __init__(
+        self, source: str, dest: str, sources: Folders, dests: Folders, items: Sequence[tuple[str, tuple[int, int]]]
+    ):
+        self.source, self.dest, self.sources, self.dests, self.items = source, dest, sources, dests, items
+        self.results: list[tuple[str, str]] = [(CANCELLED, "")] * len(items)
+        self.written: list[tuple[int, str]] = []  # (index, temporary name) after phase 1; "" once renamed
+        self.per_file = len(items) == 1 or _SYNCFS is None
+        self.sync_fds: dict[int, int] = {}  # st_dev -> fd for syncfs
+
+    def write_aside(self, checksum: bool, cancel: threading.Event | None) -> bool:
+        """Phase 1: each file copied beside its destination; False when cancelled."""
+        for index, (rel, expected) in enumerate(self.items):
             if cancel is not None and cancel.is_set():
-                return results
+                return False
             try:
-                outcome, tmp = _write_aside(sources, dests, rel, expected, checksum, cancel,
-                                            None if per_file else sync_fds)  # fmt: skip
+                outcome, tmp = _write_aside(self.sources, self.dests, rel, expected, checksum, cancel,
+                                            None if self.per_file else self.sync_fds)  # fmt: skip
             except _Cancelled:
-                return results
+                return False
             except OSError as error:
-                results[index] = _failure(error, source, dest, rel)
+                self.results[index] = _failure(error, self.source, self.dest, rel)
                 continue
             if tmp:
-                written.append((index, tmp))  # CANCELLED until renamed
+                self.written.append((index, tmp))  # CANCELLED until renamed
             else:
-                results[index] = (outcome, "")
-        if cancel is not None and cancel.is_set():
-            return results
+                self.results[index] = (outcome, "")
+        return True
+
+    def flush(self) -> bool:
+        """Phase 2: the copies made durable; False, every copy FAILED, when that fails."""
         try:
-            for fd in sync_fds.values():
+            for fd in self.sync_fds.values():
                 syncfs(fd)
         except OSError as error:
-            for index, _tmp in written:
-                src, dst = (shown(os.path.join(folder, items[index][0])) for folder in (source, dest))
-                results[index] = (FAILED, f"cannot copy {src} to {dst}: cannot flush the copies: {reason_for(error)}")
-            return results
-        for position, (index, tmp) in enumerate(written):
-            rel, expected = items[index]
+            for index, _tmp in self.written:
+                src, dst = (shown(os.path.join(folder, self.items[index][0])) for folder in (self.source, self.dest))
+                self.results[index] = (
+                    FAILED,
+                    f"cannot copy {src} to {dst}: cannot flush the copies: {reason_for(error)}",
+                )
+            return False
+        return True
+
+    def rename(self) -> None:
+        """Phase 3: each copy whose source is still as expected renamed into place."""
+        for position, (index, tmp) in enumerate(self.written):
+            rel, expected = self.items[index]
             folder, _, name = rel.rpartition("/")
             try:
                 try:
-                    after = os.stat(name, dir_fd=sources.get(folder), follow_symlinks=False)
+                    after = os.stat(name, dir_fd=self.sources.get(folder), follow_symlinks=False)
                 except OSError as error:
                     raise _SourceError(error) from None
                 if (after.st_size, after.st_mtime_ns) != expected or not stat.S_ISREG(after.st_mode):
-                    results[index] = (CHANGED, "")
+                    self.results[index] = (CHANGED, "")
                     continue
-                folder_fd = dests.get(folder)
+                folder_fd = self.dests.get(folder)
                 os.replace(tmp, name, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
-                written[position] = (index, "")
-                results[index] = (COPIED, "")
+                self.written[position] = (index, "")
+                self.results[index] = (COPIED, "")
             except OSError as error:
-                results[index] = _failure(error, source, dest, rel)
-        return results
-    finally:
-        for fd in sync_fds.values():
+                self.results[index] = _failure(error, self.source, self.dest, rel)
+
+    def close(self) -> None:
+        """Close every descriptor; remove the copies not renamed."""
+        for fd in self.sync_fds.values():
             os.close(fd)
-        for index, tmp in written:
+        for index, tmp in self.written:
             if tmp:
-                _unlink_quietly(dests.get(items[index][0].rpartition("/")[0]), tmp)
-        sources.close()
-        dests.close()
+                _unlink_quietly(self.dests.get(self.items[index][0].rpartition("/")[0]), tmp)
+        self.sources.close()
+        self.dests.close()
 
 
 def _gone(error: OSError) -> bool:

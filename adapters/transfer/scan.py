@@ -123,39 +123,28 @@ class Tree:
             self._unreadable(rel, error)
             return
         self.problems.pop(rel, None)
-        files: dict[str, int] = {}
-        subdirs: set[str] = set()
-        skipped: dict[str, bool] = {}  # name -> is a symlink
-        for entry in entries:
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    subdirs.add(entry.name)
-                elif entry.is_file(follow_symlinks=False):
-                    if not PART_NAME.match(entry.name):
-                        files[entry.name] = entry.inode()
-                else:
-                    skipped[entry.name] = entry.is_symlink()
-            except OSError:
-                continue
+        files, subdirs, skipped = _sorted_entries(entries)
         prefix = f"{rel}/" if rel else ""
-        for name, inode in list(files.items()):
-            if known.files.get(name) == inode:
-                continue
-            try:
-                entry_stat = os.stat(name, dir_fd=fd, follow_symlinks=False)
-            except FileNotFoundError:
-                del files[name]
-                continue
-            if not stat.S_ISREG(entry_stat.st_mode):
-                del files[name]  # replaced since the listing: seen at the next one
-                continue
-            found.append((prefix + name, entry_stat.st_size, entry_stat.st_mtime_ns))
+        _stat_new_files(fd, prefix, known.files, files, found)
         self._note_skipped(prefix, known.skipped, skipped)
         known.skipped = set(skipped)
         removed.extend(prefix + name for name in known.files.keys() - files.keys())
         for name in known.subdirs - subdirs:
             self._drop(prefix + name, removed)
         known.files, new_subdirs, known.subdirs = files, subdirs - known.subdirs, subdirs
+        self._list_new_subdirs(fd, prefix, known, new_subdirs, now, found, removed)
+
+    def _list_new_subdirs(
+        self,
+        fd: int,
+        prefix: str,
+        known: _Dir,
+        new_subdirs: set[str],
+        now: float,
+        found: list[tuple[str, int, int]],
+        removed: list[str],
+    ) -> None:
+        """List each new subfolder of the folder open as `fd`, and theirs; one that went is forgotten."""
         for name in new_subdirs:
             child_rel = prefix + name
             try:
@@ -191,3 +180,44 @@ class Tree:
             self.skipped.pop(prefix + name, None)
         for name in known.subdirs:
             self._drop(prefix + name, removed)
+
+
+def _sorted_entries(entries: list[os.DirEntry]) -> tuple[dict[str, int], set[str], dict[str, bool]]:
+    """A folder's entries as (files: name -> inode, subfolders, skipped: name -> is a symlink).
+
+    Partial copies (`PART_NAME`) are left out; an entry that went during the listing is passed over.
+    """
+    files: dict[str, int] = {}
+    subdirs: set[str] = set()
+    skipped: dict[str, bool] = {}
+    for entry in entries:
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                subdirs.add(entry.name)
+            elif entry.is_file(follow_symlinks=False):
+                if not PART_NAME.match(entry.name):
+                    files[entry.name] = entry.inode()
+            else:
+                skipped[entry.name] = entry.is_symlink()
+        except OSError:
+            continue
+    return files, subdirs, skipped
+
+
+def _stat_new_files(
+    fd: int, prefix: str, known: dict[str, int], files: dict[str, int], found: list[tuple[str, int, int]]
+) -> None:
+    """Add to `found` each file of `files` new since `known` (or of another inode); drop from `files` those
+    that went or are no longer regular files since the listing (the next listing sees them)."""
+    for name, inode in list(files.items()):
+        if known.get(name) == inode:
+            continue
+        try:
+            entry_stat = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            del files[name]
+            continue
+        if not stat.S_ISREG(entry_stat.st_mode):
+            del files[name]  # replaced since the listing: seen at the next one
+            continue
+        found.append((prefix + name, entry_stat.st_size, entry_stat.st_mtime_ns))

@@ -11,8 +11,8 @@ import logging
 import sys
 from pathlib import Path
 
-from .pvinfo import PREFIX_MACRO, PVInfo, ioc_pvs
 from ..pvs import DESC_BYTES, MBB_FIELDS, fit
+from .pvinfo import PREFIX_MACRO, PVInfo, ioc_pvs
 
 log = logging.getLogger(__name__)
 

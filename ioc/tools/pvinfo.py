@@ -28,6 +28,7 @@ _KINDS = {
     ChannelType.DOUBLE: "double",
 }
 
+
 @dataclass(frozen=True)
 class PVInfo:
     """What a client sees of one PV: its name after the prefix, its kind, record type, size, states and access."""
