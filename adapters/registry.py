@@ -10,6 +10,8 @@ different threads one at a time, so one connection is shared under a lock.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import sqlite3
@@ -20,7 +22,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
-from ..ioc.domain.model import DMError, Experiment, ExperimentUser, InputError
+from ..ioc.domain.model import Beamtime, DMError, Experiment, ExperimentUser, InputError, Person
 from ..ioc.statefiles import keep_aside
 
 log = logging.getLogger(__name__)
@@ -74,8 +76,15 @@ def _schema_v1(conn: sqlite3.Connection) -> None:
     )
 
 
+def _schema_v2(conn: sqlite3.Connection) -> None:
+    """The proposal each experiment was made for (what its PVs show after a restart), and the beamtime
+    the IOC last followed by itself (dm.follow_schedule)."""
+    conn.execute("CREATE TABLE proposals (experiment TEXT PRIMARY KEY, proposal TEXT NOT NULL)")
+    conn.execute("CREATE TABLE followed (id INTEGER PRIMARY KEY CHECK (id = 1), beamtime TEXT NOT NULL)")
+
+
 # MIGRATIONS[i] takes the schema from version i to version i + 1.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_schema_v1,)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_schema_v1, _schema_v2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -172,6 +181,21 @@ def _iso(moment: datetime | None) -> str:
 
 def _from_iso(text: str) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
+
+
+def proposal_json(proposal: Beamtime) -> str:
+    """A beamtime as JSON: its fields, times in ISO 8601, people as objects."""
+    fields = dataclasses.asdict(proposal)
+    fields["start"], fields["end"] = _iso(proposal.start), _iso(proposal.end)
+    return json.dumps(fields, ensure_ascii=False)
+
+
+def proposal_from_json(text: str) -> Beamtime:
+    fields = json.loads(text)
+    for group in ("people", "esaf_people"):
+        fields[group] = tuple(Person(**person) for person in fields.get(group, ()))
+    fields["start"], fields["end"] = _from_iso(fields["start"]), _from_iso(fields["end"])
+    return Beamtime(**fields)
 
 
 SQLITE_COMPANIONS = ("-wal", "-shm")  # files beside the registry that hold part of it
@@ -475,6 +499,40 @@ class Registry:
                 [(experiment, username) for username in usernames],
             )
 
+    def proposal(self, experiment: str) -> Beamtime | None:
+        """The proposal kept for `experiment`; None when none was (or it cannot be read: logged)."""
+        with self._read() as conn:
+            row = conn.execute("SELECT proposal FROM proposals WHERE experiment = ?", (experiment,)).fetchone()
+        if row is None:
+            return None
+        try:
+            return proposal_from_json(row[0])
+        except (ValueError, TypeError, KeyError) as error:
+            log.warning("registry: the proposal kept for %s cannot be read (%s); using the experiment record",
+                        experiment, error)  # fmt: skip
+            return None
+
+    def keep_proposal(self, experiment: str, proposal: Beamtime) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO proposals (experiment, proposal) VALUES (?, ?) "
+                "ON CONFLICT (experiment) DO UPDATE SET proposal = excluded.proposal",
+                (experiment, proposal_json(proposal)),
+            )
+
+    def followed(self) -> str:
+        with self._read() as conn:
+            row = conn.execute("SELECT beamtime FROM followed WHERE id = 1").fetchone()
+        return row[0] if row else ""
+
+    def mark_followed(self, key: str) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO followed (id, beamtime) VALUES (1, ?) "
+                "ON CONFLICT (id) DO UPDATE SET beamtime = excluded.beamtime",
+                (key,),
+            )
+
     def forget_experiment(self, experiment: str) -> None:
         """Drop the IOC's memory of `experiment`: e-mailed users, rule ids, the selection if it is the one.
 
@@ -483,4 +541,5 @@ class Registry:
         with self.transaction() as conn:
             conn.execute("DELETE FROM emailed WHERE experiment = ?", (experiment,))
             conn.execute("DELETE FROM globus_rules WHERE experiment = ?", (experiment,))
+            conn.execute("DELETE FROM proposals WHERE experiment = ?", (experiment,))
             conn.execute("DELETE FROM selection WHERE name = ?", (experiment,))

@@ -91,6 +91,7 @@ class DMSettings:
     settle_time: float = 2.0  # seconds a file must stay unchanged before transfer
     checksum: bool = False  # verify a checksum after each copy (addition)
     transfer_workers: int = 4  # files copied in parallel (addition)
+    follow_schedule: bool = False  # create/select the experiment of each new beamtime by itself
 
 
 @dataclass(frozen=True)

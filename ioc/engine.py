@@ -50,15 +50,17 @@ class Engine:
     # ------------------------------------------------------------------ ways in
 
     async def command(self, name: str, channel, use_case: Callable[..., Outcome], *args) -> Outcome:
-        """Run command `name` of PV `channel`: the whole body of its putter. Raises CommandFailed."""
+        """Run command `name` of PV `channel` (None: a command the IOC gives itself): the whole body of a
+        command putter. Raises CommandFailed."""
         if self.running is not None:
             message = f"{name} refused: {self.running} is running; try again when it ends"
             await self.report(message, AlarmSeverity.MAJOR_ALARM)
             raise CommandFailed(message)
         self.running = name
         try:
-            await channel.write(COMMAND_STATES[1], verify_value=False, status=AlarmStatus.NO_ALARM,
-                                severity=AlarmSeverity.NO_ALARM)  # fmt: skip
+            if channel is not None:
+                await channel.write(COMMAND_STATES[1], verify_value=False, status=AlarmStatus.NO_ALARM,
+                                    severity=AlarmSeverity.NO_ALARM)  # fmt: skip
             await update(self._pvs.last_command, name, force=True)
             await update(self._pvs.busy, "Busy")
             await self.report(f"{name} running", AlarmSeverity.NO_ALARM)
@@ -75,7 +77,8 @@ class Engine:
             return outcome
         finally:
             self.running = None
-            await channel.write(COMMAND_STATES[0], verify_value=False)
+            if channel is not None:
+                await channel.write(COMMAND_STATES[0], verify_value=False)
 
     async def background(self, name: str, use_case: Callable[..., Outcome], *args, say_failure: bool = True,
                          say_outcome: bool = False) -> str:  # fmt: skip
@@ -89,7 +92,8 @@ class Engine:
         if outcome is None:
             if say_failure:
                 await self.notify(failure, AlarmSeverity.MAJOR_ALARM)
-        elif say_outcome and outcome.message:
+        elif say_outcome and outcome.message and self._pvs.status.alarm.severity != AlarmSeverity.MAJOR_ALARM:
+            # news never hides a failure still on Status (the startup's, say): LastError would keep it alone
             await self.notify(outcome.message, AlarmSeverity.MINOR_ALARM if outcome.warning else AlarmSeverity.NO_ALARM)
         return failure
 
@@ -104,7 +108,8 @@ class Engine:
             if repr(error) != self._last_query_error:
                 self._last_query_error = repr(error)
                 log.exception("%s failed unexpectedly", name)
-                await self.report(f"{name} failed: internal error ({error}); see the IOC log", AlarmSeverity.MAJOR_ALARM)
+                message = f"{name} failed: internal error ({error}); see the IOC log"
+                await self.report(message, AlarmSeverity.MAJOR_ALARM)
             return None
         finally:
             self._take_contacts()

@@ -11,7 +11,7 @@ import re
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, tzinfo
+from datetime import date, datetime, timedelta, timezone, tzinfo
 
 # --------------------------------------------------------------------------
 # Errors: every message is written for the Status PV, for a beamline scientist.
@@ -366,3 +366,32 @@ class Experiment:
     @property
     def usernames(self) -> tuple[str, ...]:
         return tuple(user.username for user in self.users)
+
+
+def beamtime_key(beamtime: Beamtime) -> str:
+    """Names one beamtime: its proposal and start (a proposal may have several beamtimes)."""
+    return f"{beamtime.gup}@{iso(beamtime.start)}"
+
+
+def proposal_of(experiment: Experiment) -> Beamtime:
+    """An experiment's proposal as its DM record has it: for experiments whose proposal was not kept
+    (made before it was, or in the APS DM system). The PI is the first proposal (or manual) user."""
+    people: list[Person] = []
+    pi_found = False
+    for user in experiment.users:
+        if user.source not in ("proposal", "manual", "esaf"):
+            continue
+        first, _, last = user.name.rpartition(" ")
+        is_pi = not pi_found and user.source in ("proposal", "manual")
+        pi_found = pi_found or is_pi
+        badge = user.username[1:] if user.username.startswith("d") else user.username
+        people.append(Person(badge, first, last, user.email, user.institution, is_pi=is_pi))
+    start = experiment.start or datetime.fromtimestamp(0, timezone.utc)
+    return Beamtime(
+        gup=experiment.gup,
+        title=experiment.title,
+        start=start,
+        end=experiment.end or start,
+        people=tuple(people),
+        esaf=experiment.esaf,
+    )

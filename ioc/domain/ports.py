@@ -124,6 +124,16 @@ class StateStore(Protocol):
 
     def forget_rules(self, experiment: str, usernames: Sequence[str]) -> None: ...
 
+    def proposal(self, experiment: str) -> Beamtime | None:
+        """The proposal `experiment` was made for, as kept at Create/CreateManual/Select; None if not kept."""
+
+    def keep_proposal(self, experiment: str, proposal: Beamtime) -> None: ...
+
+    def followed(self) -> str:
+        """The key (`beamtime_key`) of the last beamtime whose experiment was selected by itself."""
+
+    def mark_followed(self, key: str) -> None: ...
+
     def forget_experiment(self, experiment: str) -> None:
         """Drop everything kept about `experiment` (after Delete)."""
 

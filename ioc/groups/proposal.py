@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 
 from caproto import AlarmSeverity
 
 from ..domain.model import UserInfo, iso
+from ..engine import CommandFailed
 from ..pvs import NO_YES, command, double, enum, long, string, text, update
 from ..usecases import BeamlineState
 from .base import CommandGroup
@@ -80,7 +82,10 @@ class ProposalGroup(CommandGroup):
 
     @refresh.putter
     async def refresh(self, instance, value):
-        return await self.run_command(instance, value, self.beamline.refresh, self.time_offset_days.value)
+        written = await self.run_command(instance, value, self.beamline.refresh, self.time_offset_days.value)
+        if self.beamline.state.to_follow:  # dm.follow_schedule: before the put completes
+            await self._follow()
+        return written
 
     @tag.putter
     async def tag(self, instance, value):
@@ -94,9 +99,12 @@ class ProposalGroup(CommandGroup):
         failures = 0
         while True:
             failure = await self.engine.background(
-                "automatic Refresh", self.beamline.refresh, self.time_offset_days.value, say_failure=failures == 0
-            )  # a failure is said once; Scheduling:Health shows it meanwhile
+                "automatic Refresh", self.beamline.refresh_automatic, self.time_offset_days.value,
+                say_failure=failures == 0, say_outcome=True,
+            )  # news and a failure are said once; Scheduling:Health shows a failure meanwhile  # fmt: skip
             failures = failures + 1 if failure else 0
+            if self.beamline.state.to_follow:
+                await self._follow()
             waited_since = time.monotonic()
             while True:  # RefreshPeriod may change while we wait; 0 = off
                 period = self.refresh_period.value
@@ -104,14 +112,24 @@ class ProposalGroup(CommandGroup):
                     break
                 await async_lib.library.sleep(0.5)
 
+    async def _follow(self) -> None:
+        """dm.follow_schedule: a new beamtime runs: Create its experiment, as a command would (refused
+        while another command runs: then tried again at the next refresh)."""
+        with contextlib.suppress(CommandFailed):  # Status says why; the beamtime is still to follow next time
+            await self.engine.command("Create (automatic)", None, self.beamline.follow_schedule)
+
     async def show(self, state: BeamlineState) -> None:
-        """Show the current proposal; an empty one when nothing is scheduled."""
-        current = state.current
+        """Show the proposal of the experiment data goes to (before a selection, the schedule's), and
+        what the schedule shows now."""
+        scheduled = state.scheduled.beamtime if state.scheduled else None
+        await update(self.run, state.scheduled.run.name if state.scheduled and state.scheduled.run else "")
+        await update(self.schedule_proposal_number, scheduled.gup if scheduled else "")
+        await update(self.schedule_pi, scheduled.pi.full_name if scheduled and scheduled.pi else "")
+        current = state.shown
         if current is None:
             return
         beamtime = current.beamtime
-        await update(self.run, current.run.name if current.run else "")
-        active = beamtime is not None
+        active = state.shows_the_schedule
         await update(
             self.proposal_active, NO_YES[active], AlarmSeverity.NO_ALARM if active else AlarmSeverity.MINOR_ALARM
         )
@@ -119,8 +137,6 @@ class ProposalGroup(CommandGroup):
         for attribute, channel in self._user_info_pvs().items():
             await update(channel, getattr(info, attribute))
         people = beamtime.people_pi_first if beamtime else ()
-        await update(self.schedule_proposal_number, beamtime.gup if beamtime else "")
-        await update(self.schedule_pi, beamtime.pi.full_name if beamtime and beamtime.pi else "")
         await update(self.proposal_type, beamtime.proposal_type if beamtime else "")
         await update(self.proposal_start, iso(beamtime.start) if beamtime else "")
         await update(self.proposal_end, iso(beamtime.end) if beamtime else "")

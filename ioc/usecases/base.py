@@ -12,11 +12,14 @@ from typing import TypeVar
 
 from ..config import Settings
 from ..domain.model import (
+    Beamtime,
     CurrentProposal,
     Experiment,
     InputError,
     ServiceError,
+    beamtime_key,
     find_beamtime,
+    proposal_of,
 )
 from ..domain.ports import (
     Access,
@@ -72,13 +75,39 @@ class Adapters:
 
 @dataclass(frozen=True)
 class BeamlineState:
-    """What the PVs show, replaced whole by the use cases: the event loop always reads one snapshot."""
+    """What the PVs show, replaced whole by the use cases: the event loop always reads one snapshot.
 
-    current: CurrentProposal | None = None
-    experiment: Experiment | None = None
+    Two views of the proposal: `scheduled`, what the schedule says now (the `Schedule:*` PVs), and
+    `shown`, what the proposal and user PVs show: the proposal of the experiment that data goes to.
+    """
+
+    scheduled: CurrentProposal | None = None  # the last refresh: the run and beamtime at now + offset
+    experiment: Experiment | None = None  # the selected experiment
+    proposal: Beamtime | None = None  # its proposal (a manual experiment's: the Manual:* person and title)
+    selected_at: datetime | None = None
     experiments: tuple[str, ...] = ()
     emailed: tuple[str, ...] = ()
     globus_url: str = ""
+    announced: str = ""  # the scheduled beamtime (key) last announced as differing from the selection
+    to_follow: str = ""  # dm.follow_schedule: a new beamtime (key) whose experiment to create by itself
+
+    @property
+    def shown(self) -> CurrentProposal | None:
+        """The selected experiment's proposal; before any selection, the schedule's current beamtime."""
+        scheduled = self.scheduled
+        if self.experiment is None or self.proposal is None:
+            return scheduled
+        if scheduled is None:
+            return CurrentProposal(None, self.proposal, self.selected_at or datetime.now(timezone.utc))
+        return CurrentProposal(scheduled.run, self.proposal, scheduled.refreshed)
+
+    @property
+    def shows_the_schedule(self) -> bool:
+        """The proposal shown is the beamtime the schedule shows now (ProposalActive)."""
+        shown, scheduled = self.shown, self.scheduled
+        if shown is None or scheduled is None or shown.beamtime is None or scheduled.beamtime is None:
+            return False
+        return beamtime_key(shown.beamtime) == beamtime_key(scheduled.beamtime)
 
 
 class BeamlineCore:
@@ -137,13 +166,17 @@ class BeamlineCore:
         return Outcome(f"selected experiment: {name}" if name else "no experiment selected")
 
     def load_selection(self) -> None:
-        """Read the selected experiment, its e-mailed users and the station's list from DM."""
+        """Read the selected experiment, its proposal, its e-mailed users and the station's list."""
         dm, state = self.adapters.dm, self.adapters.state
         name = state.selected()
         experiment = self._contact("DM", dm.get_experiment, name) if name else None
         access = self.adapters.access
+        proposal = (state.proposal(name) or proposal_of(experiment)) if experiment else None
+        same = self.state.experiment is not None and experiment is not None and self.state.experiment.name == name
         self._change(
             experiment=experiment,
+            proposal=proposal,
+            selected_at=self.state.selected_at if same else self.clock(),
             emailed=tuple(state.emailed(name)) if experiment else (),
             globus_url=access.url(experiment) if access and experiment else "",
         )
@@ -166,3 +199,9 @@ class BeamlineCore:
         raw = experiment.data_directory or str(self.settings.dm.data_top_dir / experiment.name)
         return {raw: str(storage / "data"), f"{raw}_rec": str(storage / "analysis")}
 
+    @property
+    def _transfer_system(self) -> str | None:
+        """The system a transfer call contacts; None for the built-in engine, which is no outside system."""
+        if self.settings.dm.transfer == "globus":
+            return "Globus"
+        return "DM" if self.settings.dm.backend == "aps" else None

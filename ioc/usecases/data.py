@@ -70,12 +70,6 @@ class DataCases(BeamlineCore):
 
     # ------------------------------------------------------------------ data transfer
 
-    @property
-    def _transfer_system(self) -> str | None:
-        """The system a transfer call contacts; None for the built-in engine, which is no outside system."""
-        if self.settings.dm.transfer == "globus":
-            return "Globus"
-        return "DM" if self.settings.dm.backend == "aps" else None
 
     def _transfer(self, *, once: bool) -> str:
         experiment = self._selected()

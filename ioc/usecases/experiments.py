@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from datetime import date, datetime, time, timedelta
 
 from ..domain.model import (
+    Beamtime,
     DMError,
     Experiment,
     ExperimentUser,
@@ -19,6 +20,7 @@ from ..domain.model import (
     experiment_name,
     parse_badges,
     plural,
+    proposal_of,
     year_month,
 )
 from ..domain.ports import (
@@ -35,11 +37,11 @@ class ExperimentCases(BeamlineCore):
     # ------------------------------------------------------------------ experiments
 
     def create(self) -> Outcome:
-        """Create (or complete) the DM experiment of the current proposal and select it."""
-        current = self.state.current
-        beamtime = current.beamtime if current else None
+        """Create (or complete) the DM experiment of the beamtime the schedule shows now, and select it."""
+        beamtime = self.state.scheduled.beamtime if self.state.scheduled else None
         if beamtime is None:
-            raise InputError("no proposal is active now (ProposalActive is No): Refresh, or use CreateManual")
+            raise InputError("no beamtime is scheduled now (Schedule:ProposalNumber is empty): Refresh, or use "
+                             "CreateManual")  # fmt: skip
         pi = beamtime.pi
         name = experiment_name(
             self.settings.dm.experiment_name,
@@ -59,7 +61,23 @@ class ExperimentCases(BeamlineCore):
             year_month=beamtime.year_month,
             data_directory=str(self.settings.dm.data_top_dir / name),
         )
-        return self._create(experiment, people)
+        return self._create(experiment, people, beamtime)
+
+    def follow_schedule(self) -> Outcome:
+        """dm.follow_schedule: create (or select) the experiment of the beamtime that started, as Create
+        would; a transfer still running for the previous experiment is left alone, with a warning."""
+        previous = self.state.experiment
+        outcome = self.create()
+        if self.state.to_follow:
+            self.adapters.state.mark_followed(self.state.to_follow)
+        self._change(to_follow="")
+        running = self._contact(self._transfer_system, self.adapters.transfer.progress).state
+        if previous is None or previous.name == self._selected().name or running != TransferState.RUNNING:
+            return outcome
+        return Outcome(
+            f"{outcome.message}; the transfer started for {previous.name} still runs: DaqStop it, then DaqStart "
+            "for the new experiment", warning=True,
+        )  # fmt: skip
 
     def create_manual(self, request: ManualRequest) -> Outcome:
         """Create (or complete) an experiment from the `Manual:*` PVs, for commissioning."""
@@ -74,16 +92,22 @@ class ExperimentCases(BeamlineCore):
             first = Person(badges[0], request.first_name.strip(), last_name, request.email.strip(),
                            request.institution.strip())  # fmt: skip
             people[0] = ExperimentUser.from_person(first, "manual")
+        title = request.title.strip() or f"{last_name} manual experiment"
+        gup = str(request.gup) if request.gup else ""
         experiment = Experiment(
             name=name,
-            title=request.title.strip() or f"{last_name} manual experiment",
-            gup=str(request.gup) if request.gup else "",
+            title=title,
+            gup=gup,
             start=start,
             end=end,
             year_month=year_month(start),
             data_directory=str(self.settings.dm.data_top_dir / name),
         )
-        return self._create(experiment, people)
+        person = Person(badges[0] if badges else "", request.first_name.strip(), last_name, request.email.strip(),
+                        request.institution.strip(), is_pi=True)  # fmt: skip
+        others = tuple(Person(badge) for badge in badges[1:])
+        proposal = Beamtime(gup, title, start, end, people=(person, *others), proposal_type="Manual")
+        return self._create(experiment, people, proposal)
 
     def _manual_dates(self, start_text: str, end_text: str) -> tuple[datetime, datetime]:
         def day(text: str, what: str) -> date | None:
@@ -101,11 +125,13 @@ class ExperimentCases(BeamlineCore):
             raise InputError(f"Manual:End {end} is not after Manual:Start {start}")
         return (datetime.combine(start, time(), self.tz), datetime.combine(end, time(), self.tz))
 
-    def _create(self, experiment: Experiment, people: list[ExperimentUser]) -> Outcome:
+    def _create(self, experiment: Experiment, people: list[ExperimentUser], proposal: Beamtime) -> Outcome:
+        """Create (or complete) `experiment` for `proposal` and select it; the proposal PVs then show it."""
         dm = self.adapters.dm
         contacts = [ExperimentUser(dm_username(b), source="contact") for b in self.settings.beamline.contacts]
         users = list({u.username: u for u in reversed(people + contacts)}.values())[::-1]
         experiment, created = self._contact("DM", dm.create_experiment, experiment)
+        self.adapters.state.keep_proposal(experiment.name, proposal)
         self.adapters.state.select(experiment.name)  # selected even if a later step fails: a rerun completes
         added, details, warning = self._give_access(experiment, users)
         if created:
@@ -160,23 +186,25 @@ class ExperimentCases(BeamlineCore):
         return f"; Globus access for {plural(len(rules), 'user')}" if rules else ""
 
     def select(self, name: str) -> Outcome:
-        """Select an existing experiment and publish the proposal it belongs to."""
+        """Select an existing experiment; the proposal PVs show the proposal it was made for."""
         name = check_name(name, "SelectName")
         experiment = self._contact("DM", self.adapters.dm.get_experiment, name)
         if experiment is None:
             raise InputError(f"no experiment named {name}: Experiments lists the station's experiments")
+        proposal, warning = self.adapters.state.proposal(name), ""
+        if proposal is None and experiment.gup:  # made before proposals were kept, or in the APS DM system
+            try:
+                found = self._beamtime_of(experiment.gup, experiment.start)
+                proposal = found.beamtime if found else None
+                warning = "" if found else f"; proposal {experiment.gup} is not in the schedule"
+            except SchedulingError as error:
+                warning = f"; its proposal {experiment.gup} was not read: {error}"
+        proposal = proposal or proposal_of(experiment)
+        self.adapters.state.keep_proposal(name, proposal)
         self.adapters.state.select(name)
         self.load_selection()
-        if not experiment.gup:
-            return Outcome(f"selected {name} (no proposal)")
-        try:
-            found = self._beamtime_of(experiment.gup, experiment.start)
-        except SchedulingError as error:
-            return Outcome(f"selected {name}; its proposal {experiment.gup} was not read: {error}", warning=True)
-        if found is None:
-            return Outcome(f"selected {name}; proposal {experiment.gup} is not in the schedule", warning=True)
-        self._change(current=found)
-        return Outcome(f"selected {name} and published its proposal {experiment.gup}")
+        shown = f"its proposal {proposal.gup}" if proposal.gup else "its people (no proposal)"
+        return Outcome(f"selected {name}; the proposal PVs show {shown}{warning}", warning=bool(warning))
 
     def add_users(self, badges_text: str) -> Outcome:
         """Give the badges in `Badges` access to the selected experiment."""
@@ -197,10 +225,12 @@ class ExperimentCases(BeamlineCore):
         return Outcome(message + details, warning=warning)
 
     def _known_people(self) -> dict[str, Person]:
-        beamtime = self.state.current.beamtime if self.state.current else None
-        if beamtime is None:
-            return {}
-        return {p.badge: p for p in (*beamtime.people, *beamtime.esaf_people)}
+        """The people of the selected experiment's proposal and of the scheduled one, by badge."""
+        scheduled = self.state.scheduled.beamtime if self.state.scheduled else None
+        known: dict[str, Person] = {}
+        for beamtime in filter(None, (scheduled, self.state.proposal)):
+            known.update((p.badge, p) for p in (*beamtime.people, *beamtime.esaf_people))
+        return known
 
     def remove_users(self, badges_text: str) -> Outcome:
         """Take access to the selected experiment from the badges in `Badges`."""

@@ -13,6 +13,7 @@ from ..domain.model import (
     MissingPVs,
     ServiceError,
     UserInfo,
+    beamtime_key,
     look_moment,
     select_beamtime,
     select_run,
@@ -28,7 +29,23 @@ class ScheduleCases(BeamlineCore):
     # ------------------------------------------------------------------ scheduling
 
     def refresh(self, offset_days: float) -> Outcome:
-        """Read the beamtime at now + offset from the scheduling system and publish it."""
+        """Read the beamtime at now + offset from the scheduling system; the proposal PVs follow it until
+        an experiment is selected, then a different beamtime is only announced."""
+        found = self._read_schedule(offset_days)
+        news = self._news(again=True)
+        self._change(to_follow=self._beamtime_to_follow())
+        return Outcome(found.message + news, warning=found.warning or bool(news))
+
+    def refresh_automatic(self, offset_days: float) -> Outcome:
+        """The periodic refresh: says only what is new (a beamtime other than the selection's, once per
+        beamtime), and with dm.follow_schedule marks a new beamtime to follow (`state.to_follow`)."""
+        first = self.state.scheduled is None  # after a start, Status keeps the start's message
+        self._read_schedule(offset_days)
+        news = self._news(again=False)
+        self._change(to_follow=self._beamtime_to_follow())
+        return Outcome("" if first else news.removeprefix("; "), warning=bool(news))
+
+    def _read_schedule(self, offset_days: float) -> Outcome:
         now = self.clock()
         moment = look_moment(now, offset_days).astimezone(self.tz)
         scheduling = self.adapters.scheduling
@@ -38,7 +55,7 @@ class ScheduleCases(BeamlineCore):
         warning = ""
         if beamtime is not None and beamtime.esaf:
             beamtime, warning = self._with_esaf(beamtime)
-        self._change(current=CurrentProposal(run, beamtime, now.astimezone(self.tz)))
+        self._change(scheduled=CurrentProposal(run, beamtime, now.astimezone(self.tz)))
         when = moment.strftime("%Y-%m-%d %H:%M %Z")
         if run is None:
             return Outcome(f"no run of the schedule contains {when}", warning=True)
@@ -47,6 +64,37 @@ class ScheduleCases(BeamlineCore):
         pi = beamtime.pi
         message = f"proposal {beamtime.gup} ({pi.last_name if pi else 'no PI'}), run {run.name}{warning}"
         return Outcome(message, warning=bool(warning))
+
+    def _news(self, *, again: bool) -> str:
+        """A Status fragment when the schedule shows a beamtime other than the selected experiment's:
+        once per beamtime, or `again` (a Refresh asked for by hand)."""
+        scheduled = self.state.scheduled.beamtime if self.state.scheduled else None
+        if self.state.experiment is None or scheduled is None or self.state.shows_the_schedule:
+            return ""
+        key = beamtime_key(scheduled)
+        if key == self.state.announced and not again:
+            return ""
+        self._change(announced=key)
+        pi = scheduled.pi
+        who = f" ({pi.full_name})" if pi else ""
+        return (
+            f"; the schedule now shows proposal {scheduled.gup}{who}: the proposal PVs stay on "
+            f"{self.state.experiment.name} (Schedule:ProposalNumber shows it; Create switches to it)"
+        )
+
+    def _beamtime_to_follow(self) -> str:
+        """dm.follow_schedule: the key of a beamtime running now whose experiment was not yet selected by
+        itself, else ''. Once per beamtime: a selection made after the switch is left alone."""
+        scheduled = self.state.scheduled.beamtime if self.state.scheduled else None
+        if not self.settings.dm.follow_schedule or scheduled is None:  # a scheduled beamtime runs at now + offset
+            return ""
+        key = beamtime_key(scheduled)
+        if key == self.adapters.state.followed():
+            return ""
+        if self.state.experiment is not None and self.state.shows_the_schedule:  # already on it: no switch
+            self.adapters.state.mark_followed(key)
+            return ""
+        return key
 
     def _with_esaf(self, beamtime: Beamtime) -> tuple[Beamtime, str]:
         """Add the ESAF's experimenters and DOI where the DM backend knows them."""
@@ -68,9 +116,9 @@ class ScheduleCases(BeamlineCore):
         prefix = prefix.strip()
         if not prefix:
             raise InputError("TagPrefix is empty: set it to the target IOC's prefix, e.g. 2bmb:TomoScan:")
-        current = self.state.current
+        current = self.state.shown
         if current is None or current.beamtime is None:
-            raise InputError("no proposal is published to tag: Refresh or Select first")
+            raise InputError("no proposal is shown to tag: Refresh, Create, CreateManual or Select first")
         info = UserInfo.of(current)
         settings = self.settings.tag
         to_write = {pv: getattr(info, TAG_FIELDS[name]) for name, pv in settings.targets().items()}
