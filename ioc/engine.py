@@ -23,6 +23,7 @@ from .usecases import SYSTEMS, Beamline, Outcome
 
 log = logging.getLogger(__name__)
 
+
 def first_health(settings) -> dict[str, str]:
     """Each system's Health before any contact: OK, or Disabled when the config turns it off."""
     enabled = {"Globus": settings.globus.enabled, "Email": settings.email.enabled}

@@ -42,10 +42,9 @@ class DMagicIOC:
         self.status = StatusGroup(prefix, health=health)
         self.engine = Engine(beamline, self.status, health)
         self.engine.show = self.show
-        wiring = {"engine": self.engine, "beamline": beamline}
-        self.proposal = ProposalGroup(prefix, **wiring)
-        self.experiment = ExperimentGroup(prefix, **wiring)
-        self.daq = DaqGroup(prefix, **wiring)
+        self.proposal = ProposalGroup(prefix, engine=self.engine, beamline=beamline)
+        self.experiment = ExperimentGroup(prefix, engine=self.engine, beamline=beamline)
+        self.daq = DaqGroup(prefix, engine=self.engine, beamline=beamline)
         self.pvdb = {**self.status.pvdb, **self.proposal.pvdb, **self.experiment.pvdb, **self.daq.pvdb}
         self.autosave = Autosave(beamline.settings.ioc.state_dir / "autosave.json", settings_channels(self.pvdb))
         self.write_access = restrict_writes(self.pvdb, beamline.settings.ioc.access)  # None: anyone may write

@@ -33,9 +33,7 @@ class ExperimentGroup(CommandGroup):
     manual_institution = text("Manual:Institution", 256, "PI institution of a manual experiment", rw=True)
     manual_email = text("Manual:Email", 256, "PI e-mail of a manual experiment", rw=True)
     manual_title = text("Manual:Title", 256, "Title of a manual experiment", rw=True)
-    manual_gup = long(
-        "Manual:GUP", "Proposal number of a manual experiment (0 = none)", rw=True, limits=(0, 2**31 - 1)
-    )
+    manual_gup = long("Manual:GUP", "Proposal number of a manual experiment (0 = none)", rw=True, limits=(0, 2**31 - 1))
     manual_badges = text(
         "Manual:Badges", 1024, "Users of a manual experiment; the first is the Manual:* person", rw=True
     )
@@ -97,13 +95,12 @@ class ExperimentGroup(CommandGroup):
     async def show(self, state: BeamlineState) -> None:
         """Show the selected experiment and the station's list."""
         experiment = state.experiment
-        exists = experiment is not None
-        await update(self.experiment_name, experiment.name if exists else "")
-        await update(self.experiment_exists, NO_YES[exists], AlarmSeverity.NO_ALARM)
-        await update(self.data_directory, experiment.data_directory if exists else "")
-        await update(self.storage_directory, experiment.storage_directory if exists else "")
+        await update(self.experiment_name, experiment.name if experiment else "")
+        await update(self.experiment_exists, NO_YES[experiment is not None], AlarmSeverity.NO_ALARM)
+        await update(self.data_directory, experiment.data_directory if experiment else "")
+        await update(self.storage_directory, experiment.storage_directory if experiment else "")
         await update(self.globus_url, state.globus_url)
-        await update(self.experiment_users, ",".join(experiment.usernames) if exists else "")
+        await update(self.experiment_users, ",".join(experiment.usernames) if experiment else "")
         await update(self.experiments, whole_lines(state.experiments, self.experiments.max_length - 1))
         await update(self.emailed_users, ",".join(state.emailed))
 

@@ -58,9 +58,7 @@ class ProposalGroup(CommandGroup):
     user_institution = text("UserInstitution", 256, "PI institution")
     user_badge = string("UserBadge", "PI badge")
     user_info_update = string("UserInfoUpdate", "ISO 8601 time of the last refresh")
-    schedule_proposal_number = string(
-        "Schedule:ProposalNumber", "GUP the schedule shows now (empty: none)"
-    )
+    schedule_proposal_number = string("Schedule:ProposalNumber", "GUP the schedule shows now (empty: none)")
     schedule_pi = text("Schedule:PI", 256, "PI of the beamtime the schedule shows now")
     users_count = long("Users:Count", "Experimenters on the proposal")
     users_names = text("Users:Names", 8192, "Experimenters' names, comma-separated, PI first")

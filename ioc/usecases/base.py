@@ -113,13 +113,20 @@ class BeamlineState:
 class BeamlineCore:
     """What every use case shares: the settings, the adapters, the state the PVs show, the contacts."""
 
-    def __init__(self, settings: Settings, adapters: Adapters, clock: Callable[[], datetime] | None = None):
+    def __init__(self, settings: Settings, adapters: Adapters | None, clock: Callable[[], datetime] | None = None):
+        """`adapters` None: a Beamline that only describes the PVs (`--print-pvs`): no use case can run."""
         self.settings = settings
-        self.adapters = adapters
+        self._adapters = adapters
         self.clock = clock or (lambda: datetime.now(timezone.utc))
         self.state = BeamlineState()
         self._contacts: queue.SimpleQueue[tuple[str, bool]] = queue.SimpleQueue()  # (system, answered)
         self._progress = TransferProgress()
+
+    @property
+    def adapters(self) -> Adapters:
+        if self._adapters is None:
+            raise RuntimeError("this Beamline only describes the PVs: it has no adapters")
+        return self._adapters
 
     def _change(self, **changes) -> None:
         """Replace the state the PVs show, with `changes`."""
@@ -139,8 +146,9 @@ class BeamlineCore:
         try:
             result = call(*args, **kwargs)
         except ServiceError as error:
-            if error.system or system:
-                self._contacts.put((error.system or system, False))
+            failed = error.system or system
+            if failed:
+                self._contacts.put((failed, False))
             raise
         if system:
             self._contacts.put((system, True))

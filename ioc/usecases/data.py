@@ -70,7 +70,6 @@ class DataCases(BeamlineCore):
 
     # ------------------------------------------------------------------ data transfer
 
-
     def _transfer(self, *, once: bool) -> str:
         experiment = self._selected()
         start = self.adapters.transfer.start

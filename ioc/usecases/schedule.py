@@ -122,8 +122,9 @@ class ScheduleCases(BeamlineCore):
         info = UserInfo.of(current)
         settings = self.settings.tag
         to_write = {pv: getattr(info, TAG_FIELDS[name]) for name, pv in settings.targets().items()}
+        missing: tuple[str, ...] = ()
         try:
-            cut, missing = self.adapters.tag.write(prefix, to_write), ()
+            cut = self.adapters.tag.write(prefix, to_write)
         except MissingPVs as error:  # nothing was written: write those that answered
             missing = error.missing
             answered = {pv: value for pv, value in to_write.items() if pv not in missing}
