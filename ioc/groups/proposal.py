@@ -60,6 +60,9 @@ class ProposalGroup(CommandGroup):
     user_info_update = string("UserInfoUpdate", "ISO 8601 time of the last refresh")
     schedule_proposal_number = string("Schedule:ProposalNumber", "GUP the schedule shows now (empty: none)")
     schedule_pi = text("Schedule:PI", 256, "PI of the beamtime the schedule shows now")
+    schedule_differs = enum(
+        "Schedule:Differs", NO_YES, "Schedule shows another beamtime; Yes = MINOR"
+    )  # addition: screens highlight the scheduled-now line with it
     users_count = long("Users:Count", "Experimenters on the proposal")
     users_names = text("Users:Names", 8192, "Experimenters' names, comma-separated, PI first")
     users_badges = text("Users:Badges", 8192, "Experimenters' badges, same order")
@@ -123,6 +126,10 @@ class ProposalGroup(CommandGroup):
         await update(self.run, state.scheduled.run.name if state.scheduled and state.scheduled.run else "")
         await update(self.schedule_proposal_number, scheduled.gup if scheduled else "")
         await update(self.schedule_pi, scheduled.pi.full_name if scheduled and scheduled.pi else "")
+        differs = state.experiment is not None and scheduled is not None and not state.shows_the_schedule
+        await update(
+            self.schedule_differs, NO_YES[differs], AlarmSeverity.MINOR_ALARM if differs else AlarmSeverity.NO_ALARM
+        )
         current = state.shown
         if current is None:
             return
