@@ -1,69 +1,27 @@
-"""Shared fixtures: loopback-only EPICS networking, free ports, the fixture paths."""
+"""Session-wide set-up: a loopback-only EPICS network, and the fixtures every tier may use.
+
+Helpers to import live in `tests/helpers.py` (paths, free ports, polling) and `tests/loopback.py`
+(the session's CA ports and EPICS environment); the fakes of the ports in `tests/fakes/ports.py`.
+"""
 
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-TEST_DATA = REPO / "tests" / "data"
-APS_FIXTURES = TEST_DATA / "aps-scheduling"
-CONTRACT_PVS = TEST_DATA / "contract-pvs.txt"
-
-
-def contract_pvs() -> list[tuple[str, str, str, str]]:
-    """(name, kind, type, access) of every PV of the contract (docs/interface.md section 4)."""
-    lines = CONTRACT_PVS.read_text(encoding="utf-8").splitlines()
-    return [tuple(line.split("\t")) for line in lines if line and not line.startswith("#")]
-
-
-def free_port() -> int:
-    """A port free for both TCP and UDP on 127.0.0.1 (CA uses the same number for both)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = tcp.getsockname()[1]
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                udp.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free port")
-
-
-EPICS_PORTS = (free_port(), free_port())  # the IOC under test, a second IOC (Tag target)
-
-# IOCs send beacons; one socket here takes them so no IOC logs "connection refused".
-_BEACON_SINK = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-_BEACON_SINK.bind(("127.0.0.1", 0))
-BEACON_PORT = _BEACON_SINK.getsockname()[1]
-
-
-def epics_env(server_port: int) -> dict[str, str]:
-    """Every EPICS_CA_*/EPICS_CAS_* address variable pinned to 127.0.0.1."""
-    addr_list = " ".join(f"127.0.0.1:{p}" for p in EPICS_PORTS)
-    return {
-        "EPICS_CA_AUTO_ADDR_LIST": "NO",
-        "EPICS_CA_ADDR_LIST": addr_list,
-        "EPICS_CA_NAME_SERVERS": "",
-        "EPICS_CA_SERVER_PORT": str(server_port),
-        "EPICS_CA_REPEATER_PORT": str(BEACON_PORT),
-        "EPICS_CAS_BEACON_PORT": str(BEACON_PORT),
-        "EPICS_CAS_SERVER_PORT": str(server_port),
-        "EPICS_CAS_INTF_ADDR_LIST": "127.0.0.1",
-        "EPICS_CAS_AUTO_BEACON_ADDR_LIST": "NO",
-        "EPICS_CAS_BEACON_ADDR_LIST": "127.0.0.1",
-        "EPICS_CAS_IGNORE_ADDR_LIST": "",
-        "EPICS_CA_MAX_ARRAY_BYTES": "1000000",
-    }
-
+from .helpers import APS_FIXTURES
+from .loopback import EPICS_PORTS, epics_env
 
 # Set before any CA client library (pyepics' libca, caproto) reads them.
 os.environ.update(epics_env(EPICS_PORTS[0]))
+
+# Helper modules with plain `assert`s, rewritten as test modules are: a failure shows the values compared.
+pytest.register_assert_rewrite("tests.ioc.rig")
+
+# The installed IOC's fixtures (schedule_path, config, ioc): for tests/e2e and tests/faults alike.
+pytest_plugins = ["tests.e2e.fixtures"]
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,8 @@ from dmagic_ioc.ioc.domain.model import Run, SchedulingError
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
+from ..helpers import wait_for
+
 FIXTURES = Path(__file__).resolve().parents[1] / "data" / "aps-scheduling"
 SCHEDULE = "schedule-findByRunNameAndScheduleName-2026-3-2-BM-A,B.json"
 ACTIVITY = "activity-findByRunNameAndBeamlineId-2026-3-2-BM-A,B.json"
@@ -104,13 +106,6 @@ def serve(
 def raw_uris(http: HTTPServer) -> list[str]:
     """The request targets exactly as sent (before the server decoded %2F)."""
     return [request.environ.get("RAW_URI") or request.environ["REQUEST_URI"] for request, _ in http.log]
-
-
-def wait_for(condition, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
 
 
 def host(http: HTTPServer) -> str:
@@ -292,7 +287,7 @@ def test_hang_past_the_timeout(http, credentials, release):
     assert time.monotonic() - started < 3
 
     release.set()  # let both handlers finish now, so that their log lines land in this test
-    wait_for(lambda: len(http.log) == 2)
+    wait_for(lambda: len(http.log) == 2, timeout=5.0, interval=0.01, what="both requests logged")
 
 
 def test_connection_refused(credentials):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import email
 import email.policy
 import logging
-import socket
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -21,6 +20,8 @@ from dmagic_ioc.adapters.email import (
     load_template,
 )
 from dmagic_ioc.ioc.domain.model import EmailError, InputError
+
+from ..helpers import free_port
 
 SENDER = "2-BM beamline <tomo@aps.example.org>"
 REFUSED = "nobody@example.org"
@@ -61,12 +62,6 @@ class Recorder:
         self.logins.append((login, password))
         success = (login, password) == ("beamline", PASSWORD)
         return AuthResult(success=success, handled=False)  # not handled: aiosmtpd answers 535 itself
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture

@@ -13,9 +13,9 @@ import json
 import logging
 import re
 import threading
-import time
 import urllib.parse
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
 import globus_sdk
@@ -27,6 +27,10 @@ from dmagic_ioc.adapters.globus.transfer import GlobusTransfer
 from dmagic_ioc.ioc.domain.model import Experiment, ExperimentUser, GlobusError
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
+
+from .. import helpers
+
+wait_for = partial(helpers.wait_for, interval=0.01)  # every 10 ms: the fake service answers at once
 
 CLIENT_ID = "5b8a3c1e-0000-4000-8000-00000000c11e"
 SECRET = "s3cr3t-Value-that-must-never-show"
@@ -240,16 +244,6 @@ def secret_file(tmp_path) -> Path:
 @pytest.fixture
 def access(fake, secret_file) -> GlobusAccess:
     return GlobusAccess(COLLECTION, CLIENT_ID, secret_file, STORAGE_ROOT, max_retries=0, timeout=5)
-
-
-def wait_for(predicate, timeout: float = 10.0):
-    """Poll until `predicate()` is true; fail the test after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {predicate}")
 
 
 # --------------------------------------------------------------------------

@@ -71,9 +71,8 @@ if __name__ == "__main__":
     run(TomoScanUserInfo(prefix=args.prefix).pvdb, interfaces=["127.0.0.1"])
     sys.exit(0)
 
-from ..conftest import TEST_DATA, free_port  # noqa: E402  (the script above runs without the package)
-from ..e2e.epics_base import CAReader, IOCProcess, SoftIOC  # noqa: E402
-from ..e2e.harness import wait_for  # noqa: E402
+from ..e2e.epics_base import CAReader, IOCProcess, SoftIOC  # noqa: E402  (the script above runs without the package)
+from ..helpers import TEST_DATA, free_port, wait_for  # noqa: E402
 
 STRING_NAMES = (
     "UserName",

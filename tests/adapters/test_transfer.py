@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -25,20 +25,12 @@ from dmagic_ioc.adapters.transfer.local import LocalTransfer
 from dmagic_ioc.adapters.transfer.scan import Tree
 from dmagic_ioc.ioc.domain.model import DMError, Experiment, InputError
 
+from .. import helpers
+
 SETTLE = 0.3
 POLL = 0.1
 EXPERIMENT = Experiment(name="2026-11-Li-1012039")
-
-
-def wait_for(condition: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> object:
-    """Poll `condition` until it is truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+wait_for = partial(helpers.wait_for, interval=0.02)  # every 20 ms: the SIGKILL of a transfer must land mid-way
 
 
 def tree_files(folder: Path) -> dict[str, bytes]:

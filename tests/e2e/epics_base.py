@@ -19,7 +19,7 @@ from pathlib import Path
 from caproto import ChannelType
 from caproto.threading.client import Context, SharedBroadcaster
 
-from ..conftest import EPICS_PORTS, epics_env
+from ..loopback import EPICS_PORTS, epics_env
 
 SCRIPT = Path(__file__).with_name("softioc_target.py")
 STARTUP_TIMEOUT = 30.0

@@ -1,4 +1,8 @@
-"""End-to-end fixtures: a beamline schedule with fixed dates, and IOCs started on it."""
+"""End-to-end fixtures: a beamline schedule with fixed dates, and IOCs started on it.
+
+Registered for the whole suite by `pytest_plugins` in `tests/conftest.py` (tests/e2e and tests/faults use them);
+test modules import the schedule and its moments from here.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,6 @@ import pytest
 import yaml
 
 from .harness import IOC, base_config
-
-pytestmark = pytest.mark.e2e
 
 # Mirrors run 2026-3 of the APS fixtures: three beamtimes, fixed dates (Chicago time).
 SCHEDULE = {

@@ -14,7 +14,8 @@ from pathlib import Path
 import epics
 import yaml
 
-from ..conftest import EPICS_PORTS, epics_env
+from ..helpers import wait_for
+from ..loopback import EPICS_PORTS, epics_env
 
 STARTUP_TIMEOUT = 20.0
 # The installed console script: beside this interpreter (a venv), else on PATH.
@@ -23,18 +24,6 @@ DMAGIC_IOC = (
     if Path(sys.executable).with_name("dmagic-ioc").exists()
     else (shutil.which("dmagic-ioc") or "dmagic-ioc")
 )
-
-
-def wait_for(condition, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):
-    """Poll `condition()` until it returns something truthy; fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 def base_config(tmp: Path, schedule: Path) -> dict:

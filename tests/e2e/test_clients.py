@@ -11,8 +11,7 @@ from caproto import CaprotoError, ChannelType
 from caproto.sync.client import read as caproto_read
 from caproto.sync.client import write as caproto_write
 
-from ..conftest import contract_pvs
-from .harness import wait_for
+from ..helpers import contract_pvs, wait_for
 
 pytestmark = pytest.mark.e2e
 

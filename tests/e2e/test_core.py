@@ -12,9 +12,9 @@ import yaml
 from caproto import CaprotoError, ErrorResponseReceived
 from caproto.sync.client import write as caproto_write
 
-from ..conftest import contract_pvs
-from .conftest import BETWEEN, IN_FIRST, IN_SECOND, IN_THIRD
-from .harness import DMAGIC_IOC, IOC, wait_for
+from ..helpers import contract_pvs, wait_for
+from .fixtures import BETWEEN, IN_FIRST, IN_SECOND, IN_THIRD
+from .harness import DMAGIC_IOC, IOC
 
 pytestmark = pytest.mark.e2e
 

@@ -11,9 +11,9 @@ from email import message_from_bytes
 import pytest
 from aiosmtpd.controller import Controller
 
-from ..conftest import free_port
-from .conftest import IN_SECOND
-from .harness import IOC, wait_for
+from ..helpers import free_port, wait_for
+from .fixtures import IN_SECOND
+from .harness import IOC
 
 pytestmark = pytest.mark.e2e
 

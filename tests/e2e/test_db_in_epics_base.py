@@ -15,7 +15,7 @@ import uuid
 import pytest
 from caproto import ChannelType, field_types
 
-from ..conftest import REPO
+from ..helpers import REPO
 from .epics_base import CAReader, SoftIOC
 from .harness import DMAGIC_IOC, IOC
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from .conftest import BETWEEN, IN_SECOND
+from .fixtures import BETWEEN, IN_SECOND
 from .harness import IOC
 
 pytestmark = pytest.mark.e2e

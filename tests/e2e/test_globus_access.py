@@ -8,7 +8,7 @@ import pytest
 from pytest_httpserver import HTTPServer
 
 from ..adapters.test_globus import CLIENT_ID, COLLECTION, SECRET, FakeGlobus
-from .conftest import IN_SECOND
+from .fixtures import IN_SECOND
 from .harness import IOC
 
 pytestmark = pytest.mark.e2e

@@ -15,8 +15,8 @@ import uuid
 
 import pytest
 
-from ..conftest import EPICS_PORTS, REPO, epics_env
-from .harness import wait_for
+from ..helpers import REPO, wait_for
+from ..loopback import EPICS_PORTS, epics_env
 
 pytestmark = pytest.mark.e2e
 

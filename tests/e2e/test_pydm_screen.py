@@ -15,8 +15,7 @@ import sys
 
 import pytest
 
-from ..conftest import REPO
-from .harness import wait_for
+from ..helpers import REPO, wait_for
 
 pytestmark = pytest.mark.e2e
 

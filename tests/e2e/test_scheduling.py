@@ -19,9 +19,10 @@ from caproto.sync.client import write as caproto_write
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from ..conftest import APS_FIXTURES, EPICS_PORTS, REPO, epics_env
-from .conftest import BETWEEN, offset_to
-from .harness import IOC, wait_for
+from ..helpers import APS_FIXTURES, REPO, wait_for
+from ..loopback import EPICS_PORTS, epics_env
+from .fixtures import BETWEEN, offset_to
+from .harness import IOC
 
 pytestmark = pytest.mark.e2e
 

@@ -15,10 +15,10 @@ import uuid
 import pytest
 import yaml
 
-from ..conftest import TEST_DATA
-from .conftest import offset_to
+from ..helpers import TEST_DATA, wait_for
 from .epics_base import CAReader, SoftIOC
-from .harness import IOC, base_config, wait_for
+from .fixtures import offset_to
+from .harness import IOC, base_config
 
 pytestmark = pytest.mark.e2e
 

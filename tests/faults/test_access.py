@@ -28,8 +28,8 @@ from caproto.threading.client import Context, SharedBroadcaster
 from dmagic_ioc.ioc.access import WriteAccess
 from dmagic_ioc.ioc.caserver import Context as IocServer
 
-from ..conftest import free_port
-from ..e2e.harness import IOC, wait_for
+from ..e2e.harness import IOC
+from ..helpers import free_port, wait_for
 
 pytestmark = pytest.mark.faults
 

@@ -17,9 +17,9 @@ from caproto.sync.client import write as caproto_write
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ..conftest import contract_pvs
-from ..e2e.conftest import SCHEDULE
-from ..e2e.harness import IOC, base_config, wait_for
+from ..e2e.fixtures import SCHEDULE
+from ..e2e.harness import IOC, base_config
+from ..helpers import contract_pvs, wait_for
 
 pytestmark = pytest.mark.faults
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from ..e2e.harness import IOC, wait_for
+from ..e2e.harness import IOC
+from ..helpers import wait_for
 
 pytestmark = pytest.mark.faults
 

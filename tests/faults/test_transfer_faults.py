@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from ..adapters.test_transfer import damage
-from ..e2e.conftest import IN_SECOND
-from ..e2e.harness import IOC, wait_for
+from ..e2e.fixtures import IN_SECOND
+from ..e2e.harness import IOC
+from ..helpers import wait_for
 
 pytestmark = pytest.mark.faults
 

@@ -1,313 +1,33 @@
 """The PV groups in-process, with fake adapters: no network, no subprocess, no CA server.
 
-Each test builds `Beamline` on fakes and a `DMagicIOC` around it, then writes
-the command PVs directly (caproto runs the putter inside `write`; a failed
-command raises `CommandFailed` out of it) and reads `channel.value` and
-`channel.alarm.severity`.
+Each test gets `rig` (tests/ioc/conftest.py): `Beamline` on the fakes of tests/fakes/ports.py and a
+`DMagicIOC` around it; it writes the command PVs directly (caproto runs the putter inside `write`; a
+failed command raises `CommandFailed` out of it) and reads `channel.value` and `channel.alarm.severity`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
-from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
-from pathlib import Path
-from types import SimpleNamespace
-from zoneinfo import ZoneInfo
+from dataclasses import replace
 
 import pytest
-from caproto import AlarmSeverity
-from dmagic_ioc.ioc.usecases import Adapters, Beamline
-from dmagic_ioc.ioc.engine import CommandFailed
-from dmagic_ioc.ioc.config import BeamlineSettings, DMSettings, GlobusSettings, IocSettings, Settings
-from dmagic_ioc.ioc.domain.model import Beamtime, DMError, Experiment, Person, Run, SchedulingError, parse_time
+from dmagic_ioc.ioc.domain.model import DMError, Experiment
 from dmagic_ioc.ioc.domain.ports import TransferProgress, TransferState
-from dmagic_ioc.ioc.server import DMagicIOC
 
-CHICAGO = ZoneInfo("America/Chicago")
-NOW = datetime(2026, 10, 15, 15, 0, tzinfo=timezone.utc)  # 10:00 CDT, inside beamtime 1012039
-NO, MINOR, MAJOR = AlarmSeverity.NO_ALARM, AlarmSeverity.MINOR_ALARM, AlarmSeverity.MAJOR_ALARM
-WAIT_SECONDS = 5.0
-
-TITLE = (
-    "Operando X-ray micro-tomography of lithium-metal anodes: dendrite nucleation, growth and dissolution "
-    "under fast charging in solid-state and liquid electrolytes — a multi-scale study of the interphase "
-    "with in-situ mechanical loading, variable temperature and ünïcødé in the title, well past forty bytes"
+from ..fakes.ports import EXPERIMENT, LATER, TITLE, FailingSchedule, FakeSchedule
+from ..helpers import until
+from .rig import (
+    MAJOR,
+    MINOR,
+    NO,
+    WAIT_SECONDS,
+    assert_idle,
+    blocking_schedule,
+    fails,
+    refreshed_and_created,
+    run,
+    status,
 )
-MEI = Person("310001", "Mei", "Müller-Łukasiewicz", "mei@example.edu", "Example State University", is_pi=True)
-BO = Person("310002", "Bo", "Li", "bo@example.org", "UChicago")
-ESAF_PERSON = Person("310009", "Eva", "Sá", "eva@example.org", "Argonne")
-RUN = Run("2026-3", parse_time("2026-09-29 08:00", CHICAGO), parse_time("2026-12-22 08:00", CHICAGO))
-BEAMTIME = Beamtime(
-    gup="1012039",
-    title=TITLE,
-    start=parse_time("2026-10-14 08:00", CHICAGO),
-    end=parse_time("2026-10-17 08:00", CHICAGO),
-    people=(BO, MEI),  # the PI is listed second
-    proposal_type="General User",
-    esaf="281001",
-    mail_in=True,
-)
-LATER = Beamtime(
-    gup="1012040",
-    title="Later proposal",
-    start=parse_time("2026-10-20 08:00", CHICAGO),
-    end=parse_time("2026-10-22 08:00", CHICAGO),
-    people=(Person("310003", "Cy", "Ngo", "cy@example.org", "MIT"),),
-)
-EXPERIMENT = "2026-10-MullerLukasiewicz-1012039"
-
-
-# --------------------------------------------------------------------------- fakes
-
-
-class FakeSchedule:
-    def __init__(self, runs=(RUN,), beamtimes=(BEAMTIME, LATER)):
-        self._runs, self._beamtimes = list(runs), list(beamtimes)
-        self.calls = 0
-
-    def runs(self) -> list[Run]:
-        self.calls += 1
-        return list(self._runs)
-
-    def beamtimes(self, run: Run) -> list[Beamtime]:
-        return [b for b in self._beamtimes if run.start <= b.start < run.end]
-
-
-class FailingSchedule:
-    def runs(self):
-        raise SchedulingError("the scheduling service answered 503 Service Unavailable")
-
-    def beamtimes(self, run):
-        raise SchedulingError("the scheduling service answered 503 Service Unavailable")
-
-
-class BlockingSchedule(FakeSchedule):
-    """`runs()` waits until the test releases it, so a command stays running."""
-
-    def __init__(self):
-        super().__init__()
-        self.entered, self.release = threading.Event(), threading.Event()
-
-    def runs(self):
-        self.entered.set()
-        self.release.wait(WAIT_SECONDS)
-        return super().runs()
-
-
-class FakeDM:
-    def __init__(self, storage_root: Path):
-        self.storage_root = storage_root
-        self.experiments: dict[str, Experiment] = {}
-        self.fail: Exception | None = None  # raised by the next mutating call
-        self.esaf_calls: list[str] = []
-
-    def _check(self):
-        if self.fail is not None:
-            error, self.fail = self.fail, None
-            raise error
-
-    def create_experiment(self, experiment: Experiment) -> tuple[Experiment, bool]:
-        self._check()
-        if experiment.name in self.experiments:
-            return self.experiments[experiment.name], False
-        stored = replace(
-            experiment, users=(), storage_directory=str(self.storage_root / experiment.year_month / experiment.name)
-        )
-        self.experiments[experiment.name] = stored
-        return stored, True
-
-    def get_experiment(self, name: str) -> Experiment | None:
-        return self.experiments.get(name)
-
-    def list_experiments(self) -> list[str]:
-        return list(reversed(self.experiments))
-
-    def add_users(self, name, users) -> list[str]:
-        self._check()
-        experiment = self.experiments[name]
-        have = set(experiment.usernames)
-        new = [u for u in users if u.username not in have]
-        self.experiments[name] = replace(experiment, users=experiment.users + tuple(new))
-        return [u.username for u in new]
-
-    def remove_users(self, name, usernames) -> list[str]:
-        self._check()
-        experiment = self.experiments[name]
-        removed = [u for u in experiment.usernames if u in usernames]
-        self.experiments[name] = replace(
-            experiment, users=tuple(u for u in experiment.users if u.username not in removed)
-        )
-        return removed
-
-    def delete_experiment(self, name: str) -> str:
-        self._check()
-        del self.experiments[name]
-        return f"deleted experiment {name}"
-
-    def esaf(self, esaf: str):
-        self.esaf_calls.append(esaf)
-        return [ESAF_PERSON, BO], "10.11578/esaf/281001"
-
-
-@dataclass
-class FakeState:
-    selection: str = ""
-    emailed_users: dict = field(default_factory=dict)
-    rule_ids: dict = field(default_factory=dict)
-
-    def selected(self) -> str:
-        return self.selection
-
-    def select(self, name: str) -> None:
-        self.selection = name
-
-    def emailed(self, experiment):
-        return list(self.emailed_users.get(experiment, []))
-
-    def mark_emailed(self, experiment, usernames):
-        self.emailed_users.setdefault(experiment, []).extend(usernames)
-
-    def rules(self, experiment):
-        return dict(self.rule_ids.get(experiment, {}))
-
-    def record_rules(self, experiment, rules):
-        self.rule_ids.setdefault(experiment, {}).update(rules)
-
-    def forget_rules(self, experiment, usernames):
-        for username in usernames:
-            self.rule_ids.get(experiment, {}).pop(username, None)
-
-    def forget_experiment(self, experiment):
-        self.rule_ids.pop(experiment, None)
-        self.emailed_users.pop(experiment, None)
-
-
-class FakeTransfer:
-    def __init__(self):
-        self.state = TransferProgress()
-        self.starts: list[tuple] = []
-        self.forgotten: list[dict] = []
-
-    def start(self, experiment, sources, *, once):
-        self.starts.append((experiment.name, dict(sources), once))
-        self.state = TransferProgress(state=TransferState.RUNNING)
-        return f"transfer of {experiment.name} started"
-
-    def stop(self):
-        self.state = TransferProgress(state=TransferState.STOPPED)
-        return "transfer stopped"
-
-    def progress(self):
-        return self.state
-
-    def resume(self):
-        return None
-
-    def forget(self, sources):
-        self.forgotten.append(dict(sources))
-
-
-class FakeTag:
-    def __init__(self):
-        self.writes: list[tuple[str, dict]] = []
-        self.cut: list[str] = []
-
-    def write(self, prefix, values):
-        self.writes.append((prefix, dict(values)))
-        return list(self.cut)
-
-
-class FakeAccess:
-    def __init__(self):
-        self.grants: list[tuple[str, str]] = []
-        self.revoked: list[tuple[str, str]] = []
-
-    def grant(self, experiment, users):
-        rules = {u.username: f"rule-{u.username}" for u in users if u.email}
-        self.grants += [(experiment.name, username) for username in rules]
-        return rules
-
-    def revoke(self, experiment, rules):
-        self.revoked += [(experiment.name, username) for username in rules]
-        return list(rules)
-
-    def url(self, experiment):
-        return f"https://app.globus.org/file-manager?path=/{experiment.name}/"
-
-
-# --------------------------------------------------------------------------- fixtures and helpers
-
-
-@pytest.fixture
-async def rig(tmp_path):
-    """A DMagicIOC on fakes, shown once as `startup` would, without a server or autosave loop."""
-    settings = Settings(
-        ioc=IocSettings(prefix="test:", state_dir=tmp_path / "state"),
-        beamline=BeamlineSettings(name="2-BM-A,B", station="2BM", contacts=("100001",)),
-        dm=DMSettings(data_top_dir=tmp_path / "data", storage_root=tmp_path / "storage"),
-        globus=GlobusSettings(enabled=True, collection_id="c", client_id="i"),
-    )
-    fakes = SimpleNamespace(
-        scheduling=FakeSchedule(),
-        dm=FakeDM(tmp_path / "storage"),
-        state=FakeState(),
-        transfer=FakeTransfer(),
-        tag=FakeTag(),
-        access=FakeAccess(),
-    )
-    beamline = Beamline(settings, Adapters(**vars(fakes)), clock=lambda: NOW)
-    ioc = DMagicIOC("test:", beamline=beamline)
-    assert await ioc.engine.background("reading the selected experiment", beamline.read_selection) == ""
-    released: list[threading.Event] = []
-    yield SimpleNamespace(ioc=ioc, beamline=beamline, settings=settings, fakes=fakes, tmp=tmp_path, released=released)
-    for event in released:  # never leave a worker thread waiting
-        event.set()
-
-
-async def until(condition, what: str = "condition") -> None:
-    """Poll `condition()` on the event loop until it holds; fail after WAIT_SECONDS."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + WAIT_SECONDS
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
-
-
-def blocking_schedule(rig) -> BlockingSchedule:
-    schedule = BlockingSchedule()
-    rig.released.append(schedule.release)
-    rig.beamline.adapters.scheduling = schedule
-    return schedule
-
-
-def status(rig) -> tuple[str, AlarmSeverity]:
-    channel = rig.ioc.status.status
-    return channel.value, channel.alarm.severity
-
-
-async def run(channel) -> None:
-    await channel.write("Busy")
-
-
-async def fails(channel) -> str:
-    with pytest.raises(CommandFailed) as error:
-        await channel.write("Busy")
-    return str(error.value)
-
-
-def assert_idle(rig, command) -> None:
-    assert command.value == "Done"
-    assert rig.ioc.status.busy.value == "Idle"
-
-
-async def refreshed_and_created(rig) -> None:
-    await run(rig.ioc.proposal.refresh)
-    await run(rig.ioc.experiment.create)
-    assert rig.ioc.experiment.experiment_name.value == EXPERIMENT
-
 
 # --------------------------------------------------------------------------- command engine
 
@@ -316,7 +36,7 @@ async def test_command_reads_busy_while_running_and_done_after(rig):
     ioc = rig.ioc
     schedule = blocking_schedule(rig)
     task = asyncio.create_task(run(ioc.proposal.refresh))
-    await until(schedule.entered.is_set, "the refresh to reach the scheduling source")
+    await until(schedule.entered.is_set, what="the refresh to reach the scheduling source")
     assert ioc.proposal.refresh.value == "Busy"
     assert ioc.status.busy.value == "Busy"
     assert ioc.status.last_command.value == "Refresh"

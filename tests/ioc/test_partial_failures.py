@@ -4,25 +4,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from dmagic_ioc.ioc.domain.model import DMError, GlobusError
+from dmagic_ioc.ioc.domain.model import DMError
 from dmagic_ioc.ioc.domain.ports import TransferProgress, TransferState
 
-from .test_groups import EXPERIMENT, MAJOR, MINOR, NO, FakeAccess, fails, run, status
-
-
-class FlakyAccess(FakeAccess):
-    """Globus that fails for the users in `failing`, after making the others' rules."""
-
-    def __init__(self, failing: set[str]):
-        super().__init__()
-        self.failing = failing
-
-    def grant(self, experiment, users):
-        made = super().grant(experiment, [u for u in users if u.username not in self.failing])
-        failed = [u.username for u in users if u.username in self.failing and u.email]
-        if failed:
-            raise GlobusError(f"no Globus identity for {', '.join(failed)}", done=made)
-        return made
+from ..fakes.ports import EXPERIMENT, FlakyAccess
+from .rig import MAJOR, MINOR, NO, fails, run, status
 
 
 async def test_globus_failing_half_way_records_the_rules_made_and_a_rerun_completes(rig):

@@ -6,7 +6,7 @@ import pytest
 import yaml
 from dmagic_ioc.ioc.config import ConfigError, settings_from_dict
 
-from ..conftest import REPO
+from ..helpers import REPO
 
 DEPLOY = REPO / "deploy"
 

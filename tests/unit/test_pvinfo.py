@@ -8,7 +8,7 @@ import pytest
 from dmagic_ioc.ioc.tools import dbgen, pvtable
 from dmagic_ioc.ioc.tools.pvinfo import PVInfo, ioc_pvs
 
-from ..conftest import REPO, contract_pvs
+from ..helpers import REPO, contract_pvs
 
 # The committed file in the checkout (the installed package does not carry db_templates/).
 DB_FILE = REPO / "db_templates" / "dmagic.db"

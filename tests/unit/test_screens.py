@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from dmagic_ioc.ioc.tools.pvinfo import ioc_pvs
 
-from ..conftest import REPO, contract_pvs
+from ..helpers import REPO, contract_pvs
 
 OPI = REPO / "opi"
 SCREENS = sorted([*OPI.glob("*.adl"), *OPI.glob("*.bob"), *OPI.glob("*.ui")])
