@@ -1,0 +1,105 @@
+"""Refresh and Tag: which beamtime is published, what is said about it, what reaches the target IOC."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from dmagic_ioc.ioc.domain.model import DMError, Experiment, SchedulingError
+from dmagic_ioc.ioc.usecases import Outcome
+
+from ..fakes.ports import BEAMTIME, ESAF_DOI, ESAF_PERSON, EXPERIMENT, LATER, NOW, RUN, FailingSchedule, FakeSchedule
+
+REFRESHED = "proposal 1012039 (Müller-Łukasiewicz), run 2026-3"
+
+
+def test_refresh_reads_the_beamtime_now_with_the_esafs_other_people_and_shows_it(beamline, fakes):
+    assert beamline.refresh(0.0) == Outcome(REFRESHED)
+    current = beamline.state.scheduled
+    assert beamline.state.shown == current  # nothing selected: the proposal PVs follow the schedule
+    assert current.run == RUN
+    assert current.refreshed == NOW and current.refreshed.utcoffset() == timedelta(hours=-5)  # beamline time
+    assert current.beamtime.gup == "1012039" and current.beamtime.people == BEAMTIME.people
+    assert current.beamtime.esaf_people == (ESAF_PERSON,)  # Bo, on the proposal too, is not listed twice
+    assert current.beamtime.esaf_doi == ESAF_DOI
+    assert fakes.dm.esaf_calls == ["281001"]
+    assert beamline.contacts() == [("Scheduling", True), ("Scheduling", True), ("DM", True)]
+
+
+def test_refresh_looks_at_now_plus_the_offset_and_dates_the_refresh_now(beamline, fakes):
+    assert beamline.refresh(5.0) == Outcome("proposal 1012040 (Ngo), run 2026-3")
+    assert beamline.state.scheduled.beamtime == LATER  # no ESAF: DM is not asked
+    assert beamline.state.scheduled.refreshed == NOW
+    assert fakes.dm.esaf_calls == []
+
+
+def test_refresh_with_nothing_scheduled_is_a_warning_and_shows_no_proposal(beamline):
+    beamline.refresh(0.0)
+    outcome = beamline.refresh(-10.0)
+    assert outcome == Outcome("run 2026-3: no beamtime scheduled at 2026-10-05 10:00 CDT", warning=True)
+    assert beamline.state.scheduled.run == RUN and beamline.state.scheduled.beamtime is None
+
+
+def test_refresh_outside_every_run_is_a_warning_and_asks_for_no_beamtimes(beamline, fakes):
+    outcome = beamline.refresh(100.0)
+    assert outcome == Outcome("no run of the schedule contains 2027-01-23 09:00 CST", warning=True)
+    assert (beamline.state.scheduled.run, beamline.state.scheduled.beamtime) == (None, None)
+    assert beamline.contacts() == [("Scheduling", True)]
+
+
+def test_an_esaf_dm_cannot_read_is_a_warning_and_the_proposal_is_shown_without_it(beamline, fakes):
+    def unreachable(esaf):
+        raise DMError("DM service unreachable")
+
+    fakes.dm.esaf = unreachable
+    outcome = beamline.refresh(0.0)
+    assert outcome == Outcome(f"{REFRESHED}; ESAF 281001 not read: DM service unreachable", warning=True)
+    assert beamline.state.scheduled.beamtime == BEAMTIME  # as scheduled: no ESAF people, no DOI
+    assert beamline.contacts() == [("Scheduling", True), ("Scheduling", True), ("DM", False)]
+
+
+def test_a_scheduling_failure_changes_nothing_and_the_next_refresh_recovers(beamline):
+    beamline.refresh(0.0)
+    beamline.contacts()
+    shown = beamline.state
+    beamline.adapters.scheduling = FailingSchedule()
+    with pytest.raises(SchedulingError, match="503 Service Unavailable"):
+        beamline.refresh(5.0)
+    assert beamline.state is shown
+    assert beamline.contacts() == [("Scheduling", False)]
+
+    beamline.adapters.scheduling = FakeSchedule()
+    assert beamline.refresh(5.0) == Outcome("proposal 1012040 (Ngo), run 2026-3")
+    assert beamline.contacts() == [("Scheduling", True), ("Scheduling", True)]
+
+
+def test_tag_writes_the_proposal_shown_under_the_prefix_trimmed_and_contacts_no_system(beamline, fakes):
+    beamline.refresh(0.0)
+    beamline.contacts()
+    assert beamline.tag("  2bmb:TomoScan: ") == Outcome("tagged 2bmb:TomoScan: with proposal 1012039")
+    ((prefix, values),) = fakes.tag.writes
+    assert prefix == "2bmb:TomoScan:"
+    assert (values["ProposalNumber"], values["UserLastName"], values["ESAFDOINumber"]) == (
+        "1012039", "Müller-Łukasiewicz", ESAF_DOI)  # fmt: skip
+    assert beamline.contacts() == []  # the target IOC has no Health PV
+
+
+def test_a_refresh_showing_another_beamtime_announces_it_and_the_proposal_pvs_stay(created):
+    outcome = created.refresh(5.0)
+    assert outcome == Outcome(
+        "proposal 1012040 (Ngo), run 2026-3; the schedule now shows proposal 1012040 (Cy Ngo): the proposal PVs "
+        f"stay on {EXPERIMENT} (Schedule:ProposalNumber shows it; Create switches to it)",
+        warning=True,
+    )
+    assert created.state.scheduled.beamtime == LATER
+    assert created.state.shown.beamtime.gup == "1012039" and not created.state.shows_the_schedule
+
+
+def test_tag_after_select_writes_the_selected_experiments_proposal(created, fakes):
+    other = "2026-10-Ngo-1012040"
+    fakes.dm.experiments[other] = Experiment(other, gup="1012040", start=LATER.start, year_month="2026-10")
+    created.select(other)
+    assert created.tag("2bmb:TomoScan:") == Outcome("tagged 2bmb:TomoScan: with proposal 1012040")
+    values = fakes.tag.writes[-1][1]
+    assert (values["ProposalNumber"], values["UserName"], values["UserLastName"]) == ("1012040", "Cy", "Ngo")
+    assert values["UserInfoUpdate"] == "2026-10-15T10:00:00-05:00"  # when the schedule was read: now
