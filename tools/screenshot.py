@@ -1,11 +1,15 @@
 """Render `opi/dmagic.ui` with PyDM against the demo IOC and save `docs/screenshot.png`.
 
-    QT_QPA_PLATFORM=offscreen python tools/screenshot.py [--output docs/screenshot.png]
+    QT_QPA_PLATFORM=offscreen python tools/screenshot.py [--output docs/screenshot.png] [--schedule-offset 6]
 
 Starts `dmagic-ioc` on its demo config (in a temporary folder) with a random
 prefix on a free loopback port, opens the screen with macro P, waits until
-every channel of the screen is connected and has a value, and grabs the
-window. `tests/e2e/test_pydm_screen.py` uses the helpers below.
+every channel of the screen is connected and has a value, runs Create on the
+demo's current beamtime (unless --blank), and grabs the window. With `--schedule-offset DAYS`
+the schedule is then read DAYS ahead (TimeOffsetDays + Refresh): 6 reaches the
+demo's next beamtime, so the picture shows the selected experiment's proposal
+with the highlighted "Scheduled now" line naming another beamtime (the README
+picture). `tests/e2e/test_pydm_screen.py` uses the helpers below.
 """
 
 from __future__ import annotations
@@ -179,10 +183,39 @@ def create_experiment(prefix: str, watch: ChannelWatch, app, timeout: float) -> 
     wait_until(lambda: watch.values.get(exists) == 1, timeout, f"{prefix}ExperimentExists = Yes", app=app)
 
 
-def take_screenshot(output: Path, screen: Path = SCREEN, timeout: float = TIMEOUT, create: bool = True) -> list[str]:
+def look_ahead(prefix: str, days: float, watch: ChannelWatch, app, timeout: float, selected: bool) -> None:
+    """Read the schedule `days` ahead (TimeOffsetDays, then Refresh); with an experiment `selected`, wait
+    until the screen shows that the schedule differs from it (Schedule:Differs = Yes)."""
+    import epics
+
+    if not epics.caput(prefix + "TimeOffsetDays", days, wait=True, timeout=timeout):
+        raise RuntimeError(f"{prefix}TimeOffsetDays = {days} did not complete")
+    if not epics.caput(prefix + "Refresh", 1, wait=True, timeout=timeout):
+        raise RuntimeError(f"{prefix}Refresh did not complete")
+    offset = f"ca://{prefix}TimeOffsetDays"
+    wait_until(lambda: watch.values.get(offset) == days, timeout, f"{prefix}TimeOffsetDays = {days}", app=app)
+    differs = f"ca://{prefix}Schedule:Differs"
+    if selected and differs in watch.connected:
+        what = f"{prefix}Schedule:Differs = Yes (is there another beamtime {days} days ahead?)"
+        wait_until(lambda: watch.values.get(differs) == 1, timeout, what, app=app)
+
+
+def pump(app, seconds: float) -> None:
+    """Run Qt events for `seconds` (the last monitor updates and style changes reach the widgets)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        app.processEvents()
+        time.sleep(0.02)
+
+
+def take_screenshot(
+    output: Path, screen: Path = SCREEN, timeout: float = TIMEOUT, create: bool = True,
+    schedule_offset: float | None = None,
+) -> list[str]:  # fmt: skip
     """Start the demo IOC, render `screen`, save it to `output`; return the screen's channel addresses.
 
-    With `create`, the demo experiment is created first so that its fields are filled in.
+    With `create`, the demo experiment is created first so that its fields are filled in. With
+    `schedule_offset` (days), the schedule is then read that far ahead, so that it shows another beamtime.
     """
     port = free_port()
     os.environ.update(loopback_env(port))  # before the first CA call of this process
@@ -208,11 +241,15 @@ def take_screenshot(output: Path, screen: Path = SCREEN, timeout: float = TIMEOU
             raise
         if create:
             create_experiment(prefix, watch, app, timeout)
+        if schedule_offset is not None:
+            look_ahead(prefix, schedule_offset, watch, app, timeout, selected=create)
         display.resize(display.sizeHint())
         display.show()
         display.setFocus()  # no text cursor in the first entry
         for _ in range(20):  # let the last monitor updates repaint
             app.processEvents()
+        if schedule_offset is not None:
+            pump(app, 0.5)
         output.parent.mkdir(parents=True, exist_ok=True)
         if not display.grab().save(str(output), "PNG"):
             raise OSError(f"could not write {output}")
@@ -227,9 +264,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--screen", type=Path, default=SCREEN, help=f"PyDM screen (default {SCREEN})")
     parser.add_argument("--timeout", type=float, default=TIMEOUT, help="seconds to wait for the channels")
     parser.add_argument("--blank", action="store_true", help="do not create the demo experiment first")
+    parser.add_argument(
+        "--schedule-offset", type=float, metavar="DAYS",
+        help="then read the schedule DAYS ahead (TimeOffsetDays + Refresh); 6 reaches the demo's next beamtime, "
+        "so the highlighted Scheduled now line differs from the selected experiment",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    addresses = take_screenshot(args.output, args.screen, args.timeout, create=not args.blank)
+    addresses = take_screenshot(
+        args.output, args.screen, args.timeout, create=not args.blank, schedule_offset=args.schedule_offset
+    )
     print(f"{args.output}: {len(addresses)} channels connected")
     return 0
 

@@ -16,6 +16,7 @@ import sys
 import pytest
 
 from ..helpers import REPO, wait_for
+from .fixtures import IN_SECOND, IN_THIRD
 
 pytestmark = pytest.mark.e2e
 
@@ -72,6 +73,67 @@ def test_every_channel_of_the_pydm_screen_connects(ioc, screen_tool, tmp_path):
     finally:
         watch.close()
         display.close()
+
+
+def test_the_scheduled_now_line_is_highlighted_while_the_schedule_differs(ioc, screen_tool):
+    """Create in one beamtime, then the schedule moves to the next: the proposal stays, the Scheduled now line
+    names the next beamtime, its frame turns amber and "differs" shows; Create again: back to plain."""
+    from pydm.widgets import PyDMFrame, PyDMLabel
+
+    tool = screen_tool
+    app = tool.qt_app()
+    display = tool.open_screen(tool.SCREEN, ioc.prefix)
+    differs = f"ca://{ioc.prefix}Schedule:Differs"
+    highlight = display.findChild(PyDMFrame, "Schedule_Differs_highlight")
+    note = display.findChild(PyDMFrame, "Schedule_Differs_note")
+    assert highlight.channel == differs and note.channel == differs
+    labels = {w.channel.removeprefix(f"ca://{ioc.prefix}"): w for w in display.findChildren(PyDMLabel)}
+    watch = tool.ChannelWatch(tool.screen_addresses(display))
+    try:
+        tool.wait_until(lambda: not watch.missing(), 20, "the screen's channels", app=app)
+        display.show()
+        ioc.put("TimeOffsetDays", IN_SECOND)
+        ioc.command("Refresh")
+        status, severity = ioc.command("Create")
+        assert severity == 0, status
+
+        def shown(value: int, proposal: str) -> bool:
+            return watch.values.get(differs) == value and labels["Schedule:ProposalNumber"].text() == proposal
+
+        tool.wait_until(lambda: shown(0, "1013377"), 10, "Schedule:Differs = No after Create", app=app)
+        tool.pump(app, 0.3)
+        assert highlight.alarmSeverity == 0 and not _amber(highlight) and not _has_text(note)
+
+        ioc.put("TimeOffsetDays", IN_THIRD)
+        ioc.command("Refresh")
+        tool.wait_until(lambda: shown(1, "1014002"), 10, "Schedule:Differs = Yes in the next beamtime", app=app)
+        tool.pump(app, 0.3)
+        assert labels["ProposalNumber"].text() == "1013377"  # the selected experiment's proposal stays
+        assert labels["Schedule:PI"].text() == "Ada Staff"
+        assert highlight.alarmSeverity == 1 and _amber(highlight) and _has_text(note)
+
+        status, severity = ioc.command("Create")
+        assert severity == 0, status
+        tool.wait_until(lambda: shown(0, "1014002"), 10, "Schedule:Differs = No after Create", app=app)
+        tool.pump(app, 0.3)
+        assert labels["ProposalNumber"].text() == "1014002"
+        assert highlight.alarmSeverity == 0 and not _amber(highlight) and not _has_text(note)
+    finally:
+        watch.close()
+        display.close()
+
+
+def _amber(widget) -> bool:
+    """The middle of `widget` as drawn is the highlight's amber."""
+    image = widget.grab().toImage()
+    colour = image.pixelColor(image.width() // 2, image.height() // 2)
+    return (colour.red(), colour.green(), colour.blue()) == (255, 200, 96)
+
+
+def _has_text(widget) -> bool:
+    """`widget` as drawn has dark (text) pixels."""
+    image = widget.grab().toImage()
+    return any(image.pixelColor(x, y).lightness() < 80 for x in range(image.width()) for y in range(image.height()))
 
 
 def _push_button():

@@ -39,6 +39,8 @@ MAIN_PVS = [
 MANUAL_PVS = [
     f"Manual:{n}" for n in ("LastName", "FirstName", "Institution", "Email", "Title", "GUP", "Badges", "Start", "End")
 ]
+# The "Scheduled now" line beside the selected experiment's proposal, highlighted by Schedule:Differs.
+SCHEDULE_PVS = ["Schedule:ProposalNumber", "Schedule:PI", "Schedule:Differs"]
 
 
 @pytest.fixture(scope="module")
@@ -186,6 +188,39 @@ def test_main_screens_show_the_proposal_experiment_daq_and_status(name):
     assert sorted(set(MAIN_PVS) - named_pvs(OPI / name)) == []
 
 
+@pytest.mark.parametrize("name", MAIN)
+def test_main_screens_show_what_the_schedule_shows_now(name):
+    assert sorted(set(SCHEDULE_PVS) - named_pvs(OPI / name)) == []
+
+
+@pytest.mark.parametrize("name", MAIN)
+def test_the_scheduled_now_line_is_highlighted_by_schedule_differs(name):
+    """Schedule:Differs drives the highlight: MEDM shows a background and a note only when it is not zero,
+    Phoebus colours the Schedule:* fields by a rule on it, PyDM frames the line alarm-sensitively on it."""
+    path = OPI / name
+    if path.suffix == ".adl":
+        driven = [(k, b) for k, b in adl_blocks(path) if 'vis="if not zero"' in b and adl_chan(b) == "Schedule:Differs"]
+        assert {k for k, _ in driven} >= {"rectangle", "text"}
+    elif path.suffix == ".bob":
+        shown = ("$(P)Schedule:ProposalNumber", "$(P)Schedule:PI")
+        widgets = [w for w in ET.parse(path).getroot().iter("widget") if w.findtext("pv_name") in shown]
+        assert len(widgets) == 2
+        for widget in widgets:
+            rules = [
+                (rule.get("prop_id"), rule.findtext("pv_name"), rule.find("exp").get("bool_exp"))
+                for rule in widget.findall("rules/rule")
+            ]
+            assert ("background_color", "$(P)Schedule:Differs", "pv0 == 1") in rules, widget.findtext("name")
+    else:
+        frames = [
+            w
+            for w in ET.parse(path).getroot().iter("widget")
+            if w.get("class") == "PyDMFrame" and ui_property(w, "channel") == "ca://${P}Schedule:Differs"
+        ]
+        assert frames and any(ui_property(w, "alarmSensitiveBorder") == "true" for w in frames)
+        assert all('[alarmSeverity="1"]' in (ui_property(w, "styleSheet") or "") for w in frames)
+
+
 @pytest.mark.parametrize("path", SCREENS, ids=lambda p: p.name)
 def test_char_waveforms_are_shown_as_strings(path, pvs):
     shown = string_formatted(path)
@@ -250,7 +285,8 @@ def test_alarm_config_is_well_formed_and_names_existing_pvs(pvs):
     assert all(name.startswith(ALARM_PREFIX) for name in names)
     suffixes = {name[len(ALARM_PREFIX) :] for name in names}
     assert suffixes <= set(pvs)
-    wanted = {"Status", "Scheduling:Health", "DM:Health", "Globus:Health", "Email:Health", "DaqState", "ProposalActive"}
+    wanted = {"Status", "Scheduling:Health", "DM:Health", "Globus:Health", "Email:Health", "DaqState", "ProposalActive",
+              "Schedule:Differs"}  # fmt: skip
     assert suffixes == wanted
     for pv in root.iter("pv"):
         for child in ("description", "guidance/details", "display/details", "delay", "latching"):
