@@ -9,9 +9,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import pytest
-import yaml
 
-from .harness import IOC, base_config
+from .harness import IOC, base_config, write_schedule
 
 # Mirrors run 2026-3 of the APS fixtures: three beamtimes, fixed dates (Chicago time).
 SCHEDULE = {
@@ -57,9 +56,7 @@ BETWEEN = offset_to("2026-11-01T12:00:00-05:00")
 
 @pytest.fixture
 def schedule_path(tmp_path):
-    path = tmp_path / "schedule.yaml"
-    path.write_text(yaml.safe_dump(SCHEDULE, allow_unicode=True, sort_keys=False), encoding="utf-8")
-    return path
+    return write_schedule(tmp_path, SCHEDULE)
 
 
 @pytest.fixture

@@ -44,6 +44,13 @@ def base_config(tmp: Path, schedule: Path) -> dict:
     }
 
 
+def write_schedule(folder: Path, schedule: dict) -> Path:
+    """`schedule` written as the file backend reads it, to `folder`/schedule.yaml."""
+    path = folder / "schedule.yaml"
+    path.write_text(yaml.safe_dump(schedule, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return path
+
+
 class IOC:
     """One running dmagic-ioc, with a random prefix, on the session's loopback port."""
 

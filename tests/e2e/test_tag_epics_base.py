@@ -13,12 +13,11 @@ import time
 import uuid
 
 import pytest
-import yaml
 
 from ..helpers import TEST_DATA, wait_for
 from .epics_base import CAReader, SoftIOC
 from .fixtures import offset_to
-from .harness import IOC, base_config
+from .harness import IOC, base_config, write_schedule
 
 pytestmark = pytest.mark.e2e
 
@@ -44,9 +43,7 @@ IN_BOS = offset_to("2026-12-02T12:00:00-06:00")
 
 @pytest.fixture
 def schedule_path(tmp_path):
-    path = tmp_path / "schedule.yaml"
-    path.write_text(yaml.safe_dump(SCHEDULE, allow_unicode=True, sort_keys=False), encoding="utf-8")
-    return path
+    return write_schedule(tmp_path, SCHEDULE)
 
 
 @pytest.fixture

@@ -11,14 +11,13 @@ import os
 from pathlib import Path
 
 import pytest
-import yaml
 from caproto import CaprotoError, ChannelType
 from caproto.sync.client import write as caproto_write
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ..e2e.fixtures import SCHEDULE
-from ..e2e.harness import IOC, base_config
+from ..e2e.harness import IOC, base_config, write_schedule
 from ..helpers import contract_pvs, wait_for
 
 pytestmark = pytest.mark.faults
@@ -81,9 +80,7 @@ def all_readable(ioc: IOC) -> None:
 @pytest.fixture(scope="module")
 def fuzzed(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fuzz")
-    schedule = tmp / "schedule.yaml"
-    schedule.write_text(yaml.safe_dump(SCHEDULE, allow_unicode=True), encoding="utf-8")
-    config = base_config(tmp, schedule)
+    config = base_config(tmp, write_schedule(tmp, SCHEDULE))
     with IOC(config, tmp) as ioc:
         yield ioc, tmp
 
