@@ -48,7 +48,7 @@ def test_create_without_a_proposal_is_refused(ioc):
     ioc.put("TimeOffsetDays", BETWEEN)
     ioc.command("Refresh")
     status, severity = ioc.command("Create")
-    assert severity == MAJOR and "no proposal is active" in status
+    assert severity == MAJOR and "no beamtime is scheduled now" in status
     assert ioc.get("ExperimentName") == "" and ioc.get("Experiments") == ""
 
 
@@ -110,15 +110,17 @@ def test_selection_survives_a_restart_and_delete_needs_confirmation(config, tmp_
         ioc.put("Manual:LastName", "Other")
         ioc.command("CreateManual")
         other = ioc.get("ExperimentName")
-        ioc.put("TimeOffsetDays", -3000)  # no run, no proposal: Select must publish them
+        ioc.put("TimeOffsetDays", -3000)  # no run, no proposal scheduled: Select must show its own
         ioc.command("Refresh")
-        assert ioc.get("ProposalNumber") == "" and ioc.get("Run") == ""
+        assert ioc.get("ProposalNumber") == "" and ioc.get("Run") == ""  # the manual one has no GUP
         ioc.put("SelectName", NAME)
         status, severity = ioc.command("Select")
         assert severity == 0 and ioc.get("ExperimentName") == NAME
-        assert ioc.get("ProposalNumber") == "1013377" and ioc.get("Run") == "2026-3"
+        assert ioc.get("ProposalNumber") == "1013377" and ioc.get("UserLastName") == "D'Arcy"
+        assert ioc.get("Run") == "" and ioc.get("Schedule:ProposalNumber") == ""  # what the schedule says now
     with IOC(config, tmp_path) as ioc:
         assert ioc.get("ExperimentName") == NAME
+        assert ioc.get("ProposalNumber") == "1013377" and ioc.get("UserLastName") == "D'Arcy"
         assert set(ioc.get("Experiments").splitlines()) == {NAME, other}
         ioc.put("DeleteConfirm", other)
         status, severity = ioc.command("Delete")

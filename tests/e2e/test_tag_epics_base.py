@@ -159,3 +159,30 @@ def test_no_pv_answering_fails_naming_the_prefix_and_the_ioc_keeps_serving(tmp_p
         assert ioc.get("LastError") == status
         assert 2.5 < took < 6, took
         assert len(reads) > 10 and max(reads) < 0.25, f"{len(reads)} reads, slowest {max(reads):.3f} s"
+
+
+def test_after_create_manual_tag_writes_the_manual_person(tmp_path, schedule_path, reader):
+    """The PVs describe the experiment data goes to: a manual one's person lands in tomoScan, not the
+    schedule's PI (SPEC section 5)."""
+    target_ioc, target = tomoscan(tmp_path)
+    with target_ioc, IOC(base_config(tmp_path, schedule_path), tmp_path) as ioc:
+        ioc.put("TimeOffsetDays", IN_ZOES)  # a beamtime is scheduled now: its PI must not be tagged
+        ioc.command("Refresh")
+        for name, value in {"Manual:FirstName": "Sven", "Manual:LastName": "Øberg", "Manual:GUP": 77,
+                            "Manual:Email": "sven@example.se", "Manual:Institution": "Exempel University",
+                            "Manual:Title": "Detector commissioning", "Manual:Badges": "310012"}.items():  # fmt: skip
+            ioc.put(name, value)
+        status, severity = ioc.command("CreateManual")
+        assert severity == NO_ALARM, status
+        ioc.put("TagPrefix", target)
+
+        status, severity = ioc.command("Tag")
+
+        assert (status, severity) == (f"tagged {target} with proposal 77", NO_ALARM)
+        assert reader.raw(target + "UserName") == b"Sven"
+        assert reader.raw(target + "UserLastName") == "Øberg".encode()
+        assert reader.raw(target + "UserEmail") == b"sven@example.se"
+        assert reader.raw(target + "UserBadge") == b"310012"
+        assert reader.raw(target + "UserInstitution") == b"Exempel University\0"
+        assert reader.raw(target + "ProposalTitle") == b"Detector commissioning\0"
+        assert reader.raw(target + "ProposalNumber") == b"77"

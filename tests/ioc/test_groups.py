@@ -84,7 +84,7 @@ async def test_failure_status_and_last_error_kept(rig):
     error = await fails(ioc.experiment.create)  # nothing refreshed: no active proposal
     message, severity = status(rig)
     assert severity == MAJOR
-    assert message.startswith("Create failed: no proposal is active")
+    assert message.startswith("Create failed: no beamtime is scheduled now")
     assert error == message
     assert ioc.status.last_error.value == message
     assert ioc.status.last_command.value == "Create"
@@ -505,7 +505,7 @@ async def test_tag_reports_cut_fields(rig):
 async def test_tag_refusals(rig):
     p = rig.ioc.proposal
     await p.tag_prefix.write("2bmb:TomoScan:")
-    assert "no proposal is published" in await fails(p.tag)
+    assert "no proposal is shown to tag" in await fails(p.tag)
     await run(p.refresh)
     await p.tag_prefix.write("  ")
     assert "TagPrefix is empty" in await fails(p.tag)

@@ -8,7 +8,7 @@ import threading
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from dmagic_ioc.adapters.registry import SCHEMA_VERSION, Registry, migrate
+from dmagic_ioc.adapters.registry import MIGRATIONS, SCHEMA_VERSION, Registry, migrate
 from dmagic_ioc.ioc.domain.model import DMError, Experiment, ExperimentUser, InputError
 
 CHICAGO = timezone(timedelta(hours=-5))
@@ -136,7 +136,7 @@ def test_an_interrupted_process_leaves_no_trace(tmp_path):
 
 
 def test_schema_version_and_pragmas(registry):
-    assert registry.schema_version == SCHEMA_VERSION == 1
+    assert registry.schema_version == SCHEMA_VERSION == 2
     conn = sqlite3.connect(registry.path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     indexes = {row[1] for row in conn.execute("PRAGMA index_list(experiments)")}
@@ -372,3 +372,39 @@ def test_unreadable_says_why_and_changes_nothing(tmp_path):
     assert path.read_bytes() == original and sorted(p.name for p in tmp_path.iterdir()) == ["registry.sqlite"]
     path.write_bytes(b"")
     assert unreadable(path) == "the file is empty"
+
+
+def test_a_kept_proposal_comes_back_whole_and_goes_with_its_experiment(registry):
+    from datetime import datetime, timezone
+
+    from dmagic_ioc.ioc.domain.model import Beamtime, Person
+
+    start = datetime(2026, 11, 18, 8, 0, tzinfo=timezone.utc)
+    proposal = Beamtime("1013377", "Foam — ünïcødé", start, start.replace(day=25),
+                        people=(Person("310011", "Jean-Luc", "D'Arcy", "jl@example.fr", "Lab", is_pi=True),),
+                        proposal_type="General User", esaf="281002", mail_in=True,
+                        esaf_people=(Person("310099", "Eva"),))  # fmt: skip
+    assert registry.proposal("E1") is None
+    registry.keep_proposal("E1", proposal)
+    assert registry.proposal("E1") == proposal
+    registry.forget_experiment("E1")
+    assert registry.proposal("E1") is None
+
+
+def test_the_followed_beamtime_is_kept(registry):
+    assert registry.followed() == ""
+    registry.mark_followed("1013377@2026-11-18T08:00:00-06:00")
+    registry.mark_followed("1014002@2026-12-01T08:00:00-06:00")
+    assert registry.followed() == "1014002@2026-12-01T08:00:00-06:00"
+
+
+def test_a_version_1_registry_is_upgraded_keeping_its_experiments(tmp_path):
+    path = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(path, isolation_level=None)
+    MIGRATIONS[0](conn)
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute("INSERT INTO selection (id, name) VALUES (1, 'E1')")
+    conn.close()
+    with Registry(path) as upgraded:
+        assert upgraded.schema_version == 2 and upgraded.selected() == "E1"
+        assert upgraded.followed() == ""

@@ -114,7 +114,7 @@ def beamline(base: Path, target: ScriptedTarget, fields: dict | None = None) -> 
     app = Beamline(settings, Adapters(scheduling=None, dm=None, state=None, transfer=None, tag=target))
     pi = Person("310010", "Zoë", "Müller-Łukasiewicz", "zoe@example.de", "Universität Beispielstadt", is_pi=True)
     beamtime = Beamtime("1013377", "Foam", MOMENT, MOMENT + timedelta(days=3), people=(pi,), esaf="281002")
-    app.state = BeamlineState(current=CurrentProposal(None, beamtime, MOMENT))
+    app.state = BeamlineState(scheduled=CurrentProposal(None, beamtime, MOMENT))
     return app
 
 
