@@ -129,7 +129,10 @@ class ExperimentCases(BeamlineCore):
         """Create (or complete) `experiment` for `proposal` and select it; the proposal PVs then show it."""
         dm = self.adapters.dm
         contacts = [ExperimentUser(dm_username(b), source="contact") for b in self.settings.beamline.contacts]
-        users = list({u.username: u for u in reversed(people + contacts)}.values())[::-1]
+        unique: dict[str, ExperimentUser] = {}
+        for user in people + contacts:  # people first (the PI first); a contact on the proposal stays there
+            unique.setdefault(user.username, user)
+        users = list(unique.values())
         experiment, created = self._contact("DM", dm.create_experiment, experiment)
         self.adapters.state.keep_proposal(experiment.name, proposal)
         self.adapters.state.select(experiment.name)  # selected even if a later step fails: a rerun completes
@@ -199,8 +202,9 @@ class ExperimentCases(BeamlineCore):
                 warning = "" if found else f"; proposal {experiment.gup} is not in the schedule"
             except SchedulingError as error:
                 warning = f"; its proposal {experiment.gup} was not read: {error}"
-        proposal = proposal or proposal_of(experiment)
-        self.adapters.state.keep_proposal(name, proposal)
+        if proposal is not None:
+            self.adapters.state.keep_proposal(name, proposal)
+        proposal = proposal or proposal_of(experiment)  # from the DM record: not kept, the schedule may answer later
         self.adapters.state.select(name)
         self.load_selection()
         shown = f"its proposal {proposal.gup}" if proposal.gup else "its people (no proposal)"
@@ -265,7 +269,7 @@ class ExperimentCases(BeamlineCore):
                 f"DeleteConfirm must equal ExperimentName ({experiment.name}) to delete it; nothing deleted"
             )
         transfer = self.adapters.transfer
-        if transfer.progress().state != TransferState.STOPPED:
+        if self._contact(self._transfer_system, transfer.progress).state != TransferState.STOPPED:
             raise InputError("a transfer is running (or retrying after an error): DaqStop first; nothing deleted")
         revoked = self._revoke(experiment)
         removed = self._contact("DM", self.adapters.dm.delete_experiment, experiment.name)

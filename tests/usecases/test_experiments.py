@@ -349,3 +349,18 @@ def test_delete_with_dm_failing_after_globus_keeps_the_experiment_and_a_rerun_co
     assert created.delete(EXPERIMENT) == Outcome(f"deleted experiment {EXPERIMENT}")
     assert len(fakes.access.revoked) == 3  # no rule revoked twice
     assert fakes.dm.experiments == {} and len(fakes.transfer.forgotten) == 1
+
+
+def test_a_pi_who_is_also_a_beamline_contact_stays_first_with_the_proposal(tmp_path, fakes):
+    from dmagic_ioc.ioc.config import BeamlineSettings
+    from dmagic_ioc.ioc.usecases import Adapters, Beamline
+
+    from ..fakes.ports import NOW, settings_in
+
+    settings = settings_in(tmp_path, beamline=BeamlineSettings(name="2-BM-A,B", contacts=("310001", "100001")))
+    beamline = Beamline(settings, Adapters(**vars(fakes)), clock=lambda: NOW)
+    beamline.refresh(0.0)
+    beamline.create()
+    users = beamline.state.experiment.users
+    assert [u.username for u in users][:2] == ["d310001", "d310002"] and users[0].source == "proposal"
+    assert [u.username for u in users][-1] == "d100001"
