@@ -20,11 +20,11 @@ from pathlib import Path
 
 import globus_sdk
 import pytest
-from dmagic_ioc.ioc.domain.ports import TransferState
 from dmagic_ioc.adapters.globus.access import GlobusAccess
 from dmagic_ioc.adapters.globus.client import collection_path
 from dmagic_ioc.adapters.globus.transfer import GlobusTransfer
 from dmagic_ioc.ioc.domain.model import Experiment, ExperimentUser, GlobusError
+from dmagic_ioc.ioc.domain.ports import TransferState
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
@@ -522,7 +522,12 @@ def test_upload_submits_checksum_transfer_and_reports_progress(make_transfer, fa
         ("/data3/2BM/2026-03-Smith-1_rec/", "/2026-03/2026-03-Smith-1/analysis/", True),
     ]
     progress = transfer.progress()
-    assert (progress.state, progress.files_done, progress.bytes_done, progress.rate_mb_s) == (TransferState.RUNNING, 5, 4e6, 2.0)
+    assert (progress.state, progress.files_done, progress.bytes_done, progress.rate_mb_s) == (
+        TransferState.RUNNING,
+        5,
+        4e6,
+        2.0,
+    )
 
     task_id = next(iter(fake.tasks))
     fake.set_task(task_id, status="SUCCEEDED", files_transferred=9, bytes_transferred=9e6, nice_status=None)

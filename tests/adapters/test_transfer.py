@@ -15,7 +15,6 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from dmagic_ioc.ioc.domain.ports import TransferState
 from dmagic_ioc.adapters.dm.local import STORAGE_MARKER, write_storage_marker
 from dmagic_ioc.adapters.transfer import copying
 from dmagic_ioc.adapters.transfer.copying import PART_NAME
@@ -24,6 +23,7 @@ from dmagic_ioc.adapters.transfer.ledger import SCHEMA_VERSION, Definition, Ledg
 from dmagic_ioc.adapters.transfer.local import LocalTransfer
 from dmagic_ioc.adapters.transfer.scan import Tree
 from dmagic_ioc.ioc.domain.model import DMError, Experiment, InputError
+from dmagic_ioc.ioc.domain.ports import TransferState
 
 from .. import helpers
 
@@ -31,6 +31,12 @@ SETTLE = 0.3
 POLL = 0.1
 EXPERIMENT = Experiment(name="2026-11-Li-1012039")
 wait_for = partial(helpers.wait_for, interval=0.02)  # every 20 ms: the SIGKILL of a transfer must land mid-way
+
+
+def errored(engine):
+    """The engine's progress when it is in Error, else None (for wait_for)."""
+    progress = engine.progress()
+    return progress if progress.state == TransferState.ERROR else None
 
 
 def tree_files(folder: Path) -> dict[str, bytes]:
@@ -300,7 +306,9 @@ def test_a_blocked_destination_shows_error_then_recovers(engine, paths):
 
     engine.start(EXPERIMENT, sources(paths), once=False)
 
-    progress = wait_for(lambda: engine.progress() if engine.progress().state == TransferState.ERROR else None, what="Error state")
+    progress = wait_for(
+        lambda: engine.progress() if engine.progress().state == TransferState.ERROR else None, what="Error state"
+    )
     assert "scan1/proj.h5" in progress.message
     assert "File exists" in progress.message or "Not a directory" in progress.message
     wait_for(lambda: (paths["dest"] / "ok.h5").exists(), what="the other file to get through")
@@ -601,7 +609,9 @@ def test_a_rec_folder_that_appears_as_a_symlink_is_an_error_and_is_not_read(engi
 
     paths["rec"].symlink_to(outside_secret(tmp_path).parent, target_is_directory=True)
 
-    progress = wait_for(lambda: engine.progress() if engine.progress().state == TransferState.ERROR else None, what="Error")
+    progress = wait_for(
+        lambda: engine.progress() if engine.progress().state == TransferState.ERROR else None, what="Error"
+    )
     assert f"source folder {paths['rec']} refused: {paths['rec']} is a symbolic link, not followed" in progress.message
     paths["rec"].unlink()
     write(paths["rec"] / "slice.tiff", b"slice")
@@ -651,7 +661,9 @@ def test_a_storage_deleted_while_running_is_an_error_and_never_made_again(engine
     shutil.rmtree(paths["storage"])  # rm -rf of the experiment's storage
     write(paths["src"] / "b.h5", b"b")
 
-    progress = wait_for(lambda: engine.progress() if engine.progress().state == TransferState.ERROR else None, what="Error")
+    progress = wait_for(
+        lambda: engine.progress() if engine.progress().state == TransferState.ERROR else None, what="Error"
+    )
     assert f"the storage {paths['storage']} of {EXPERIMENT.name} is missing" in progress.message
     run = engine._run
     wait_for(lambda: run.sources[0].files.get("b.h5") and run.sources[0].files["b.h5"].state == QUEUED,
@@ -718,7 +730,9 @@ def test_a_failure_on_a_file_name_that_is_not_utf8_names_it_and_the_others_flow(
 
     engine.start(EXPERIMENT, sources(paths), once=False)
 
-    progress = wait_for(lambda: engine.progress() if engine.progress().state == TransferState.ERROR else None, what="Error")
+    progress = wait_for(
+        lambda: engine.progress() if engine.progress().state == TransferState.ERROR else None, what="Error"
+    )
     assert "scan\\xff.tif/f.h5" in progress.message
     progress.message.encode("utf-8")
     wait_for(lambda: "ok.h5" in engine.ledger.sent(str(paths["src"]), str(paths["dest"])), what="ok.h5 recorded")

@@ -154,7 +154,6 @@ def test_print_pvs_takes_the_prefix(config, tmp_path):
     assert "X:Status" in listed and all(name.startswith("X:") for name in listed)
 
 
-
 def test_an_unreadable_registry_is_named_and_left_as_it_is(config, tmp_path):
     registry = Path(config["ioc"]["state_dir"]) / "registry.sqlite"
     registry.parent.mkdir(parents=True)

@@ -56,8 +56,9 @@ def test_a_manual_experiment_shows_its_manual_person_and_survives_a_restart(ioc)
         ioc.put(name, value)
     status, severity = ioc.command("CreateManual")
     assert severity == NO_ALARM, status
-    shown = {name: ioc.get(name) for name in ("UserName", "UserLastName", "UserEmail", "UserInstitution",
-                                             "UserBadge", "ProposalNumber", "ProposalTitle", "ProposalActive")}  # fmt: skip
+    names = ("UserName", "UserLastName", "UserEmail", "UserInstitution", "UserBadge", "ProposalNumber",
+             "ProposalTitle", "ProposalActive")  # fmt: skip
+    shown = {name: ioc.get(name) for name in names}
     assert shown == {"UserName": "Sven", "UserLastName": "Øberg", "UserEmail": "sven@example.se",
                      "UserInstitution": "Exempel", "UserBadge": "310012", "ProposalNumber": "77",
                      "ProposalTitle": "Commissioning", "ProposalActive": "No"}  # fmt: skip

@@ -11,7 +11,6 @@ import os
 import re
 import subprocess
 import sys
-import uuid
 
 import pytest
 
@@ -71,10 +70,10 @@ def test_non_ascii_text_reads_through_caproto_on_a_plain_install(demo):
     home, env = demo
     check = (
         "from caproto.sync.client import read\n"
-        "for name in {names!r}:\n"
+        f"for name in {list(NON_ASCII)!r}:\n"
         "    data = read('demo:DM:' + name, repeater=False, timeout=5).data\n"
         "    print(name + '=' + bytes(data).split(b'\\0')[0].decode())\n"
-    ).format(names=list(NON_ASCII))
+    )
     result = subprocess.run([str(home / ".venv/bin/python"), "-c", check], env=env, capture_output=True,
                             text=True, timeout=60)  # fmt: skip
     assert result.returncode == 0, result.stderr
