@@ -157,3 +157,12 @@ def test_a_refused_put_is_one_log_line_not_a_traceback(ioc):
     log = ioc.log()
     assert "Traceback" not in log, log
     assert log.count("TimeOffsetDays: write refused") == 1, log
+
+
+def test_control_characters_from_a_client_are_shown_escaped_on_status(ioc):
+    ioc.put("SelectName", "a\x1b[2Jb\x07")  # a terminal escape and a bell in the argument
+    with pytest.raises(CaprotoError):
+        write(ioc, "Select", [1])
+    status = ioc.get("Status")
+    assert "\\x1b[2J" in status and "\\x07" in status, status
+    assert not any(ord(c) < 32 for c in status), status
