@@ -32,7 +32,11 @@ from ophyd_async.sim import SimBlobDetector
 from ..e2e.fixtures import BETWEEN
 from .conftest import MANUAL, MANUAL_EXPERIMENT, PROPOSAL_EXPERIMENT, create_manual, look_at_second_beamtime
 
-pytestmark = pytest.mark.e2e
+pytestmark = [
+    pytest.mark.e2e,
+    # The harness loads pyepics before the RunEngine imports ophyd, which would have pointed it at epicscorelibs.
+    pytest.mark.filterwarnings("ignore:epicscorelibs.path.pyepics must be imported before epics.ca"),
+]
 
 MAJOR = 2
 
