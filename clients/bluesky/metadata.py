@@ -84,7 +84,8 @@ def read_run_metadata(dm: Any) -> Plan:
 
 def with_run_metadata(plan: Plan, dm: Any) -> Plan:
     """Run `plan` with the IOC's run metadata, read as each run opens, in the start document."""
-    opened: set[int] = set()  # the open_run messages made here, passed through as they are
+    # plan_mutator hands the messages of read_then_open back to add_metadata: the open_run made here goes through
+    opened: set[int] = set()
 
     def add_metadata(msg: Msg) -> tuple[Plan | None, None]:
         if msg.command != "open_run" or id(msg) in opened:
