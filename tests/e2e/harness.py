@@ -103,13 +103,14 @@ class IOC:
     # ---------------------------------------------------------------- CA access
 
     def pv(self, name: str) -> epics.PV:
+        """A connected PV (after a restart, a cached one waits until it has reconnected)."""
         full = self.prefix + name
         if full not in self._pvs:
-            pv = epics.PV(full, auto_monitor=False)
-            if not pv.wait_for_connection(5):
-                raise AssertionError(f"{full} did not connect")
-            self._pvs[full] = pv
-        return self._pvs[full]
+            self._pvs[full] = epics.PV(full, auto_monitor=False)
+        pv = self._pvs[full]
+        if not pv.wait_for_connection(5):
+            raise AssertionError(f"{full} did not connect")
+        return pv
 
     def get(self, name: str):
         """Read a PV now (no monitor cache); text comes back as str, decoded as UTF-8."""
