@@ -1,0 +1,46 @@
+"""The README's Bluesky example, as written, against the demo as the README starts it (`dmagic-ioc`, no config)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ..e2e.harness import DMAGIC_IOC
+from ..helpers import REPO, wait_for
+from ..loopback import EPICS_PORTS, epics_env
+
+pytest.importorskip("ophyd_async", reason="the bluesky extra is not installed: pip install '.[bluesky]'")
+
+
+def readme_example() -> str:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    return readme.split("## Bluesky", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readme_example_runs_as_written_against_the_demo(tmp_path):
+    env = {**os.environ, **epics_env(EPICS_PORTS[0]), "DMAGIC_DEMO_DIR": str(tmp_path / "demo")}
+    with (tmp_path / "demo.log").open("wb") as log:
+        demo = subprocess.Popen([DMAGIC_IOC], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+        try:
+            probe = [sys.executable, "-c", "from caproto.sync.client import read; read('demo:DM:Heartbeat', "
+                     "repeater=False, timeout=1)"]  # fmt: skip
+            wait_for(lambda: subprocess.run(probe, env=env, capture_output=True).returncode == 0, 30,
+                     what="the demo's Heartbeat")  # fmt: skip
+            script = tmp_path / "example.py"
+            script.write_text(readme_example(), encoding="utf-8")
+            run = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
+                                 timeout=120, cwd=tmp_path)  # fmt: skip
+        finally:
+            demo.terminate()
+            demo.wait(10)
+    assert run.returncode == 0, run.stdout + run.stderr
+    start_line, files_line = run.stdout.strip().splitlines()[-2:]
+    proposal, esaf, *rest = start_line.split()
+    assert (proposal, esaf) == ("1013377", "281002") and "D'Arcy" in start_line, start_line
+    storage = Path(start_line.split()[-1])
+    assert storage.is_dir() and storage.name.endswith("-DArcy-1013377")  # the demo schedules around today
+    assert "data/" in files_line and ".h5" in files_line, files_line
