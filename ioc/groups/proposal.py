@@ -6,7 +6,7 @@ import contextlib
 import logging
 import time
 
-from caproto import AlarmSeverity
+from caproto import AlarmSeverity, SkipWrite
 
 from ..domain.model import UserInfo, iso
 from ..engine import CommandFailed
@@ -84,8 +84,8 @@ class ProposalGroup(CommandGroup):
     @refresh.putter
     async def refresh(self, instance, value):
         written = await self.run_command(instance, value, self.beamline.refresh, self.time_offset_days.value)
-        if self.beamline.state.to_follow:  # dm.follow_schedule: before the put completes
-            await self._follow()
+        if written is SkipWrite and self.beamline.state.to_follow:  # the Refresh ran and found a new beamtime
+            await self._follow()  # dm.follow_schedule: its experiment, before the put completes
         return written
 
     @tag.putter
