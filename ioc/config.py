@@ -22,7 +22,15 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 
 from .addresses import host_problems, resolution_problems
-from .domain.model import BADGE, EXPERIMENT_NAME_FIELDS, InputError, check_name
+from .domain.model import (
+    BADGE,
+    DEFAULT_LAYOUT,
+    DEFAULT_SUBDIRS,
+    EXPERIMENT_NAME_FIELDS,
+    LAYOUT_FIELDS,
+    InputError,
+    check_name,
+)
 from .secrets import is_loopback, read_credentials, read_secret, secret_file_problems
 
 
@@ -92,6 +100,8 @@ class DMSettings:
     checksum: bool = False  # verify a checksum after each copy (addition)
     transfer_workers: int = 4  # files copied in parallel (addition)
     follow_schedule: bool = False  # create/select the experiment of each new beamtime by itself
+    layout: str = DEFAULT_LAYOUT  # local: where an experiment's storage goes (SPEC section 7)
+    subdirs: tuple[str, ...] = DEFAULT_SUBDIRS  # local: made at Create; raw -> the first, _rec -> the second
 
 
 @dataclass(frozen=True)
@@ -296,6 +306,7 @@ def _semantic_problems(s: Settings) -> list[str]:
         *_choice_problems(s),
         *_ioc_and_beamline_problems(s),
         *_name_and_range_problems(s),
+        *_layout_problems(s.dm),
         *_scheduling_problems(s.scheduling),
         *_globus_problems(s),
         *_email_problems(s.email),
@@ -343,6 +354,49 @@ def _name_and_range_problems(s: Settings) -> list[str]:
     if s.dm.transfer_workers < 1:
         problems.append("dm.transfer_workers: must be at least 1")
     return problems
+
+
+def _layout_problems(dm: DMSettings) -> list[str]:
+    """`dm.layout` names known placeholders and stays inside storage_root; `dm.subdirs` are folder names."""
+    if dm.backend != "local":
+        default = DMSettings()
+        return [f"dm.{key}: used by the local backend only; leave it out with dm.backend: {dm.backend}"
+                for key in ("layout", "subdirs") if getattr(dm, key) != getattr(default, key)]  # fmt: skip
+    problems = []
+    if len(dm.subdirs) < 2:
+        problems.append("dm.subdirs: needs at least two folders (raw data goes to the first, _rec to the second)")
+    for sub in dm.subdirs:
+        problems += _name_problems("dm.subdirs", sub)
+    if len(set(dm.subdirs)) != len(dm.subdirs):
+        problems.append(f"dm.subdirs: names a folder twice: {', '.join(dm.subdirs)}")
+    return problems + layout_problems(dm.layout)
+
+
+def layout_problems(layout: str) -> list[str]:
+    """What is wrong with a `dm.layout` template: unknown placeholders, or a way out of storage_root."""
+    key, known = "dm.layout", ", ".join("{" + f + "}" for f in LAYOUT_FIELDS)
+    try:
+        parsed = list(string.Formatter().parse(layout))
+    except ValueError as error:
+        return [f"{key}: {error}"]
+    names = [name for _, name, _, _ in parsed if name is not None]
+    unknown = sorted({"{" + name + "}" for name in names if name not in LAYOUT_FIELDS})
+    if unknown:
+        return [f"{key}: unknown placeholder(s) {', '.join(unknown)}; use {known}"]
+    if any(spec or conversion for _, name, spec, conversion in parsed if name is not None):
+        return [f"{key}: placeholders take no format spec or conversion (write {{gup}}, not {{gup:05}})"]
+    if not layout.startswith("{storage_root}/") or names.count("storage_root") != 1:
+        return [f"{key}: must start with {{storage_root}}/ and name it once, so storage stays inside dm.storage_root"]
+    if ".." in layout:
+        return [f"{key}: must not hold '..': it could lead out of dm.storage_root"]
+    if not {"experiment", "gup"} & set(names):
+        return [f"{key}: must hold {{experiment}} or {{gup}}, so each experiment gets a folder of its own"]
+    sample = layout.format(**{name: "x" for name in LAYOUT_FIELDS})
+    for part in sample.split("/")[1:]:
+        problems = _name_problems(key, part) if part else [f"{key}: has an empty folder name ('//' or a final '/')"]
+        if problems:
+            return problems
+    return []
 
 
 def _scheduling_problems(scheduling: SchedulingSettings) -> list[str]:

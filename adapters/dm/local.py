@@ -1,9 +1,12 @@
 """The embedded DM backend: the registry plus experiment directories on disk.
 
-An experiment is a registry row, a storage directory
-`{storage_root}/{year_month}/{name}` with `data/` and `analysis/`, and, when the
-detectors write on this machine, the raw folders `{data_top_dir}/{name}` and
-`{name}_rec`. Directories are made before the registry row, so a failure half-way
+An experiment is a registry row, a storage directory placed by `dm.layout`
+(by default `{storage_root}/{year_month}/{name}`) holding the `dm.subdirs`
+(by default `data/` and `analysis/`), and, when the detectors write on this
+machine, the raw folders `{data_top_dir}/{name}` and `{name}_rec`. The storage
+is recorded in the registry: a later change of layout never moves an
+experiment, and experiments are listed from the registry, never by walking
+folders. Directories are made before the registry row, so a failure half-way
 leaves no row and a rerun completes the job. Raw data is never deleted.
 
 Storage identity: Create writes a marker, `{storage}/.dmagic-storage`, naming
@@ -37,7 +40,17 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ...ioc.domain.model import DMError, Experiment, ExperimentUser, InputError, Person, check_name
+from ...ioc.domain.model import (
+    DEFAULT_LAYOUT,
+    DEFAULT_SUBDIRS,
+    DMError,
+    Experiment,
+    ExperimentUser,
+    InputError,
+    Person,
+    check_name,
+    storage_location,
+)
 from ..hosts import is_this_host
 from ..registry import Registry
 
@@ -148,17 +161,34 @@ class LocalDM:
         data_top_dir: Path,
         data_host: str,
         group: str | None = None,
+        *,
+        layout: str = DEFAULT_LAYOUT,
+        subdirs: Sequence[str] = DEFAULT_SUBDIRS,
+        beamline: str = "",
     ):
         self.registry = registry
-        self.storage_root = Path(storage_root)
+        self.storage_root = Path(os.path.normpath(storage_root))
         self.data_top_dir = Path(data_top_dir)
         self.data_host = data_host
         self.group = group or None
+        self.layout = layout
+        self.subdirs = tuple(subdirs)
+        self.beamline = beamline
 
     # ------------------------------------------------------------------ paths
 
-    def storage_directory(self, name: str, year_month: str) -> Path:
-        return self.storage_root / year_month / name
+    def storage_directory(self, experiment: Experiment) -> Path:
+        """Where `experiment`'s storage goes: the folder the use case placed it in, else `dm.layout` filled
+        from what the record has; always strictly inside storage_root."""
+        if experiment.storage_directory:
+            storage = Path(os.path.normpath(experiment.storage_directory))
+        else:
+            storage = Path(storage_location(self.layout, str(self.storage_root), experiment, beamline=self.beamline))
+        root = self.storage_root
+        if root not in storage.parents or ".." in storage.parts:
+            raise InputError(f"storage {storage} of {experiment.name} is not inside dm.storage_root {root}; "
+                             "nothing created")  # fmt: skip
+        return storage
 
     def data_directory(self, name: str) -> Path:
         return self.data_top_dir / name
@@ -179,7 +209,8 @@ class LocalDM:
             storage = Path(existing.storage_directory)
         else:
             source = existing if existing is not None and existing.year_month else experiment
-            storage = self.storage_directory(name, self._year_month(source))
+            self._year_month(source)  # a bad year-month is refused before anything is made
+            storage = self.storage_directory(dataclasses.replace(experiment, name=name))
         self._require_root(self.storage_root, "dm.storage_root")
         if existing is not None and existing.storage_directory and not os.path.lexists(storage):
             # The registry row is written after the folders: they were all made once, then lost.
@@ -187,9 +218,11 @@ class LocalDM:
                 f"the storage {storage} of experiment {name} is gone (deleted, or its disk not mounted?): "
                 "not made again here; mount the disk, or Delete the experiment and Create it anew"
             )
-        # The year-month folder is shared with other experiments: made if missing, else left as it is.
-        self._make_dir(storage.parent, gid, adopt_existing=False)
-        for path in (storage, storage / "data", storage / "analysis"):
+        # The folders between storage_root and the storage (year-month, year, run...) are shared with
+        # other experiments: made if missing, else left as they are.
+        for parent in reversed(storage.relative_to(self.storage_root).parents[:-1]):
+            self._make_dir(self.storage_root / parent, gid, adopt_existing=False)
+        for path in (storage, *(storage / sub for sub in self.subdirs)):
             self._make_dir(path, gid)
         write_storage_marker(storage, name)
         if existing is not None and existing.data_directory:

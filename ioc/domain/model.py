@@ -8,6 +8,7 @@ is current, who is the PI, how an experiment is named) are shared by all.
 from __future__ import annotations
 
 import re
+import string
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -294,6 +295,52 @@ def experiment_name(template: str, *, year_month: str, pi_last_name: str, gup: s
 
 def year_month(moment: datetime | date) -> str:
     return f"{moment.year:04d}-{moment.month:02d}"
+
+
+# --------------------------------------------------------------------------
+# Storage layout (dm.layout)
+
+LAYOUT_FIELDS = ("storage_root", "year", "year_month", "run", "gup", "experiment", "beamline", "pi_last_name")
+DEFAULT_LAYOUT = "{storage_root}/{year_month}/{experiment}"
+DEFAULT_SUBDIRS = ("data", "analysis")
+
+
+def layout_placeholders(layout: str) -> list[str]:
+    """The placeholders `layout` names, in order (ValueError on a malformed template)."""
+    return [name for _, name, _, _ in string.Formatter().parse(layout) if name is not None]
+
+
+def storage_location(
+    layout: str,
+    storage_root: str,
+    experiment: Experiment,
+    *,
+    beamline: str = "",
+    run: str = "",
+    pi_last_name: str = "",
+    gup: str | None = None,
+) -> str:
+    """Fill `dm.layout` for `experiment`: the folder its storage goes in.
+
+    `year` and `year_month` come from the experiment's year-month (else its start), `gup` from the
+    experiment unless given (a manual experiment's 0), `pi_last_name` is made folder-safe. Every value
+    but `storage_root` must be a folder name; one the layout needs and that is empty is refused.
+    """
+    ym = experiment.year_month or (year_month(experiment.start) if experiment.start else "")
+    values = {
+        "year": ym[:4],
+        "year_month": ym,
+        "run": run,
+        "gup": experiment.gup if gup is None else gup,
+        "experiment": experiment.name,
+        "beamline": beamline,
+        "pi_last_name": folder_safe(pi_last_name),
+    }
+    for name in set(layout_placeholders(layout)) - {"storage_root"}:
+        if not values.get(name, "").strip():
+            raise InputError(f"dm.layout needs {{{name}}}, which experiment {experiment.name} has not; nothing created")
+        values[name] = check_name(values[name], f"{{{name}}} of the layout")
+    return layout.format(storage_root=storage_root, **values)
 
 
 # --------------------------------------------------------------------------

@@ -203,9 +203,11 @@ class BeamlineCore:
         return None
 
     def _sources(self, experiment: Experiment) -> dict[str, str]:
+        """{raw folder: destination}: raw data into the first of `dm.subdirs`, `_rec` into the second."""
         storage = Path(experiment.storage_directory)
         raw = experiment.data_directory or str(self.settings.dm.data_top_dir / experiment.name)
-        return {raw: str(storage / "data"), f"{raw}_rec": str(storage / "analysis")}
+        first, second = self.settings.dm.subdirs[:2]
+        return {raw: str(storage / first), f"{raw}_rec": str(storage / second)}
 
     @property
     def _transfer_system(self) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import date, datetime, time, timedelta
 
 from ..domain.model import (
@@ -18,9 +19,12 @@ from ..domain.model import (
     check_name,
     dm_username,
     experiment_name,
+    layout_placeholders,
     parse_badges,
     plural,
     proposal_of,
+    select_run,
+    storage_location,
     year_month,
 )
 from ..domain.ports import (
@@ -61,6 +65,8 @@ class ExperimentCases(BeamlineCore):
             year_month=beamtime.year_month,
             data_directory=str(self.settings.dm.data_top_dir / name),
         )
+        run = self.state.scheduled.run if self.state.scheduled else None
+        experiment = self._placed(experiment, pi.last_name if pi else "", beamtime.gup, run.name if run else None)
         return self._create(experiment, people, beamtime)
 
     def follow_schedule(self) -> Outcome:
@@ -103,11 +109,41 @@ class ExperimentCases(BeamlineCore):
             year_month=year_month(start),
             data_directory=str(self.settings.dm.data_top_dir / name),
         )
+        experiment = self._placed(experiment, last_name, str(request.gup))
         person = Person(badges[0] if badges else "", request.first_name.strip(), last_name, request.email.strip(),
                         request.institution.strip(), is_pi=True)  # fmt: skip
         others = tuple(Person(badge) for badge in badges[1:])
         proposal = Beamtime(gup, title, start, end, people=(person, *others), proposal_type="Manual")
         return self._create(experiment, people, proposal)
+
+    def _placed(self, experiment: Experiment, pi_last_name: str, gup: str, run: str | None = None) -> Experiment:
+        """`experiment` with its storage placed by `dm.layout` (local backend; the APS DM system places its own).
+
+        `{run}` is the run of the schedule the beamtime was found in; for a manual experiment (or when
+        that is not known), the schedule's run that holds the experiment's start; none: refused.
+        """
+        dm = self.settings.dm
+        if dm.backend != "local":
+            return experiment
+        if "run" in layout_placeholders(dm.layout) and not run:
+            run = self._run_holding(experiment)
+        storage = storage_location(dm.layout, str(dm.storage_root), experiment, beamline=self.settings.beamline.name,
+                                   run=run or "", pi_last_name=pi_last_name, gup=gup)  # fmt: skip
+        return replace(experiment, storage_directory=storage)
+
+    def _run_holding(self, experiment: Experiment) -> str:
+        start = experiment.start
+        scheduled = self.state.scheduled.run if self.state.scheduled else None
+        if start is not None and scheduled is not None and scheduled.contains(start):
+            return scheduled.name
+        found = select_run(self._contact("Scheduling", self.adapters.scheduling.runs), start) if start else None
+        if found is None:
+            when = start.date().isoformat() if start else "its start"
+            raise InputError(
+                f"dm.layout places storage by {{run}}, but no run of the schedule holds {when} "
+                f"(the start of {experiment.name}); nothing created"
+            )
+        return found.name
 
     def _manual_dates(self, start_text: str, end_text: str) -> tuple[datetime, datetime]:
         def day(text: str, what: str) -> date | None:

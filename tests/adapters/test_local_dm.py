@@ -399,3 +399,78 @@ def test_the_storage_marker_is_read_through_a_folder_descriptor(dm):
             local_dm.read_storage_marker(fd)
     finally:
         os.close(fd)
+
+
+# --------------------------------------------------------------------------- facility layouts (dm.layout, dm.subdirs)
+
+ESS = ("{storage_root}/{year}/{gup}", ("raw", "processed", "shared", "logs"))
+MAX_IV = ("{storage_root}/{year}/{gup}", ("data", "analysis"))
+NSLS_II = ("{storage_root}/{run}/pass-{gup}", ("data", "analysis"))
+
+
+def laid_out(registry, roots, layout: str, subdirs) -> LocalDM:
+    return LocalDM(registry, roots[0], roots[1], "localhost", None, layout=layout, subdirs=subdirs, beamline="2-BM")
+
+
+@pytest.mark.parametrize("layout, subdirs", [ESS, MAX_IV], ids=["ESS", "MAX IV"])
+def test_a_year_and_proposal_layout_places_the_storage_and_makes_the_subdirs(registry, roots, layout, subdirs):
+    dm = laid_out(registry, roots, layout, subdirs)
+    created, is_new = dm.create_experiment(experiment())
+    storage = roots[0] / "2026" / "1234"
+    assert is_new and created.storage_directory == str(storage)
+    assert sorted(p.name for p in storage.iterdir()) == sorted((*subdirs, local_dm.STORAGE_MARKER))
+    for path in (storage.parent, storage, *(storage / sub for sub in subdirs)):
+        assert mode(path) == DIR_MODE
+    assert json.loads((storage / local_dm.STORAGE_MARKER).read_text())["experiment"] == NAME
+    assert dm.get_experiment(NAME) == created
+
+
+def test_the_nsls_ii_layout_takes_the_storage_the_use_case_placed_by_run(registry, roots):
+    dm = laid_out(registry, roots, *NSLS_II)
+    placed = roots[0] / "2026-3" / "pass-1234"
+    created, _ = dm.create_experiment(experiment(storage_directory=str(placed)))
+    assert created.storage_directory == str(placed)
+    assert sorted(p.name for p in placed.iterdir()) == sorted(("data", "analysis", local_dm.STORAGE_MARKER))
+
+
+def test_a_layout_value_the_record_lacks_is_refused_before_anything_is_made(registry, roots):
+    dm = laid_out(registry, roots, *NSLS_II)
+    with pytest.raises(InputError, match=r"\{run\}"):
+        dm.create_experiment(experiment())
+    assert list(roots[0].iterdir()) == [] and dm.list_experiments() == []
+
+
+@pytest.mark.parametrize("placed", ["{root}/../elsewhere/x", "/tmp/elsewhere", "{root}"])
+def test_a_placed_storage_outside_storage_root_is_refused(registry, roots, placed):
+    dm = laid_out(registry, roots, *MAX_IV)
+    with pytest.raises(InputError, match="not inside dm.storage_root"):
+        dm.create_experiment(experiment(storage_directory=placed.format(root=roots[0])))
+    assert list(roots[0].iterdir()) == [] and dm.list_experiments() == []
+
+
+def test_two_experiments_the_layout_puts_in_one_folder_the_second_is_refused(registry, roots):
+    dm = laid_out(registry, roots, *MAX_IV)
+    dm.create_experiment(experiment())
+    with pytest.raises(DMError, match=f"belongs to experiment '{NAME}'"):
+        dm.create_experiment(experiment(name="2026-11-Jones-1234", year_month="2026-11"))
+    assert dm.list_experiments() == [NAME]
+
+
+def test_a_new_layout_leaves_existing_experiments_where_the_registry_has_them(registry, roots):
+    LocalDM(registry, roots[0], roots[1], "localhost", None).create_experiment(experiment())
+    old_storage = roots[0] / "2026-10" / NAME
+    dm = laid_out(registry, roots, *ESS)
+    again, is_new = dm.create_experiment(experiment())
+    assert not is_new and again.storage_directory == str(old_storage)
+    assert not (roots[0] / "2026").exists()
+    dm.create_experiment(experiment(name="2026-10-Jones-5678", gup="5678"))
+    assert dm.list_experiments() == ["2026-10-Jones-5678", NAME]  # from the registry, whatever the folders
+
+
+def test_delete_under_a_layout_removes_only_the_storage(registry, roots):
+    dm = laid_out(registry, roots, *ESS)
+    dm.create_experiment(experiment())
+    dm.create_experiment(experiment(name="2026-10-Jones-5678", gup="5678"))
+    dm.delete_experiment(NAME)
+    assert not (roots[0] / "2026" / "1234").exists()
+    assert (roots[0] / "2026" / "5678" / "raw").is_dir()

@@ -112,8 +112,11 @@ class FakeDM:
         self._check()
         if experiment.name in self.experiments:
             return self.experiments[experiment.name], False
+        placed = experiment.storage_directory  # by dm.layout in the use case, as the local DM takes it
         stored = replace(
-            experiment, users=(), storage_directory=str(self.storage_root / experiment.year_month / experiment.name)
+            experiment,
+            users=(),
+            storage_directory=placed or str(self.storage_root / experiment.year_month / experiment.name),
         )
         self.experiments[experiment.name] = stored
         return stored, True

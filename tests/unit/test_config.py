@@ -192,6 +192,76 @@ def test_bad_experiment_name_template(base, template, words):
     assert words in one_problem(minimal(dm={"experiment_name": template}), base, "dm.experiment_name")
 
 
+def test_layout_and_subdirs_default_to_the_year_month_tree(base):
+    dm = settings_from_dict(minimal(), base=base).dm
+    assert dm.layout == "{storage_root}/{year_month}/{experiment}"
+    assert dm.subdirs == ("data", "analysis")
+
+
+@pytest.mark.parametrize(
+    "layout, subdirs",
+    [
+        ("{storage_root}/{year}/{gup}", ["raw", "processed", "shared", "logs"]),  # ESS
+        ("{storage_root}/{year}/{gup}", None),  # MAX IV
+        ("{storage_root}/{run}/pass-{gup}", None),  # NSLS-II
+        ("{storage_root}/{beamline}/{year}/{pi_last_name}-{experiment}", None),
+    ],
+)
+def test_facility_layouts_are_accepted(base, layout, subdirs):
+    dm_section = {"layout": layout} if subdirs is None else {"layout": layout, "subdirs": subdirs}
+    dm = settings_from_dict(minimal(dm=dm_section), base=base).dm
+    assert dm.layout == layout
+    assert dm.subdirs == tuple(subdirs or ("data", "analysis"))
+
+
+@pytest.mark.parametrize(
+    "layout, words",
+    [
+        ("{storage_root}/{year}/{proposal}", "unknown placeholder(s) {proposal}"),
+        ("{storage_root}/{}/{gup}", "unknown placeholder(s) {}"),
+        ("{storage_root}/{gup.real}", "unknown placeholder(s) {gup.real}"),
+        ("{storage_root}/{year}/{gup", "dm.layout"),
+        ("/gdata/{year}/{gup}", "must start with {storage_root}/"),
+        ("{year}/{storage_root}/{gup}", "must start with {storage_root}/"),
+        ("{storage_root}{gup}", "must start with {storage_root}/"),
+        ("{storage_root}/{storage_root}/{gup}", "name it once"),
+        ("{storage_root}/../{gup}", "'..'"),
+        ("{storage_root}/{year}/..{gup}", "'..'"),
+        ("{storage_root}/{year}", "{experiment} or {gup}"),
+        ("{storage_root}//{gup}", "empty folder name"),
+        ("{storage_root}/{gup}/", "empty folder name"),
+        ("{storage_root}/.hidden/{gup}", "escape"),
+        ("{storage_root}/{gup:05}", "no format spec"),
+        ("{storage_root}/{gup!r}", "no format spec"),
+    ],
+)
+def test_a_bad_layout_is_named_and_refused(base, layout, words):
+    assert words in one_problem(minimal(dm={"layout": layout}), base, "dm.layout")
+
+
+@pytest.mark.parametrize(
+    "subdirs, words",
+    [
+        (["raw"], "at least two"),
+        ([], "at least two"),
+        (["raw", "../x"], "escape"),
+        (["raw", ".hidden"], "escape"),
+        (["raw", "a/b"], "escape"),
+        (["raw", "raw"], "twice"),
+        ("raw", "list"),
+    ],
+)
+def test_bad_subdirs_are_named_and_refused(base, subdirs, words):
+    assert words in one_problem(minimal(dm={"subdirs": subdirs}), base, "dm.subdirs")
+
+
+def test_layout_and_subdirs_belong_to_the_local_backend(base):
+    raw = minimal(dm={"backend": "aps", "layout": "{storage_root}/{year}/{gup}", "subdirs": ["raw", "proc"]})
+    problems = problems_of(raw, base)
+    assert any(p.startswith("dm.layout: used by the local backend only") for p in problems), problems
+    assert any(p.startswith("dm.subdirs: used by the local backend only") for p in problems), problems
+
+
 @pytest.mark.parametrize(
     "section, values, key",
     [

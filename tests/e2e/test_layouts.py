@@ -1,0 +1,69 @@
+"""Facility layouts (dm.layout, dm.subdirs) through the installed IOC: Create places the storage,
+Upload sends raw files into the first subdir and `_rec` files into the second; --check names a bad layout."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from ..helpers import wait_for
+from .fixtures import IN_SECOND
+from .harness import IOC
+from .test_check import problems, run, write
+
+pytestmark = pytest.mark.e2e
+
+NAME = "2026-11-DArcy-1013377"  # the beamtime at IN_SECOND: run 2026-3, proposal 1013377
+
+LAYOUTS = {
+    "ESS": ("{storage_root}/{year}/{gup}", ["raw", "processed", "shared", "logs"], "2026/1013377"),
+    "MAX IV": ("{storage_root}/{year}/{gup}", None, "2026/1013377"),
+    "NSLS-II": ("{storage_root}/{run}/pass-{gup}", None, "2026-3/pass-1013377"),
+}
+
+
+def settled(path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    os.utime(path, (time.time() - 60, time.time() - 60))  # settled long ago: Upload takes it at once
+
+
+@pytest.mark.parametrize("facility", LAYOUTS)
+def test_create_and_upload_follow_the_layout(config, tmp_path, facility):
+    layout, subdirs, where = LAYOUTS[facility]
+    config["dm"]["layout"] = layout
+    if subdirs is not None:
+        config["dm"]["subdirs"] = subdirs
+    subdirs = subdirs or ["data", "analysis"]
+    storage = tmp_path / "storage" / where
+    with IOC(config, tmp_path) as ioc:
+        ioc.put("TimeOffsetDays", IN_SECOND)
+        ioc.command("Refresh")
+        status, severity = ioc.command("Create")
+        assert severity == 0, status
+        assert ioc.get("StorageDirectory") == str(storage)
+        assert sorted(p.name for p in storage.iterdir() if not p.name.startswith(".")) == sorted(subdirs)
+
+        raw = tmp_path / "data" / NAME
+        settled(raw / "scan1" / "proj_000.h5", b"p" * 4000)
+        settled(tmp_path / "data" / f"{NAME}_rec" / "recon_00001.tiff", b"r" * 1234)
+        status, severity = ioc.command("Upload")
+        assert severity == 0, status
+        wait_for(lambda: "finished" in ioc.get("Status"), timeout=15, what="the upload summary")
+        assert (storage / subdirs[0] / "scan1" / "proj_000.h5").read_bytes() == b"p" * 4000
+        assert (storage / subdirs[1] / "recon_00001.tiff").read_bytes() == b"r" * 1234
+        assert ioc.get("Daq:FilesDone") == 2
+        assert NAME in ioc.get("Experiments")
+
+
+def test_check_names_a_layout_that_could_leave_storage_root(config, tmp_path):
+    config["dm"]["layout"] = "{storage_root}/../{proposal}"
+    result = run("--config", str(write(config, tmp_path)), "--check")
+    assert result.returncode != 0
+    found = problems(result)
+    assert len(found) == 1 and found[0].startswith("dm.layout: unknown placeholder(s) {proposal}"), found
+    config["dm"]["layout"] = "{storage_root}/../{gup}"
+    found = problems(run("--config", str(write(config, tmp_path)), "--check"))
+    assert len(found) == 1 and "'..'" in found[0], found
