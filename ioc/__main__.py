@@ -61,7 +61,8 @@ def build_adapters(settings: Settings) -> Adapters:
         from ..adapters.dm.local import LocalDM
 
         dm = LocalDM(registry, dm_cfg.storage_root, dm_cfg.data_top_dir, dm_cfg.data_host, dm_cfg.group,
-                     layout=dm_cfg.layout, subdirs=dm_cfg.subdirs, beamline=settings.beamline.name)  # fmt: skip
+                     layout=dm_cfg.layout, subdirs=dm_cfg.subdirs, beamline=settings.beamline.name,
+                     posix_group=dm_cfg.posix.group)  # fmt: skip
         transfer = None
 
     access: Access | None = None

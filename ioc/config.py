@@ -28,6 +28,8 @@ from .domain.model import (
     DEFAULT_SUBDIRS,
     EXPERIMENT_NAME_FIELDS,
     LAYOUT_FIELDS,
+    POSIX_GROUP_FIELDS,
+    POSIX_NAME,
     InputError,
     check_name,
 )
@@ -88,6 +90,13 @@ class SchedulingSettings:
 
 
 @dataclass(frozen=True)
+class PosixSettings:
+    """dm.posix: ownership on the filesystem of each experiment's storage (local backend)."""
+
+    group: str | None = None  # unix group of the experiment tree: a template ("p{gup}") or a fixed name
+
+
+@dataclass(frozen=True)
 class DMSettings:
     backend: str = "local"
     experiment_name: str = "{year_month}-{pi_last_name}-{gup}"
@@ -102,6 +111,7 @@ class DMSettings:
     follow_schedule: bool = False  # create/select the experiment of each new beamtime by itself
     layout: str = DEFAULT_LAYOUT  # local: where an experiment's storage goes (SPEC section 7)
     subdirs: tuple[str, ...] = DEFAULT_SUBDIRS  # local: made at Create; raw -> the first, _rec -> the second
+    posix: PosixSettings = PosixSettings()  # local: group ownership of the experiment tree
 
 
 @dataclass(frozen=True)
@@ -361,7 +371,7 @@ def _layout_problems(dm: DMSettings) -> list[str]:
     if dm.backend != "local":
         default = DMSettings()
         return [f"dm.{key}: used by the local backend only; leave it out with dm.backend: {dm.backend}"
-                for key in ("layout", "subdirs") if getattr(dm, key) != getattr(default, key)]  # fmt: skip
+                for key in ("layout", "subdirs", "posix") if getattr(dm, key) != getattr(default, key)]  # fmt: skip
     problems = []
     if len(dm.subdirs) < 2:
         problems.append("dm.subdirs: needs at least two folders (raw data goes to the first, _rec to the second)")
@@ -369,22 +379,47 @@ def _layout_problems(dm: DMSettings) -> list[str]:
         problems += _name_problems("dm.subdirs", sub)
     if len(set(dm.subdirs)) != len(dm.subdirs):
         problems.append(f"dm.subdirs: names a folder twice: {', '.join(dm.subdirs)}")
-    return problems + layout_problems(dm.layout)
+    if dm.posix.group is not None:
+        problems += _posix_group_problems(dm.posix.group)
+        if dm.group is not None:
+            problems.append("dm.posix.group: dm.group is set too; set one (dm.group is the fixed-name shorthand)")
+    return problems + _layout_template_problems(dm.layout)
 
 
-def layout_problems(layout: str) -> list[str]:
-    """What is wrong with a `dm.layout` template: unknown placeholders, or a way out of storage_root."""
-    key, known = "dm.layout", ", ".join("{" + f + "}" for f in LAYOUT_FIELDS)
+def _posix_group_problems(template: str) -> list[str]:
+    """`dm.posix.group` is a fixed group name, or a template of one with known placeholders."""
+    key = "dm.posix.group"
+    names, problems = _placeholders(key, template, POSIX_GROUP_FIELDS)
+    if problems:
+        return problems
+    if not POSIX_NAME.fullmatch(template.format(**{name: "1" for name in POSIX_GROUP_FIELDS})):
+        return [f"{key}: {template!r} does not make a unix group name (a letter or _, then letters, digits, "
+                "_ . -; at most 32; e.g. p{gup})"]  # fmt: skip
+    return []
+
+
+def _placeholders(key: str, template: str, fields: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """(the placeholders `template` names, its problems: malformed, unknown names, format specs)."""
     try:
-        parsed = list(string.Formatter().parse(layout))
+        parsed = list(string.Formatter().parse(template))
     except ValueError as error:
-        return [f"{key}: {error}"]
+        return [], [f"{key}: {error}"]
     names = [name for _, name, _, _ in parsed if name is not None]
-    unknown = sorted({"{" + name + "}" for name in names if name not in LAYOUT_FIELDS})
+    unknown = sorted({"{" + name + "}" for name in names if name not in fields})
     if unknown:
-        return [f"{key}: unknown placeholder(s) {', '.join(unknown)}; use {known}"]
+        known = ", ".join("{" + f + "}" for f in fields)
+        return names, [f"{key}: unknown placeholder(s) {', '.join(unknown)}; use {known}"]
     if any(spec or conversion for _, name, spec, conversion in parsed if name is not None):
-        return [f"{key}: placeholders take no format spec or conversion (write {{gup}}, not {{gup:05}})"]
+        return names, [f"{key}: placeholders take no format spec or conversion (write {{gup}}, not {{gup:05}})"]
+    return names, []
+
+
+def _layout_template_problems(layout: str) -> list[str]:
+    """What is wrong with a `dm.layout` template: unknown placeholders, or a way out of storage_root."""
+    key = "dm.layout"
+    names, problems = _placeholders(key, layout, LAYOUT_FIELDS)
+    if problems:
+        return problems
     if not layout.startswith("{storage_root}/") or names.count("storage_root") != 1:
         return [f"{key}: must start with {{storage_root}}/ and name it once, so storage stays inside dm.storage_root"]
     if ".." in layout:
@@ -521,6 +556,8 @@ def environment_problems(s: Settings, *, data_is_local: bool = True) -> list[str
             problems += _folder_problems("dm.data_top_dir", s.dm.data_top_dir, write=data_is_local)
         if s.dm.group is not None:
             problems += _group_problems("dm.group", s.dm.group)
+        if s.dm.posix.group is not None and _is_fixed_name(s.dm.posix.group):
+            problems += _group_problems("dm.posix.group", s.dm.posix.group)
     if s.scheduling.backend == "aps" and s.scheduling.credentials is not None:
         problems += _credentials_problems("scheduling.credentials", s.scheduling.credentials)
     if s.globus.enabled and s.globus.client_secret_file is not None:
@@ -567,6 +604,13 @@ def _state_dir_problems(state_dir: Path) -> list[str]:
         if not problems and state_file.exists() and not os.access(state_file, os.R_OK | os.W_OK):
             problems.append(f"ioc.state_dir: {state_file} cannot be read and written by user {_user()}")
     return problems
+
+
+def _is_fixed_name(template: str) -> bool:
+    """A name without placeholders (a valid one: the config's own checks name a malformed template)."""
+    return not _posix_group_problems(template) and all(
+        name is None for _, name, _, _ in string.Formatter().parse(template)
+    )
 
 
 def _group_problems(key: str, name: str) -> list[str]:

@@ -39,6 +39,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 from ...ioc.domain.model import (
     DEFAULT_LAYOUT,
@@ -47,8 +48,10 @@ from ...ioc.domain.model import (
     Experiment,
     ExperimentUser,
     InputError,
+    PartialAccess,
     Person,
     check_name,
+    posix_group,
     storage_location,
 )
 from ..hosts import is_this_host
@@ -61,6 +64,9 @@ log = logging.getLogger(__name__)
 # The setgid bit makes files and subfolders inherit the group, so the beamline
 # group (dm.group) keeps access to whatever the transfer engine or staff write.
 DIR_MODE = 0o2770
+# With dm.posix.group, the folders above the storages (year, run...) let others through, never list them:
+# each proposal's group must reach its own storage; the storages themselves stay DIR_MODE.
+SHARED_DIR_MODE = 0o2771
 
 _YEAR_MONTH = re.compile(r"\d{4}-\d{2}")
 
@@ -147,6 +153,11 @@ def _disk_error(action: str, path: Path, error: OSError) -> DMError:
     return DMError(f"cannot {action} {path}: {reason}")
 
 
+class _Group(NamedTuple):
+    gid: int
+    name: str
+
+
 def _plural(count: int, word: str) -> str:
     return f"{count} {word}{'' if count == 1 else 's'}"
 
@@ -165,6 +176,7 @@ class LocalDM:
         layout: str = DEFAULT_LAYOUT,
         subdirs: Sequence[str] = DEFAULT_SUBDIRS,
         beamline: str = "",
+        posix_group: str | None = None,
     ):
         self.registry = registry
         self.storage_root = Path(os.path.normpath(storage_root))
@@ -174,6 +186,7 @@ class LocalDM:
         self.layout = layout
         self.subdirs = tuple(subdirs)
         self.beamline = beamline
+        self.posix_group = posix_group or None  # dm.posix.group: the experiment tree's group, a template
 
     # ------------------------------------------------------------------ paths
 
@@ -203,8 +216,9 @@ class LocalDM:
     def create_experiment(self, experiment: Experiment) -> tuple[Experiment, bool]:
         """Make the directories, then the registry row; on an existing one, complete what is missing."""
         name = check_name(experiment.name, "experiment name")
-        gid = self._group_id()
+        fixed = self._group_id()
         existing = self.registry.get_experiment(name)
+        tree, missing = self._tree_group(existing or dataclasses.replace(experiment, name=name), fixed)
         if existing is not None and existing.storage_directory:
             storage = Path(existing.storage_directory)
         else:
@@ -220,10 +234,11 @@ class LocalDM:
             )
         # The folders between storage_root and the storage (year-month, year, run...) are shared with
         # other experiments: made if missing, else left as they are.
+        shared_mode = SHARED_DIR_MODE if self.posix_group else DIR_MODE
         for parent in reversed(storage.relative_to(self.storage_root).parents[:-1]):
-            self._make_dir(self.storage_root / parent, gid, adopt_existing=False)
+            self._make_dir(self.storage_root / parent, fixed, mode=shared_mode, adopt_existing=False)
         for path in (storage, *(storage / sub for sub in self.subdirs)):
-            self._make_dir(path, gid)
+            self._make_dir(path, tree)
         write_storage_marker(storage, name)
         if existing is not None and existing.data_directory:
             data_directory = Path(existing.data_directory)
@@ -232,7 +247,7 @@ class LocalDM:
         if self.raw_is_local:
             self._require_root(self.data_top_dir, "dm.data_top_dir")
             for path in (data_directory, data_directory.with_name(data_directory.name + "_rec")):
-                self._make_dir(path, gid, adopt_existing=False)
+                self._make_dir(path, fixed, adopt_existing=False)
 
         if existing is not None:
             completed = dataclasses.replace(
@@ -241,7 +256,7 @@ class LocalDM:
             if completed != existing:
                 self.registry.put_experiment(dataclasses.replace(completed, users=()))
             log.info("experiment %s exists; directories checked", name)
-            return completed, False
+            return self._done((completed, False), missing)
 
         created = dataclasses.replace(
             experiment,
@@ -253,7 +268,14 @@ class LocalDM:
         )
         self.registry.put_experiment(created)
         log.info("experiment %s created: storage %s, raw data %s", name, storage, data_directory)
-        return created, True
+        return self._done((created, True), missing)
+
+    @staticmethod
+    def _done(result: tuple[Experiment, bool], missing: str) -> tuple[Experiment, bool]:
+        if missing:
+            log.warning("%s", missing)
+            raise PartialAccess(missing, done=result)
+        return result
 
     def get_experiment(self, name: str) -> Experiment | None:
         return self.registry.get_experiment(check_name(name, "experiment name"))
@@ -310,15 +332,33 @@ class LocalDM:
             raise InputError(f"experiment {experiment.name}: year-month {year_month!r} is not YYYY-MM; nothing created")
         return year_month
 
-    def _group_id(self) -> int | None:
+    def _group_id(self) -> _Group | None:
+        """dm.group: its group, refused when it does not exist."""
         if self.group is None:
             return None
         try:
-            return grp.getgrnam(self.group).gr_gid
+            return _Group(grp.getgrnam(self.group).gr_gid, self.group)
         except KeyError:
             raise DMError(
                 f"dm.group: unix group {self.group!r} does not exist on this host; create it or set dm.group: null"
             ) from None
+
+    def _tree_group(self, experiment: Experiment, fixed: _Group | None) -> tuple[_Group | None, str]:
+        """The group of the experiment tree (dm.posix.group, else dm.group) and a warning naming a group
+        that does not exist: the tree is made without it and everything else proceeds."""
+        if self.posix_group is None:
+            return fixed, ""
+        try:
+            name = posix_group(self.posix_group, experiment, beamline=self.beamline)
+        except InputError as error:
+            return None, f"{error}: its storage is not given to a group"
+        try:
+            return _Group(grp.getgrnam(name).gr_gid, name), ""
+        except KeyError:
+            return None, (
+                f"dm.posix.group: unix group {name!r} does not exist on this host, so the storage of "
+                f"{experiment.name} is not given to it; create the group, then run Create again"
+            )
 
     @staticmethod
     def _require_root(root: Path, key: str) -> None:
@@ -326,7 +366,7 @@ class LocalDM:
         if not root.is_dir():
             raise DMError(f"{key}: {root} does not exist or is not a folder (is the disk mounted?); nothing created")
 
-    def _make_dir(self, path: Path, gid: int | None, *, adopt_existing: bool = True) -> None:
+    def _make_dir(self, path: Path, group: _Group | None, *, mode: int = DIR_MODE, adopt_existing: bool = True) -> None:
         """Create `path` with DIR_MODE and the group; an existing folder is fixed up when `adopt_existing`.
 
         A symbolic link where the folder must be is refused (a chmod through it would change its target).
@@ -350,17 +390,17 @@ class LocalDM:
         except OSError as error:
             raise _disk_error("open folder", path, error) from error
         try:
-            if gid is not None:
+            if group is not None:
                 try:
-                    os.fchown(fd, -1, gid)
+                    os.fchown(fd, -1, group.gid)
                 except OSError as error:
                     raise DMError(
-                        f"cannot give {path} to group {self.group!r}: {error.strerror} "
-                        f"(the IOC's user must be a member of {self.group!r})"
+                        f"cannot give {path} to group {group.name!r}: {error.strerror} "
+                        f"(the IOC's user must be a member of {group.name!r})"
                     ) from error
             try:
                 # fchmod, not mkdir's mode: mkdir applies the umask and may drop the setgid bit.
-                os.fchmod(fd, DIR_MODE)
+                os.fchmod(fd, mode)
             except OSError as error:
                 raise _disk_error("set permissions on", path, error) from error
         finally:

@@ -57,6 +57,15 @@ class EmailError(ServiceError):
     system = "Email"
 
 
+class PartialAccess(DMagicError):
+    """The work was done, but some access on the filesystem could not be given (a unix group or account
+    that does not exist): a MINOR Status naming it. `done` holds the call's result."""
+
+    def __init__(self, message: str, done):
+        super().__init__(message)
+        self.done = done
+
+
 class TagError(DMagicError):
     """Tag could not write the target IOC."""
 
@@ -319,6 +328,7 @@ def storage_location(
     run: str = "",
     pi_last_name: str = "",
     gup: str | None = None,
+    key: str = "dm.layout",
 ) -> str:
     """Fill `dm.layout` for `experiment`: the folder its storage goes in.
 
@@ -338,9 +348,18 @@ def storage_location(
     }
     for name in set(layout_placeholders(layout)) - {"storage_root"}:
         if not values.get(name, "").strip():
-            raise InputError(f"dm.layout needs {{{name}}}, which experiment {experiment.name} has not; nothing created")
-        values[name] = check_name(values[name], f"{{{name}}} of the layout")
+            raise InputError(f"{key} needs {{{name}}}, which experiment {experiment.name} has not")
+        values[name] = check_name(values[name], f"{{{name}}} of {key}")
     return layout.format(storage_root=storage_root, **values)
+
+
+POSIX_GROUP_FIELDS = ("gup", "experiment", "beamline", "year", "year_month")
+POSIX_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}")  # a unix group or user name, never a number
+
+
+def posix_group(template: str, experiment: Experiment, *, beamline: str = "") -> str:
+    """The unix group `dm.posix.group` names for `experiment` ("p{gup}" -> "p1234", or a fixed name)."""
+    return storage_location(template, "", experiment, beamline=beamline, key="dm.posix.group")
 
 
 # --------------------------------------------------------------------------

@@ -34,7 +34,8 @@ class DataManagement(Protocol):
 
         Idempotent: on an existing experiment, completes whatever a failed
         earlier attempt left undone and changes nothing else. Users are added
-        separately through `add_users`.
+        separately through `add_users`. Made, but without a unix group it names
+        (one that does not exist): `model.PartialAccess` with the result in `done`.
         """
 
     def get_experiment(self, name: str) -> Experiment | None: ...

@@ -14,6 +14,7 @@ from ..domain.model import (
     ExperimentUser,
     GlobusError,
     InputError,
+    PartialAccess,
     Person,
     SchedulingError,
     check_name,
@@ -169,10 +170,16 @@ class ExperimentCases(BeamlineCore):
         for user in people + contacts:  # people first (the PI first); a contact on the proposal stays there
             unique.setdefault(user.username, user)
         users = list(unique.values())
-        experiment, created = self._contact("DM", dm.create_experiment, experiment)
+        try:
+            experiment, created = self._contact("DM", dm.create_experiment, experiment)
+            partial = ""
+        except PartialAccess as error:  # made, but a unix group it names does not exist: MINOR
+            (experiment, created), partial = error.done, f"; {error}"
+            self._contacts.put(("DM", True))  # DM answered: its Health stays good
         self.adapters.state.keep_proposal(experiment.name, proposal)
         self.adapters.state.select(experiment.name)  # selected even if a later step fails: a rerun completes
         added, details, warning = self._give_access(experiment, users)
+        details, warning = details + partial, warning or bool(partial)
         if created:
             users_text = plural(len(users), "user")
             message = f"created experiment {experiment.name} with {users_text}; storage {experiment.storage_directory}"

@@ -19,6 +19,8 @@ from dmagic_ioc.adapters.hosts import is_this_host
 from dmagic_ioc.adapters.registry import Registry
 from dmagic_ioc.ioc.domain.model import DMError, Experiment, ExperimentUser, InputError
 
+from ..accounts import needs_root, throwaway_group, unique_prefix
+
 CHICAGO = timezone(timedelta(hours=-5))
 NAME = "2026-10-Smith-1234"
 
@@ -474,3 +476,61 @@ def test_delete_under_a_layout_removes_only_the_storage(registry, roots):
     dm.delete_experiment(NAME)
     assert not (roots[0] / "2026" / "1234").exists()
     assert (roots[0] / "2026" / "5678" / "raw").is_dir()
+
+
+# --------------------------------------------------------------------------- dm.posix.group
+
+
+@pytest.fixture
+def prefix():
+    return unique_prefix()
+
+
+def grouped(registry, roots, template: str, layout=MAX_IV) -> LocalDM:
+    return LocalDM(registry, roots[0], roots[1], "localhost", None, layout=layout[0], subdirs=layout[1],
+                   posix_group=template)  # fmt: skip
+
+
+@needs_root
+def test_the_experiment_tree_is_owned_by_the_proposals_group_with_setgid(registry, roots, prefix):
+    with throwaway_group(f"{prefix}1234") as name:
+        gid = grp.getgrnam(name).gr_gid
+        dm = grouped(registry, roots, prefix + "{gup}")
+        created, _ = dm.create_experiment(experiment())
+        storage = Path(created.storage_directory)
+        for path in (storage, storage / "data", storage / "analysis"):
+            assert path.stat().st_gid == gid and mode(path) == DIR_MODE
+        (storage / "data" / "later.h5").write_bytes(b"x")  # as the transfer writes, later
+        assert (storage / "data" / "later.h5").stat().st_gid == gid  # inherited through setgid
+        year = storage.parent
+        assert year.stat().st_gid != gid and mode(year) == local_dm.SHARED_DIR_MODE  # others pass, never list
+        assert (roots[1] / NAME).stat().st_gid != gid  # the raw folders are the detectors', not the proposal's
+
+
+@needs_root
+def test_a_fixed_posix_group_owns_every_experiment_tree(registry, roots, prefix):
+    with throwaway_group(prefix) as name:
+        dm = grouped(registry, roots, name)
+        first, _ = dm.create_experiment(experiment())
+        second, _ = dm.create_experiment(experiment(name="2026-10-Jones-5678", gup="5678"))
+        gid = grp.getgrnam(name).gr_gid
+        assert Path(first.storage_directory).stat().st_gid == Path(second.storage_directory).stat().st_gid == gid
+
+
+def test_a_group_that_does_not_exist_is_named_and_the_rest_proceeds(registry, roots, prefix):
+    dm = grouped(registry, roots, prefix + "{gup}")
+    with pytest.raises(local_dm.PartialAccess, match=f"unix group '{prefix}1234' does not exist") as raised:
+        dm.create_experiment(experiment())
+    created, is_new = raised.value.done
+    assert is_new and Path(created.storage_directory, "data").is_dir()
+    assert dm.get_experiment(NAME) == created
+    with pytest.raises(local_dm.PartialAccess) as again:  # a rerun says it again, and completes nothing else
+        dm.create_experiment(experiment())
+    assert again.value.done == (created, False)
+
+
+def test_an_experiment_without_the_groups_placeholder_is_named_and_made(registry, roots, prefix):
+    dm = grouped(registry, roots, prefix + "{gup}", layout=("{storage_root}/{year_month}/{experiment}", ("a", "b")))
+    with pytest.raises(local_dm.PartialAccess, match=r"needs \{gup\}.*not given to a group") as raised:
+        dm.create_experiment(experiment(gup=""))
+    assert Path(raised.value.done[0].storage_directory, "a").is_dir()

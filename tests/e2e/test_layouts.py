@@ -3,11 +3,14 @@ Upload sends raw files into the first subdir and `_rec` files into the second; -
 
 from __future__ import annotations
 
+import grp
 import os
+import stat
 import time
 
 import pytest
 
+from ..accounts import needs_root, throwaway_group, unique_prefix
 from ..helpers import wait_for
 from .fixtures import IN_SECOND
 from .harness import IOC
@@ -15,6 +18,7 @@ from .test_check import problems, run, write
 
 pytestmark = pytest.mark.e2e
 
+MINOR = 1
 NAME = "2026-11-DArcy-1013377"  # the beamtime at IN_SECOND: run 2026-3, proposal 1013377
 
 LAYOUTS = {
@@ -67,3 +71,36 @@ def test_check_names_a_layout_that_could_leave_storage_root(config, tmp_path):
     config["dm"]["layout"] = "{storage_root}/../{gup}"
     found = problems(run("--config", str(write(config, tmp_path)), "--check"))
     assert len(found) == 1 and "'..'" in found[0], found
+
+
+@needs_root
+def test_the_experiment_tree_belongs_to_the_proposals_group(config, tmp_path):
+    prefix = unique_prefix()
+    config["dm"]["layout"] = "{storage_root}/{year}/{gup}"
+    config["dm"]["posix"] = {"group": prefix + "{gup}"}
+    storage = tmp_path / "storage" / "2026" / "1013377"
+    with throwaway_group(f"{prefix}1013377") as group, IOC(config, tmp_path) as ioc:
+        gid = grp.getgrnam(group).gr_gid
+        ioc.put("TimeOffsetDays", IN_SECOND)
+        ioc.command("Refresh")
+        status, severity = ioc.command("Create")
+        assert severity == 0, status
+        for folder in (storage, storage / "data", storage / "analysis"):
+            assert folder.stat().st_gid == gid and folder.stat().st_mode & stat.S_ISGID
+        settled(tmp_path / "data" / NAME / "proj_000.h5", b"p" * 100)
+        ioc.command("Upload")
+        wait_for(lambda: "finished" in ioc.get("Status"), timeout=15, what="the upload summary")
+        assert (storage / "data" / "proj_000.h5").stat().st_gid == gid  # the transfer's file inherits it
+
+
+def test_a_proposal_group_that_does_not_exist_is_a_minor_warning_naming_it(config, tmp_path):
+    missing = unique_prefix()  # no group has this prefix
+    config["dm"]["posix"] = {"group": missing + "{gup}"}
+    with IOC(config, tmp_path) as ioc:
+        ioc.put("TimeOffsetDays", IN_SECOND)
+        ioc.command("Refresh")
+        status, severity = ioc.command("Create")
+        assert severity == MINOR, status
+        assert f"unix group '{missing}1013377' does not exist" in status
+        assert ioc.get("ExperimentName") == NAME and ioc.get("DM:Health") == "OK"
+        assert (tmp_path / "storage" / "2026-11" / NAME / "data").is_dir()

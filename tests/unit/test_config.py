@@ -764,3 +764,46 @@ def test_config_problems_carry_what_could_be_built(base):
         settings_from_dict(minimal(dm={"storage_root": "/x/storage", "settle_time": -1}), base=base)
     assert error.value.settings is not None
     assert error.value.settings.dm.storage_root == Path("/x/storage")
+
+
+# --------------------------------------------------------------------------- dm.posix.group
+
+
+@pytest.mark.parametrize("group", ["p{gup}", "bl-{beamline}", "e{experiment}", "staff_2bm", "g{year}.{gup}"])
+def test_posix_group_takes_a_template_or_a_fixed_name(base, group):
+    assert settings_from_dict(minimal(dm={"posix": {"group": group}}), base=base).dm.posix.group == group
+
+
+def test_posix_group_defaults_to_none(base):
+    assert settings_from_dict(minimal(), base=base).dm.posix.group is None
+
+
+@pytest.mark.parametrize(
+    "group, words",
+    [
+        ("p{proposal}", "unknown placeholder(s) {proposal}"),
+        ("p{run}", "unknown placeholder(s) {run}"),
+        ("p{gup", "dm.posix.group"),
+        ("{gup}", "does not make a unix group name"),
+        ("p {gup}", "does not make a unix group name"),
+        ("p/{gup}", "does not make a unix group name"),
+        ("p{gup:05}", "no format spec"),
+    ],
+)
+def test_a_bad_posix_group_is_named_and_refused(base, group, words):
+    assert words in one_problem(minimal(dm={"posix": {"group": group}}), base, "dm.posix.group")
+
+
+def test_posix_group_and_dm_group_are_one_setting(base):
+    problem = one_problem(minimal(dm={"group": "staff", "posix": {"group": "p{gup}"}}), base, "dm.posix.group")
+    assert "set one" in problem
+
+
+def test_posix_has_no_unknown_keys(base):
+    assert "dm.posix.owner: unknown key" in one_problem(minimal(dm={"posix": {"owner": "x"}}), base, "dm.posix.owner")
+
+
+def test_a_missing_fixed_posix_group_is_named_by_check_and_a_template_is_not(folders):
+    (problem,) = environment_of(local(posix={"group": "no-such-group-dmagic"}), folders)
+    assert problem.startswith("dm.posix.group:") and "'no-such-group-dmagic' does not exist" in problem
+    assert environment_of(local(posix={"group": "nosuchgroup{gup}"}), folders) == []  # one per proposal: at Create

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from dmagic_ioc.ioc.domain.model import InputError
+from dmagic_ioc.ioc.domain.model import InputError, PartialAccess
 from dmagic_ioc.ioc.usecases import Adapters, Beamline, ManualRequest
 
 from ..fakes.ports import EXPERIMENT, NOW, settings_in
@@ -66,3 +66,20 @@ def test_a_layout_without_run_never_asks_the_schedule_for_runs(tmp_path, fakes):
     beamline.create_manual(ManualRequest(start="2027-03-01", gup=77))
     assert fakes.dm.experiments["2027-03-Staff-77"].storage_directory == str(tmp_path / "storage" / "2027" / "77")
     assert ("Scheduling", True) not in beamline.contacts()
+
+
+def test_a_group_dm_could_not_give_is_a_warning_and_the_rest_proceeds(tmp_path, fakes):
+    beamline = beamline_with(tmp_path, fakes)
+    made = fakes.dm.create_experiment
+
+    def without_group(experiment):
+        raise PartialAccess("dm.posix.group: unix group 'p1012039' does not exist on this host", done=made(experiment))
+
+    fakes.dm.create_experiment = without_group
+    beamline.refresh(0.0)
+    beamline.contacts()
+    outcome = beamline.create()
+    assert outcome.warning and "unix group 'p1012039' does not exist" in outcome.message
+    assert outcome.message.startswith(f"created experiment {EXPERIMENT}")
+    assert fakes.state.selection == EXPERIMENT and fakes.dm.experiments[EXPERIMENT].users  # users added all the same
+    assert ("DM", False) not in beamline.contacts()  # DM answered: its Health stays good
