@@ -62,7 +62,8 @@ def build_adapters(settings: Settings) -> Adapters:
 
         dm = LocalDM(registry, dm_cfg.storage_root, dm_cfg.data_top_dir, dm_cfg.data_host, dm_cfg.group,
                      layout=dm_cfg.layout, subdirs=dm_cfg.subdirs, beamline=settings.beamline.name,
-                     posix_group=dm_cfg.posix.group)  # fmt: skip
+                     posix_group=dm_cfg.posix.group, user_account=dm_cfg.posix.user_account,
+                     staff_groups=dm_cfg.posix.staff_groups)  # fmt: skip
         transfer = None
 
     access: Access | None = None

@@ -8,9 +8,11 @@ problem before failing, so `--check` can list them all at once.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import grp
 import os
 import pwd
+import shutil
 import string
 import types
 import typing
@@ -94,6 +96,8 @@ class PosixSettings:
     """dm.posix: ownership on the filesystem of each experiment's storage (local backend)."""
 
     group: str | None = None  # unix group of the experiment tree: a template ("p{gup}") or a fixed name
+    user_account: str | None = None  # the account of a user, a template ("d{badge}"): set = an ACL entry per user
+    staff_groups: tuple[str, ...] = ()  # groups given rwx on every experiment tree (staff, services)
 
 
 @dataclass(frozen=True)
@@ -379,6 +383,7 @@ def _layout_problems(dm: DMSettings) -> list[str]:
         problems += _name_problems("dm.subdirs", sub)
     if len(set(dm.subdirs)) != len(dm.subdirs):
         problems.append(f"dm.subdirs: names a folder twice: {', '.join(dm.subdirs)}")
+    problems += _posix_account_problems(dm.posix)
     if dm.posix.group is not None:
         problems += _posix_group_problems(dm.posix.group)
         if dm.group is not None:
@@ -396,6 +401,22 @@ def _posix_group_problems(template: str) -> list[str]:
         return [f"{key}: {template!r} does not make a unix group name (a letter or _, then letters, digits, "
                 "_ . -; at most 32; e.g. p{gup})"]  # fmt: skip
     return []
+
+
+def _posix_account_problems(posix: PosixSettings) -> list[str]:
+    """`user_account` makes a unix user name of a badge; `staff_groups` are group names."""
+    problems: list[str] = []
+    if posix.user_account is not None:
+        key = "dm.posix.user_account"
+        names, problems = _placeholders(key, posix.user_account, ("badge",))
+        if not problems and "badge" not in names:
+            problems.append(f"{key}: must hold {{badge}} (e.g. d{{badge}}), or every user would be one account")
+        elif not problems and not POSIX_NAME.fullmatch(posix.user_account.format(badge="1")):
+            problems.append(f"{key}: {posix.user_account!r} does not make a unix user name (e.g. d{{badge}})")
+    for group in posix.staff_groups:
+        if not POSIX_NAME.fullmatch(group):
+            problems.append(f"dm.posix.staff_groups: {group!r} is not a unix group name")
+    return problems
 
 
 def _placeholders(key: str, template: str, fields: tuple[str, ...]) -> tuple[list[str], list[str]]:
@@ -558,6 +579,10 @@ def environment_problems(s: Settings, *, data_is_local: bool = True) -> list[str
             problems += _group_problems("dm.group", s.dm.group)
         if s.dm.posix.group is not None and _is_fixed_name(s.dm.posix.group):
             problems += _group_problems("dm.posix.group", s.dm.posix.group)
+        for group in s.dm.posix.staff_groups:
+            problems += _group_problems("dm.posix.staff_groups", group)
+        if s.dm.posix.user_account is not None or s.dm.posix.staff_groups:
+            problems += _acl_problems(s.dm.storage_root)
     if s.scheduling.backend == "aps" and s.scheduling.credentials is not None:
         problems += _credentials_problems("scheduling.credentials", s.scheduling.credentials)
     if s.globus.enabled and s.globus.client_secret_file is not None:
@@ -604,6 +629,27 @@ def _state_dir_problems(state_dir: Path) -> list[str]:
         if not problems and state_file.exists() and not os.access(state_file, os.R_OK | os.W_OK):
             problems.append(f"ioc.state_dir: {state_file} cannot be read and written by user {_user()}")
     return problems
+
+
+def _acl_problems(storage_root: Path) -> list[str]:
+    """dm.posix.user_account and staff_groups give access by POSIX ACLs: setfacl and a filesystem that has them."""
+    if not storage_root.is_dir():
+        return []  # named as dm.storage_root
+    problem = acl_support_problem(storage_root)
+    return [f"dm.posix: {problem}; user_account and staff_groups need POSIX ACLs"] if problem else []
+
+
+def acl_support_problem(folder: Path) -> str:
+    """Why `folder` cannot carry POSIX ACLs ('' when it can): no `setfacl` here, or its filesystem.
+    Reads only: a filesystem without ACLs answers the ACL attribute with EOPNOTSUPP."""
+    if shutil.which("setfacl") is None:
+        return "setfacl is not installed on this host (install the acl package)"
+    try:
+        os.getxattr(folder, "system.posix_acl_access")
+    except OSError as error:
+        if error.errno == errno.EOPNOTSUPP:
+            return f"the filesystem of {folder} has no POSIX ACL support (mount it with the acl option)"
+    return ""
 
 
 def _is_fixed_name(template: str) -> bool:

@@ -33,13 +33,14 @@ import grp
 import json
 import logging
 import os
+import pwd
 import re
 import shutil
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from ...ioc.domain.model import (
     DEFAULT_LAYOUT,
@@ -56,8 +57,11 @@ from ...ioc.domain.model import (
 )
 from ..hosts import is_this_host
 from ..registry import Registry
+from . import acl
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # rwx for owner and group, nothing for others: proposals can be proprietary, and
 # users reach their data through Globus sharing, not through local accounts.
@@ -153,6 +157,14 @@ def _disk_error(action: str, path: Path, error: OSError) -> DMError:
     return DMError(f"cannot {action} {path}: {reason}")
 
 
+def _exists(lookup, name: str) -> bool:
+    try:
+        lookup(name)
+    except KeyError:
+        return False
+    return True
+
+
 class _Group(NamedTuple):
     gid: int
     name: str
@@ -177,6 +189,8 @@ class LocalDM:
         subdirs: Sequence[str] = DEFAULT_SUBDIRS,
         beamline: str = "",
         posix_group: str | None = None,
+        user_account: str | None = None,
+        staff_groups: Sequence[str] = (),
     ):
         self.registry = registry
         self.storage_root = Path(os.path.normpath(storage_root))
@@ -187,6 +201,8 @@ class LocalDM:
         self.subdirs = tuple(subdirs)
         self.beamline = beamline
         self.posix_group = posix_group or None  # dm.posix.group: the experiment tree's group, a template
+        self.user_account = user_account or None  # dm.posix.user_account: "d{badge}", an ACL entry per user
+        self.staff_groups = tuple(staff_groups)  # dm.posix.staff_groups: rwx on every tree
 
     # ------------------------------------------------------------------ paths
 
@@ -234,12 +250,13 @@ class LocalDM:
             )
         # The folders between storage_root and the storage (year-month, year, run...) are shared with
         # other experiments: made if missing, else left as they are.
-        shared_mode = SHARED_DIR_MODE if self.posix_group else DIR_MODE
+        shared_mode = SHARED_DIR_MODE if self.posix_group or self.user_account or self.staff_groups else DIR_MODE
         for parent in reversed(storage.relative_to(self.storage_root).parents[:-1]):
             self._make_dir(self.storage_root / parent, fixed, mode=shared_mode, adopt_existing=False)
         for path in (storage, *(storage / sub for sub in self.subdirs)):
             self._make_dir(path, tree)
         write_storage_marker(storage, name)
+        missing = "; ".join(filter(None, (missing, self._give_staff(storage))))
         if existing is not None and existing.data_directory:
             data_directory = Path(existing.data_directory)
         else:
@@ -271,7 +288,7 @@ class LocalDM:
         return self._done((created, True), missing)
 
     @staticmethod
-    def _done(result: tuple[Experiment, bool], missing: str) -> tuple[Experiment, bool]:
+    def _done(result: T, missing: str) -> T:
         if missing:
             log.warning("%s", missing)
             raise PartialAccess(missing, done=result)
@@ -285,12 +302,31 @@ class LocalDM:
         return self.registry.experiment_names()
 
     def add_users(self, name: str, users: Sequence[ExperimentUser]) -> list[str]:
-        """Record access for `users`; return the usernames that did not have it."""
-        return self.registry.add_users(check_name(name, "experiment name"), users)
+        """Give `users` access (with dm.posix.user_account, an ACL entry each on the storage tree), then
+        record it; return the usernames that did not have it. Users without an account: PartialAccess."""
+        name = check_name(name, "experiment name")
+        experiment = self.registry.get_experiment(name)
+        missing: list[str] = []
+        if experiment is not None and experiment.storage_directory and self.user_account is not None:
+            accounts, missing = self._accounts([user.username for user in users])
+            acl.grant(Path(experiment.storage_directory), [f"u:{account}:{acl.READ}" for account in accounts])
+        added = self.registry.add_users(name, users)
+        if missing:
+            return self._done(added, f"dm.posix.user_account: no unix account {', '.join(missing)} on this host: "
+                                     f"no access to {experiment.storage_directory if experiment else name} "
+                                     "on the filesystem for them; the others have it")  # fmt: skip
+        return added
 
     def remove_users(self, name: str, usernames: Sequence[str]) -> list[str]:
-        """Drop access for `usernames`; return those that had it."""
-        return self.registry.remove_users(check_name(name, "experiment name"), usernames)
+        """Drop access for `usernames` (their ACL entries first); return those that had it."""
+        name = check_name(name, "experiment name")
+        experiment = self.registry.get_experiment(name)
+        if experiment is not None and experiment.storage_directory and self.user_account is not None:
+            accounts, _ = self._accounts(usernames)
+            storage = Path(experiment.storage_directory)
+            if storage.is_dir():
+                acl.revoke(storage, [f"u:{account}" for account in accounts])
+        return self.registry.remove_users(name, usernames)
 
     def delete_experiment(self, name: str) -> str:
         """Remove the storage tree, then the registry row; never the raw folders on the data host."""
@@ -359,6 +395,24 @@ class LocalDM:
                 f"dm.posix.group: unix group {name!r} does not exist on this host, so the storage of "
                 f"{experiment.name} is not given to it; create the group, then run Create again"
             )
+
+    def _give_staff(self, storage: Path) -> str:
+        """rwx for dm.posix.staff_groups on the storage tree; a warning naming the groups that do not exist."""
+        present = [group for group in self.staff_groups if _exists(grp.getgrnam, group)]
+        acl.grant(storage, [f"g:{group}:{acl.WRITE}" for group in present])
+        absent = [group for group in self.staff_groups if group not in present]
+        if absent:
+            return (
+                f"dm.posix.staff_groups: unix group {', '.join(absent)} does not exist on this host: no access for it"
+            )
+        return ""
+
+    def _accounts(self, usernames: Sequence[str]) -> tuple[list[str], list[str]]:
+        """The unix accounts of DM usernames (`d` + badge) by dm.posix.user_account: (existing, missing)."""
+        assert self.user_account is not None
+        names = [self.user_account.format(badge=u[1:]) for u in usernames if u.startswith("d") and u[1:].isdigit()]
+        existing = [name for name in names if _exists(pwd.getpwnam, name)]
+        return existing, [name for name in names if name not in existing]
 
     @staticmethod
     def _require_root(root: Path, key: str) -> None:

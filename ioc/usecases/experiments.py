@@ -206,6 +206,9 @@ class ExperimentCases(BeamlineCore):
         """
         try:
             return self._contact("DM", self.adapters.dm.add_users, experiment.name, users), ""
+        except PartialAccess as error:  # added, but some have no unix account: MINOR, naming them
+            self._contacts.put(("DM", True))
+            return list(error.done), f"; {error}"
         except DMError as error:
             if error.done is None:
                 raise

@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import stat
+import subprocess
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -17,9 +18,18 @@ from dmagic_ioc.adapters.dm import local as local_dm
 from dmagic_ioc.adapters.dm.local import DIR_MODE, LocalDM
 from dmagic_ioc.adapters.hosts import is_this_host
 from dmagic_ioc.adapters.registry import Registry
+from dmagic_ioc.ioc.config import acl_support_problem
 from dmagic_ioc.ioc.domain.model import DMError, Experiment, ExperimentUser, InputError
 
-from ..accounts import needs_root, throwaway_group, unique_prefix
+from ..accounts import (
+    as_user,
+    needs_acl,
+    needs_root,
+    open_folder,
+    throwaway_group,
+    throwaway_user,
+    unique_prefix,
+)
 
 CHICAGO = timezone(timedelta(hours=-5))
 NAME = "2026-10-Smith-1234"
@@ -534,3 +544,90 @@ def test_an_experiment_without_the_groups_placeholder_is_named_and_made(registry
     with pytest.raises(local_dm.PartialAccess, match=r"needs \{gup\}.*not given to a group") as raised:
         dm.create_experiment(experiment(gup=""))
     assert Path(raised.value.done[0].storage_directory, "a").is_dir()
+
+
+# --------------------------------------------------------------------------- dm.posix.user_account, staff_groups
+
+
+@pytest.fixture
+def open_roots():
+    """storage_root and data_top_dir every account can pass through, on a filesystem with ACLs."""
+    with open_folder() as top:
+        problem = acl_support_problem(top)
+        if problem:
+            pytest.skip(problem)
+        roots = top / "gdata", top / "data"
+        for root in roots:
+            root.mkdir(mode=0o711)
+            root.chmod(0o711)
+        yield roots
+
+
+def with_acls(registry, roots, prefix: str, staff_groups=()) -> LocalDM:
+    return LocalDM(registry, roots[0], roots[1], "localhost", None, layout=MAX_IV[0], subdirs=MAX_IV[1],
+                   user_account=prefix + "{badge}", staff_groups=staff_groups)  # fmt: skip
+
+
+def getfacl(path: Path) -> str:
+    return subprocess.run(["getfacl", "-p", "--omit-header", str(path)], capture_output=True, text=True).stdout
+
+
+@needs_acl
+def test_users_on_the_experiment_read_its_files_and_others_cannot(registry, open_roots, prefix):
+    with throwaway_user(f"{prefix}310001") as on, throwaway_user(f"{prefix}310002") as off:
+        dm = with_acls(registry, open_roots, prefix)
+        created, _ = dm.create_experiment(experiment())
+        assert dm.add_users(NAME, [ExperimentUser("d310001")]) == ["d310001"]
+        storage = Path(created.storage_directory)
+        (storage / "data" / "scan1").mkdir()  # as the transfer makes folders and files later
+        later = storage / "data" / "scan1" / "proj_000.h5"
+        later.write_bytes(b"x" * 100)
+        later.chmod(0o640)  # the transfer keeps the source's mode: group bits (the ACL mask) r--
+        assert f"user:{on}:r-x" in getfacl(storage / "data") and f"default:user:{on}:r-x" in getfacl(storage)
+        # a file made later inherits the default entry r-x, cut to r-- by its mode's group bits (the mask)
+        assert f"user:{on}:r-x\t#effective:r--" in getfacl(later)
+        (storage / "data" / "before.h5").write_bytes(b"y")
+        dm.add_users(NAME, [ExperimentUser("d310001")])  # again: files already there get r-- itself
+        assert f"user:{on}:r--" in getfacl(storage / "data" / "before.h5")
+        assert as_user(on, "cat", str(later)) and as_user(on, "ls", str(storage / "data" / "scan1"))
+        assert not as_user(on, "touch", str(storage / "data" / "new"))  # read only
+        assert not as_user(off, "cat", str(later)) and not as_user(off, "ls", str(storage))
+
+        assert dm.remove_users(NAME, ["d310001"]) == ["d310001"]
+        assert on not in getfacl(later) and on not in getfacl(storage / "data")
+        assert not as_user(on, "cat", str(later))
+
+
+@needs_acl
+def test_a_user_without_an_account_is_named_and_the_others_get_access(registry, open_roots, prefix):
+    with throwaway_user(f"{prefix}310001") as on:
+        dm = with_acls(registry, open_roots, prefix)
+        created, _ = dm.create_experiment(experiment())
+        with pytest.raises(local_dm.PartialAccess, match=f"no unix account {prefix}310009 ") as raised:
+            dm.add_users(NAME, [ExperimentUser("d310009"), ExperimentUser("d310001")])
+        assert sorted(raised.value.done) == ["d310001", "d310009"]  # both DM users; one has the filesystem too
+        assert as_user(on, "ls", str(Path(created.storage_directory) / "data"))
+        assert dm.remove_users(NAME, ["d310009", "d310001"]) == ["d310009", "d310001"]
+
+
+@needs_acl
+def test_staff_groups_get_rwx_on_every_tree_and_a_missing_one_is_named(registry, open_roots, prefix):
+    with throwaway_group(f"{prefix}st") as staff, throwaway_user(f"{prefix}100001", groups=(staff,)) as member:
+        dm = with_acls(registry, open_roots, prefix, staff_groups=(staff, f"{prefix}gone"))
+        with pytest.raises(local_dm.PartialAccess, match=f"staff_groups: unix group {prefix}gone does not exist"):
+            dm.create_experiment(experiment())
+        storage = open_roots[0] / "2026" / "1234"
+        assert f"group:{staff}:rwx" in getfacl(storage / "analysis")
+        assert f"default:group:{staff}:rwx" in getfacl(storage / "analysis")
+        assert as_user(member, "touch", str(storage / "analysis" / "notes.txt"))
+
+
+def test_a_filesystem_without_acls_is_a_clear_error(registry, roots, monkeypatch):
+    def unsupported(command, **kwargs):
+        return subprocess.CompletedProcess(command, 1, "", f"setfacl: {command[-1]}: Operation not supported\n")
+
+    monkeypatch.setattr(local_dm.acl.subprocess, "run", unsupported)
+    monkeypatch.setattr(local_dm.acl.shutil, "which", lambda name: "/usr/bin/setfacl")
+    dm = LocalDM(registry, roots[0], roots[1], "localhost", None, staff_groups=("root",))
+    with pytest.raises(DMError, match="has no POSIX ACL support"):
+        dm.create_experiment(experiment())

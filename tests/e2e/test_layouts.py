@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from ..accounts import needs_root, throwaway_group, unique_prefix
+from ..accounts import as_user, needs_acl, needs_root, open_folder, throwaway_group, throwaway_user, unique_prefix
 from ..helpers import wait_for
 from .fixtures import IN_SECOND
 from .harness import IOC
@@ -104,3 +104,44 @@ def test_a_proposal_group_that_does_not_exist_is_a_minor_warning_naming_it(confi
         assert f"unix group '{missing}1013377' does not exist" in status
         assert ioc.get("ExperimentName") == NAME and ioc.get("DM:Health") == "OK"
         assert (tmp_path / "storage" / "2026-11" / NAME / "data").is_dir()
+
+
+@needs_acl
+def test_users_read_their_files_in_place_and_others_cannot(config, tmp_path):
+    """NSLS-II's layout with an ACL entry per user: Create, DAQ, RemoveUser, Delete through the installed IOC."""
+    prefix = unique_prefix()
+    with open_folder() as top, throwaway_user(f"{prefix}310011") as pi, throwaway_user(f"{prefix}310099") as outsider:
+        for name in ("data", "storage"):
+            (top / name).mkdir(mode=0o711)
+        config["dm"].update(
+            data_top_dir=str(top / "data"),
+            storage_root=str(top / "storage"),
+            layout="{storage_root}/{run}/pass-{gup}",
+            posix={"user_account": prefix + "{badge}"},
+        )
+        storage = top / "storage" / "2026-3" / "pass-1013377"
+        with IOC(config, tmp_path) as ioc:
+            ioc.put("TimeOffsetDays", IN_SECOND)
+            ioc.command("Refresh")
+            status, severity = ioc.command("Create")  # 310010, 310012 and the contact 100001 have no account here
+            assert severity == MINOR and f"no unix account {prefix}310010, {prefix}310012" in status, status
+            assert "d310011" in ioc.get("ExperimentUsers")
+
+            raw = top / "data" / NAME / "proj_000.h5"
+            settled(raw, b"p" * 100)
+            raw.chmod(0o644)
+            ioc.command("Upload")
+            wait_for(lambda: "finished" in ioc.get("Status"), timeout=15, what="the upload summary")
+            landed = storage / "data" / "proj_000.h5"
+            assert as_user(pi, "cat", str(landed))
+            assert not as_user(outsider, "cat", str(landed)) and not as_user(outsider, "ls", str(storage))
+
+            ioc.put("Badges", "310011")
+            status, severity = ioc.command("RemoveUser")
+            assert severity == 0, status
+            assert not as_user(pi, "cat", str(landed))
+
+            ioc.put("DeleteConfirm", NAME)
+            status, severity = ioc.command("Delete")
+            assert severity == 0, status
+            assert not storage.exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -807,3 +808,51 @@ def test_a_missing_fixed_posix_group_is_named_by_check_and_a_template_is_not(fol
     (problem,) = environment_of(local(posix={"group": "no-such-group-dmagic"}), folders)
     assert problem.startswith("dm.posix.group:") and "'no-such-group-dmagic' does not exist" in problem
     assert environment_of(local(posix={"group": "nosuchgroup{gup}"}), folders) == []  # one per proposal: at Create
+
+
+# --------------------------------------------------------------------------- dm.posix.user_account, staff_groups
+
+
+def test_user_account_and_staff_groups(base):
+    posix = settings_from_dict(
+        minimal(dm={"posix": {"user_account": "d{badge}", "staff_groups": ["staff2bm", "dmsvc"]}}), base=base
+    ).dm.posix
+    assert (posix.user_account, posix.staff_groups) == ("d{badge}", ("staff2bm", "dmsvc"))
+
+
+@pytest.mark.parametrize(
+    "posix, key, words",
+    [
+        ({"user_account": "d{gup}"}, "dm.posix.user_account", "unknown placeholder(s) {gup}"),
+        ({"user_account": "dmuser"}, "dm.posix.user_account", "must hold {badge}"),
+        ({"user_account": "{badge}"}, "dm.posix.user_account", "does not make a unix user name"),
+        ({"user_account": "d {badge}"}, "dm.posix.user_account", "does not make a unix user name"),
+        ({"staff_groups": ["staff", "no good"]}, "dm.posix.staff_groups", "'no good' is not a unix group name"),
+    ],
+)
+def test_bad_accounts_and_staff_groups_are_named(base, posix, key, words):
+    assert words in one_problem(minimal(dm={"posix": posix}), base, key)
+
+
+def test_check_names_a_filesystem_without_acls_and_a_missing_setfacl(folders, monkeypatch):
+    import dmagic_ioc.ioc.config as config_module
+
+    raw = local(posix={"user_account": "d{badge}"})
+    if config_module.acl_support_problem(folders / "storage") == "":
+        assert environment_of(raw, folders) == []  # this host: setfacl installed, a filesystem with ACLs
+
+    def no_acls(path, name):
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(config_module.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(config_module.os, "getxattr", no_acls)
+    (problem,) = environment_of(raw, folders)
+    assert problem.startswith("dm.posix:") and "no POSIX ACL support" in problem and str(folders / "storage") in problem
+    monkeypatch.setattr(config_module.shutil, "which", lambda name: None)
+    (problem,) = environment_of(local(posix={"staff_groups": ["root"]}), folders)
+    assert problem.startswith("dm.posix:") and "install the acl package" in problem
+
+
+def test_check_names_a_staff_group_that_does_not_exist(folders):
+    problems = environment_of(local(posix={"staff_groups": ["no-such-group-dmagic"]}), folders)
+    assert any(p.startswith("dm.posix.staff_groups:") and "does not exist" in p for p in problems), problems

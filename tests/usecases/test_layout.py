@@ -83,3 +83,20 @@ def test_a_group_dm_could_not_give_is_a_warning_and_the_rest_proceeds(tmp_path, 
     assert outcome.message.startswith(f"created experiment {EXPERIMENT}")
     assert fakes.state.selection == EXPERIMENT and fakes.dm.experiments[EXPERIMENT].users  # users added all the same
     assert ("DM", False) not in beamline.contacts()  # DM answered: its Health stays good
+
+
+def test_users_without_a_unix_account_are_a_warning_naming_them(tmp_path, fakes):
+    beamline = beamline_with(tmp_path, fakes)
+    beamline.refresh(0.0)
+    beamline.create()
+    added = fakes.dm.add_users
+
+    def partly(name, users):
+        raise PartialAccess("dm.posix.user_account: no unix account d310077 on this host", done=added(name, users))
+
+    fakes.dm.add_users = partly
+    beamline.contacts()
+    outcome = beamline.add_users("310077")
+    assert outcome.warning and outcome.message.startswith(f"gave d310077 access to {EXPERIMENT}")
+    assert "no unix account d310077" in outcome.message
+    assert ("DM", False) not in beamline.contacts()
