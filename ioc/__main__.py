@@ -92,8 +92,14 @@ def build_adapters(settings: Settings) -> Adapters:
                             template=load_template(e.template),  # a bad template is refused at start
                             sender=e.sender, allow_insecure=e.allow_insecure)  # fmt: skip
 
+    metadata = None
+    if settings.metadata.pvs:
+        from ..adapters.metadata import CaMetadata
+
+        metadata = CaMetadata()
+
     return Adapters(scheduling=scheduling, dm=dm, state=registry, transfer=transfer, tag=CaTag(),
-                    access=access, mailer=mailer)  # fmt: skip
+                    access=access, mailer=mailer, metadata=metadata)  # fmt: skip
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

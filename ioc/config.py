@@ -139,6 +139,30 @@ class EmailSettings:
     allow_insecure: bool = False  # true: SMTP AUTH may go without STARTTLS to a host other than loopback
 
 
+@dataclass(frozen=True)
+class ScicatSettings:
+    """scicat: the catalogue each acquisition becomes a raw dataset in (SPEC section 10)."""
+
+    enabled: bool = False
+    url: str = ""  # the SciCat API base, e.g. https://scicat.example.org/api/v3
+    credentials: Path | None = None  # "user|password" file of a functional account
+    owner_group: str = "{gup}"  # the dataset's ownerGroup, a template of the proposal's fields
+    access_groups: tuple[str, ...] = ()  # more groups that may read the dataset
+    creation_location: str = ""  # e.g. "APS/2-BM-A,B"
+    timeout: float = 10.0  # seconds per request
+    allow_insecure: bool = False  # true: the password may go over plain http:// to a host other than loopback
+
+
+@dataclass(frozen=True)
+class MetadataSettings:
+    """metadata: the PVs read at DaqStart and at the end of each acquisition (SPEC section 10)."""
+
+    pvs: dict[str, str] = field(default_factory=dict, hash=False)  # key -> PV name
+
+
+SCICAT_GROUP_FIELDS = ("gup", "beamline", "station")  # scicat.owner_group's placeholders
+
+
 # The fields Tag writes, named as tomoScan's databases name their PVs (SPEC section 6).
 TAG_FIELDS = {  # Tag's fields (tomoScan's user-info record names) -> the `UserInfo` value each takes
     "UserName": "first_name",
@@ -182,6 +206,8 @@ class Settings:
     globus: GlobusSettings = GlobusSettings()
     email: EmailSettings = EmailSettings()
     tag: TagSettings = TagSettings()
+    scicat: ScicatSettings = ScicatSettings()
+    metadata: MetadataSettings = MetadataSettings()
     source: Path | None = field(default=None, compare=False)  # the YAML file it came from
 
 
@@ -325,6 +351,8 @@ def _semantic_problems(s: Settings) -> list[str]:
         *_globus_problems(s),
         *_email_problems(s.email),
         *_tag_problems(s.tag),
+        *_scicat_problems(s.scicat),
+        *_metadata_problems(s.metadata),
     ]
 
 
@@ -519,24 +547,69 @@ def _tag_problems(tag: TagSettings) -> list[str]:
     return problems
 
 
-def _scheduling_url_problems(scheduling: SchedulingSettings) -> list[str]:
-    """A base URL the aps backend can use without giving its password away."""
+def _scicat_problems(scicat: ScicatSettings) -> list[str]:
+    """What scicat.enabled needs: an API base that keeps the password safe, the credentials, a group template."""
+    problems = []
+    if scicat.timeout <= 0:
+        problems.append("scicat.timeout: must be more than 0 seconds")
+    _, template_problems = _placeholders("scicat.owner_group", scicat.owner_group, SCICAT_GROUP_FIELDS)
+    problems += template_problems
+    if not scicat.owner_group.strip():
+        problems.append("scicat.owner_group: must not be empty (every dataset needs an ownerGroup)")
+    for group in scicat.access_groups:
+        if not group.strip() or any(c.isspace() for c in group):
+            problems.append(f"scicat.access_groups: {group!r} is not a group name")
+    if not scicat.enabled:
+        return problems
+    problems += _url_problems("scicat.url", scicat.url, "needs the SciCat API base (https://.../api/v3)",
+                              insecure_ok=scicat.allow_insecure or scicat.credentials is None)  # fmt: skip
+    problems += secret_file_problems("scicat.credentials", scicat.credentials, required=True)
+    if not scicat.creation_location.strip():
+        problems.append("scicat.creation_location: must be set when scicat.enabled is true (e.g. APS/2-BM-A,B)")
+    return problems
+
+
+def _metadata_problems(metadata: MetadataSettings) -> list[str]:
+    """Each metadata key is a plain name and each PV a PV name; no PV read twice under two keys."""
+    problems = []
+    for key, pv in metadata.pvs.items():
+        if not key.strip() or any(c.isspace() or c in "\"'{}" for c in key):
+            problems.append(f"metadata.pvs: {key!r} is not a key name (no spaces, quotes or braces)")
+        if not pv.strip() or any(c.isspace() or c in "\"'" for c in pv):
+            problems.append(f"metadata.pvs.{key}: {pv!r} is not a PV name (no spaces or quotes)")
+    seen: dict[str, str] = {}
+    for key, pv in metadata.pvs.items():
+        if pv in seen:
+            problems.append(f"metadata.pvs.{key}: {pv} is read under {seen[pv]} already")
+        seen.setdefault(pv, key)
+    return problems
+
+
+def _url_problems(key: str, url: str, missing: str, *, insecure_ok: bool, how: str = "") -> list[str]:
+    """A base URL without a password in it, that sends none in clear unless `insecure_ok` (or to loopback)."""
+    section = key.split(".")[0]
     try:
-        parts = urlsplit(scheduling.url)
+        parts = urlsplit(url)
         port = parts.port  # a port that is not a number raises here
     except ValueError:
         parts, port = None, None
     if parts is None or parts.scheme not in ("https", "http") or not parts.hostname:
-        return ["scheduling.url: the aps backend needs the service's base URL (https://...)"]
+        return [f"{key}: {missing}"]
     if parts.username is not None or parts.password is not None:
-        return ["scheduling.url: must not hold a user name or password; put them in scheduling.credentials"]
-    if parts.scheme == "http" and not scheduling.allow_insecure and not is_loopback(parts.hostname):
+        return [f"{key}: must not hold a user name or password; put them in {section}.credentials"]
+    if parts.scheme == "http" and not insecure_ok and not is_loopback(parts.hostname):
         where = parts.hostname if port is None else f"{parts.hostname}:{port}"
         return [
-            f"scheduling.url: http:// to {where} would send the scheduling.credentials password in clear "
-            "(Basic auth); use https://, or set scheduling.allow_insecure: true only on a network you trust"
+            f"{key}: http:// to {where} would send the {section}.credentials password in clear{how}; use https://, "
+            f"or set {section}.allow_insecure: true only on a network you trust"
         ]
     return []
+
+
+def _scheduling_url_problems(scheduling: SchedulingSettings) -> list[str]:
+    """A base URL the aps backend can use without giving its password away."""
+    return _url_problems("scheduling.url", scheduling.url, "the aps backend needs the service's base URL (https://...)",
+                         insecure_ok=scheduling.allow_insecure, how=" (Basic auth)")  # fmt: skip
 
 
 def _name_problems(key: str, value: str) -> list[str]:
@@ -589,6 +662,8 @@ def environment_problems(s: Settings, *, data_is_local: bool = True) -> list[str
         problems += _credentials_problems("globus.client_secret_file", s.globus.client_secret_file, pair=False)
     if s.email.enabled and s.email.credentials is not None:
         problems += _credentials_problems("email.credentials", s.email.credentials)
+    if s.scicat.enabled and s.scicat.credentials is not None:
+        problems += _credentials_problems("scicat.credentials", s.scicat.credentials)
     return problems
 
 

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 def first_health(settings) -> dict[str, str]:
     """Each system's Health before any contact: OK, or Disabled when the config turns it off."""
-    enabled = {"Globus": settings.globus.enabled, "Email": settings.email.enabled}
+    enabled = {"Globus": settings.globus.enabled, "Email": settings.email.enabled, "Catalog": settings.scicat.enabled}
     return {system: "OK" if enabled.get(system, True) else "Disabled" for system in SYSTEMS}
 
 

@@ -15,6 +15,7 @@ from caproto import AlarmSeverity
 
 from .access import restrict_writes
 from .engine import Engine, first_health
+from .groups.catalog import CatalogGroup
 from .groups.daq import DaqGroup
 from .groups.experiment import ExperimentGroup
 from .groups.proposal import ProposalGroup
@@ -45,7 +46,9 @@ class DMagicIOC:
         self.proposal = ProposalGroup(prefix, engine=self.engine, beamline=beamline)
         self.experiment = ExperimentGroup(prefix, engine=self.engine, beamline=beamline)
         self.daq = DaqGroup(prefix, engine=self.engine, beamline=beamline)
-        self.pvdb = {**self.status.pvdb, **self.proposal.pvdb, **self.experiment.pvdb, **self.daq.pvdb}
+        self.catalog = CatalogGroup(prefix, engine=self.engine, beamline=beamline)
+        self.pvdb = {**self.status.pvdb, **self.proposal.pvdb, **self.experiment.pvdb, **self.daq.pvdb,
+                     **self.catalog.pvdb}  # fmt: skip
         self.autosave = Autosave(beamline.settings.ioc.state_dir / "autosave.json", settings_channels(self.pvdb))
         self.write_access = restrict_writes(self.pvdb, beamline.settings.ioc.access)  # None: anyone may write
 
@@ -54,6 +57,7 @@ class DMagicIOC:
         state = self.beamline.state
         await self.proposal.show(state)
         await self.experiment.show(state)
+        await self.catalog.show(state)
         progress = await self.engine.query("reading the transfer's progress", self.beamline.transfer_progress)
         if progress is not None:
             await self.daq.show(progress)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ...ioc.domain.model import DMError, Experiment, InputError, check_name
-from ...ioc.domain.ports import TransferProgress, TransferState
+from ...ioc.domain.ports import SentFile, TransferProgress, TransferState
 from ..hosts import is_this_host
 from .aps_sdk import MAX_MESSAGE, import_dm, sdk_call, sdk_field
 
@@ -185,6 +185,10 @@ class ApsDaq:
         The DM system's DAQs and uploads decide on its servers what to send;
         nothing kept here could make a re-created experiment miss files.
         """
+
+    def sent_since(self, mark: float, storage: str) -> list[SentFile]:
+        """No record here: the DM system's own file records would say (not read yet); the dataset lists none."""
+        return []
 
     # ------------------------------------------------------------------ helpers
 

@@ -18,7 +18,7 @@ from typing import Any
 import globus_sdk
 
 from ...ioc.domain.model import Experiment, GlobusError
-from ...ioc.domain.ports import TransferProgress, TransferState
+from ...ioc.domain.ports import SentFile, TransferProgress, TransferState
 from .access import GlobusAccess
 from .client import Clients, collection_path, describe_error, is_permanent
 
@@ -151,6 +151,10 @@ class GlobusTransfer:
         each file with the destination itself: a file missing there (its
         storage deleted) is sent again by the next pass.
         """
+
+    def sent_since(self, mark: float, storage: str) -> list[SentFile]:
+        """No record here of single files (a Globus task moves folders); the dataset lists none."""
+        return []
 
     # ---- extras
 

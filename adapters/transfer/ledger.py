@@ -158,6 +158,22 @@ class Ledger:
             self._rows = [row for row in self._rows if (row[0], row[4]) not in pairs]
         return removed
 
+    def sent_since(self, mark: float, storage: str) -> list[tuple[str, int, int, float]]:
+        """Files sent after `mark` into `storage` or a folder under it, the buffered ones committed first:
+        [(absolute path in storage, size, mtime_ns, sent_at)], oldest first."""
+        self.commit()
+        storage = os.path.normpath(storage)
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT dest, relpath, size, mtime_ns, sent_at FROM files WHERE sent_at > ? ORDER BY sent_at", (mark,)
+            ).fetchall()
+        inside = storage.rstrip("/") + "/"
+        return [
+            (os.path.join(dest, os.fsdecode(relpath)), size, mtime_ns, sent_at)
+            for dest, relpath, size, mtime_ns, sent_at in rows
+            if dest == storage or dest.startswith(inside)
+        ]
+
     def add(self, root: str, relpath: str, size: int, mtime_ns: int, dest: str) -> None:
         """Buffer one sent file; `commit_if_due` or `commit` writes it."""
         with self._lock:

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from ...ioc.domain.model import DMError, Experiment, InputError
-from ...ioc.domain.ports import TransferProgress, TransferState
+from ...ioc.domain.ports import SentFile, TransferProgress, TransferState
 from ...ioc.statefiles import keep_aside
 from .engine import Run
 from .folders import SymlinkRefused, is_inside, open_folder, reason_for, shown
@@ -244,6 +244,12 @@ class LocalTransfer:
             with self._ledger_errors():
                 removed = self.ledger.forget(sources)
         log.info("transfer ledger: forgot %s files sent from %s", removed, ", ".join(sources))
+
+    def sent_since(self, mark: float, storage: str) -> list[SentFile]:
+        """The files the ledger records as sent into `storage` after `mark`."""
+        with self._ledger_errors():
+            rows = self.ledger.sent_since(mark, storage)
+        return [SentFile(path, size, mtime_ns / 1e9, sent_at) for path, size, mtime_ns, sent_at in rows]
 
     def progress(self) -> TransferProgress:
         """The latest snapshot; cheap and thread-safe."""

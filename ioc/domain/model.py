@@ -57,6 +57,10 @@ class EmailError(ServiceError):
     system = "Email"
 
 
+class CatalogError(ServiceError):
+    system = "Catalog"
+
+
 class PartialAccess(DMagicError):
     """The work was done, but some access on the filesystem could not be given (a unix group or account
     that does not exist): a MINOR Status naming it. `done` holds the call's result."""

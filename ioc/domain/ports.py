@@ -83,6 +83,16 @@ class TransferProgress:
         return 100.0 * self.files_done / self.files_total if self.files_total else 0.0
 
 
+@dataclass(frozen=True)
+class SentFile:
+    """A file the transfer put into storage: where it is there, its size and mtime, when it was sent."""
+
+    path: str  # absolute, in storage
+    size: int
+    mtime: float  # seconds since the epoch
+    sent_at: float  # seconds since the epoch
+
+
 class Transfer(Protocol):
     """Moves an experiment's raw data into DM storage, continuously or once."""
 
@@ -102,6 +112,10 @@ class Transfer(Protocol):
 
     def forget(self, sources: Mapping[str, str]) -> None:
         """Forget what was transferred from these sources (their storage was deleted)."""
+
+    def sent_since(self, mark: float, storage: str) -> list[SentFile]:
+        """The files sent into `storage` (an experiment's folder) after `mark` (seconds since the epoch),
+        from the transfer's own record: no folder is walked. [] where the transfer keeps no record."""
 
 
 class StateStore(Protocol):
@@ -174,3 +188,11 @@ class Mailer(Protocol):
 class TagTarget(Protocol):
     def write(self, prefix: str, values: Mapping[str, str]) -> list[str]:
         """Write each value to `prefix + name`; return the names whose value was cut."""
+
+
+class MetadataSource(Protocol):
+    """The beamline's state as PVs of any IOC show it (metadata.pvs), read over Channel Access."""
+
+    def read(self, pvs: Mapping[str, str]) -> dict[str, dict]:
+        """{key: {"pv", "value", "units", "severity", "timestamp"}} for each of `pvs` (key -> PV name);
+        a PV that does not answer: {"pv", "missing": True}. Never raises for a PV that is absent."""

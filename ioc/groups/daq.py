@@ -64,6 +64,9 @@ class DaqGroup(CommandGroup):
             if progress is not None:
                 await self.show(progress)
                 await self.tell(progress)
+                if progress.state != TransferState.RUNNING and self.beamline.uploading:
+                    await self.engine.background("cataloguing the upload", self.beamline.upload_ended,
+                                                 say_outcome=True)  # fmt: skip
             await async_lib.library.sleep(POLL_SECONDS)
 
     async def tell(self, progress: TransferProgress) -> None:

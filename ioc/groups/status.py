@@ -11,7 +11,8 @@ from caproto import AlarmSeverity
 from ..pvs import HEALTH_STATES, GuardedPVGroup, enum, long, string, text, update
 
 HEALTH_SEVERITY = {"OK": AlarmSeverity.NO_ALARM, "Error": AlarmSeverity.MAJOR_ALARM, "Disabled": AlarmSeverity.NO_ALARM}
-HEALTH_PVS = {"Scheduling": "scheduling_health", "DM": "dm_health", "Globus": "globus_health", "Email": "email_health"}
+HEALTH_PVS = {"Scheduling": "scheduling_health", "DM": "dm_health", "Globus": "globus_health", "Email": "email_health",
+              "Catalog": "catalog_health"}  # fmt: skip
 
 
 def package_version() -> str:
@@ -41,6 +42,7 @@ class StatusGroup(GuardedPVGroup):
     dm_health = enum("DM:Health", HEALTH_STATES, "Last contact with data management")
     globus_health = enum("Globus:Health", HEALTH_STATES, "Last contact with Globus")
     email_health = enum("Email:Health", HEALTH_STATES, "Last contact with the SMTP server")
+    catalog_health = enum("Catalog:Health", HEALTH_STATES, "Last contact with SciCat; Disabled when scicat is off")
 
     @heartbeat.startup
     async def heartbeat(self, instance, async_lib):

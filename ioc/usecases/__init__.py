@@ -8,7 +8,8 @@ state, and returns an `Outcome` or raises a `DMagicError` whose message is fit
 for `Status`. The engine (`ioc/engine.py`) runs them one at a time in a worker
 thread, so the state needs no lock, and reads `contacts()` for the Health PVs.
 One module per concern: `schedule` (Refresh, Tag), `experiments` (Create ...
-Delete), `data` (Email, the transfer); `base` holds what they share.
+Delete), `data` (Email, the transfer), `catalog` (metadata snapshots, datasets);
+`base` holds what they share.
 """
 
 from __future__ import annotations

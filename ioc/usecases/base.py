@@ -25,6 +25,7 @@ from ..domain.ports import (
     Access,
     DataManagement,
     Mailer,
+    MetadataSource,
     SchedulingSource,
     StateStore,
     TagTarget,
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-SYSTEMS = ("Scheduling", "DM", "Globus", "Email")  # the outside systems, each with a Health PV
+SYSTEMS = ("Scheduling", "DM", "Globus", "Email", "Catalog")  # the outside systems, each with a Health PV
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class Adapters:
     tag: TagTarget
     access: Access | None = None
     mailer: Mailer | None = None
+    metadata: MetadataSource | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,9 @@ class BeamlineState:
     globus_url: str = ""
     announced: str = ""  # the scheduled beamtime (key) last announced as differing from the selection
     to_follow: str = ""  # dm.follow_schedule: a new beamtime (key) whose experiment to create by itself
+    metadata_last: str = ""  # JSON of the last metadata snapshots (Metadata:Last)
+    catalog_last: str = ""  # pid of the last dataset created in the catalogue (Catalog:LastDataset)
+    catalog_pending: int = 0  # datasets waiting to be sent to the catalogue (Catalog:Pending)
 
     @property
     def shown(self) -> CurrentProposal | None:

@@ -16,12 +16,13 @@ from ..domain.ports import (
     TransferProgress,
     TransferState,
 )
-from .base import BeamlineCore, Outcome
+from .base import Outcome
+from .catalog import CatalogCases
 
 log = logging.getLogger(__name__)
 
 
-class DataCases(BeamlineCore):
+class DataCases(CatalogCases):
     """The data: the e-mail that says where it is, and its transfer into storage."""
 
     # ------------------------------------------------------------------ e-mail
@@ -89,12 +90,21 @@ class DataCases(BeamlineCore):
         return Outcome(self._contact(self._transfer_system, self.adapters.transfer.resume) or "")
 
     def daq_start(self) -> Outcome:
-        """Start continuous transfer of the selected experiment's raw and `_rec` folders."""
-        return Outcome(self._transfer(once=False))
+        """Start continuous transfer of the selected experiment's raw and `_rec` folders; the start snapshot."""
+        return self._started(self._transfer(once=False), "daq")
 
     def upload(self) -> Outcome:
-        """One pass over the files present now; it ends by itself."""
-        return Outcome(self._transfer(once=True))
+        """One pass over the files present now; it ends by itself (then `upload_ended` makes its dataset)."""
+        return self._started(self._transfer(once=True), "upload")
+
+    def _started(self, sentence: str, kind: str) -> Outcome:
+        missing = self._begin_acquisition(kind)
+        return Outcome(f"{missing}; {sentence}" if missing else sentence, warning=bool(missing))  # first: not cut
 
     def daq_stop(self) -> Outcome:
-        return Outcome(self._contact(self._transfer_system, self.adapters.transfer.stop))
+        """Stop the transfer; the acquisition's dataset (snapshots and file list) when one was running."""
+        stopped = self._contact(self._transfer_system, self.adapters.transfer.stop)
+        if self.state.experiment is None:
+            return Outcome(stopped)
+        sentence, warning = self._end_acquisition(everything_new=not self._acquisition)  # e.g. resumed at restart
+        return Outcome(f"{stopped}; {sentence}", warning=warning)

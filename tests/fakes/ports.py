@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 
 from dmagic_ioc.ioc.config import BeamlineSettings, DMSettings, GlobusSettings, IocSettings, Settings
 from dmagic_ioc.ioc.domain.model import Beamtime, Experiment, GlobusError, Person, Run, SchedulingError, parse_time
-from dmagic_ioc.ioc.domain.ports import Delivery, TransferProgress, TransferState
+from dmagic_ioc.ioc.domain.ports import Delivery, SentFile, TransferProgress, TransferState
 
 CHICAGO = ZoneInfo("America/Chicago")
 NOW = datetime(2026, 10, 15, 15, 0, tzinfo=timezone.utc)  # 10:00 CDT, inside beamtime 1012039
@@ -213,6 +213,7 @@ class FakeTransfer:
         self.state = TransferProgress()
         self.starts: list[tuple] = []
         self.forgotten: list[dict] = []
+        self.sent: list[SentFile] = []  # what the ledger would hold
 
     def start(self, experiment, sources, *, once):
         self.starts.append((experiment.name, dict(sources), once))
@@ -231,6 +232,9 @@ class FakeTransfer:
 
     def forget(self, sources):
         self.forgotten.append(dict(sources))
+
+    def sent_since(self, mark, storage):
+        return [f for f in self.sent if f.sent_at > mark and f.path.startswith(storage.rstrip("/") + "/")]
 
 
 class FakeTag:

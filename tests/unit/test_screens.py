@@ -35,6 +35,8 @@ MAIN_PVS = [
     # status
     "Status", "LastError", "Busy", "Heartbeat", "Version",
     "Scheduling:Health", "DM:Health", "Globus:Health", "Email:Health",
+    # catalogue
+    "Catalog:Health", "Catalog:Pending", "Catalog:LastDataset", "Metadata:Last",
 ]  # fmt: skip
 MANUAL_PVS = [
     f"Manual:{n}" for n in ("LastName", "FirstName", "Institution", "Email", "Title", "GUP", "Badges", "Start", "End")
@@ -285,8 +287,8 @@ def test_alarm_config_is_well_formed_and_names_existing_pvs(pvs):
     assert all(name.startswith(ALARM_PREFIX) for name in names)
     suffixes = {name[len(ALARM_PREFIX) :] for name in names}
     assert suffixes <= set(pvs)
-    wanted = {"Status", "Scheduling:Health", "DM:Health", "Globus:Health", "Email:Health", "DaqState", "ProposalActive",
-              "Schedule:Differs"}  # fmt: skip
+    wanted = {"Status", "Scheduling:Health", "DM:Health", "Globus:Health", "Email:Health", "Catalog:Health", "DaqState",
+              "ProposalActive", "Schedule:Differs"}  # fmt: skip
     assert suffixes == wanted
     for pv in root.iter("pv"):
         for child in ("description", "guidance/details", "display/details", "delay", "latching"):

@@ -105,7 +105,8 @@ def test_daq_start_upload_and_stop_move_the_raw_and_rec_folders_into_storage(cre
     assert created.daq_start() == Outcome(f"transfer of {EXPERIMENT} started")
     assert created.upload() == Outcome(f"transfer of {EXPERIMENT} started")
     assert fakes.transfer.starts == [(EXPERIMENT, sources, False), (EXPERIMENT, sources, True)]  # upload: once
-    assert created.daq_stop() == Outcome("transfer stopped")
+    dataset = f"dataset {EXPERIMENT}-1.json: 0 files, 0 bytes"  # the fake transfer sent nothing
+    assert created.daq_stop() == Outcome(f"transfer stopped; {dataset}")
     assert created.transfer_progress() == TransferProgress(state=TransferState.STOPPED)
     assert created.contacts() == []  # the built-in engine is no outside system
 
@@ -135,7 +136,7 @@ def test_each_transfer_call_is_a_contact_of_the_system_doing_the_transfer(create
     created.transfer_progress()
     created.daq_stop()
     created.resume_transfer()
-    assert created.contacts() == ([(system, True)] * 4 if system else [])
+    assert created.contacts() == ([(system, True)] * 5 if system else [])  # DaqStop reads the files sent, too
 
 
 def test_an_unreadable_progress_is_the_last_one_in_error_saying_why_and_the_next_read_recovers(created, fakes):

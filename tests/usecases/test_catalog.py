@@ -1,0 +1,112 @@
+"""The catalogue: metadata snapshots at the start and end of each acquisition, and its record next to the data."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+from dmagic_ioc.ioc.config import MetadataSettings
+from dmagic_ioc.ioc.domain.ports import SentFile, TransferProgress, TransferState
+from dmagic_ioc.ioc.usecases import Outcome
+
+from ..fakes.ports import EXPERIMENT
+
+ENERGY = {"pv": "bl:Energy", "value": 25.5, "units": "keV", "severity": "NO", "timestamp": "2026-10-15T15:00:00+00:00"}
+GONE = {"pv": "bl:Gone", "missing": True, "why": "no answer within 2 s"}
+
+
+class FakeMetadata:
+    def __init__(self, answers: dict[str, dict]):
+        self.answers = answers
+        self.reads: list[dict] = []
+
+    def read(self, pvs):
+        self.reads.append(dict(pvs))
+        return {key: self.answers[key] for key in pvs}
+
+
+def with_metadata(beamline, fakes, answers: dict[str, dict]) -> FakeMetadata:
+    metadata = FakeMetadata(answers)
+    beamline.adapters.metadata = metadata
+    pvs = {key: entry["pv"] for key, entry in answers.items()}
+    beamline.settings = replace(beamline.settings, metadata=MetadataSettings(pvs=pvs))
+    return metadata
+
+
+def sent(fakes, storage, relpath: str, size: int, at: float) -> None:
+    fakes.transfer.sent.append(SentFile(f"{storage}/{relpath}", size, 1_760_000_000.0, at))
+
+
+def records(storage) -> list[dict]:
+    folder = storage / "metadata"
+    return [json.loads(p.read_text()) for p in sorted(folder.glob(f"{EXPERIMENT}-*.json"))] if folder.exists() else []
+
+
+def storage_of(tmp_path):
+    return tmp_path / "storage" / "2026-10" / EXPERIMENT
+
+
+def test_daq_start_and_stop_write_both_snapshots_the_proposal_and_the_files_sent(created, fakes, tmp_path):
+    metadata = with_metadata(created, fakes, {"energy": ENERGY})
+    storage = storage_of(tmp_path)
+    assert created.daq_start() == Outcome(f"transfer of {EXPERIMENT} started")
+    sent(fakes, storage, "data/scan1/proj_000.h5", 100, 10.0)
+    sent(fakes, storage, "analysis/recon.tiff", 23, 11.0)
+    sent(fakes, tmp_path / "storage" / "elsewhere", "data/x.h5", 5, 11.0)  # another experiment's: not listed
+    outcome = created.daq_stop()
+    assert outcome == Outcome(f"transfer stopped; dataset {EXPERIMENT}-1.json: 2 files, 123 bytes")
+    assert len(metadata.reads) == 2  # at the start and at the end
+    (record,) = records(storage)
+    assert record["n"] == 1 and record["experiment"] == EXPERIMENT and record["acquisition"] == "daq"
+    assert record["proposal"]["gup"] == "1012039"
+    assert record["proposal"]["pi"]["email"] == "mei@example.edu"
+    assert record["snapshots"]["start"]["pvs"] == {"energy": ENERGY}
+    assert record["snapshots"]["end"]["pvs"] == {"energy": ENERGY}
+    assert [(f["path"], f["size"]) for f in record["files"]] == [("data/scan1/proj_000.h5", 100),
+                                                                 ("analysis/recon.tiff", 23)]  # fmt: skip
+    assert record["number_of_files"] == 2 and record["size"] == 123
+    assert json.loads(created.state.metadata_last) == record["snapshots"]
+    assert not list((storage / "metadata").glob(".record-*"))  # written aside, renamed
+
+
+def test_the_next_dataset_lists_only_the_files_sent_since_the_last(created, fakes, tmp_path):
+    storage = storage_of(tmp_path)
+    created.daq_start()
+    sent(fakes, storage, "data/a.h5", 1, 10.0)
+    created.daq_stop()
+    assert created.catalog() == Outcome("no file was sent since the last dataset: no dataset made")
+    sent(fakes, storage, "data/b.h5", 2, 20.0)
+    assert created.catalog() == Outcome(f"dataset {EXPERIMENT}-2.json: 1 file, 2 bytes")
+    assert [[f["path"] for f in r["files"]] for r in records(storage)] == [["data/a.h5"], ["data/b.h5"]]
+    assert records(storage)[1]["snapshots"] == {"start": None, "end": None}  # metadata.pvs names none
+
+
+def test_a_pv_that_does_not_answer_is_recorded_missing_with_a_warning_and_the_dataset_is_made(created, fakes, tmp_path):
+    with_metadata(created, fakes, {"energy": ENERGY, "gone": GONE})
+    start = created.daq_start()
+    assert start.warning and "bl:Gone" in start.message
+    sent(fakes, storage_of(tmp_path), "data/a.h5", 1, 10.0)
+    stop = created.daq_stop()
+    assert stop.warning and "metadata: bl:Gone did not answer, recorded as missing" in stop.message
+    (record,) = records(storage_of(tmp_path))
+    assert record["snapshots"]["end"]["pvs"]["gone"] == GONE
+
+
+def test_an_upload_is_catalogued_when_it_has_ended_and_only_once(created, fakes, tmp_path):
+    created.upload()
+    assert created.uploading
+    assert created.upload_ended() == Outcome("")  # still running: nothing yet
+    sent(fakes, storage_of(tmp_path), "data/a.h5", 7, 10.0)
+    fakes.transfer.state = TransferProgress(state=TransferState.STOPPED)
+    assert created.upload_ended() == Outcome(f"upload catalogued: dataset {EXPERIMENT}-1.json: 1 file, 7 bytes")
+    assert created.upload_ended() == Outcome("")
+    assert len(records(storage_of(tmp_path))) == 1
+
+
+def test_a_storage_that_cannot_be_written_is_a_warning_not_a_failure(created, fakes, tmp_path):
+    storage = storage_of(tmp_path)
+    storage.mkdir(parents=True, exist_ok=True)
+    (storage / "metadata").write_text("a file in the way")
+    created.daq_start()
+    outcome = created.daq_stop()
+    assert outcome.warning and "metadata record not written" in outcome.message
