@@ -98,8 +98,16 @@ def build_adapters(settings: Settings) -> Adapters:
 
         metadata = CaMetadata()
 
+    catalogue = None
+    if settings.scicat.enabled:
+        from ..adapters.scicat import ScicatCatalogue, ScicatClient
+
+        s = settings.scicat
+        assert s.credentials is not None  # the config requires it when scicat.enabled
+        catalogue = ScicatCatalogue(ScicatClient(s.url, s.credentials, s.timeout), state_dir / "catalog.sqlite")
+
     return Adapters(scheduling=scheduling, dm=dm, state=registry, transfer=transfer, tag=CaTag(),
-                    access=access, mailer=mailer, metadata=metadata)  # fmt: skip
+                    access=access, mailer=mailer, metadata=metadata, catalogue=catalogue)  # fmt: skip
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

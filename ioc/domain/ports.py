@@ -196,3 +196,54 @@ class MetadataSource(Protocol):
     def read(self, pvs: Mapping[str, str]) -> dict[str, dict]:
         """{key: {"pv", "value", "units", "severity", "timestamp"}} for each of `pvs` (key -> PV name);
         a PV that does not answer: {"pv", "missing": True}. Never raises for a PV that is absent."""
+
+
+@dataclass(frozen=True)
+class CatalogFile:
+    """One file of a dataset, its path relative to the dataset's source folder."""
+
+    path: str
+    size: int
+    mtime: str  # ISO 8601
+    checksum: str = ""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One acquisition as a catalogue's raw dataset (SPEC section 10); `pid` is chosen here, once."""
+
+    pid: str
+    name: str
+    description: str
+    owner: str  # the PI
+    contact_email: str
+    principal_investigator: str
+    owner_group: str
+    access_groups: tuple[str, ...]
+    proposal_id: str
+    source_folder: str
+    creation_location: str
+    creation_time: str  # ISO 8601
+    end_time: str  # ISO 8601
+    files: tuple[CatalogFile, ...]
+    scientific_metadata: Mapping[str, object]
+
+
+@dataclass(frozen=True)
+class CatalogStatus:
+    """The catalogue's queue: what waits, the last dataset sent, and how the last contact went."""
+
+    pending: int = 0
+    last_pid: str = ""
+    answered: bool | None = None  # the last attempt: True sent, False refused or down, None no attempt yet
+    message: str = ""  # why the last attempt failed (for Status and the log)
+
+
+class Catalogue(Protocol):
+    """A data catalogue (SciCat) behind a durable queue: datasets wait there until sent, once each."""
+
+    def submit(self, dataset: Dataset) -> None:
+        """Keep `dataset` in the queue (durably) and have it sent as soon as the catalogue takes it."""
+
+    def status(self) -> CatalogStatus:
+        """The queue now; cheap and thread-safe (the sending runs in the adapter's own thread)."""

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from ..domain.ports import CatalogStatus
 from ..pvs import command, long, text, update
 from ..usecases import BeamlineState
 from .base import CommandGroup
+
+POLL_SECONDS = 0.5
 
 
 class CatalogGroup(CommandGroup):
@@ -20,7 +23,19 @@ class CatalogGroup(CommandGroup):
     async def catalog(self, instance, value):
         return await self.run_command(instance, value, self.beamline.catalog)
 
+    @pending.startup
+    async def pending(self, instance, async_lib):
+        """Show the catalogue's queue twice a second (its sending runs in the adapter's own thread)."""
+        await self.engine.ready.wait()
+        while True:
+            status = await self.engine.query("reading the catalogue's queue", self.beamline.catalog_status)
+            if status is not None:
+                await self.show_queue(status)
+            await async_lib.library.sleep(POLL_SECONDS)
+
+    async def show_queue(self, status: CatalogStatus) -> None:
+        await update(self.pending, status.pending)
+        await update(self.last_dataset, status.last_pid)
+
     async def show(self, state: BeamlineState) -> None:
-        await update(self.last_dataset, state.catalog_last)
-        await update(self.pending, state.catalog_pending)
         await update(self.metadata_last, state.metadata_last)

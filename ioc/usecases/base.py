@@ -23,6 +23,7 @@ from ..domain.model import (
 )
 from ..domain.ports import (
     Access,
+    Catalogue,
     DataManagement,
     Mailer,
     MetadataSource,
@@ -73,6 +74,7 @@ class Adapters:
     access: Access | None = None
     mailer: Mailer | None = None
     metadata: MetadataSource | None = None
+    catalogue: Catalogue | None = None
 
 
 @dataclass(frozen=True)
@@ -93,8 +95,6 @@ class BeamlineState:
     announced: str = ""  # the scheduled beamtime (key) last announced as differing from the selection
     to_follow: str = ""  # dm.follow_schedule: a new beamtime (key) whose experiment to create by itself
     metadata_last: str = ""  # JSON of the last metadata snapshots (Metadata:Last)
-    catalog_last: str = ""  # pid of the last dataset created in the catalogue (Catalog:LastDataset)
-    catalog_pending: int = 0  # datasets waiting to be sent to the catalogue (Catalog:Pending)
 
     @property
     def shown(self) -> CurrentProposal | None:

@@ -15,11 +15,13 @@ import logging
 import os
 import re
 import tempfile
+import uuid
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 from ..domain.model import Experiment, plural
-from ..domain.ports import TransferState
+from ..domain.ports import CatalogFile, CatalogStatus, Dataset, TransferState
 from .base import BeamlineCore, Outcome
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,9 @@ class CatalogCases(BeamlineCore):
             "size": sum(f.size for f in files),
             "files": [self._file_entry(experiment, f) for f in files],
         }
+        dataset = self._dataset(experiment, record) if self.adapters.catalogue is not None else None
+        if dataset is not None:
+            record["pid"] = dataset.pid
         try:
             path = _write_record(records, experiment.name, record)
         except OSError as error:
@@ -82,7 +87,50 @@ class CatalogCases(BeamlineCore):
         self._change(metadata_last=text)
         missing = _missing_note(end_snapshot)
         sentence = f"dataset {path.name}: {plural(len(files), 'file')}, {record['size']} bytes"
+        if dataset is not None and self.adapters.catalogue is not None:
+            self._contact(None, self.adapters.catalogue.submit, replace(dataset, name=path.stem))
+            sentence += f"; queued for SciCat as {dataset.pid}"
         return sentence + (f"; {missing}" if missing else ""), bool(missing)
+
+    def _dataset(self, experiment: Experiment, record: dict) -> Dataset:
+        """The record as the catalogue's raw dataset, with a pid chosen here, once (it is never sent twice)."""
+        scicat, proposal = self.settings.scicat, self.state.proposal
+        pi = proposal.pi if proposal else None
+        email = (pi.email if pi else "") or next((u.email for u in experiment.users if u.email), "")
+        name = pi.full_name if pi and pi.full_name else next((u.name for u in experiment.users if u.name), "")
+        group = scicat.owner_group.format(gup=experiment.gup, beamline=self.settings.beamline.name,
+                                          station=self.settings.beamline.station)  # fmt: skip
+        return Dataset(
+            pid=str(uuid.uuid4()),
+            name=experiment.name,
+            description=experiment.title,
+            owner=name,
+            contact_email=email,
+            principal_investigator=name,
+            owner_group=group,
+            access_groups=scicat.access_groups,
+            proposal_id=experiment.gup,
+            source_folder=experiment.storage_directory,
+            creation_location=scicat.creation_location,
+            creation_time=record["started"],
+            end_time=record["ended"],
+            files=tuple(CatalogFile(f["path"], f["size"], f["mtime"], f.get("checksum", "")) for f in record["files"]),
+            scientific_metadata={
+                "experiment": experiment.name,
+                "acquisition": record["acquisition"],
+                "snapshots": record["snapshots"],
+            },  # fmt: skip
+        )
+
+    def catalog_status(self) -> CatalogStatus:
+        """The catalogue's queue (a query, beside the commands); its last contact goes to Catalog:Health."""
+        catalogue = self.adapters.catalogue
+        if catalogue is None:
+            return CatalogStatus()
+        status = catalogue.status()
+        if status.answered is not None:
+            self._contacts.put(("Catalog", status.answered))
+        return status
 
     def _snapshot(self) -> dict | None:
         """The metadata PVs now (None when metadata.pvs names none)."""

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
-from dmagic_ioc.ioc.config import MetadataSettings
-from dmagic_ioc.ioc.domain.ports import SentFile, TransferProgress, TransferState
+from dmagic_ioc.ioc.config import MetadataSettings, ScicatSettings
+from dmagic_ioc.ioc.domain.ports import CatalogStatus, SentFile, TransferProgress, TransferState
 from dmagic_ioc.ioc.usecases import Outcome
 
 from ..fakes.ports import EXPERIMENT
@@ -110,3 +110,41 @@ def test_a_storage_that_cannot_be_written_is_a_warning_not_a_failure(created, fa
     created.daq_start()
     outcome = created.daq_stop()
     assert outcome.warning and "metadata record not written" in outcome.message
+
+
+class FakeCatalogue:
+    def __init__(self):
+        self.submitted = []
+        self.answer = CatalogStatus()
+
+    def submit(self, dataset):
+        self.submitted.append(dataset)
+
+    def status(self):
+        return self.answer
+
+
+def test_with_scicat_each_dataset_is_queued_once_with_the_proposals_group_and_the_pi(created, fakes, tmp_path):
+    catalogue = FakeCatalogue()
+    created.adapters.catalogue = catalogue
+    scicat = ScicatSettings(enabled=True, owner_group="p{gup}", access_groups=("staff",), creation_location="APS/2-BM")
+    created.settings = replace(created.settings, scicat=scicat)
+    created.daq_start()
+    sent(fakes, storage_of(tmp_path), "data/a.h5", 5, 10.0)
+    outcome = created.daq_stop()
+    (dataset,) = catalogue.submitted
+    assert f"queued for SciCat as {dataset.pid}" in outcome.message
+    assert dataset.owner_group == "p1012039" and dataset.access_groups == ("staff",)
+    assert dataset.principal_investigator == "Mei Müller-Łukasiewicz" and dataset.contact_email == "mei@example.edu"
+    assert dataset.name == f"{EXPERIMENT}-1" and dataset.proposal_id == "1012039"
+    assert [(f.path, f.size) for f in dataset.files] == [("data/a.h5", 5)]
+    assert records(storage_of(tmp_path))[0]["pid"] == dataset.pid
+
+
+def test_the_catalogues_last_contact_goes_to_its_health(created):
+    catalogue = FakeCatalogue()
+    created.adapters.catalogue = catalogue
+    assert created.catalog_status() == CatalogStatus() and created.contacts() == []  # no attempt yet
+    catalogue.answer = CatalogStatus(pending=1, answered=False, message="SciCat at x did not answer")
+    assert created.catalog_status().pending == 1
+    assert created.contacts() == [("Catalog", False)]
