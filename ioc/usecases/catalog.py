@@ -83,7 +83,7 @@ class CatalogCases(BeamlineCore):
         except OSError as error:
             log.warning("metadata record of %s not written: %s", experiment.name, error)
             return f"metadata record not written in {records}: {error.strerror or error}", True
-        text = json.dumps(record["snapshots"], ensure_ascii=False)
+        text = json.dumps(record["snapshots"], ensure_ascii=False, separators=(",", ":"))  # compact: it fits the PV
         self._change(metadata_last=text)
         missing = _missing_note(end_snapshot)
         sentence = f"dataset {path.name}: {plural(len(files), 'file')}, {record['size']} bytes"
