@@ -30,7 +30,7 @@ from urllib.parse import quote
 
 import requests
 
-from ..ioc.domain.model import CatalogError
+from ..ioc.domain.model import CatalogError, InputError
 from ..ioc.domain.ports import CatalogStatus, Dataset
 from ..ioc.secrets import read_credentials
 from ..ioc.statefiles import keep_aside
@@ -110,7 +110,10 @@ class ScicatClient:
         self._call("POST", f"Datasets/{quote(pid, safe='')}/origdatablocks", json=body, ok=(200, 201))
 
     def _login(self) -> None:
-        user, password = read_credentials("scicat.credentials", self.credentials)
+        try:
+            user, password = read_credentials("scicat.credentials", self.credentials)
+        except (InputError, OSError, UnicodeDecodeError) as error:
+            raise CatalogError(f"no SciCat login: {error}") from None
         response = self._send("POST", "auth/login", json={"username": user, "password": password})
         if response.status_code not in (200, 201):
             raise CatalogError(f"SciCat refused the login of {user} ({_said(response)})")
@@ -138,7 +141,11 @@ class ScicatClient:
         try:
             return self.session.request(method, self.url + route, json=json, headers=headers, timeout=self.timeout)
         except requests.RequestException as error:
-            raise CatalogError(f"SciCat at {self.url} did not answer ({type(error).__name__})") from None
+            raise Unreachable(f"SciCat at {self.url} did not answer ({type(error).__name__})") from None
+
+
+class Unreachable(CatalogError):
+    """SciCat did not answer at all: no use trying the other datasets of the queue now."""
 
 
 def _said(response: requests.Response) -> str:
@@ -178,12 +185,16 @@ class CatalogQueue:
                 " datablock TEXT NOT NULL, queued_at REAL NOT NULL)"
             )
             db.execute("CREATE TABLE IF NOT EXISTS sent (id INTEGER PRIMARY KEY CHECK (id = 1), pid TEXT NOT NULL)")
-            db.execute("SELECT pid, stage, dataset, datablock, queued_at FROM queue LIMIT 0")
         except sqlite3.DatabaseError as error:
             db.close()
-            if error.sqlite_errorcode & 0xFF in _UNREADABLE or isinstance(error, sqlite3.OperationalError):
+            if error.sqlite_errorcode & 0xFF in _UNREADABLE:
                 raise _Unreadable(str(error)) from None
-            raise
+            raise CatalogError(f"cannot open the catalogue queue {self.path}: {error}") from None
+        try:
+            db.execute("SELECT pid, stage, dataset, datablock, queued_at FROM queue LIMIT 0")
+        except sqlite3.OperationalError as error:  # another program's database under this name
+            db.close()
+            raise _Unreadable(f"not a catalogue queue: {error}") from None
         return db
 
     @contextlib.contextmanager
@@ -264,20 +275,34 @@ class ScicatCatalogue:
         return CatalogStatus(self.queue.count(), self.queue.last_sent(), answered, message)
 
     def send_pending(self) -> int:
-        """One round: send what waits, oldest first; how many were sent. Raises CatalogError at the first
-        failure (what was sent stays sent; the rest waits)."""
-        sent = 0
+        """One round: send what waits, oldest first; how many were sent. A dataset SciCat refuses waits
+        on and the others are tried; raises CatalogError, once the round is over, naming the first refusal,
+        or at once when SciCat does not answer."""
+        sent, refused = 0, []
         for pid, stage, dataset, datablock in self.queue.waiting():
-            if stage == STAGES[0]:
-                if not self.client.has_dataset(pid):  # a dataset created before a crash is not created again
-                    self.client.create_dataset(dataset)
-                self.queue.advance(pid, STAGES[1])
-            if not self.client.has_datablock(pid):
-                self.client.create_datablock(pid, datablock)
-            self.queue.done(pid)
-            log.info("catalogue: dataset %s sent to SciCat (%s files)", pid, dataset.get("numberOfFiles"))
+            try:
+                self._send_one(pid, stage, dataset, datablock)
+            except Unreachable:
+                raise
+            except CatalogError as error:
+                log.warning("catalogue: dataset %s refused: %s", pid, error)
+                refused.append(error)
+                continue
             sent += 1
+        if refused:
+            more = f" (and {len(refused) - 1} more refused)" if len(refused) > 1 else ""
+            raise CatalogError(f"{refused[0]}{more}")
         return sent
+
+    def _send_one(self, pid: str, stage: str, dataset: dict, datablock: dict) -> None:
+        if stage == STAGES[0]:
+            if not self.client.has_dataset(pid):  # a dataset created before a crash is not created again
+                self.client.create_dataset(dataset)
+            self.queue.advance(pid, STAGES[1])
+        if not self.client.has_datablock(pid):
+            self.client.create_datablock(pid, datablock)
+        self.queue.done(pid)
+        log.info("catalogue: dataset %s sent to SciCat (%s files)", pid, dataset.get("numberOfFiles"))
 
     def _start(self) -> None:
         with self._lock:

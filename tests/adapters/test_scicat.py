@@ -120,3 +120,29 @@ def _payload(sender: ScicatCatalogue, ds: Dataset) -> tuple[dict, dict]:
     from dmagic_ioc.adapters.scicat import scicat_datablock, scicat_dataset
 
     return scicat_dataset(ds, sender.source_host), scicat_datablock(ds)
+
+
+def test_a_refused_dataset_waits_on_and_does_not_hold_back_the_others(tmp_path, standin, credentials):
+    sender = catalogue(tmp_path, standin, credentials)
+    bad = _payload(sender, dataset("p-bad"))
+    sender.queue.put("p-bad", bad[0] | {"ownerGroup": ""}, bad[1])
+    sender.queue.put("p-good", *_payload(sender, dataset("p-good")))
+    with pytest.raises(CatalogError, match="ownerGroup should not be empty"):
+        sender.send_pending()
+    assert list(standin.datasets) == ["p-good"] and [w[0] for w in sender.queue.waiting()] == ["p-bad"]
+
+
+def test_a_missing_credentials_file_is_a_catalog_error_saying_so(tmp_path, standin):
+    client = ScicatClient(standin.url, tmp_path / "absent.cred", timeout=2)
+    with pytest.raises(CatalogError, match="no SciCat login: scicat.credentials: cannot read"):
+        client.has_dataset("p")
+
+
+def test_another_programs_database_is_kept_aside_too(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "catalog.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE queue (something TEXT)")
+    queue = CatalogQueue(path)
+    assert "not a catalogue queue" in queue.problem and queue.count() == 0
