@@ -153,7 +153,10 @@ class CatalogCases(BeamlineCore):
 
     def _file_entry(self, experiment: Experiment, sent) -> dict:
         entry = {
-            "path": os.path.relpath(sent.path, experiment.storage_directory),
+            # a name that is not UTF-8 is kept readable, its odd bytes as \xNN (as Status and the log show it)
+            "path": os.fsencode(os.path.relpath(sent.path, experiment.storage_directory)).decode(
+                "utf-8", "backslashreplace"
+            ),
             "size": sent.size,
             "mtime": datetime.fromtimestamp(sent.mtime, timezone.utc).isoformat(),
         }
@@ -216,7 +219,7 @@ def _newest_record(records: Path, experiment: str) -> dict | None:
 
 def _write_record(records: Path, experiment: str, record: dict) -> Path:
     """Write `record` as the next `{experiment}-{n}.json`, aside and renamed; its path."""
-    records.mkdir(parents=True, exist_ok=True)
+    records.mkdir(exist_ok=True)  # never the storage itself: gone (deleted, unmounted) = OSError, said on Status
     numbers = [n for p in records.iterdir() if (n := _record_number(p.name, experiment)) is not None]
     record = {"n": max(numbers, default=0) + 1, **record}
     path = records / f"{experiment}-{record['n']}.json"
