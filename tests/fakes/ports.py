@@ -118,6 +118,7 @@ class FakeDM:
             users=(),
             storage_directory=placed or str(self.storage_root / experiment.year_month / experiment.name),
         )
+        Path(stored.storage_directory).mkdir(parents=True, exist_ok=True)  # as a DM makes the storage at Create
         self.experiments[experiment.name] = stored
         return stored, True
 
