@@ -21,8 +21,8 @@ needs_root = pytest.mark.skipif(
     reason="makes throwaway unix groups: needs root and groupadd",
 )
 needs_acl = pytest.mark.skipif(
-    os.geteuid() != 0 or not all(shutil.which(tool) for tool in ("useradd", "runuser", "setfacl", "getfacl")),
-    reason="makes throwaway accounts and reads as them: needs root, useradd, runuser and setfacl (the acl package)",
+    os.geteuid() != 0 or not all(shutil.which(tool) for tool in ("useradd", "runuser", "getfacl")),
+    reason="makes throwaway accounts and reads as them: needs root, useradd, runuser and getfacl (the acl package)",
 )
 
 

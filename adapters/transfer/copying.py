@@ -13,19 +13,27 @@ import re
 import stat
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 
+from ...ioc.statefiles import disk_full
 from .folders import Folders, SymlinkRefused, open_folder, reason_for, shown
 from .storage import StorageUnavailable
 
 log = logging.getLogger(__name__)
 
-COPY_CHUNK = 64 * 1024 * 1024  # bytes per copy_file_range call; a stop is seen between chunks
+COPY_CHUNK = 64 * 1024 * 1024  # most bytes per copy_file_range call; progress and a stop are seen between calls
+FIRST_COPY_STEP = 8 * 1024 * 1024  # the first call's bytes; then sized to take about COPY_STEP_SECONDS
+MIN_COPY_STEP = 1024 * 1024
+COPY_STEP_SECONDS = 0.25
 BUFFER_SIZE = 4 * 1024 * 1024  # userspace copy and checksum buffer
 PART_NAME = re.compile(r"^\..*\.part-[0-9a-f]{8}$", re.DOTALL)
 _NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF, errno.EPERM}
 # A source file: never through a symlink; O_NONBLOCK so that a FIFO put in its place cannot block the open.
 SOURCE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+# A copy keeps the source's rwx bits, never its setuid, setgid or sticky bit: whoever may write a detector
+# folder could otherwise plant a setuid program that the experiment's users would run as the IOC's user.
+COPIED_MODE_BITS = 0o777
 
 # Copy outcomes; FAILED is also the state of a file waiting for its retry
 COPIED, CHANGED, VANISHED, CANCELLED, FAILED = "copied", "changed", "vanished", "cancelled", "failed"
@@ -34,6 +42,19 @@ NO_STORAGE = "no storage"  # the storage is not the one Create made: nothing wri
 
 class _Cancelled(Exception):
     pass
+
+
+class Written:
+    """The bytes a batch of copies has written so far, for the progress while a big file is copied.
+
+    Counted by the one worker that copies the batch and read by the engine's thread, without a lock:
+    a single writer, and an int attribute is replaced whole.
+    """
+
+    __slots__ = ("bytes",)
+
+    def __init__(self) -> None:
+        self.bytes = 0
 
 
 def part_name(name: str) -> str:
@@ -96,6 +117,7 @@ def copy_files(
     cancel: threading.Event | None = None,
     open_source: Callable[[], int] | None = None,
     open_dest: Callable[[], int] | None = None,
+    written: Written | None = None,
 ) -> list[tuple[str, str]]:
     """Copy each (relpath, expected (size, mtime_ns)) from folder `source` to the same relpath under `dest`,
     through a durable, verified temporary file and a rename.
@@ -104,7 +126,8 @@ def copy_files(
     `open_folder`); every folder and file below them is reached by name from
     them, never through a symlink. Folders missing below `dest` are made, never
     `dest` itself. `open_dest` may raise StorageUnavailable: every item is then
-    NO_STORAGE with its message, nothing written.
+    NO_STORAGE with its message, nothing written. `written` counts the bytes
+    written as they are written (whatever becomes of the copies).
 
     Returns an (outcome, reason) per item: COPIED, CHANGED (the source is not
     `expected` or changed during the copy: nothing written), VANISHED (gone, or
@@ -113,7 +136,7 @@ def copy_files(
 
     Three phases, so that several small files share one flush:
     1. each file is copied to `.NAME.part-XXXXXXXX` beside its destination,
-       given the source's mode and mtime, and its size (or checksum) checked;
+       given the source's mode (rwx bits only) and mtime, and its size (or checksum) checked;
     2. the copies' data and inodes are made durable: one syncfs(2) per
        destination filesystem for the whole batch (one fsync for a single
        file, or per file where syncfs is missing). syncfs reports writeback
@@ -133,7 +156,8 @@ def copy_files(
         return [unopened.result] * len(items)
     batch = _Batch(source, dest, sources, dests, items)
     try:
-        if batch.write_aside(checksum, cancel) and not (cancel is not None and cancel.is_set()) and batch.flush():
+        aside = batch.write_aside(checksum, cancel, written)
+        if aside and not (cancel is not None and cancel.is_set()) and batch.flush():
             batch.rename()
         return batch.results
     finally:
@@ -165,7 +189,7 @@ def _open_folders(
         raise _Unopened(NO_STORAGE, str(error)) from None
     except OSError as error:
         sources.close()
-        raise _Unopened(FAILED, f"cannot copy into {shown(dest)}: {reason_for(error, dest)}") from None
+        raise _Unopened(FAILED, _written(error, f"cannot copy into {shown(dest)}: {reason_for(error, dest)}")) from None
     return sources, dests
 
 
@@ -181,14 +205,14 @@ class _Batch:
         self.per_file = len(items) == 1 or _SYNCFS is None
         self.sync_fds: dict[int, int] = {}  # st_dev -> fd for syncfs
 
-    def write_aside(self, checksum: bool, cancel: threading.Event | None) -> bool:
+    def write_aside(self, checksum: bool, cancel: threading.Event | None, written: Written | None) -> bool:
         """Phase 1: each file copied beside its destination; False when cancelled."""
         for index, (rel, expected) in enumerate(self.items):
             if cancel is not None and cancel.is_set():
                 return False
             try:
                 outcome, tmp = _write_aside(self.sources, self.dests, rel, expected, checksum, cancel,
-                                            None if self.per_file else self.sync_fds)  # fmt: skip
+                                            None if self.per_file else self.sync_fds, written)  # fmt: skip
             except _Cancelled:
                 return False
             except OSError as error:
@@ -210,7 +234,7 @@ class _Batch:
                 src, dst = (shown(os.path.join(folder, self.items[index][0])) for folder in (self.source, self.dest))
                 self.results[index] = (
                     FAILED,
-                    f"cannot copy {src} to {dst}: cannot flush the copies: {reason_for(error)}",
+                    _written(error, f"cannot copy {src} to {dst}: cannot flush the copies: {reason_for(error)}"),
                 )
             return False
         return True
@@ -252,12 +276,17 @@ def _gone(error: OSError) -> bool:
 
 
 def _failure(error: OSError, source: str, dest: str, rel: str) -> tuple[str, str]:
+    src, dst = os.path.join(source, rel), os.path.join(dest, rel)
     if isinstance(error, _SourceError):
         if _gone(error.error):
             return VANISHED, ""
-        error = error.error
-    src, dst = os.path.join(source, rel), os.path.join(dest, rel)
-    return FAILED, f"cannot copy {shown(src)} to {shown(dst)}: {reason_for(error, src, dst)}"
+        return FAILED, f"cannot copy {shown(src)} to {shown(dst)}: {reason_for(error.error, src, dst)}"
+    return FAILED, _written(error, f"cannot copy {shown(src)} to {shown(dst)}: {reason_for(error, src, dst)}")
+
+
+def _written(error: OSError, sentence: str) -> str:
+    """`sentence` about writing a copy, led by "storage full: " when the storage has no space (or quota) left."""
+    return f"storage full: {sentence}" if disk_full(error) else sentence
 
 
 class _SourceError(OSError):
@@ -276,6 +305,7 @@ def _write_aside(
     checksum: bool,
     cancel: threading.Event | None,
     sync_fds: dict[int, int] | None,
+    written: Written | None = None,
 ) -> tuple[str, str]:
     """Phase 1 of `copy_files`: (COPIED, temporary name in rel's destination folder), or (CHANGED, "").
 
@@ -302,8 +332,8 @@ def _write_aside(
                     device = os.fstat(fd).st_dev
                     if device not in sync_fds:
                         sync_fds[device] = os.dup(fd)  # before this batch's data is written: see copy_files
-                copied, source_digest = _copy_data(src_fd, fd, before.st_size, checksum, cancel)
-                os.fchmod(fd, stat.S_IMODE(before.st_mode))
+                copied, source_digest = _copy_data(src_fd, fd, before.st_size, checksum, cancel, written)
+                os.fchmod(fd, before.st_mode & COPIED_MODE_BITS)
                 os.utime(fd, ns=(before.st_atime_ns, before.st_mtime_ns))
                 if sync_fds is None:
                     os.fsync(fd)
@@ -323,32 +353,60 @@ def _write_aside(
 
 
 def _copy_data(
-    src_fd: int, dst_fd: int, size: int, checksum: bool, cancel: threading.Event | None
+    src_fd: int,
+    dst_fd: int,
+    size: int,
+    checksum: bool,
+    cancel: threading.Event | None,
+    written: Written | None = None,
 ) -> tuple[int, bytes | None]:
     """Copy up to `size` bytes in the kernel when possible; with `checksum`, through a buffer, hashing.
+    The bytes are added to `written` as they are copied.
 
     Returns (bytes copied, fewer if the source shrank; the source's digest or None).
     """
-    offset = 0
     if not checksum:
-        try:
-            while offset < size:
-                if cancel is not None and cancel.is_set():
-                    raise _Cancelled
-                count = os.copy_file_range(src_fd, dst_fd, min(COPY_CHUNK, size - offset), offset, offset)
-                if count == 0:
-                    return offset, None  # the source shrank: the size check refuses the copy
-                offset += count
-            return offset, None
-        except OSError as error:
-            if offset or error.errno not in _NO_KERNEL_COPY:
-                raise
-            log.debug("copy_file_range unavailable (%s); copying through a buffer", error)
+        copied = _copy_in_kernel(src_fd, dst_fd, size, cancel, written)
+        if copied is not None:
+            return copied, None
+    return _copy_through_buffer(src_fd, dst_fd, size, checksum, cancel, written)
+
+
+def _copy_in_kernel(
+    src_fd: int, dst_fd: int, size: int, cancel: threading.Event | None, written: Written | None
+) -> int | None:
+    """copy_file_range in steps of about COPY_STEP_SECONDS: the bytes copied (fewer if the source shrank),
+    or None, nothing copied, where the kernel cannot copy between these files."""
+    offset, step = 0, min(FIRST_COPY_STEP, COPY_CHUNK)
+    try:
+        while offset < size:
+            if cancel is not None and cancel.is_set():
+                raise _Cancelled
+            started = time.monotonic()
+            count = os.copy_file_range(src_fd, dst_fd, min(step, size - offset), offset, offset)
+            if count == 0:
+                break  # the source shrank: the size check refuses the copy
+            offset += count
+            if written is not None:
+                written.bytes += count
+            step = _next_step(step, time.monotonic() - started)
+    except OSError as error:
+        if offset or error.errno not in _NO_KERNEL_COPY:
+            raise
+        log.debug("copy_file_range unavailable (%s); copying through a buffer", error)
+        return None
+    return offset
+
+
+def _copy_through_buffer(
+    src_fd: int, dst_fd: int, size: int, checksum: bool, cancel: threading.Event | None, written: Written | None
+) -> tuple[int, bytes | None]:
+    """Read and write BUFFER_SIZE at a time from the start, hashing with `checksum`: see `_copy_data`."""
     hasher = hashlib.blake2b() if checksum else None
-    buffer = bytearray(BUFFER_SIZE)
-    view = memoryview(buffer)
+    view = memoryview(bytearray(BUFFER_SIZE))
     os.lseek(src_fd, 0, os.SEEK_SET)
     os.lseek(dst_fd, 0, os.SEEK_SET)
+    offset = 0
     while offset < size:
         if cancel is not None and cancel.is_set():
             raise _Cancelled
@@ -361,7 +419,20 @@ def _copy_data(
         while chunk:
             chunk = chunk[os.write(dst_fd, chunk) :]
         offset += count
+        if written is not None:
+            written.bytes += count
     return offset, hasher.digest() if hasher is not None else None
+
+
+def _next_step(step: int, seconds: float) -> int:
+    """The next copy_file_range size, from the last one's duration: about COPY_STEP_SECONDS a call, so
+    that progress and a stop are seen several times a second on slow disks and the calls stay few on
+    fast ones (MIN_COPY_STEP to COPY_CHUNK)."""
+    if seconds < COPY_STEP_SECONDS / 4:
+        return min(step * 2, COPY_CHUNK)
+    if seconds > COPY_STEP_SECONDS:
+        return max(step // 2, min(MIN_COPY_STEP, COPY_CHUNK))
+    return step
 
 
 def _digest(folder_fd: int, name: str) -> bytes:

@@ -7,7 +7,7 @@ import errno
 import os
 import stat
 
-from ..dm.local import FOLDER_FLAGS
+FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC  # a folder, never through a symlink
 
 
 def shown(text: str) -> str:

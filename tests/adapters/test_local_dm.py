@@ -137,21 +137,21 @@ def test_create_on_existing_completes_missing_directories(dm, roots):
 def test_a_failure_half_way_then_a_rerun_completes(dm, roots, monkeypatch):
     """Tests run as root, where chmod does not stop writes: inject the failure into mkdir."""
     storage = roots[0] / "2026-10" / NAME
-    real_mkdir = Path.mkdir
+    real_mkdir = os.mkdir
 
-    def full_disk(self, *args, **kwargs):
-        if self.name == "analysis":
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
-        return real_mkdir(self, *args, **kwargs)
+    def full_disk(name, *args, **kwargs):
+        if os.path.basename(name) == "analysis":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), name)
+        return real_mkdir(name, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "mkdir", full_disk)
+    monkeypatch.setattr(local_dm.os, "mkdir", full_disk)
     with pytest.raises(DMError, match=r"cannot create folder .*analysis: No space left on device \(the disk is full\)"):
         dm.create_experiment(experiment())
     assert (storage / "data").is_dir()
     assert dm.get_experiment(NAME) is None  # no registry row before the directories exist
     assert dm.list_experiments() == []
 
-    monkeypatch.setattr(Path, "mkdir", real_mkdir)
+    monkeypatch.setattr(local_dm.os, "mkdir", real_mkdir)
     created, is_new = dm.create_experiment(experiment())
     assert is_new is True
     assert (storage / "analysis").is_dir() and mode(storage / "analysis") == DIR_MODE
@@ -623,11 +623,11 @@ def test_staff_groups_get_rwx_on_every_tree_and_a_missing_one_is_named(registry,
 
 
 def test_a_filesystem_without_acls_is_a_clear_error(registry, roots, monkeypatch):
-    def unsupported(command, **kwargs):
-        return subprocess.CompletedProcess(command, 1, "", f"setfacl: {command[-1]}: Operation not supported\n")
+    def unsupported(target, name, *args, **kwargs):
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")  # as vfat or an NFS mount without ACLs answer
 
-    monkeypatch.setattr(local_dm.acl.subprocess, "run", unsupported)
-    monkeypatch.setattr(local_dm.acl.shutil, "which", lambda name: "/usr/bin/setfacl")
+    monkeypatch.setattr(local_dm.acl.os, "getxattr", unsupported)
+    monkeypatch.setattr(local_dm.acl.os, "setxattr", unsupported)
     dm = LocalDM(registry, roots[0], roots[1], "localhost", None, staff_groups=("root",))
-    with pytest.raises(DMError, match="has no POSIX ACL support"):
+    with pytest.raises(DMError, match=f"the filesystem of {roots[0]}/2026-10/{NAME} has no POSIX ACL support"):
         dm.create_experiment(experiment())

@@ -834,23 +834,23 @@ def test_bad_accounts_and_staff_groups_are_named(base, posix, key, words):
     assert words in one_problem(minimal(dm={"posix": posix}), base, key)
 
 
-def test_check_names_a_filesystem_without_acls_and_a_missing_setfacl(folders, monkeypatch):
+def test_check_names_a_filesystem_without_acls(folders, monkeypatch):
     import dmagic_ioc.ioc.config as config_module
 
     raw = local(posix={"user_account": "d{badge}"})
     if config_module.acl_support_problem(folders / "storage") == "":
-        assert environment_of(raw, folders) == []  # this host: setfacl installed, a filesystem with ACLs
+        assert environment_of(raw, folders) == []  # this host: a filesystem with ACLs (no setfacl needed)
+    assert [p.name for p in (folders / "storage").iterdir()] == []  # the probe's file is gone
 
-    def no_acls(path, name):
+    def no_acls(target, name, value, *args, **kwargs):
         raise OSError(errno.EOPNOTSUPP, "Operation not supported")
 
-    monkeypatch.setattr(config_module.shutil, "which", lambda name: f"/usr/bin/{name}")
-    monkeypatch.setattr(config_module.os, "getxattr", no_acls)
+    monkeypatch.setattr(config_module.os, "setxattr", no_acls)
     (problem,) = environment_of(raw, folders)
     assert problem.startswith("dm.posix:") and "no POSIX ACL support" in problem and str(folders / "storage") in problem
-    monkeypatch.setattr(config_module.shutil, "which", lambda name: None)
     (problem,) = environment_of(local(posix={"staff_groups": ["root"]}), folders)
-    assert problem.startswith("dm.posix:") and "install the acl package" in problem
+    assert problem.startswith("dm.posix:") and "no POSIX ACL support" in problem
+    assert [p.name for p in (folders / "storage").iterdir()] == []
 
 
 def test_check_names_a_staff_group_that_does_not_exist(folders):
