@@ -8,11 +8,8 @@ messages a beamline scientist can act on from the Status PV.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-import socket
-import ssl
 import threading
 from datetime import datetime, tzinfo
 from pathlib import Path
@@ -21,13 +18,25 @@ from urllib.parse import quote, urlsplit
 import requests
 from requests.auth import HTTPBasicAuth
 
-from ..ioc.domain.model import Beamtime, DMagicError, Person, Run, SchedulingError, parse_time
+from ..ioc.domain.model import (
+    BADGE,
+    STRING_BYTES,
+    Beamtime,
+    DMagicError,
+    Person,
+    Run,
+    SchedulingError,
+    clean_beamtime,
+    parse_time,
+)
 from ..ioc.secrets import is_loopback, read_credentials
+from .http import MB, HttpFailure, NotReached, bounded_request
 
 log = logging.getLogger(__name__)
 
 API_PATH = "beamline-scheduling/sched-api"
 CREDENTIALS_KEY = "scheduling.credentials"
+ANSWER_CAP = 16 * MB  # the largest answer read: a run's schedule is ~2 kB a beamtime (tests/data)
 
 # Anything the service says in `{"message": ...}` is cut to this many characters:
 # the Status PV holds 512 bytes and the message is wrapped in our own words.
@@ -78,7 +87,7 @@ def parse_activity(activity: object, tz: tzinfo) -> Beamtime:
     where = f"GUP {gup}"
     start = _time(activity.get("startTime"), f"{where} startTime", tz)
     end = _time(activity.get("endTime"), f"{where} endTime", tz)
-    return Beamtime(
+    beamtime = Beamtime(
         gup=gup,
         title=_text(proposal.get("proposalTitle"), f"{where} proposalTitle"),
         start=start,
@@ -89,6 +98,7 @@ def parse_activity(activity: object, tz: tzinfo) -> Beamtime:
         proprietary=_flag(proposal.get("proprietaryFlag")),
         mail_in=_flag(proposal.get("mailInFlag")),
     )
+    return clean_beamtime(beamtime)  # each value on its own: one bad value affects that value alone
 
 
 def parse_activities(reply: object, tz: tzinfo) -> list[Beamtime]:
@@ -169,23 +179,22 @@ def _esaf(value: object, where: str) -> str:
 
 
 def _integer_text(value: object) -> str | None:
-    """123, 123.0 or "123" -> "123"; None for anything else."""
-    if isinstance(value, bool):
+    """123, 123.0 or "123" -> "123"; None for anything else, and for a number an EPICS string cannot hold."""
+    if isinstance(value, str):
+        text = value.strip()
+        value = int(text) if _DIGITS.fullmatch(text) and len(text) <= STRING_BYTES else None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
         return None
-    if isinstance(value, int):
-        return str(value) if value >= 0 else None
-    if isinstance(value, float):
-        return str(int(value)) if value.is_integer() and value >= 0 else None
-    if isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
-        return str(int(value.strip()))
-    return None
+    return str(value) if 0 <= value < 10**STRING_BYTES else None
 
 
 def _badge(value: object) -> str | None:
     """A badge as the service spells it (digits, leading zeros kept); None if it is not one."""
-    if isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
-        return value.strip()
-    return _integer_text(value) if isinstance(value, int) else None
+    if isinstance(value, int):
+        value = _integer_text(value)
+    return value.strip() if isinstance(value, str) and BADGE.fullmatch(value.strip()) else None
 
 
 def _time(value: object, where: str, tz: tzinfo | None) -> datetime:
@@ -258,7 +267,8 @@ def _people(value: object, where: str) -> tuple[Person, ...]:
         badge = _badge(item.get("badge"))
         if badge is None:
             # Without a badge a person can get no DM account; keep the rest of the proposal.
-            log.warning("%s: experimenter #%s has no valid badge (%r); left out", where, index + 1, item.get("badge"))
+            shown = _short(repr(item.get("badge")))
+            log.warning("%s: experimenter #%s has no valid badge (%s); left out", where, index + 1, shown)
             continue
         person_where = f"{where} experimenter {badge}"
         people.append(
@@ -288,7 +298,7 @@ def _kind(value: object) -> str:
 
 
 def _short(text: str) -> str:
-    text = " ".join(text.split())
+    text = " ".join(text[: 2 * _MAX_QUOTED].split())  # a look at the start only: the text may be 10 MB
     return text if len(text) <= _MAX_QUOTED else text[: _MAX_QUOTED - 3] + "..."
 
 
@@ -384,29 +394,21 @@ class ApsScheduling:
             self._auth = None
 
     def _get(self, endpoint: str) -> object:
-        """GET one endpoint and decode its JSON; every failure becomes a SchedulingError."""
+        """GET one endpoint and decode its JSON; every failure becomes a SchedulingError.
+
+        Bounded (`http.bounded_request`): the timeout is for the whole call, the answer is capped at
+        ANSWER_CAP, and a redirect is refused (the request carries the password)."""
         auth = self._basic_auth()
         log.debug("GET %s from %s", endpoint, self._host)
         try:
-            response = self._session.get(
-                self._base + endpoint,
-                auth=auth,
-                timeout=self._timeout,
-                headers={"Accept": "application/json"},
-            )
-        except requests.Timeout:
-            raise _NoFallback(f"scheduling service did not answer within {self._timeout:g} s ({self._host})") from None
-        except requests.exceptions.SSLError as error:
-            raise _NoFallback(
-                f"cannot reach the scheduling service at {self._host}: TLS failed ({_connection_reason(error)})"
-            ) from None
-        except requests.ConnectionError as error:
-            raise _NoFallback(
-                f"cannot reach the scheduling service at {self._host}: {_connection_reason(error)}"
-            ) from None
-        except requests.RequestException as error:
-            raise SchedulingError(f"scheduling request to {self._host} failed: {type(error).__name__}") from None
-        status = response.status_code
+            answer = bounded_request(self._session, "GET", self._base + endpoint, auth=auth,
+                                     headers={"Accept": "application/json"},
+                                     deadline=self._timeout, max_bytes=ANSWER_CAP)  # fmt: skip
+        except NotReached as error:
+            raise _NoFallback(f"cannot reach the scheduling service at {self._host}: {error.reason}") from None
+        except HttpFailure as error:  # too slow, a redirect, too large: the other endpoint would do the same
+            raise _NoFallback(f"scheduling service {error} ({self._host})") from None
+        status = answer.status
         if status in (401, 403):
             self._forget_credentials()  # re-read the file next time: it may have been fixed
             raise _NoFallback(
@@ -418,10 +420,9 @@ class ApsScheduling:
         if status >= 300:
             raise SchedulingError(f"scheduling service answered HTTP {status} for {endpoint} at {self._host}")
         try:
-            # From bytes, so that JSON's own UTF-8 detection decides, not a guessed charset.
-            return json.loads(response.content)
-        except (ValueError, RecursionError):
-            content_type = response.headers.get("Content-Type", "").split(";")[0].strip() or "a reply"
+            return answer.json()
+        except ValueError:
+            content_type = answer.headers.get("Content-Type", "").split(";")[0].strip() or "a reply"
             raise SchedulingError(
                 f"scheduling service sent {_short(content_type)} instead of JSON ({self._host}, HTTP {status})"
             ) from None
@@ -430,27 +431,3 @@ class ApsScheduling:
 def _segment(text: str) -> str:
     """Percent-encode one URL path segment: `/` and spaces are encoded; `,` (as in `2-BM-A,B`) stays."""
     return quote(text, safe=",")
-
-
-def _connection_reason(error: BaseException) -> str:
-    """The root cause of a connection failure, in a few words."""
-    seen: set[int] = set()
-    pending: list[BaseException] = [error]
-    while pending:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, ConnectionRefusedError):
-            return "connection refused"
-        if isinstance(current, socket.gaierror):
-            return "unknown host name"
-        if isinstance(current, ssl.SSLCertVerificationError):
-            return "certificate not trusted"
-        if isinstance(current, ConnectionResetError):
-            return "connection reset"
-        if isinstance(current, OSError) and current.strerror:
-            return current.strerror
-        linked = (current.__cause__, current.__context__, getattr(current, "reason", None), *current.args)
-        pending.extend(item for item in linked if isinstance(item, BaseException))
-    return "connection failed"

@@ -23,6 +23,8 @@ class GlobusAccess:
     as its storage directory relative to that root. Users are found by e-mail
     (Globus Auth identity lookup with provisioning); users without an e-mail
     are left out. Globus sends no notification of its own: the IOC e-mails.
+    `timeout` is for each whole request, `max_retries` how often a failed
+    connection or a transient answer is tried again (`client.BoundedTransport`).
     """
 
     def __init__(

@@ -7,6 +7,14 @@ Service URLs: globus-sdk resolves each service's base URL from the
 `GLOBUS_SDK_ENVIRONMENT` (production, preview, ...) and, ahead of it,
 `GLOBUS_SDK_SERVICE_URL_<SERVICE>` environment variables (`..._AUTH`,
 `..._TRANSFER`, `..._APP`); tests point those at a local server.
+
+Every request carries a credential (the client secret, or a token), and
+globus-sdk on its own follows redirects (requests re-sends the Authorization
+header to the same host), times out per read (60 s) and reads answers of any
+size. Here each request is bounded as `http.bounded_request` bounds the other
+services' calls: no redirect followed (a failure naming it), a deadline for
+the whole request, a cap on the answer; and only a failed connection or an
+answer Globus marks as transient is retried, a bounded number of times.
 """
 
 from __future__ import annotations
@@ -18,13 +26,17 @@ from typing import Any
 
 import globus_sdk
 from globus_sdk.scopes import AuthScopes, TransferScopes
+from globus_sdk.transport import RequestsTransport, RetryCheckResult, RetryConfig, RetryContext
 
 from ...ioc.domain.model import GlobusError, InputError
 from ...ioc.secrets import read_secret
+from ..http import MB, BoundedAdapter, BoundedCallFailed, NotReached
 
 log = logging.getLogger(__name__)
 
 APP_NAME = "dmagic-ioc"
+ANSWER_CAP = 16 * MB  # the largest answer read: a collection's access list of thousands of rules is a few MB
+RETRY_SLEEP = 10.0  # seconds at most between two tries, whatever a Retry-After header asks
 
 
 def collection_path(storage_root: PurePath | str, directory: PurePath | str) -> str:
@@ -46,6 +58,10 @@ def collection_path(storage_root: PurePath | str, directory: PurePath | str) -> 
 
 def describe_error(error: Exception) -> str:
     """A short reason for Status: HTTP status, Globus code and message; never tokens."""
+    cause = error.underlying_exception if isinstance(error, globus_sdk.NetworkError) else None
+    if isinstance(cause, BoundedCallFailed):
+        failure = cause.failure
+        return f"cannot reach Globus ({failure.reason})" if isinstance(failure, NotReached) else f"Globus {failure}"
     if isinstance(error, globus_sdk.GlobusAPIError):
         message = " ".join((error.message or "").split())
         if len(message) > 160:
@@ -106,10 +122,7 @@ class Clients:
         return self._login
 
     def _transport_options(self) -> dict[str, Any]:
-        return {
-            "transport": globus_sdk.transport.RequestsTransport(http_timeout=self._timeout),
-            "retry_config": globus_sdk.transport.RetryConfig(max_retries=self._max_retries),
-        }
+        return {"transport": BoundedTransport(self._timeout), "retry_config": retry_config(self._max_retries)}
 
     def auth(self) -> globus_sdk.AuthClient:
         with self._lock:
@@ -141,3 +154,33 @@ class Clients:
                     "check globus.client_id and globus.client_secret_file"
                 ) from None
             raise GlobusError(f"Globus: cannot get a token: {describe_error(error)}") from None
+
+
+# globus-sdk 4's API (4.10 here): a client takes a `transport` (a RequestsTransport, which sends each
+# request, and each retry, through its `session`) and a `retry_config` (RetryConfig), to which it appends
+# its default retry checks after those already registered.
+
+
+class BoundedTransport(RequestsTransport):
+    """globus-sdk's transport with every request bounded by an `http.BoundedAdapter`: no redirect
+    followed, `deadline` seconds for the whole request (not per read), at most `max_bytes` of answer."""
+
+    def __init__(self, deadline: float, max_bytes: int = ANSWER_CAP):
+        super().__init__(http_timeout=deadline)
+        adapter = BoundedAdapter(deadline, max_bytes)
+        for prefix in ("https://", "http://"):
+            self.session.mount(prefix, adapter)
+
+
+def retry_config(max_retries: int) -> RetryConfig:
+    """At most `max_retries` retries, at most RETRY_SLEEP seconds apart; a refused answer is not retried."""
+    config = RetryConfig(max_retries=max_retries, max_sleep=RETRY_SLEEP)
+    config.checks.register_check(_refused_answers_are_final)  # ahead of globus-sdk's, which retry any network error
+    return config
+
+
+def _refused_answers_are_final(context: RetryContext) -> RetryCheckResult:
+    """A redirect, a too large or too slow answer would come again: only a failed connection is tried again."""
+    if isinstance(context.exception, BoundedCallFailed) and not isinstance(context.exception.failure, NotReached):
+        return RetryCheckResult.do_not_retry
+    return RetryCheckResult.no_decision

@@ -290,6 +290,19 @@ def test_hang_past_the_timeout(http, credentials, release):
     wait_for(lambda: len(http.log) == 2, timeout=5.0, interval=0.01, what="both requests logged")
 
 
+def test_a_redirect_is_refused_even_to_the_same_host(http, credentials):
+    """requests would follow it with the Basic header (same host); the call carries a password: refused."""
+    moved = Response(status=302, headers={"Location": http.url_for("/elsewhere")})
+    http.expect_request(API + "run/getAllRuns").respond_with_response(moved)
+    http.expect_request("/elsewhere").respond_with_json([])
+    with pytest.raises(SchedulingError) as raised:
+        make_adapter(http, credentials).runs()
+    assert str(raised.value) == (
+        f"scheduling service answered HTTP 302 (a redirect to {host(http)}): redirects are not followed ({host(http)})"
+    )
+    assert raw_uris(http) == [API + "run/getAllRuns"]
+
+
 def test_connection_refused(credentials):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

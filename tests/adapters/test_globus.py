@@ -8,6 +8,7 @@ pytest-httpserver on 127.0.0.1 that keeps rules and tasks like the services do.
 from __future__ import annotations
 
 import base64
+import gzip
 import itertools
 import json
 import logging
@@ -15,6 +16,7 @@ import re
 import threading
 import urllib.parse
 from collections import Counter
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -23,12 +25,14 @@ import pytest
 from dmagic_ioc.adapters.globus.access import GlobusAccess
 from dmagic_ioc.adapters.globus.client import collection_path
 from dmagic_ioc.adapters.globus.transfer import GlobusTransfer
+from dmagic_ioc.adapters.http import MB
 from dmagic_ioc.ioc.domain.model import Experiment, ExperimentUser, GlobusError
 from dmagic_ioc.ioc.domain.ports import TransferState
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from .. import helpers
+from ..faults.test_http_attacks import Hostile, answer_ok, drip_in_the_body, drip_in_the_headers, huge, redirect_to
 
 wait_for = partial(helpers.wait_for, interval=0.01)  # every 10 ms: the fake service answers at once
 
@@ -69,6 +73,11 @@ class FakeGlobus:
         self.fail_after: dict[tuple[str, str], set[int]] = {}  # the same, but done before answering 502
         self.new_task_status = "ACTIVE"
         self.new_task_counts = {"files": 10, "files_transferred": 4, "files_skipped": 1, "bytes_transferred": 4e6}
+        self.to_move: list[str] = []  # destination paths the next task moves (a checksum sync: once each)
+        self.moved: dict[str, list[str]] = {}  # task id -> the destination paths it moved
+        self.page_size = 2  # successful transfers per page
+        self.completed_at = "2026-03-02T10:00:00+00:00"  # completion_time of the tasks that end
+        self.compress = False  # gzip the answers to clients that accept it
 
     # ---- helpers for tests
 
@@ -95,7 +104,11 @@ class FakeGlobus:
 
     def handle(self, request: Request) -> Response:
         with self.lock:
-            return self._route(request)
+            response = self._route(request)
+        if self.compress and "gzip" in request.headers.get("Accept-Encoding", ""):
+            response.set_data(gzip.compress(response.get_data()))
+            response.headers["Content-Encoding"] = "gzip"
+        return response
 
     def _route(self, request: Request) -> Response:
         method, path = request.method, request.path
@@ -108,6 +121,7 @@ class FakeGlobus:
             ("GET", r"/transfer/v0\.10/submission_id", self._submission_id, True),
             ("POST", r"/transfer/v0\.10/transfer", self._submit, True),
             ("GET", r"/transfer/v0\.10/task/(?P<id>[^/]+)", self._get_task, True),
+            ("GET", r"/transfer/v0\.10/task/(?P<id>[^/]+)/successful_transfers", self._successful_transfers, True),
             ("POST", r"/transfer/v0\.10/task/(?P<id>[^/]+)/cancel", self._cancel, True),
             ("GET", rf"/transfer/v0\.10/operation/endpoint/{SOURCE}/ls", self._ls, True),
         ]
@@ -191,6 +205,9 @@ class FakeGlobus:
         }
         if self.new_task_status == "FAILED":
             self.tasks[task_id]["fatal_error"] = {"code": "PERMISSION_DENIED", "description": "permission denied"}
+        if self.new_task_status != "ACTIVE":
+            self.tasks[task_id]["completion_time"] = self.completed_at
+        self.moved[task_id], self.to_move = self.to_move, []
         return _json({"DATA_TYPE": "transfer_result", "code": "Accepted", "task_id": task_id}, 202)
 
     def _ls(self, request: Request) -> Response:
@@ -201,9 +218,26 @@ class FakeGlobus:
     def _get_task(self, request: Request, id: str) -> Response:
         return _json(self.tasks[id])
 
+    def _successful_transfers(self, request: Request, id: str) -> Response:
+        """One page of what task `id` moved, as `next_marker` pages it; refused while the task runs."""
+        if self.tasks[id]["status"] not in ("SUCCEEDED", "FAILED"):
+            return _json({"code": "ClientError.BadRequest", "message": "Task is not complete"}, 400)
+        start = int(request.args.get("marker") or 0)
+        moved = self.moved.get(id, [])
+        page = [{"DATA_TYPE": "successful_transfer", "source_path": f"/src{path}", "destination_path": path}
+                for path in moved[start : start + self.page_size]]  # fmt: skip
+        more = start + self.page_size < len(moved)
+        body = {
+            "DATA_TYPE": "successful_transfers",
+            "DATA": page,
+            "next_marker": str(start + self.page_size) if more else None,
+        }
+        return _json(body)
+
     def _cancel(self, request: Request, id: str) -> Response:
         self.cancelled.append(id)
         self.tasks[id]["status"] = "FAILED"
+        self.tasks[id]["completion_time"] = self.completed_at
         return _json({"DATA_TYPE": "result", "code": "Canceled", "message": "The task has been cancelled."})
 
 
@@ -482,6 +516,95 @@ def test_injected_clients_are_used(fake, secret_file):
 
 
 # --------------------------------------------------------------------------
+# Hostile servers posing as Globus (tests/faults/test_http_attacks.py): every request carries a credential
+
+
+def hostile_globus(monkeypatch, service: str, answer) -> Hostile:
+    """A raw-socket server answering `answer` where the Globus `service` ("auth" or "transfer") is expected."""
+    server = Hostile(answer)
+    monkeypatch.setenv(f"GLOBUS_SDK_SERVICE_URL_{service.upper()}", f"{server.url}/{service}/")
+    return server
+
+
+def redirect_to_itself(server: Hostile, connection) -> None:
+    redirect_to(server)(server, connection)  # another path on the same host and port: requests keeps the header
+
+
+CREDENTIAL = {"auth": b"Authorization: Basic ", "transfer": b"Authorization: Bearer token-"}
+
+
+@pytest.mark.parametrize("service", ["auth", "transfer"])
+@pytest.mark.parametrize("where", ["another host", "the same host"])
+def test_a_redirect_is_refused_and_the_credential_goes_nowhere_else(fake, secret_file, monkeypatch, service, where):
+    with Hostile(answer_ok) as elsewhere:
+        answer = redirect_to(elsewhere) if where == "another host" else redirect_to_itself
+        with hostile_globus(monkeypatch, service, answer) as server:
+            access = GlobusAccess(COLLECTION, CLIENT_ID, secret_file, STORAGE_ROOT, max_retries=2, timeout=5)
+            with pytest.raises(GlobusError) as failure:
+                access.grant(EXPERIMENT, [ANN])
+
+    target = elsewhere if where == "another host" else server
+    message = str(failure.value)
+    assert f"Globus answered HTTP 307 (a redirect to 127.0.0.1:{target.port}): redirects are not followed" in message
+    assert SECRET not in message and "token-" not in message
+    (request,) = server.received  # the credential went once to the configured host: not followed, not retried
+    assert CREDENTIAL[service] in request
+    assert elsewhere.received == []
+    assert fake.rules == {}
+
+
+@pytest.mark.parametrize("drip", [drip_in_the_headers, drip_in_the_body])
+def test_a_server_dripping_a_byte_at_a_time_is_cut_at_the_deadline_of_the_whole_request(fake, secret_file,
+                                                                                        monkeypatch, drip):  # fmt: skip
+    with hostile_globus(monkeypatch, "transfer", drip) as server:
+        access = GlobusAccess(COLLECTION, CLIENT_ID, secret_file, STORAGE_ROOT, max_retries=2, timeout=1)
+        with pytest.raises(GlobusError) as failure:
+            access.grant(EXPERIMENT, [ANN])
+        assert not server.answered.is_set() and server.sent > 5  # still dripping when the request gave up
+
+    assert str(failure.value) == (
+        f"Globus: cannot list the access rules of collection {COLLECTION}: Globus did not answer within 1 s"
+    )
+    assert len(server.received) == 1  # a too-slow answer is not asked for again
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "until-closed"])
+def test_a_huge_answer_is_refused_at_the_cap(fake, secret_file, monkeypatch, declared):
+    with hostile_globus(monkeypatch, "transfer", huge(declared)) as server:
+        access = GlobusAccess(COLLECTION, CLIENT_ID, secret_file, STORAGE_ROOT, max_retries=2, timeout=30)
+        with pytest.raises(GlobusError) as failure:
+            access.grant(EXPERIMENT, [ANN])
+        wait_for(server.answered.is_set, timeout=10, what="the server to find the connection closed")
+
+    assert str(failure.value).endswith("Globus sent more than 16 MB: the answer was refused")
+    assert server.sent < 16 * MB + 32 * MB  # the cap, and what the sockets' buffers took in; not 200 MB
+    assert len(server.received) == 1
+
+
+def test_a_failed_connection_is_retried_a_bounded_number_of_times(fake, secret_file, monkeypatch):
+    def hang_up(server: Hostile, connection) -> None:
+        """Read the request, answer nothing, close."""
+
+    with hostile_globus(monkeypatch, "transfer", hang_up) as server:
+        access = GlobusAccess(COLLECTION, CLIENT_ID, secret_file, STORAGE_ROOT, max_retries=2, timeout=5)
+        with pytest.raises(GlobusError, match=r"cannot reach Globus \(") as failure:
+            access.grant(EXPERIMENT, [ANN])
+
+    assert len(server.received) == 3, failure.value  # the request and its 2 retries
+    assert all(CREDENTIAL["transfer"] in request for request in server.received)
+
+
+def test_a_compressed_answer_is_read_decoded(fake, secret_file):
+    """The body is read (and capped) as it unpacks; globus-sdk gets it decoded, without its Content-Encoding."""
+    fake.identities["ann@uni.edu"] = "identity-ann"
+    rule = fake.add_rule("identity-ann", EXPERIMENT_PATH)
+    fake.compress = True
+    access = GlobusAccess(COLLECTION, CLIENT_ID, secret_file, STORAGE_ROOT, max_retries=0, timeout=5)
+
+    assert access.grant(EXPERIMENT, [ANN]) == {"d1001": rule}
+
+
+# --------------------------------------------------------------------------
 # Transfers
 
 SOURCES = {
@@ -669,4 +792,71 @@ def test_forget_is_a_no_op(make_transfer, fake):
     transfer = make_transfer()
 
     assert transfer.forget(SOURCES) is None
+    assert sum(fake.calls.values()) == 0
+
+
+# --------------------------------------------------------------------------
+# The files sent: the successful transfers of the tasks
+
+COMPLETED = 1772445600.0  # 2026-03-02T10:00:00+00:00, when the fake's tasks end
+
+
+@pytest.fixture
+def in_storage(fake, secret_file, tmp_path):
+    """A GlobusTransfer whose storage_root is a real folder, and the experiment's files Globus would move."""
+    root = tmp_path / "gdata"
+    storage = root / "2026-03" / EXPERIMENT.name
+    (storage / "data").mkdir(parents=True)
+    for n in range(5):
+        (storage / "data" / f"scan_{n}.h5").write_bytes(b"x" * n)
+    fake.to_move = [f"/2026-03/{EXPERIMENT.name}/data/scan_{n}.h5" for n in range(5)]
+    fake.to_move.append("/2026-03/2026-03-Other-2/data/scan_0.h5")  # another experiment's folder
+    access = GlobusAccess(COLLECTION, CLIENT_ID, secret_file, root, max_retries=0, timeout=5)
+    transfer = GlobusTransfer(access, SOURCE, poll_interval=0.02, resubmit_interval=0.05)
+    yield transfer, storage, {EXPERIMENT.data_directory: str(storage / "data")}
+    transfer.shutdown()
+
+
+def test_sent_since_lists_the_successful_transfers_of_the_ended_tasks_page_by_page(in_storage, fake):
+    transfer, storage, sources = in_storage
+    fake.new_task_status = "SUCCEEDED"
+    transfer.start(replace(EXPERIMENT, storage_directory=str(storage)), sources, once=True)
+    transfer.join(timeout=10)
+
+    sent = transfer.sent_since(0.0, str(storage))
+
+    assert [(Path(f.path).name, f.size, f.sent_at) for f in sent] == [(f"scan_{n}.h5", n, COMPLETED) for n in range(5)]
+    assert sent[2].mtime == (storage / "data" / "scan_2.h5").stat().st_mtime
+    assert fake.calls["_successful_transfers"] == 3  # 6 transfers, 2 a page
+    assert transfer.sent_since(COMPLETED, str(storage)) == []  # all were in the last dataset
+
+
+def test_sent_since_after_stop_lists_what_the_cancelled_task_moved(in_storage, fake, caplog):
+    transfer, storage, sources = in_storage
+    transfer.start(replace(EXPERIMENT, storage_directory=str(storage)), sources, once=False)
+    wait_for(lambda: transfer.progress().files_total == 10)  # the task runs
+    assert transfer.sent_since(0.0, str(storage)) == []  # not waited for: Globus lists a task once it ended
+    assert fake.calls["_successful_transfers"] == 0
+    (storage / "data" / "scan_4.h5").unlink()  # gone since
+
+    transfer.stop()
+    sent = transfer.sent_since(0.0, str(storage))
+
+    assert [Path(f.path).name for f in sent] == ["scan_0.h5", "scan_1.h5", "scan_2.h5", "scan_3.h5"]
+    assert "1 file(s) sent are gone" in caplog.text
+
+
+def test_sent_since_with_globus_failing_is_a_globus_error(in_storage, fake):
+    transfer, storage, sources = in_storage
+    fake.new_task_status = "SUCCEEDED"
+    transfer.start(replace(EXPERIMENT, storage_directory=str(storage)), sources, once=True)
+    transfer.join(timeout=10)
+    fake.fail[("GET", "_successful_transfers")] = {1}
+
+    with pytest.raises(GlobusError, match="listing the files sent for 2026-03-Smith-1: 500 ServerError"):
+        transfer.sent_since(0.0, str(storage))
+
+
+def test_sent_since_before_any_transfer_is_empty(make_transfer, fake):
+    assert make_transfer().sent_since(0.0, EXPERIMENT.storage_directory) == []
     assert sum(fake.calls.values()) == 0

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from pytest_httpserver import HTTPServer
 
 from ..adapters.test_globus import CLIENT_ID, COLLECTION, SECRET, FakeGlobus
+from ..faults.test_http_attacks import Hostile, answer_ok, redirect_to
 from .fixtures import IN_SECOND
 from .harness import IOC
 
@@ -29,17 +31,22 @@ def globus():
     server.stop()
 
 
-@pytest.fixture
-def globus_ioc(config, tmp_path, globus):
-    fake, server = globus
+def globus_config(config: dict, tmp_path: Path) -> dict:
+    """`config` with Globus on, its client secret in a file of the test's."""
     secret = tmp_path / "globus_secret"
     secret.write_text(SECRET + "\n")
     secret.chmod(0o600)
     config["globus"] = {"enabled": True, "collection_id": COLLECTION, "client_id": CLIENT_ID,
                         "client_secret_file": str(secret)}  # fmt: skip
+    return config
+
+
+@pytest.fixture
+def globus_ioc(config, tmp_path, globus):
+    fake, server = globus
     env = {"GLOBUS_SDK_SERVICE_URL_AUTH": server.url_for("/auth/"),
            "GLOBUS_SDK_SERVICE_URL_TRANSFER": server.url_for("/transfer/")}  # fmt: skip
-    with IOC(config, tmp_path, extra_env=env) as ioc:
+    with IOC(globus_config(config, tmp_path), tmp_path, extra_env=env) as ioc:
         yield ioc, fake
 
 
@@ -89,3 +96,22 @@ def test_a_globus_failure_half_way_then_a_rerun_completes(globus_ioc):
     assert ioc.get("Globus:Health") == "OK"
     ioc.stop()
     assert SECRET not in ioc.log()
+
+
+def test_a_redirect_from_globus_is_an_error_and_the_secret_goes_nowhere_else(config, tmp_path, globus):
+    """The token request (the client secret in its Basic header) meets a redirect to another server."""
+    fake, server = globus
+    with Hostile(answer_ok) as elsewhere, Hostile(redirect_to(elsewhere)) as auth:
+        env = {"GLOBUS_SDK_SERVICE_URL_AUTH": f"{auth.url}/auth/",
+               "GLOBUS_SDK_SERVICE_URL_TRANSFER": server.url_for("/transfer/")}  # fmt: skip
+        with IOC(globus_config(config, tmp_path), tmp_path, extra_env=env) as ioc:
+            status, severity = create(ioc)
+
+            assert severity == MAJOR, status
+            assert f"answered HTTP 307 (a redirect to 127.0.0.1:{elsewhere.port}): redirects are not" in status
+            assert ioc.get("Globus:Health") == "Error" and ioc.severity("Globus:Health") == MAJOR
+            ioc.stop()
+            assert SECRET not in ioc.log()
+        assert elsewhere.received == []
+        assert len(auth.received) == 1 and b"Authorization: Basic " in auth.received[0]
+    assert fake.rules == {}
