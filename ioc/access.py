@@ -12,6 +12,8 @@ The address reaches `check_access(hostname, username)` through the host
 name argument: the IOC's circuits (`ioc.caserver`) pass a `ClientHost`, the
 claimed name carrying the circuit's peer address. A plain `str` is only a
 claim, so a server that does not pass the address gets no write access.
+The server (`ioc.caserver`) also asks `admits_address` which circuits to
+spare when it must close some.
 """
 
 from __future__ import annotations
@@ -133,6 +135,10 @@ class WriteAccess:
                 log.exception("ioc.access: resolving %s failed", ", ".join(self.rules.names))
 
     # ------------------------------------------------------------------ deciding
+
+    def admits_address(self, address: str) -> bool:
+        """Whether `write_hosts` admits `address`: never without `write_hosts` (a user name alone is a claim)."""
+        return self.hosts_listed and self._host_admitted(address)
 
     def refusal(self, address: str | None, user: str | None) -> str | None:
         """Why a client at `address` claiming `user` may not write, or None when it may."""

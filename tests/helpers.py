@@ -19,6 +19,9 @@ REPO = Path(__file__).resolve().parents[1]
 TEST_DATA = REPO / "tests" / "data"
 APS_FIXTURES = TEST_DATA / "aps-scheduling"
 CONTRACT_PVS = TEST_DATA / "contract-pvs.txt"
+# Seconds a test's CA client waits to find a PV (its UDP search, retried) and for a reply. An idle machine answers
+# in milliseconds; a loaded one (2 cores, several suites) answered a search after more than 5 s.
+CA_TIMEOUT = 20.0
 
 
 def contract_pvs() -> list[tuple[str, str, str, str]]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import epics
 import yaml
 
-from ..helpers import wait_for
+from ..helpers import CA_TIMEOUT, wait_for
 from ..loopback import EPICS_PORTS, epics_env
 
 STARTUP_TIMEOUT = 20.0
@@ -108,7 +108,7 @@ class IOC:
         if full not in self._pvs:
             self._pvs[full] = epics.PV(full, auto_monitor=False)
         pv = self._pvs[full]
-        if not pv.wait_for_connection(5):
+        if not pv.wait_for_connection(CA_TIMEOUT):
             raise AssertionError(f"{full} did not connect")
         return pv
 
@@ -116,15 +116,15 @@ class IOC:
         """Read a PV now (no monitor cache); text comes back as str, decoded as UTF-8."""
         pv = self.pv(name)
         if pv.type.endswith("char") or pv.type == "char":
-            raw = pv.get(use_monitor=False, as_numpy=False, timeout=5)
+            raw = pv.get(use_monitor=False, as_numpy=False, timeout=CA_TIMEOUT)
             raw = [raw] if isinstance(raw, int) else raw
             return bytes(b & 0xFF for b in raw).split(b"\0")[0].decode("utf-8")
         if pv.type.endswith("enum"):
-            return pv.get(use_monitor=False, as_string=True, timeout=5)
-        return pv.get(use_monitor=False, timeout=5)  # DBR_STRING: pyepics decodes UTF-8 itself
+            return pv.get(use_monitor=False, as_string=True, timeout=CA_TIMEOUT)
+        return pv.get(use_monitor=False, timeout=CA_TIMEOUT)  # DBR_STRING: pyepics decodes UTF-8 itself
 
     def severity(self, name: str) -> int:
-        return self.pv(name).get_with_metadata(use_monitor=False, form="time", timeout=5)["severity"]
+        return self.pv(name).get_with_metadata(use_monitor=False, form="time", timeout=CA_TIMEOUT)["severity"]
 
     def put(self, name: str, value, wait: bool = True, timeout: float = 30.0):
         """Write a PV; text goes as UTF-8 bytes (pyepics would send Latin-1)."""

@@ -29,7 +29,7 @@ from dmagic_ioc.ioc.access import WriteAccess
 from dmagic_ioc.ioc.caserver import Context as IocServer
 
 from ..e2e.harness import IOC
-from ..helpers import free_port, wait_for
+from ..helpers import CA_TIMEOUT, free_port, wait_for
 
 pytestmark = pytest.mark.faults
 
@@ -57,8 +57,8 @@ def restricted(config: dict, **access) -> dict:
 
 
 def connect(context: Context, name: str):
-    (pv,) = context.get_pvs(name, timeout=5)
-    pv.wait_for_connection(timeout=5)
+    (pv,) = context.get_pvs(name, timeout=CA_TIMEOUT)
+    pv.wait_for_connection(timeout=CA_TIMEOUT)
     wait_for(lambda: pv.access_rights is not None, what=f"access rights of {name}")
     return pv
 
@@ -68,7 +68,7 @@ def put(pv, value) -> tuple[ca.CAStatusCode, float]:
     if isinstance(value, str):
         value = list(value.encode("utf-8")) + [0]
     started = time.monotonic()
-    response = pv.write(value, wait=True, timeout=10)
+    response = pv.write(value, wait=True, timeout=CA_TIMEOUT)
     return response.status, time.monotonic() - started
 
 
@@ -115,9 +115,9 @@ LIBCA_CLIENT = """
 import json, socket, sys
 import epics
 pv = epics.PV(sys.argv[1], auto_monitor=False)
-connected = pv.wait_for_connection(5)
+connected = pv.wait_for_connection(20)
 try:
-    pv.put(list("2026-01-Libca-1".encode()) + [0], wait=True, timeout=5)
+    pv.put(list("2026-01-Libca-1".encode()) + [0], wait=True, timeout=20)
     put = "sent"
 except Exception as error:
     put = f"{type(error).__name__}: {error}"
@@ -162,6 +162,7 @@ class BareClient:
     def __init__(self, name: str, search_port: int, source: str, host_name: str = "bare", user: str = "bare"):
         server = self.search(name, ("127.0.0.1", search_port), source)
         self.sock = socket.create_connection(server, timeout=5, source_address=(source, 0))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as libca: no 40 ms wait per put
         self.circuit = ca.VirtualCircuit(our_role=ca.CLIENT, address=server, priority=0)
         self.send(ca.VersionRequest(priority=0, version=ca.DEFAULT_PROTOCOL_VERSION),
                   ca.HostNameRequest(host_name), ca.ClientNameRequest(user))  # fmt: skip
@@ -174,7 +175,8 @@ class BareClient:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
             udp.bind((source, 0))
             udp.settimeout(0.5)
-            for _ in range(10):
+            deadline = time.monotonic() + CA_TIMEOUT
+            while time.monotonic() < deadline:  # searched again every 0.5 s, as a client does
                 udp.sendto(request, destination)
                 try:
                     data, sender = udp.recvfrom(65536)

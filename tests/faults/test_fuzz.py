@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from ..e2e.fixtures import SCHEDULE
 from ..e2e.harness import IOC, base_config, write_schedule
-from ..helpers import contract_pvs, wait_for
+from ..helpers import CA_TIMEOUT, contract_pvs, wait_for
 
 pytestmark = pytest.mark.faults
 
@@ -93,7 +93,8 @@ def test_no_put_stops_the_ioc_or_makes_a_pv_unreadable(fuzzed, puts):
     ioc, _ = fuzzed
     for name, data, data_type in puts:
         with contextlib.suppress(CaprotoError):  # refused or not: what matters is what follows
-            caproto_write(ioc.prefix + name, data, notify=True, data_type=data_type, timeout=10, repeater=False)
+            caproto_write(ioc.prefix + name, data, notify=True, data_type=data_type, timeout=CA_TIMEOUT,
+                          repeater=False)  # fmt: skip
         assert ioc.process.poll() is None, f"the IOC died after {name} <- {data!r} as {data_type.name}:\n{ioc.log()}"
     all_readable(ioc)
 
