@@ -22,8 +22,8 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
-from ..ioc.domain.model import Beamtime, DMError, Experiment, ExperimentUser, InputError, Person
-from ..ioc.statefiles import keep_aside
+from ..ioc.domain.model import Beamtime, DiskFull, DMError, Experiment, ExperimentUser, InputError, Person
+from ..ioc.statefiles import disk_full, keep_aside, private_file, rollback
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +104,10 @@ def migrate(conn: sqlite3.Connection, path: Path | str = "") -> int:
         try:
             MIGRATIONS[version](conn)
             conn.execute(f"PRAGMA user_version = {version + 1}")
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            rollback(conn)
             raise
-        conn.execute("COMMIT")
         log.info("registry %s: schema migrated to version %s", path, version + 1)
     return found
 
@@ -228,9 +228,10 @@ class Registry:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             _check_readable(self.path)
+            private_file(self.path)  # a new one 0600 before SQLite writes it: its -wal and -shm follow
             conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=5.0)
         except (OSError, sqlite3.Error) as error:
-            raise DMError(f"cannot open the registry {self.path}: {error}") from error
+            raise self._error("cannot open the registry", error) from error
         try:
             conn.execute("PRAGMA journal_mode = WAL")
             # Commits are rare (one per command): pay the fsync for durability.
@@ -241,11 +242,16 @@ class Registry:
             conn.close()
             if error.sqlite_errorcode & 0xFF in _UNREADABLE:
                 raise _Unreadable(str(error)) from None
-            raise DMError(f"cannot open the registry {self.path}: {error}") from error
+            raise self._error("cannot open the registry", error) from error
         except BaseException:
             conn.close()
             raise
         return conn
+
+    def _error(self, doing: str, error: OSError | sqlite3.Error) -> DMError:
+        """`error` in a sentence for Status; a DiskFull ("state_dir full: ...") when no space was left."""
+        message = f"{doing} {self.path}: {error}"
+        return DiskFull(f"state_dir full: {message}") if disk_full(error) else DMError(message)
 
     def storage_problem(self, storage_root: Path, *, advice: bool = True) -> str:
         """A warning when the registry lists no experiment while `storage_root` holds experiment folders:
@@ -302,21 +308,14 @@ class Registry:
         with self._lock:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._conn
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    rollback(self._conn)
+                    raise
             except sqlite3.Error as error:
-                raise DMError(f"registry {self.path}: {error}") from error
-            try:
-                yield self._conn
-            except sqlite3.Error as error:
-                self._conn.execute("ROLLBACK")
-                raise DMError(f"registry {self.path}: {error}") from error
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            try:
-                self._conn.execute("COMMIT")
-            except sqlite3.Error as error:
-                self._conn.execute("ROLLBACK")
-                raise DMError(f"registry {self.path}: {error}") from error
+                raise self._error("cannot write the registry", error) from error
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -324,7 +323,7 @@ class Registry:
             try:
                 yield self._conn
             except sqlite3.Error as error:
-                raise DMError(f"registry {self.path}: {error}") from error
+                raise self._error("cannot read the registry", error) from error
 
     # ------------------------------------------------------------------ experiments
 

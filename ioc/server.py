@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +21,7 @@ from .groups.experiment import ExperimentGroup
 from .groups.proposal import ProposalGroup
 from .groups.status import StatusGroup
 from .pvs import is_command, serve_record_fields
-from .statefiles import keep_aside
+from .statefiles import disk_full, keep_aside
 from .usecases import Beamline
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,8 @@ class DMagicIOC:
         self.catalog = CatalogGroup(prefix, engine=self.engine, beamline=beamline)
         self.pvdb = {**self.status.pvdb, **self.proposal.pvdb, **self.experiment.pvdb, **self.daq.pvdb,
                      **self.catalog.pvdb}  # fmt: skip
-        self.autosave = Autosave(beamline.settings.ioc.state_dir / "autosave.json", settings_channels(self.pvdb))
+        self.autosave = Autosave(beamline.settings.ioc.state_dir / "autosave.json", settings_channels(self.pvdb),
+                                 say=self.engine.notify)  # fmt: skip
         self.write_access = restrict_writes(self.pvdb, beamline.settings.ioc.access)  # None: anyone may write
 
     async def show(self) -> None:
@@ -121,14 +122,19 @@ class Autosave:
     A file that cannot be read is kept aside (`autosave.json.corrupt-<time>`),
     never overwritten: the PVs start from their defaults and `restore` returns
     a sentence for Status. When it cannot even be renamed, nothing is saved
-    until the next start.
+    until the next start. A save that fails (a full state_dir) is said with
+    `say` (MAJOR) once, and again only after a save worked in between; it is
+    tried again at each change meanwhile.
     """
 
-    def __init__(self, path: Path, channels: dict):
+    def __init__(self, path: Path, channels: dict, say: Callable[[str, AlarmSeverity], Awaitable[bool]] | None = None):
         self.path = path
         self.channels = channels  # full PV name -> channel
         self._saved: dict | None = None
         self.enabled = True
+        self._say = say  # shows a sentence on Status; False when it could not now (a command runs)
+        self._failure = ""  # why saving fails, since it began to ('' while it works)
+        self._failure_said = False
 
     def snapshot(self) -> dict:
         # Keyed without the prefix: an IOC started under a new prefix keeps its settings.
@@ -181,18 +187,47 @@ class Autosave:
         try:
             while True:
                 await async_lib.library.sleep(AUTOSAVE_SECONDS)
-                try:
-                    await self.save()
-                except Exception:  # a full disk must not stop the IOC; try again next time
-                    log.exception("autosave to %s failed", self.path)
+                await self.save()
         finally:
-            self._write(self.snapshot())
+            if self.snapshot() != self._saved:
+                try:
+                    self._write(self.snapshot())
+                except OSError as error:
+                    log.error("autosave to %s failed on the way out: %s", self.path, self._why(error))
 
     async def save(self) -> None:
+        """Write the settings if they changed; a failure is said, never raised (the IOC serves on)."""
         snapshot = self.snapshot()
-        if self.enabled and snapshot != self._saved:
+        if not self.enabled or snapshot == self._saved:
+            return
+        try:
             await asyncio.to_thread(self._write, snapshot)
-            self._saved = snapshot
+        except Exception as error:
+            await self._failed(error)
+            return
+        self._saved = snapshot
+        if self._failure:
+            log.info("autosave to %s works again", self.path)
+            self._failure, self._failure_said = "", False
+
+    async def _failed(self, error: Exception) -> None:
+        """Log and say a failed save once; say it later if a command holds Status now."""
+        if not self._failure:
+            self._failure = (
+                f"autosave to {self.path} failed: {self._why(error)}; "
+                "RW PV changes are saved when it works again (a restart now would lose them)"
+            )
+            if isinstance(error, OSError):
+                log.error("%s", self._failure)
+            else:  # a bug
+                log.exception("%s", self._failure)
+        if not self._failure_said and self._say is not None:
+            self._failure_said = await self._say(self._failure, AlarmSeverity.MAJOR_ALARM)
+
+    @staticmethod
+    def _why(error: Exception) -> str:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        return f"state_dir full ({reason})" if disk_full(error) else reason
 
     def _write(self, values: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
-from ...ioc.domain.model import DMError
+from ...ioc.domain.model import DiskFull, DMError
+from ...ioc.statefiles import disk_full, private_file, rollback
 
 SCHEMA_VERSION = 2
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -22,6 +23,11 @@ _UNREADABLE = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
 
 class LedgerUnreadable(Exception):
     """The ledger file is there but cannot be read as a ledger (garbage, truncated, corrupt pages)."""
+
+
+class LedgerFull(DiskFull, sqlite3.OperationalError):
+    """No space left in state_dir for the ledger: a DiskFull for the use cases, and still an sqlite3 error
+    for the copy loop, which keeps its buffered rows and tries again at the next batch."""
 
 
 class Definition(NamedTuple):
@@ -55,6 +61,7 @@ class Ledger:
         self._rows: list[tuple[str, str, int, int, str, float]] = []
         self._last_commit = time.monotonic()
         _check_header(self.path)
+        private_file(self.path)  # a new one 0600 before SQLite writes it: its -wal and -shm follow
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -71,6 +78,7 @@ class Ledger:
                 raise LedgerUnreadable(f"not a transfer ledger: {error}") from None
         except sqlite3.DatabaseError as error:
             self._db.close()
+            self._raise_if_full(error)
             if error.sqlite_errorcode & 0xFF in _UNREADABLE:
                 raise LedgerUnreadable(str(error)) from None
             raise
@@ -104,13 +112,27 @@ class Ledger:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
-        self._db.execute("BEGIN IMMEDIATE")
+        """One write transaction, all or nothing; LedgerFull when state_dir has no space left for it."""
         try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                self._db.execute("COMMIT")
+            except BaseException:
+                rollback(self._db)
+                raise
+        except sqlite3.Error as error:
+            self._raise_if_full(error)
             raise
-        self._db.execute("COMMIT")
+
+    @staticmethod
+    def _raise_if_full(error: sqlite3.Error) -> None:
+        """Raise LedgerFull when `error` says the disk is full (itself when it is one already); its
+        callers name the ledger."""
+        if isinstance(error, LedgerFull):
+            raise error
+        if disk_full(error):
+            raise LedgerFull(f"state_dir full ({error})") from error
 
     def running(self) -> Definition | None:
         """The running transfer, or None."""
@@ -178,6 +200,11 @@ class Ledger:
         """Buffer one sent file; `commit_if_due` or `commit` writes it."""
         with self._lock:
             self._rows.append((root, relpath, size, mtime_ns, dest, time.time()))
+
+    def buffered(self) -> int:
+        """The rows added and not committed yet."""
+        with self._lock:
+            return len(self._rows)
 
     def due(self) -> bool:
         with self._lock:

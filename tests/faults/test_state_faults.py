@@ -36,9 +36,8 @@ def still_serves(ioc: IOC) -> None:
     """Heartbeat ticks, a setting takes a write, and a command runs."""
     beat = ioc.get("Heartbeat")
     wait_for(lambda: ioc.get("Heartbeat") > beat, what="Heartbeat to tick")
-    ioc.put("TimeOffsetDays", 2.5)
-    assert ioc.get("TimeOffsetDays") == 2.5
     ioc.put("Manual:LastName", "Fault")
+    assert ioc.get("Manual:LastName") == "Fault"
     status, severity = ioc.command("CreateManual")
     assert severity < MAJOR and "Fault" in status, status
 
@@ -77,13 +76,13 @@ def test_unreadable_autosave_is_kept_aside_never_overwritten(config, tmp_path, d
         assert ioc.get("RefreshPeriod") == 0.0  # the config's value: nothing restored from the damaged file
         assert ioc.get("DM:Health") == "OK"  # autosave is the IOC's own, not DM's
         still_serves(ioc)
-        wait_for(lambda: autosave.exists() and json.loads(autosave.read_text()).get("TimeOffsetDays") == 2.5,
+        wait_for(lambda: autosave.exists() and json.loads(autosave.read_text()).get("Manual:LastName") == "Fault",
                  what="autosave to start a new file")  # fmt: skip
     assert kept.read_bytes() == original
     with IOC(config, tmp_path) as again:  # the new file is read; no alarm
         status, severity = started_status(again)
         assert severity == 0, status
-        assert again.get("TimeOffsetDays") == 2.5
+        assert again.get("Manual:LastName") == "Fault"
     assert kept_copies(autosave) == [kept]
 
 

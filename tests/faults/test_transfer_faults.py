@@ -1,6 +1,6 @@
 """Transfers against a faulty world, through the installed IOC: symlinks out of the source folders, storage
 that is deleted or unmounted (a real tmpfs, where the tests run as root), a file name that is not UTF-8,
-and a transfer ledger that cannot be read (SPEC section 8)."""
+and a transfer ledger that cannot be read."""
 
 from __future__ import annotations
 
@@ -94,28 +94,6 @@ def test_symlinks_inside_the_source_are_not_followed_and_the_summary_says_so(ioc
 
 
 # ------------------------------------------------------------------ storage that goes away
-
-
-@pytest.fixture
-def tmpfs():
-    """Mount a small tmpfs on a folder; whatever is still mounted is unmounted at the end."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (CI runs the suite as root)")
-    mounted: list[Path] = []
-
-    def mount(point: Path) -> Path:
-        point.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "dmagic-test", str(point)],
-                              capture_output=True, text=True)  # fmt: skip
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-        mounted.append(point)
-        return point
-
-    yield mount
-    for point in mounted:
-        if os.path.ismount(point):
-            subprocess.run(["umount", "-l", str(point)], check=False)
 
 
 def unmount(point: Path) -> None:
