@@ -1,11 +1,17 @@
-"""E-mail: the data-access message, built from a template and sent over SMTP.
+"""E-mail: the data-access message, built from a template and sent over SMTP, or written to an outbox folder.
 
 Template syntax: the first line is `Subject: ...`, the rest is the body.
 Placeholders are written `{name}`; the known ones are `PLACEHOLDERS`
 (`{experiment}`, `{title}`, `{pi}`, `{beamline}`, `{globus_url}`,
-`{storage_directory}`); a literal brace is doubled (`{{`, `}}`). Every
-message goes out as plain text with an HTML alternative (values escaped,
-links made clickable). The bundled default is `templates/data_access_email.txt`.
+`{storage_directory}`); a literal brace is doubled (`{{`, `}}`). A paragraph
+(lines between blank lines) holding `{globus_url}` is left out when there is
+no link (Globus not enabled), so the message never points to Globus then.
+Every message goes out as plain text with an HTML alternative (values
+escaped, links made clickable). The bundled default is
+`templates/data_access_email.txt`.
+
+`email.outbox` (a folder) replaces SMTP by `OutboxMailer`: each message is
+written there as an `.eml` file, to try e-mail without a mail server.
 """
 
 from __future__ import annotations
@@ -15,16 +21,19 @@ import copy
 import html
 import importlib.resources
 import logging
+import os
 import re
 import smtplib
 import ssl
 import string
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid, parseaddr
 from pathlib import Path
 
-from ..ioc.domain.model import EmailError, InputError
+from ..ioc.domain.model import EmailError, InputError, email_problem, printable
 from ..ioc.domain.ports import Delivery
 from ..ioc.secrets import is_loopback, read_credentials
 
@@ -34,6 +43,11 @@ PLACEHOLDERS = ("experiment", "title", "pi", "beamline", "globus_url", "storage_
 DEFAULT_TEMPLATE = "templates/data_access_email.txt"
 
 _URL = re.compile(r"https?://\S+")
+_BLANK_LINES = re.compile(r"\n(?:[ \t]*\n)+")  # between two paragraphs
+OPTIONAL_PARAGRAPHS = ("globus_url",)  # a paragraph holding one of these goes when it has no value
+_NOT_IN_FILE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
+OUTBOX_MODE = 0o640  # messages in the outbox: the IOC's account writes, its group reads
+_SHOWN_CHARS = 80  # of an address refused before it is sent
 
 
 # --------------------------------------------------------------------------
@@ -117,6 +131,20 @@ def _html_document(body: str) -> str:
     return f'<!DOCTYPE html>\n<html>\n<head><meta charset="utf-8"></head>\n<body>\n{inner}\n</body>\n</html>\n'
 
 
+def _without_empty_paragraphs(body: str, values: Mapping[str, str]) -> str:
+    """`body` (checked) without the paragraphs about what has no value: one holding `{globus_url}` when there
+    is no link."""
+    empty = {name for name in OPTIONAL_PARAGRAPHS if not str(values.get(name) or "").strip()}
+    if not empty:
+        return body
+    kept = []
+    for paragraph in _BLANK_LINES.split(body):
+        names = {name for _, name, _, _ in string.Formatter().parse(paragraph) if name is not None}
+        if not names & empty:
+            kept.append(paragraph)
+    return "\n\n".join(kept)
+
+
 def build_message(template: str, *, sender: str, to: str, values: Mapping[str, str]) -> EmailMessage:
     """The message for one recipient: subject and body filled from `values`.
 
@@ -126,7 +154,8 @@ def build_message(template: str, *, sender: str, to: str, values: Mapping[str, s
     known = set(PLACEHOLDERS) | set(values)
     subject_template, body_template = _split(template)
     subject = _render(_fields(subject_template, known), values, as_html=False)
-    chunks = _fields(body_template, known)
+    _fields(body_template, known)  # checked whole, before any paragraph is left out
+    chunks = _fields(_without_empty_paragraphs(body_template, values), known)
     message = EmailMessage()
     message["Subject"] = " ".join(subject.split())  # a value with a line break must not end the header
     message["From"] = sender
@@ -140,10 +169,117 @@ def build_message(template: str, *, sender: str, to: str, values: Mapping[str, s
 
 
 # --------------------------------------------------------------------------
+# Delivery
+
+
+class TemplateMailer:
+    """`ports.Mailer`: renders the template for each recipient; subclasses deliver the messages.
+
+    Each recipient is handled on their own: an address that is not one plain
+    address, or a message that cannot be built, fails that user alone.
+    """
+
+    def __init__(self, *, template: str = "", sender: str = ""):
+        self.template = template or default_template()
+        self.sender = sender
+
+    def send(self, recipients: Sequence[tuple[str, str]], values: Mapping[str, str]) -> Delivery:
+        """The message, filled with `values`, to each (username, address); users without an address are skipped.
+
+        An address that is not one plain address (a line break would write headers, a comma add
+        recipients) fails that user alone, as does a message that cannot be built for them.
+        """
+        skipped = tuple(username for username, address in recipients if not (address or "").strip())
+        pending: list[tuple[str, str, EmailMessage]] = []
+        failed: dict[str, str] = {}
+        for username, address in recipients:
+            address = (address or "").strip()
+            if not address:
+                continue
+            problem = email_problem(address)
+            try:
+                if problem:
+                    failed[username] = f"{_shown(address)} is not one plain e-mail address ({problem})"
+                else:
+                    message = build_message(self.template, sender=self.sender, to=address, values=values)
+                    pending.append((username, address, message))
+            except ValueError as error:  # a header the e-mail library refuses to write
+                failed[username] = f"not sent: {error}"
+            if username in failed:
+                log.warning("e-mail: message to %s %s", username, failed[username])
+        return self._deliver(pending, skipped, failed)
+
+    def _deliver(
+        self, pending: Sequence[tuple[str, str, EmailMessage]], skipped: tuple[str, ...], failed: dict[str, str]
+    ) -> Delivery:
+        """Deliver each (username, address, message); `skipped` have no address, `failed` holds those already
+        refused (username -> why)."""
+        raise NotImplementedError
+
+
+def outbox_problem(folder: Path) -> str:
+    """Why messages cannot be written to `folder` (`email.outbox`), '' when they can."""
+    try:
+        if not Path(folder).is_dir():
+            return f"{folder} is not a folder"
+    except OSError as error:
+        return f"{folder} cannot be reached: {error.strerror}"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"{folder} is not writable by this user"
+    return ""
+
+
+class OutboxMailer(TemplateMailer):
+    """`ports.Mailer` into a folder: each message is written there as `<time>-<username>-<id>.eml`, whole
+    (aside, then renamed) and mode 0640; nothing is sent. For trying e-mail without a mail server (the demo)."""
+
+    def __init__(self, folder: Path, *, template: str = "", sender: str = ""):
+        super().__init__(template=template, sender=sender)
+        self.folder = Path(folder)
+
+    def _deliver(
+        self, pending: Sequence[tuple[str, str, EmailMessage]], skipped: tuple[str, ...], failed: dict[str, str]
+    ) -> Delivery:
+        if not pending:
+            return Delivery(skipped=skipped, failed=failed)
+        if problem := outbox_problem(self.folder):
+            raise EmailError(f"email.outbox: {problem}; nothing written")
+        delivered: list[str] = []
+        for username, _, message in pending:
+            try:
+                path = self._write(username, message)
+            except OSError as error:
+                failed[username] = f"not written to {self.folder}: {error.strerror or error}"
+                log.warning("e-mail: message to %s %s", username, failed[username])
+            else:
+                delivered.append(username)
+                log.info("e-mail: message to %s written to %s", username, path)
+        return Delivery(delivered=tuple(delivered), skipped=skipped, failed=failed)
+
+    def _write(self, username: str, message: EmailMessage) -> Path:
+        stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
+        name = f"{stamp}-{_NOT_IN_FILE_NAME.sub('_', username)[:64]}-{uuid.uuid4().hex[:8]}.eml"
+        final = self.folder / name
+        aside = self.folder / f".{name}.part"
+        descriptor = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, OUTBOX_MODE)
+        try:
+            with os.fdopen(descriptor, "wb") as file:
+                os.fchmod(file.fileno(), OUTBOX_MODE)  # whatever the umask
+                file.write(message.as_bytes())
+                file.flush()
+                os.fsync(file.fileno())
+            os.rename(aside, final)
+        except BaseException:
+            aside.unlink(missing_ok=True)
+            raise
+        return final
+
+
+# --------------------------------------------------------------------------
 # SMTP
 
 
-class SmtpMailer:
+class SmtpMailer(TemplateMailer):
     """`ports.Mailer` over SMTP: renders the template for each recipient; one connection per round.
 
     Each recipient is handled on their own: a refused address fails only that
@@ -165,8 +301,7 @@ class SmtpMailer:
         sender: str = "",
         allow_insecure: bool = False,
     ):
-        self.template = template or default_template()
-        self.sender = sender
+        super().__init__(template=template, sender=sender)
         self.host = host
         self.port = port
         self.starttls = starttls
@@ -187,22 +322,14 @@ class SmtpMailer:
     def server(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def send(self, recipients: Sequence[tuple[str, str]], values: Mapping[str, str]) -> Delivery:
-        """The message, filled with `values`, to each (username, address); users without an address are skipped."""
-        skipped = tuple(username for username, address in recipients if not (address or "").strip())
-        addressed = [(username, address.strip()) for username, address in recipients if (address or "").strip()]
-        pending = [
-            (username, address, build_message(self.template, sender=self.sender, to=address, values=values))
-            for username, address in addressed
-        ]
-        return self._deliver(pending, skipped)
-
-    def _deliver(self, pending: Sequence[tuple[str, str, EmailMessage]], skipped: tuple[str, ...]) -> Delivery:
-        """Send each (username, address, message) over one connection; `skipped` have no address."""
+    def _deliver(
+        self, pending: Sequence[tuple[str, str, EmailMessage]], skipped: tuple[str, ...], failed: dict[str, str]
+    ) -> Delivery:
+        """Send each (username, address, message) over one connection; `skipped` have no address, `failed`
+        holds those already refused (username -> why)."""
         if not pending:
-            return Delivery(skipped=skipped, failed={})
+            return Delivery(skipped=skipped, failed=failed)
         delivered: list[str] = []
-        failed: dict[str, str] = {}
         smtp = self._connect()
         try:
             for index, (username, address, message) in enumerate(pending):
@@ -282,6 +409,11 @@ def _refusal(address: str, error: Exception) -> str:
     if isinstance(error, smtplib.SMTPResponseException):
         return f"refused by the server: {error.smtp_code} {_text(error.smtp_error)}"
     return _reason(error)
+
+
+def _shown(address: str) -> str:
+    """An address in a message, control characters escaped and shortened: it may be megabytes long."""
+    return printable(address[:_SHOWN_CHARS]) + ("..." if len(address) > _SHOWN_CHARS else "")
 
 
 def _redact(text: str, user: str, password: str) -> str:

@@ -28,17 +28,41 @@ from pathlib import Path
 
 import yaml
 
-from ..ioc.domain.model import BADGE, Beamtime, Person, Run, SchedulingError, parse_time
+try:
+    from yaml import CSafeLoader as _SafeLoader
+except ImportError:  # PyYAML without libyaml: the Python parser, 40 times slower (3 s for a 10 MB title)
+    from yaml import SafeLoader as _SafeLoader  # type: ignore[assignment]
+
+from ..ioc.domain.model import (
+    BADGE,
+    Beamtime,
+    Person,
+    Run,
+    SchedulingError,
+    clean_beamtime,
+    parse_time,
+    printable,
+)
 
 log = logging.getLogger(__name__)
+
+_SHOWN_CHARS = 60  # of a bad value quoted in an error
+
+# The keys of each part of the file; any other is refused, naming it (a misspelled key would be lost silently).
+_KEYS = {
+    "the schedule": ("runs", "beamtimes"),
+    "run": ("name", "start", "end"),
+    "beamtime": ("gup", "title", "type", "start", "end", "esaf", "proprietary", "mail_in", "people"),
+    "person": ("badge", "first_name", "last_name", "email", "institution", "pi"),
+}
 
 # Without a run list, one nameless run spans all time.
 _ALL_TIME = Run("", datetime(1, 1, 2, tzinfo=timezone.utc), datetime(9999, 12, 30, tzinfo=timezone.utc))
 
 
-class _TextLoader(yaml.SafeLoader):
-    """SafeLoader that leaves times and numbers as written: the zone of a time is ours to
-    decide, and a badge `012345` must not turn into an octal number."""
+class _TextLoader(_SafeLoader):
+    """SafeLoader (libyaml's) that leaves times and numbers as written: the zone of a time is ours
+    to decide, and a badge `012345` must not turn into an octal number."""
 
 
 _AS_TEXT = {"tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"}
@@ -60,12 +84,17 @@ class FileSchedule:
             data = yaml.load(self.path.read_text(encoding="utf-8"), Loader=_TextLoader)  # noqa: S506
         except OSError as error:
             raise SchedulingError(f"cannot read the schedule {self.path}: {error.strerror}") from None
+        except UnicodeDecodeError:
+            raise SchedulingError(f"the schedule {self.path} is not UTF-8 text") from None
         except yaml.YAMLError as error:
             raise SchedulingError(f"the schedule {self.path} is not valid YAML: {error}") from None
         if data is None:
             return {}
         if not isinstance(data, dict):
             raise SchedulingError(f"the schedule {self.path} must be a mapping with 'runs' and 'beamtimes'")
+        unknown = [str(key) for key in data if key not in _KEYS["the schedule"]]
+        if unknown:
+            raise SchedulingError(f"the schedule {self.path}: {_key(unknown[0])}: unknown key (known: runs, beamtimes)")
         return data
 
     def runs(self) -> list[Run]:
@@ -80,6 +109,7 @@ class FileSchedule:
         return [b for b in beamtimes if run.start <= b.start < run.end]
 
     def _run(self, entry: dict, where: str) -> Run:
+        self._check_keys(entry, "run", where)
         return Run(
             name=self._text(entry, "name", where, required=True),
             start=self._time(entry, "start", where),
@@ -87,13 +117,14 @@ class FileSchedule:
         )
 
     def _beamtime(self, entry: dict, where: str) -> Beamtime:
+        self._check_keys(entry, "beamtime", where)
         people = entry.get("people") or []
         if not isinstance(people, list):
             raise SchedulingError(f"{self.path}: {where}.people must be a list")
         start, end = self._time(entry, "start", where), self._time(entry, "end", where)
         if end <= start:
             raise SchedulingError(f"{self.path}: {where}: end is not after start")
-        return Beamtime(
+        beamtime = Beamtime(
             gup=self._text(entry, "gup", where, required=True),
             title=self._text(entry, "title", where),
             proposal_type=self._text(entry, "type", where),
@@ -104,13 +135,15 @@ class FileSchedule:
             proprietary=self._flag(entry, "proprietary", where),
             mail_in=self._flag(entry, "mail_in", where),
         )
+        return clean_beamtime(beamtime)  # each value on its own: one bad value affects that value alone
 
     def _person(self, entry: object, where: str) -> Person:
         if not isinstance(entry, dict):
             raise SchedulingError(f"{self.path}: {where} must be a mapping (badge, first_name, ...)")
+        self._check_keys(entry, "person", where)
         badge = self._text(entry, "badge", where, required=True)
         if not BADGE.fullmatch(badge):
-            raise SchedulingError(f"{self.path}: {where}.badge {badge!r} is not a badge number")
+            raise SchedulingError(f"{self.path}: {where}.badge {_shown(badge)} is not a badge number")
         return Person(
             badge=badge,
             first_name=self._text(entry, "first_name", where),
@@ -119,6 +152,16 @@ class FileSchedule:
             institution=self._text(entry, "institution", where),
             is_pi=self._flag(entry, "pi", where),
         )
+
+    def _check_keys(self, entry: object, part: str, where: str) -> None:
+        """Refuse a key a `part` (run, beamtime, person) does not have, naming the file, the entry and the key."""
+        if not isinstance(entry, dict):
+            raise SchedulingError(f"{self.path}: {where} must be a mapping")
+        known = _KEYS[part]
+        for key in entry:
+            if key not in known:
+                raise SchedulingError(f"{self.path}: {where}.{_key(key)}: unknown key of a {part} "
+                                      f"(known: {', '.join(known)})")  # fmt: skip
 
     def _text(self, entry: object, key: str, where: str, *, required: bool = False) -> str:
         if not isinstance(entry, dict):
@@ -137,7 +180,7 @@ class FileSchedule:
         try:
             return parse_time(text, self.tz)
         except ValueError:
-            raise SchedulingError(f"{self.path}: {where}.{key} {text!r} is not a date/time") from None
+            raise SchedulingError(f"{self.path}: {where}.{key} {_shown(text)} is not a date/time") from None
 
     def _flag(self, entry: dict, key: str, where: str) -> bool:
         value = entry.get(key, False)
@@ -146,6 +189,16 @@ class FileSchedule:
         if not isinstance(value, bool):
             raise SchedulingError(f"{self.path}: {where}.{key} must be true or false")
         return value
+
+
+def _shown(text: str) -> str:
+    """A value quoted in an error, shortened: it may be megabytes long."""
+    return repr(text) if len(text) <= _SHOWN_CHARS else repr(text[:_SHOWN_CHARS]) + "..."
+
+
+def _key(key: object) -> str:
+    """A key quoted in an error: control characters escaped, shortened."""
+    return printable(str(key)[:_SHOWN_CHARS])
 
 
 def _entries(data: dict, key: str, path: Path) -> list:

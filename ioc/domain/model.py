@@ -11,8 +11,9 @@ import re
 import string
 import unicodedata
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta, timezone, tzinfo
+from typing import Any
 
 # --------------------------------------------------------------------------
 # Errors: every message is written for the Status PV, for a beamline scientist.
@@ -113,6 +114,12 @@ def look_moment(now: datetime, offset_days: float) -> datetime:
     return now + timedelta(days=offset_days)
 
 
+def days(count: float) -> str:
+    """`1 day`, `7 days`, `2.5 days` (a TimeOffsetDays, its sign left out)."""
+    count = abs(count)
+    return f"{count:g} day" if count == 1 else f"{count:g} days"
+
+
 def iso(moment: datetime | None) -> str:
     """ISO 8601 with UTC offset, to the second; empty for None."""
     return moment.isoformat(timespec="seconds") if moment else ""
@@ -169,6 +176,7 @@ class Beamtime:
     proprietary: bool = False
     mail_in: bool = False
     esaf_people: tuple[Person, ...] = ()  # on the ESAF but not on the proposal
+    warnings: tuple[str, ...] = field(default=(), compare=False)  # what `clean_beamtime` changed, naming it
 
     def contains(self, moment: datetime) -> bool:
         return _within(moment, self.start, self.end)
@@ -215,11 +223,12 @@ def find_beamtime(beamtimes: Iterable[Beamtime], gup: str) -> Beamtime | None:
 
 @dataclass(frozen=True)
 class CurrentProposal:
-    """What a refresh found: the run and beamtime at the looked-at moment."""
+    """What a refresh found: the run and beamtime at the looked-at moment (now + `offset_days`)."""
 
     run: Run | None
     beamtime: Beamtime | None
     refreshed: datetime
+    offset_days: float = 0.0  # TimeOffsetDays the schedule was read with
 
 
 @dataclass(frozen=True)
@@ -259,6 +268,167 @@ class UserInfo:
             esaf_doi=beamtime.esaf_doi,
             year_month=beamtime.year_month,
         )
+
+
+# --------------------------------------------------------------------------
+# Values from the schedule: each cleaned on its own where a scheduling backend builds the types above,
+# so that one bad value (a line break in an e-mail, a control character, a 10 MB title) affects that
+# value alone. The limits are the sizes of the PVs that show the values, without their NUL.
+
+TITLE_BYTES = 1023  # ProposalTitle
+TEXT_BYTES = 255  # names, e-mail, institution, proposal type, ESAF DOI
+STRING_BYTES = 39  # GUP, badge, ESAF number: EPICS strings
+LIST_BYTES = 8191  # Users:Names, Users:Badges, Users:Emails
+LIST_SEPARATOR = ","
+EMAIL_CHARS = 254  # the longest address SMTP carries (RFC 5321)
+
+# Control characters but line breaks and tabs (those are white space: they become a space), and lone
+# surrogates (JSON can carry them; they are no text and cannot be encoded).
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x84\x86-\x9f\ud800-\udfff]")
+_LINE_BREAKS = frozenset("\n\r\v\f\x85\u2028\u2029")
+_PLAIN_ADDRESS = re.compile(r'[^@\s<>()\[\]":\\]+@[^@\s<>()\[\]":\\]+')
+_SHOWN_NAME_CHARS = 40  # a person's name in a warning
+
+
+def clean_text(value: str, limit: int = TEXT_BYTES) -> tuple[str, str]:
+    """`value` on one line, fit for a PV of `limit` bytes: white space (line breaks, tabs) runs become one
+    space, other control characters go, and what passes `limit` UTF-8 bytes is cut at a character
+    boundary. Returns the text and what was done to it, for a warning ('' when only spacing changed).
+
+    Looks at no more of `value` than could be kept, so a 10 MB title costs what a short one does.
+    """
+    value = value.strip()
+    head = value[: 4 * limit]
+    head, controls = _CONTROL.subn("", head)
+    text = " ".join(head.split())
+    encoded = text.encode("utf-8")
+    cut = len(value) > 4 * limit or len(encoded) > limit
+    if cut:
+        text = encoded[:limit].decode("utf-8", "ignore").rstrip()
+    done = ["cleaned of control characters"] if controls else []
+    done += [f"cut to {limit} bytes"] if cut else []
+    return text, " and ".join(done)
+
+
+def email_problem(address: str) -> str:
+    """What makes `address` other than one plain e-mail address (`name@domain`), in a few words; ''
+    when it is one. A line break would let a value write mail headers, a comma or semicolon would
+    make it several addresses and the `Users:Emails` list ambiguous."""
+    if len(address) > EMAIL_CHARS:
+        return f"over {EMAIL_CHARS} characters"
+    if any(char in _LINE_BREAKS for char in address):
+        return "a line break"
+    for char, name in ((",", "a comma"), (";", "a semicolon")):
+        if char in address:
+            return name
+    if _CONTROL.search(address) or "\t" in address:
+        return "a control character"
+    if any(char.isspace() for char in address):
+        return "a space"
+    if "@" not in address:
+        return "no @"
+    if not _PLAIN_ADDRESS.fullmatch(address):
+        return "not one plain address"
+    return ""
+
+
+_PERSON_TEXT = {  # Person attribute -> (its name in a warning, its limit)
+    "badge": ("badge", STRING_BYTES),
+    "first_name": ("first name", TEXT_BYTES),
+    "last_name": ("last name", TEXT_BYTES),
+    "institution": ("institution", TEXT_BYTES),
+}
+_BEAMTIME_TEXT = {  # Beamtime attribute -> (its name in a warning, its limit)
+    "gup": ("GUP", STRING_BYTES),
+    "title": ("title", TITLE_BYTES),
+    "proposal_type": ("proposal type", TEXT_BYTES),
+    "esaf": ("ESAF", STRING_BYTES),
+    "esaf_doi": ("ESAF DOI", TEXT_BYTES),
+}
+
+
+def clean_people(people: Iterable[Person]) -> tuple[tuple[Person, ...], tuple[str, ...]]:
+    """`people` with each value cleaned on its own (`clean_text`); an e-mail that is not one plain
+    address is dropped and the person keeps the rest. Also the warnings, naming whom and what."""
+    cleaned: list[Person] = []
+    warnings: list[str] = []
+    for person in people:
+        values: dict[str, Any] = {}  # attribute -> its cleaned value
+        done: dict[str, str] = {}  # the value's name in a warning -> what was done to it
+        for attribute, (name, limit) in _PERSON_TEXT.items():
+            values[attribute], done[name] = clean_text(getattr(person, attribute), limit)
+        email = person.email.strip()
+        problem = email_problem(email) if email else ""
+        done["e-mail"] = f"dropped ({problem})" if problem else ""
+        person = replace(person, email="" if problem else email, **values)
+        cleaned.append(person)
+        warnings += [f"{name} of {_who(person)} {what}" for name, what in done.items() if what]
+    return tuple(cleaned), tuple(warnings)
+
+
+def _who(person: Person) -> str:
+    """A person in a warning: the name (shortened) and the badge."""
+    name = person.full_name
+    name = name if len(name) <= _SHOWN_NAME_CHARS else name[: _SHOWN_NAME_CHARS - 1] + "…"
+    return f"{name} ({person.badge})" if name else f"badge {person.badge}"
+
+
+def clean_beamtime(beamtime: Beamtime) -> Beamtime:
+    """`beamtime` as a scheduling backend read it, each value cleaned on its own (`clean_text`,
+    `clean_people`), with `warnings` naming what was changed; the user lists that would not hold every
+    person say so too. Cleaning again changes nothing and adds no warning."""
+    values: dict[str, Any] = {}
+    warnings = list(beamtime.warnings)
+    for attribute, (name, limit) in _BEAMTIME_TEXT.items():
+        values[attribute], done = clean_text(getattr(beamtime, attribute), limit)
+        warnings += [f"{name} {done}"] if done else []
+    people, about_people = clean_people(beamtime.people)
+    esaf_people, about_esaf_people = clean_people(beamtime.esaf_people)
+    cleaned = replace(beamtime, people=people, esaf_people=esaf_people, **values)
+    listed = listed_count(cleaned.people_pi_first)
+    if listed < len(people):
+        warnings.append(f"Users:Names, Users:Badges, Users:Emails list the first {listed} of {len(people)} people")
+    warnings += [*about_people, *about_esaf_people]
+    return replace(cleaned, warnings=tuple(dict.fromkeys(warnings)))
+
+
+def user_lists(people: Sequence[Person]) -> tuple[str, str, str]:
+    """`Users:Names`, `Users:Badges`, `Users:Emails`: comma-separated, in the same order, unambiguous (a
+    comma inside a name is left out; an e-mail that is not one plain address is left empty), and all
+    three end at the same person when one would pass LIST_BYTES."""
+    columns = _user_columns(people)
+    count = _fitting(columns)
+    names, badges, emails = (LIST_SEPARATOR.join(column[:count]) for column in columns)
+    return names, badges, emails
+
+
+def listed_count(people: Sequence[Person]) -> int:
+    """How many of `people` the user lists hold (`user_lists`)."""
+    return _fitting(_user_columns(people))
+
+
+def _user_columns(people: Sequence[Person]) -> tuple[list[str], list[str], list[str]]:
+    """Names (a person without one: the DM username, never an empty entry), badges, e-mails."""
+    return (
+        [_listed_name(person).replace(LIST_SEPARATOR, "") for person in people],
+        [person.badge.replace(LIST_SEPARATOR, "") for person in people],
+        ["" if email_problem(person.email) else person.email for person in people],
+    )
+
+
+def _listed_name(person: Person) -> str:
+    return person.full_name or (person.username if person.badge else "")
+
+
+def _fitting(columns: Sequence[Sequence[str]]) -> int:
+    """How many rows of `columns` fit in LIST_BYTES, each column joined by the separator."""
+    step = len(LIST_SEPARATOR)
+    sizes = [-step] * len(columns)  # each value but the first comes after a separator
+    for count, row in enumerate(zip(*columns, strict=True)):
+        sizes = [size + step + len(value.encode("utf-8")) for size, value in zip(sizes, row, strict=True)]
+        if max(sizes) > LIST_BYTES:
+            return count
+    return len(columns[0])
 
 
 # --------------------------------------------------------------------------
@@ -378,9 +548,10 @@ def dm_username(badge: str) -> str:
 
 
 def parse_badges(text: str, what: str = "Badges") -> tuple[str, ...]:
-    """`"310011, 310012"` -> `("310011", "310012")`; every entry must be numeric. `what` names the PV."""
-    entries = [entry.strip() for entry in text.split(",")]
-    if not any(entries):
+    """`"310011, 310012"` -> `("310011", "310012")`; every entry must be numeric. Spaces around an entry and
+    empty entries (`"310011,"`, `"310011,,310012"`) are let pass; `"310 011"` is no badge. `what` names the PV."""
+    entries = [entry for entry in (entry.strip() for entry in text.split(",")) if entry]
+    if not entries:
         raise InputError(f"{what} is empty: write comma-separated badge numbers, e.g. 310011,310012")
     bad = [entry for entry in entries if not BADGE.fullmatch(entry)]
     if bad:
@@ -465,3 +636,8 @@ def proposal_of(experiment: Experiment) -> Beamtime:
         people=tuple(people),
         esaf=experiment.esaf,
     )
+
+
+class DiskFull(DMError):
+    """A disk the IOC writes has no space left (or the quota is spent): the message starts with where,
+    "state_dir full: ..." or "storage full: ...". DM's Health shows Error until a DM call works again."""

@@ -8,7 +8,7 @@ import time
 
 from caproto import AlarmSeverity, SkipWrite
 
-from ..domain.model import UserInfo, iso
+from ..domain.model import LIST_BYTES, TEXT_BYTES, TITLE_BYTES, UserInfo, iso, user_lists
 from ..engine import CommandFailed
 from ..pvs import NO_YES, command, double, enum, long, string, text, update
 from ..usecases import BeamlineState
@@ -43,19 +43,19 @@ class ProposalGroup(CommandGroup):
     )  # fmt: skip
     proposal_active = enum("ProposalActive", NO_YES, "A beamtime is scheduled now; No carries MINOR")
     proposal_number = string("ProposalNumber", "GUP number")
-    proposal_title = text("ProposalTitle", 1024, "Full proposal title")
-    proposal_type = text("ProposalType", 256, "e.g. General User")
+    proposal_title = text("ProposalTitle", TITLE_BYTES + 1, "Full proposal title")  # + 1: the NUL
+    proposal_type = text("ProposalType", TEXT_BYTES + 1, "e.g. General User")
     proposal_start = string("ProposalStart", "Beamtime start, ISO 8601 with UTC offset")
     proposal_end = string("ProposalEnd", "Beamtime end, ISO 8601 with UTC offset")
     proprietary = enum("Proprietary", NO_YES, "Proprietary proposal")
     mail_in = enum("MailIn", NO_YES, "Mail-in proposal")
     esaf_number = string("ESAFNumber", "ESAF number, empty if none")
-    esaf_doi_number = text("ESAFDOINumber", 256, "ESAF DOI when the backend knows it")
+    esaf_doi_number = text("ESAFDOINumber", TEXT_BYTES + 1, "ESAF DOI when the backend knows it")
     experiment_year_month = string("ExperimentYearMonth", "YYYY-MM of the beamtime start")
-    user_name = text("UserName", 256, "PI first name")
-    user_last_name = text("UserLastName", 256, "PI last name")
-    user_email = text("UserEmail", 256, "PI e-mail")
-    user_institution = text("UserInstitution", 256, "PI institution")
+    user_name = text("UserName", TEXT_BYTES + 1, "PI first name")
+    user_last_name = text("UserLastName", TEXT_BYTES + 1, "PI last name")
+    user_email = text("UserEmail", TEXT_BYTES + 1, "PI e-mail")
+    user_institution = text("UserInstitution", TEXT_BYTES + 1, "PI institution")
     user_badge = string("UserBadge", "PI badge")
     user_info_update = string("UserInfoUpdate", "ISO 8601 time of the last refresh")
     schedule_proposal_number = string("Schedule:ProposalNumber", "GUP the schedule shows now (empty: none)")
@@ -64,9 +64,9 @@ class ProposalGroup(CommandGroup):
         "Schedule:Differs", NO_YES, "Schedule shows another beamtime; Yes = MINOR"
     )  # addition: screens highlight the scheduled-now line with it
     users_count = long("Users:Count", "Experimenters on the proposal")
-    users_names = text("Users:Names", 8192, "Experimenters' names, comma-separated, PI first")
-    users_badges = text("Users:Badges", 8192, "Experimenters' badges, same order")
-    users_emails = text("Users:Emails", 8192, "Experimenters' e-mails, same order")
+    users_names = text("Users:Names", LIST_BYTES + 1, "Experimenters' names, comma-separated, PI first")
+    users_badges = text("Users:Badges", LIST_BYTES + 1, "Experimenters' badges, same order")
+    users_emails = text("Users:Emails", LIST_BYTES + 1, "Experimenters' e-mails, same order")
     tag_prefix = text("TagPrefix", 256, "IOC prefix that Tag writes to", rw=True)
 
     refresh = command("Refresh", "Read the current proposal from the scheduling system and publish it")
@@ -130,14 +130,14 @@ class ProposalGroup(CommandGroup):
         await update(
             self.schedule_differs, NO_YES[differs], AlarmSeverity.MINOR_ALARM if differs else AlarmSeverity.NO_ALARM
         )
+        if state.scheduled is not None:  # a beamtime at now + TimeOffsetDays, whatever is selected
+            active = scheduled is not None
+            severity = AlarmSeverity.NO_ALARM if active else AlarmSeverity.MINOR_ALARM
+            await update(self.proposal_active, NO_YES[active], severity)
         current = state.shown
         if current is None:
             return
         beamtime = current.beamtime
-        active = state.shows_the_schedule
-        await update(
-            self.proposal_active, NO_YES[active], AlarmSeverity.NO_ALARM if active else AlarmSeverity.MINOR_ALARM
-        )
         info = UserInfo.of(current)
         for attribute, channel in self._user_info_pvs().items():
             await update(channel, getattr(info, attribute))
@@ -148,9 +148,10 @@ class ProposalGroup(CommandGroup):
         await update(self.proprietary, NO_YES[bool(beamtime and beamtime.proprietary)])
         await update(self.mail_in, NO_YES[bool(beamtime and beamtime.mail_in)])
         await update(self.users_count, len(people))
-        await update(self.users_names, ",".join(p.full_name for p in people))
-        await update(self.users_badges, ",".join(p.badge for p in people))
-        await update(self.users_emails, ",".join(p.email for p in people))
+        names, badges, emails = user_lists(people)  # unambiguous: no comma inside an entry
+        await update(self.users_names, names)
+        await update(self.users_badges, badges)
+        await update(self.users_emails, emails)
 
     def _user_info_pvs(self) -> dict:
         """`UserInfo` attribute -> the PV that shows it (tomoScan's names)."""

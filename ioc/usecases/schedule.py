@@ -14,6 +14,8 @@ from ..domain.model import (
     ServiceError,
     UserInfo,
     beamtime_key,
+    clean_beamtime,
+    days,
     look_moment,
     select_beamtime,
     select_run,
@@ -30,20 +32,30 @@ class ScheduleCases(BeamlineCore):
 
     def refresh(self, offset_days: float) -> Outcome:
         """Read the beamtime at now + offset from the scheduling system; the proposal PVs follow it until
-        an experiment is selected, then a different beamtime is only announced."""
+        an experiment is selected, then a different beamtime is only announced. An offset other than 0
+        is said (MINOR): it makes Create take another beamtime than the one running now."""
         found = self._read_schedule(offset_days)
         news = self._news(again=True)
+        cleaned = self._cleaned()
+        offset = self._offset_said()
         self._change(to_follow=self._beamtime_to_follow())
-        return Outcome(found.message + news, warning=found.warning or bool(news))
+        said = news + cleaned + offset
+        return Outcome(found.message + said, warning=found.warning or bool(said))
 
     def refresh_automatic(self, offset_days: float) -> Outcome:
         """The periodic refresh: says only what is new (a beamtime other than the selection's, once per
-        beamtime), and with dm.follow_schedule marks a new beamtime to follow (`state.to_follow`)."""
-        first = self.state.scheduled is None  # after a start, Status keeps the start's message
+        beamtime; values the schedule had to have cleaned, once while they stay the same; an offset other
+        than 0, at the first refresh after a start, an autosaved one, and whenever it changed), and with
+        dm.follow_schedule marks a new beamtime to follow (`state.to_follow`)."""
+        before = self.state.scheduled
         self._read_schedule(offset_days)
         news = self._news(again=False)
+        cleaned = self._cleaned(before)
+        offset = self._offset_said() if before is None or before.offset_days != offset_days else ""
         self._change(to_follow=self._beamtime_to_follow())
-        return Outcome("" if first else news.removeprefix("; "), warning=bool(news))
+        # after a start, Status keeps the start's message unless an offset or cleaned values are to be said
+        said = (cleaned if before is None else news + cleaned) + offset
+        return Outcome(said.removeprefix("; "), warning=bool(said))
 
     def _read_schedule(self, offset_days: float) -> Outcome:
         now = self.clock()
@@ -55,7 +67,7 @@ class ScheduleCases(BeamlineCore):
         warning = ""
         if beamtime is not None and beamtime.esaf:
             beamtime, warning = self._with_esaf(beamtime)
-        self._change(scheduled=CurrentProposal(run, beamtime, now.astimezone(self.tz)))
+        self._change(scheduled=CurrentProposal(run, beamtime, now.astimezone(self.tz), offset_days))
         when = moment.strftime("%Y-%m-%d %H:%M %Z")
         if run is None:
             return Outcome(f"no run of the schedule contains {when}", warning=True)
@@ -64,6 +76,30 @@ class ScheduleCases(BeamlineCore):
         pi = beamtime.pi
         message = f"proposal {beamtime.gup} ({pi.last_name if pi else 'no PI'}), run {run.name}{warning}"
         return Outcome(message, warning=bool(warning))
+
+    def _offset_said(self) -> str:
+        """A Status fragment when the last refresh looked elsewhere than now (TimeOffsetDays not 0), else ''."""
+        scheduled = self.state.scheduled
+        if scheduled is None or not scheduled.offset_days:
+            return ""
+        offset = scheduled.offset_days
+        moment = look_moment(scheduled.refreshed, offset).astimezone(self.tz).strftime("%Y-%m-%d %H:%M %Z")
+        direction = "ahead" if offset > 0 else "back"
+        return (
+            f"; TimeOffsetDays is {offset:g}: the schedule is read {days(offset)} {direction}, at {moment}, so Create "
+            "takes the beamtime scheduled then (write 0 for now)"
+        )
+
+    def _cleaned(self, before: CurrentProposal | None = None) -> str:
+        """A Status fragment naming the values of the scheduled beamtime that had to be cleaned or cut;
+        '' when none had, or when the refresh `before` found the same beamtime with the same ones."""
+        scheduled = self.state.scheduled.beamtime if self.state.scheduled else None
+        if scheduled is None or not scheduled.warnings:
+            return ""
+        previous = before.beamtime if before else None
+        if previous and beamtime_key(previous) == beamtime_key(scheduled) and previous.warnings == scheduled.warnings:
+            return ""
+        return "; from the schedule: " + "; ".join(scheduled.warnings)
 
     def _news(self, *, again: bool) -> str:
         """A Status fragment when the schedule shows a beamtime other than the selected experiment's:
@@ -104,7 +140,7 @@ class ScheduleCases(BeamlineCore):
             return beamtime, f"; ESAF {beamtime.esaf} not read: {error}"
         known = {p.badge for p in beamtime.people}
         extra = tuple(p for p in people if p.badge not in known)
-        return replace(beamtime, esaf_doi=doi, esaf_people=extra), ""
+        return clean_beamtime(replace(beamtime, esaf_doi=doi, esaf_people=extra)), ""  # cleaned as the schedule is
 
     def tag(self, prefix: str) -> Outcome:
         """Write the user-info PVs into the IOC at `prefix` (e.g. tomoScan), under the names `tag.fields` gives.
@@ -136,5 +172,7 @@ class ScheduleCases(BeamlineCore):
             log.info("Tag: %s has no %s; the other fields were written", prefix, ", ".join(missing))
         warnings = [f"not written, no such PV: {', '.join(absent)}"] if absent else []
         warnings += [f"cut to fit the target: {', '.join(cut)}"] if cut else []
-        message = "; ".join([f"tagged {prefix} with proposal {info.proposal}", *warnings])
+        who = " ".join(name for name in (info.first_name, info.last_name) if name) or "no PI"
+        what = f"proposal {info.proposal}" if info.proposal else f"{who} (no proposal)"  # a manual experiment
+        message = "; ".join([f"tagged {prefix} with {what}", *warnings])
         return Outcome(message, warning=bool(warnings))

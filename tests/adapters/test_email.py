@@ -1,4 +1,5 @@
-"""E-mail adapter: templates, and SmtpMailer against a real SMTP server on 127.0.0.1 (aiosmtpd)."""
+"""E-mail adapter: templates, SmtpMailer against a real SMTP server on 127.0.0.1 (aiosmtpd), OutboxMailer
+into a folder."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 from dmagic_ioc.adapters.email import (
+    OUTBOX_MODE,
     PLACEHOLDERS,
+    OutboxMailer,
     SmtpMailer,
     build_message,
     check_template,
@@ -117,6 +120,24 @@ def test_default_template_fills_every_placeholder_in_plain_and_html():
     assert "Anna Müller" in html
 
 
+def test_without_globus_the_bundled_message_says_nothing_of_globus():
+    """Globus not enabled: no link, so the paragraph that points to Globus is left out, not left dangling."""
+    message = build_message(default_template(), sender=SENDER, to="a@b.org", values={**VALUES, "globus_url": ""})
+    plain, html = bodies(message)
+    assert "globus" not in plain.lower() and "globus" not in html.lower()
+    assert VALUES["storage_directory"] in plain and "\n\n\n" not in plain
+    assert plain.startswith("Hello,\n\nThe data of the beamtime") and plain.rstrip().endswith("beamline staff")
+
+
+def test_a_paragraph_of_a_custom_template_goes_only_with_the_globus_link():
+    template = "Subject: {experiment}\nDear {pi},\n\nGlobus:\n  {globus_url}\n\nFolder: {storage_directory}\n"
+    values = {**VALUES, "globus_url": "", "pi": ""}
+    plain, _ = bodies(build_message(template, sender=SENDER, to="a@b.org", values=values))
+    assert plain == f"Dear ,\n\nFolder: {VALUES['storage_directory']}\n"  # an empty {pi} stays empty
+    with_link, _ = bodies(build_message(template, sender=SENDER, to="a@b.org", values=VALUES))
+    assert f"Globus:\n  {VALUES['globus_url']}\n\nFolder:" in with_link
+
+
 def test_template_with_literal_braces_and_missing_values():
     template = "Subject: Data {experiment}\n\nUse {{curly}} braces; PI: {pi}.\n"
     message = build_message(template, sender=SENDER, to="a@b.org", values={"experiment": "E1"})
@@ -199,6 +220,38 @@ def test_one_message_per_recipient_and_the_refused_one_fails_alone(smtp_server):
         assert VALUES["globus_url"] in plain and "&lt;teeth&gt;" in html
 
 
+@pytest.mark.parametrize(
+    "bad, problem",
+    [
+        ("eve@x.org\r\nBcc: all@example.org", "a line break"),
+        ("eve@x.org\nX-Injected: yes", "a line break"),
+        ("eve@x.org,mallory@example.org", "a comma"),
+        ("eve@x.org;mallory@example.org", "a semicolon"),
+        ("eve\x07@x.org", "a control character"),
+    ],
+)
+def test_an_address_that_is_not_one_plain_address_fails_alone(smtp_server, bad, problem):
+    """Second line of defence (the schedule's values are cleaned first): a line break must not write headers,
+    a comma must not add recipients; that user fails, named, and the others get their message."""
+    mailer = SmtpMailer("127.0.0.1", smtp_server.port, sender=SENDER)
+
+    delivery = mailer.send([("d1001", "ann@uni.edu"), ("d1002", bad), ("d1003", "carl@lab.org")], VALUES)
+
+    assert delivery.delivered == ("d1001", "d1003")
+    assert set(delivery.failed) == {"d1002"}
+    assert delivery.failed["d1002"].endswith(f"is not one plain e-mail address ({problem})")
+    assert "\r" not in delivery.failed["d1002"] and "\n" not in delivery.failed["d1002"]
+    assert [rcpt for _, rcpt, _ in smtp_server.received] == [["ann@uni.edu"], ["carl@lab.org"]]
+    for _, _, message in smtp_server.received:
+        assert message["Bcc"] is None and message["X-Injected"] is None and "mallory" not in message.as_string()
+
+
+def test_only_bad_addresses_open_no_connection():
+    mailer = SmtpMailer("127.0.0.1", free_port(), sender=SENDER)  # nothing listens: a connection would fail
+    delivery = mailer.send([("d1", "a@x.org\r\nBcc: b@y.org"), ("d2", "")], VALUES)
+    assert delivery.delivered == () and delivery.skipped == ("d2",) and set(delivery.failed) == {"d1"}
+
+
 def test_connection_lost_half_way_fails_the_rest(smtp_server):
     delivery = SmtpMailer("127.0.0.1", smtp_server.port, sender=SENDER).send(
         [("d1", "a@x.org"), ("d2", DROPS), ("d3", "c@x.org")], VALUES
@@ -271,3 +324,59 @@ def test_a_mailer_without_a_sender_fails_each_message_saying_why(smtp_server):
                                                               VALUES)  # fmt: skip
     assert delivery.delivered == ()
     assert "From" in delivery.failed["d1001"] and "From" in delivery.failed["d1002"]
+
+
+# --------------------------------------------------------------------------
+# Outbox (email.outbox): each message written to a folder, nothing sent
+
+
+def test_the_outbox_holds_one_whole_message_per_recipient_0640(tmp_path):
+    outbox = tmp_path / "outbox"
+    outbox.mkdir()
+    mailer = OutboxMailer(outbox, sender=SENDER)
+    recipients = [("d310010", "zoe@example.de"), ("d310011", "jl@example.fr"), ("d100001", ""),
+                  ("d310099", "a@b.org, c@d.org")]  # fmt: skip
+    delivery = mailer.send(recipients, VALUES)
+    assert delivery.delivered == ("d310010", "d310011") and delivery.skipped == ("d100001",)
+    assert "not one plain e-mail address (a comma)" in delivery.failed["d310099"]
+    files = sorted(outbox.iterdir())
+    assert [f.name.split("-", 1)[1].rsplit("-", 1)[0] for f in files] == ["d310010", "d310011"]
+    assert all(f.suffix == ".eml" and f.stat().st_mode & 0o777 == OUTBOX_MODE for f in files)
+    message = email.message_from_bytes(files[0].read_bytes(), policy=email.policy.default)
+    assert message["To"] == "zoe@example.de" and message["From"] == SENDER
+    assert VALUES["globus_url"] in bodies(message)[0]
+
+
+def test_an_outbox_written_under_a_tight_umask_is_still_0640(tmp_path):
+    import os
+
+    old = os.umask(0o077)
+    try:
+        OutboxMailer(tmp_path, sender=SENDER).send([("d1", "a@b.org")], VALUES)
+    finally:
+        os.umask(old)
+    (written,) = tmp_path.iterdir()
+    assert written.stat().st_mode & 0o777 == OUTBOX_MODE
+
+
+def test_a_missing_outbox_is_an_email_error_and_nothing_is_written(tmp_path):
+    with pytest.raises(EmailError, match=r"email.outbox: .*gone is not a folder; nothing written"):
+        OutboxMailer(tmp_path / "gone", sender=SENDER).send([("d1", "a@b.org")], VALUES)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_message_the_outbox_cannot_take_fails_alone_and_leaves_no_part_file(tmp_path, monkeypatch):
+    import os
+
+    mailer = OutboxMailer(tmp_path, sender=SENDER)
+    real_rename = os.rename
+
+    def full_for_the_second(source, destination):
+        if "-d2-" in str(destination):
+            raise OSError(28, "No space left on device")
+        return real_rename(source, destination)
+
+    monkeypatch.setattr(os, "rename", full_for_the_second)
+    delivery = mailer.send([("d1", "a@b.org"), ("d2", "c@d.org")], VALUES)
+    assert delivery.delivered == ("d1",) and "No space left on device" in delivery.failed["d2"]
+    assert [p.suffix for p in tmp_path.iterdir()] == [".eml"]

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import copy
 import json
+import unicodedata
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 from dmagic_ioc.adapters.aps_scheduling import parse_activities, parse_activity, parse_runs, parse_schedule
-from dmagic_ioc.ioc.domain.model import Beamtime, SchedulingError, find_beamtime, select_beamtime
+from dmagic_ioc.ioc.domain.model import (
+    TEXT_BYTES,
+    TITLE_BYTES,
+    Beamtime,
+    SchedulingError,
+    email_problem,
+    find_beamtime,
+    select_beamtime,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -95,7 +104,7 @@ def test_first_beamtime_pi_flagged_on_first_user(beamtimes):
     assert beamtime.title == (
         "Operando X-ray tomography of lithium dendrite growth in solid-state batteries under fast charging"
     )
-    assert len(beamtime.title) > 40  # published in full, never cut
+    assert len(beamtime.title) > 40  # published in full: it fits ProposalTitle
     assert beamtime.start == datetime(2026, 10, 14, 8, tzinfo=CDT)
     assert beamtime.end == datetime(2026, 10, 17, 8, tzinfo=CDT)
     assert beamtime.year_month == "2026-10"
@@ -221,6 +230,75 @@ def test_experimenter_without_badge_is_left_out():
     activity["beamtime"]["proposal"]["experimenters"][1]["badge"] = None
     beamtime = parse_activity(activity, CHICAGO)
     assert [p.badge for p in beamtime.people] == ["310001", "310003"]
+
+
+def test_bad_values_are_cleaned_each_on_its_own_and_named():
+    """A line break or comma in an e-mail drops that e-mail alone; control characters leave a name; a
+    10 MB title is cut to what ProposalTitle holds. The warnings name each."""
+    activity = first_activity()
+    proposal = activity["beamtime"]["proposal"]
+    proposal["proposalTitle"] = "Operando\r\n" + "x" * 10_000_000
+    mei, tomas, amara = proposal["experimenters"]
+    mei["email"] = "mei.li@example.edu\r\nBcc: everyone@example.org"
+    tomas["email"] = "t.novak@example.org,eve@example.com"
+    amara["firstName"] = "Amara\x1b[2J\x07"
+    beamtime = parse_activity(activity, CHICAGO)
+    assert beamtime.title.startswith("Operando xxx") and len(beamtime.title.encode("utf-8")) == TITLE_BYTES
+    assert [p.email for p in beamtime.people] == ["", "", ""]  # Amara had none
+    assert [(p.first_name, p.institution) for p in beamtime.people][:2] == [
+        ("Mei", "Example State University"),
+        ("Tomas", "Institute of Example Materials"),
+    ]
+    assert beamtime.people[2].first_name == "Amara[2J"
+    assert beamtime.warnings == (
+        "title cut to 1023 bytes",
+        "e-mail of Mei Li (310001) dropped (a line break)",
+        "e-mail of Tomas Novak (310002) dropped (a comma)",
+        "first name of Amara[2J Okafor (310003) cleaned of control characters",
+    )
+
+
+def test_numbers_no_epics_string_holds_are_refused_not_crashed_on():
+    activity = first_activity()
+    activity["beamtime"]["proposal"]["gupId"] = "1" * 5000  # int() of it would raise ValueError
+    with pytest.raises(SchedulingError, match="gupId not a number"):
+        parse_activity(activity, CHICAGO)
+    activity = first_activity()
+    activity["experimentId"] = 10**50
+    with pytest.raises(SchedulingError, match="experimentId 1000000.*not a number"):
+        parse_activity(activity, CHICAGO)
+    activity = first_activity()
+    activity["beamtime"]["proposal"]["experimenters"][1]["badge"] = 10**50  # no badge: that person is left out
+    assert [p.badge for p in parse_activity(activity, CHICAGO).people] == ["310001", "310003"]
+
+
+# Any text: control characters, line breaks, lone surrogates (JSON carries them), any plane.
+any_text = st.text(alphabet=st.characters(exclude_categories=()), max_size=2000)
+TEXT_FIELDS = [
+    (("beamtime", "proposal", "proposalTitle"), TITLE_BYTES),
+    (("beamtime", "proposal", "proposalType", "display"), TEXT_BYTES),
+    (("beamtime", "proposal", "experimenters", 0, "firstName"), TEXT_BYTES),
+    (("beamtime", "proposal", "experimenters", 0, "lastName"), TEXT_BYTES),
+    (("beamtime", "proposal", "experimenters", 0, "institution"), TEXT_BYTES),
+    (("beamtime", "proposal", "experimenters", 0, "email"), TEXT_BYTES),
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(texts=st.lists(any_text, min_size=len(TEXT_FIELDS), max_size=len(TEXT_FIELDS)))
+def test_any_text_in_the_reply_comes_out_clean_and_bounded(texts):
+    activity = first_activity()
+    for (path, _), text in zip(TEXT_FIELDS, texts, strict=True):
+        mutate(activity, path, text)
+    beamtime = parse_activity(activity, CHICAGO)  # never raises: text is never a reason to refuse
+    mei = beamtime.people[0]
+    values = [beamtime.title, beamtime.proposal_type, mei.first_name, mei.last_name, mei.institution, mei.email]
+    for value, (_, limit) in zip(values, TEXT_FIELDS, strict=True):
+        assert not any(unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") for c in value)
+        assert len(value.encode("utf-8")) <= limit and value == " ".join(value.split())
+    assert mei.email == "" or email_problem(mei.email) == ""
+    if texts[-1].strip() and not mei.email:
+        assert any(w.startswith("e-mail of ") and "310001" in w and " dropped (" in w for w in beamtime.warnings)
 
 
 def test_time_without_offset_is_facility_local_time():

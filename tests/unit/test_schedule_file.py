@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import textwrap
+import unicodedata
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
+import yaml
 from dmagic_ioc.adapters.schedule_file import FileSchedule
-from dmagic_ioc.ioc.domain.model import Person, SchedulingError, select_beamtime, select_run
+from dmagic_ioc.ioc.domain.model import (
+    TEXT_BYTES,
+    TITLE_BYTES,
+    Person,
+    SchedulingError,
+    email_problem,
+    select_beamtime,
+    select_run,
+)
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 CHICAGO = ZoneInfo("America/Chicago")
 UTC = timezone.utc
@@ -159,6 +171,83 @@ def test_numbers_with_leading_zeros_stay_as_written(tmp_path):
     assert beamtime.esaf == "0700"
 
 
+# --------------------------------------------------------------------------- bad values
+
+
+def write_beamtime(path, **changes) -> None:
+    """A schedule of one beamtime with two people, `changes` made to it (`person_0`, `person_1`: their fields)."""
+    people = [
+        {"badge": 310010, "first_name": "Zoë", "last_name": "Müller", "email": "zoe@example.de", "pi": True},
+        {"badge": 310012, "first_name": "Sven", "last_name": "Øberg", "email": "sven@example.se"},
+    ]
+    for index, person in enumerate(people):
+        person.update(changes.pop(f"person_{index}", {}))
+    beamtime = {"gup": 1013377, "title": "Foam", "start": "2026-11-18 08:00", "end": "2026-11-25 08:00"}
+    beamtime.update(changes, people=people)
+    path.write_text(yaml.safe_dump({"beamtimes": [beamtime]}, allow_unicode=True), encoding="utf-8")
+
+
+def read_beamtime(path):
+    schedule = FileSchedule(path, CHICAGO)
+    (beamtime,) = schedule.beamtimes(schedule.runs()[0])
+    return beamtime
+
+
+def test_bad_values_are_cleaned_each_on_its_own_and_named(tmp_path):
+    """A line break or comma in an e-mail drops that e-mail alone; control characters leave a name; a
+    10 MB title is cut to what ProposalTitle holds (libyaml reads it in a fraction of a second)."""
+    path = tmp_path / "schedule.yaml"
+    write_beamtime(
+        path,
+        title="Huge " + "x" * 10_000_000,
+        person_0={"email": "zoe@example.de\r\nBcc: everyone@example.org", "first_name": "Zo\x07ë\x1b[2J"},
+        person_1={"email": "sven@example.se,eve@example.com"},
+    )
+    beamtime = read_beamtime(path)
+    assert len(beamtime.title.encode("utf-8")) == TITLE_BYTES
+    assert beamtime.people == (
+        Person("310010", "Zoë[2J", "Müller", "", is_pi=True),
+        Person("310012", "Sven", "Øberg", ""),
+    )
+    assert beamtime.warnings == (
+        "title cut to 1023 bytes",
+        "first name of Zoë[2J Müller (310010) cleaned of control characters",
+        "e-mail of Zoë[2J Müller (310010) dropped (a line break)",
+        "e-mail of Sven Øberg (310012) dropped (a comma)",
+    )
+
+
+# Any text a YAML file holds (no lone surrogates: they are not UTF-8).
+yaml_text = st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=2000)
+
+
+@settings(max_examples=150, deadline=None)
+@given(title=yaml_text, first_name=yaml_text, email=yaml_text, institution=yaml_text)
+def test_any_text_in_the_file_comes_out_clean_and_bounded(tmp_path_factory, title, first_name, email, institution):
+    path = tmp_path_factory.mktemp("schedule") / "schedule.yaml"
+    write_beamtime(path, title=title, person_1={"first_name": first_name, "email": email, "institution": institution})
+    beamtime = read_beamtime(path)  # never raises: text is never a reason to refuse
+    sven = beamtime.people[1]
+    for value, limit in [(beamtime.title, TITLE_BYTES), (sven.first_name, TEXT_BYTES), (sven.institution, TEXT_BYTES)]:
+        assert not any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in value)
+        assert len(value.encode("utf-8")) <= limit and value == " ".join(value.split())
+    assert sven.email == "" or email_problem(sven.email) == ""
+    if email.strip() and not sven.email:
+        assert any(w.startswith("e-mail of ") and "310012" in w and " dropped (" in w for w in beamtime.warnings)
+
+
+def test_a_file_that_is_not_utf8_is_refused_saying_so(tmp_path):
+    path = tmp_path / "schedule.yaml"
+    path.write_bytes("beamtimes: [{gup: 1, title: Müller, start: 2026-10-14, end: 2026-10-15}]\n".encode("latin-1"))
+    with pytest.raises(SchedulingError, match="is not UTF-8 text"):
+        FileSchedule(path, CHICAGO).runs()
+
+
+def test_an_error_quotes_a_huge_value_shortened(tmp_path):
+    message = error_of(tmp_path, f"beamtimes: [{{gup: 1, start: {'9' * 1_000_000}, end: 2026-10-15}}]\n")
+    assert "beamtimes[0].start '99999" in message and len(message) < 300
+
+
 # --------------------------------------------------------------------------- errors
 
 
@@ -253,3 +342,57 @@ def test_file_is_read_again_after_an_edit(tmp_path):
     path.write_text("beamtimes: [{gup: 2, start: broken}]\n", encoding="utf-8")
     with pytest.raises(SchedulingError):
         schedule.beamtimes(run)
+
+
+@pytest.mark.parametrize(
+    "text, call, words",
+    [
+        ("beamtimes:\n  - {gup: 1, start: 2026-10-14, end: 2026-10-15, people: [{badge: 310001, firstname: Ann}]}\n",
+         "beamtimes", "beamtimes[0].people[0].firstname: unknown key of a person (known: badge, first_name, "),
+        ("beamtimes:\n  - {gup: 1, start: 2026-10-14, end: 2026-10-15}\n  - {gup: 2, start: 2026-10-16, "
+         "end: 2026-10-17, mailin: true}\n", "beamtimes", "beamtimes[1].mailin: unknown key of a beamtime"),
+        ("runs: [{name: a, start: 2026-01-01, end: 2026-02-01, ende: 2026-03-01}]\n", "runs",
+         "runs[0].ende: unknown key of a run"),
+        ("beamtime:\n  - {gup: 1, start: 2026-10-14, end: 2026-10-15}\n", "runs",
+         "beamtime: unknown key (known: runs, beamtimes)"),
+        ("beamtimes: [1, 2]\n", "beamtimes", "beamtimes[0] must be a mapping"),
+    ],
+)  # fmt: skip
+def test_an_unknown_key_is_refused_naming_the_file_the_entry_and_the_key(tmp_path, text, call, words):
+    """A misspelled key (`firstname:`) would otherwise be lost without a word: the person without a name."""
+    message = error_of(tmp_path, text, call)
+    assert words in message and "schedule.yaml" in message
+
+
+def test_a_schedule_this_user_cannot_reach_is_a_config_problem_not_a_traceback(tmp_path, monkeypatch):
+    """A schedule (or any folder the config names) behind a folder the IOC's account may not enter: `--check`
+    and the start name it in one line. Root enters every folder, so the refusal is played here."""
+    from pathlib import Path
+
+    from dmagic_ioc.ioc.__main__ import preflight_problems
+    from dmagic_ioc.ioc.config import ConfigError, settings_from_dict
+
+    locked = tmp_path / "locked"
+    real_stat = Path.stat
+
+    def stat(self, *args, **kwargs):
+        if self == locked or locked in self.parents:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_stat(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "stat", stat)
+    raw = {
+        "ioc": {"prefix": "t:", "state_dir": str(locked / "state")},
+        "beamline": {"name": "2-BM", "timezone": "America/Chicago"},
+        "scheduling": {"backend": "file", "path": str(locked / "schedule.yaml")},
+        "dm": {"backend": "local", "data_top_dir": str(tmp_path), "storage_root": str(locked / "storage")},
+        "email": {"enabled": True, "sender": "a@example.org", "template": str(locked / "t.txt")},
+    }
+    with pytest.raises(ConfigError) as refused:
+        settings_from_dict(raw, base=tmp_path)
+    problems = refused.value.problems
+    assert f"scheduling.path: {locked / 'schedule.yaml'} cannot be reached by user" in "\n".join(problems)
+    assert any(p.startswith("email.template:") and "Permission denied" in p for p in problems)
+    preflight = preflight_problems(refused.value.settings)
+    assert any(p.startswith("dm.storage_root:") and "cannot be reached" in p for p in preflight)
+    assert any(p.startswith("ioc.state_dir:") and "cannot be reached" in p for p in preflight)

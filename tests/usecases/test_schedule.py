@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
-from dmagic_ioc.ioc.domain.model import DMError, Experiment, SchedulingError
-from dmagic_ioc.ioc.usecases import Outcome
+from dmagic_ioc.ioc.domain.model import DMError, Experiment, SchedulingError, clean_beamtime
+from dmagic_ioc.ioc.usecases import ManualRequest, Outcome
 
-from ..fakes.ports import BEAMTIME, ESAF_DOI, ESAF_PERSON, EXPERIMENT, LATER, NOW, RUN, FailingSchedule, FakeSchedule
+from ..fakes.ports import (
+    BEAMTIME,
+    BO,
+    ESAF_DOI,
+    ESAF_PERSON,
+    EXPERIMENT,
+    LATER,
+    MEI,
+    NOW,
+    RUN,
+    FailingSchedule,
+    FakeSchedule,
+)
 
 REFRESHED = "proposal 1012039 (Müller-Łukasiewicz), run 2026-3"
+AHEAD_5 = ("; TimeOffsetDays is 5: the schedule is read 5 days ahead, at 2026-10-20 10:00 CDT, so Create takes the "
+           "beamtime scheduled then (write 0 for now)")  # fmt: skip
 
 
 def test_refresh_reads_the_beamtime_now_with_the_esafs_other_people_and_shows_it(beamline, fakes):
@@ -27,7 +42,7 @@ def test_refresh_reads_the_beamtime_now_with_the_esafs_other_people_and_shows_it
 
 
 def test_refresh_looks_at_now_plus_the_offset_and_dates_the_refresh_now(beamline, fakes):
-    assert beamline.refresh(5.0) == Outcome("proposal 1012040 (Ngo), run 2026-3")
+    assert beamline.refresh(5.0) == Outcome("proposal 1012040 (Ngo), run 2026-3" + AHEAD_5, warning=True)
     assert beamline.state.scheduled.beamtime == LATER  # no ESAF: DM is not asked
     assert beamline.state.scheduled.refreshed == NOW
     assert fakes.dm.esaf_calls == []
@@ -36,13 +51,15 @@ def test_refresh_looks_at_now_plus_the_offset_and_dates_the_refresh_now(beamline
 def test_refresh_with_nothing_scheduled_is_a_warning_and_shows_no_proposal(beamline):
     beamline.refresh(0.0)
     outcome = beamline.refresh(-10.0)
-    assert outcome == Outcome("run 2026-3: no beamtime scheduled at 2026-10-05 10:00 CDT", warning=True)
+    assert outcome.warning
+    said = "run 2026-3: no beamtime scheduled at 2026-10-05 10:00 CDT; TimeOffsetDays is -10: the schedule is read"
+    assert outcome.message.startswith(f"{said} 10 days back")
     assert beamline.state.scheduled.run == RUN and beamline.state.scheduled.beamtime is None
 
 
 def test_refresh_outside_every_run_is_a_warning_and_asks_for_no_beamtimes(beamline, fakes):
     outcome = beamline.refresh(100.0)
-    assert outcome == Outcome("no run of the schedule contains 2027-01-23 09:00 CST", warning=True)
+    assert outcome.warning and outcome.message.startswith("no run of the schedule contains 2027-01-23 09:00 CST; ")
     assert (beamline.state.scheduled.run, beamline.state.scheduled.beamtime) == (None, None)
     assert beamline.contacts() == [("Scheduling", True)]
 
@@ -69,7 +86,7 @@ def test_a_scheduling_failure_changes_nothing_and_the_next_refresh_recovers(beam
     assert beamline.contacts() == [("Scheduling", False)]
 
     beamline.adapters.scheduling = FakeSchedule()
-    assert beamline.refresh(5.0) == Outcome("proposal 1012040 (Ngo), run 2026-3")
+    assert beamline.refresh(5.0) == Outcome("proposal 1012040 (Ngo), run 2026-3" + AHEAD_5, warning=True)
     assert beamline.contacts() == [("Scheduling", True), ("Scheduling", True)]
 
 
@@ -88,7 +105,7 @@ def test_a_refresh_showing_another_beamtime_announces_it_and_the_proposal_pvs_st
     outcome = created.refresh(5.0)
     assert outcome == Outcome(
         "proposal 1012040 (Ngo), run 2026-3; the schedule now shows proposal 1012040 (Cy Ngo): the proposal PVs "
-        f"stay on {EXPERIMENT} (Schedule:ProposalNumber shows it; Create switches to it)",
+        f"stay on {EXPERIMENT} (Schedule:ProposalNumber shows it; Create switches to it){AHEAD_5}",
         warning=True,
     )
     assert created.state.scheduled.beamtime == LATER
@@ -103,3 +120,73 @@ def test_tag_after_select_writes_the_selected_experiments_proposal(created, fake
     values = fakes.tag.writes[-1][1]
     assert (values["ProposalNumber"], values["UserName"], values["UserLastName"]) == ("1012040", "Cy", "Ngo")
     assert values["UserInfoUpdate"] == "2026-10-15T10:00:00-05:00"  # when the schedule was read: now
+
+
+# ------------------------------------------------------------------ values the schedule had cleaned
+
+BAD_MEI = replace(MEI, first_name="Mei\x07", email="mei@example.edu\r\nBcc: everyone@example.org")
+CLEANED = "first name of Mei Müller-Łukasiewicz (310001) cleaned of control characters; " \
+    "e-mail of Mei Müller-Łukasiewicz (310001) dropped (a line break)"  # fmt: skip
+
+
+def schedule_with_bad_values() -> FakeSchedule:
+    """The schedule as a backend gives it: the beamtime's values cleaned, with their warnings."""
+    return FakeSchedule(beamtimes=(clean_beamtime(replace(BEAMTIME, people=(BO, BAD_MEI))), LATER))
+
+
+def test_a_refresh_names_the_values_the_schedule_had_cleaned_and_warns(beamline):
+    beamline.adapters.scheduling = schedule_with_bad_values()
+    outcome = beamline.refresh(0.0)
+    assert outcome == Outcome(f"{REFRESHED}; from the schedule: {CLEANED}", warning=True)
+    mei = beamline.state.scheduled.beamtime.pi
+    assert (mei.first_name, mei.email, mei.institution) == ("Mei", "", MEI.institution)  # the rest kept
+
+
+def test_the_automatic_refresh_says_cleaned_values_once_while_they_stay_the_same(beamline):
+    beamline.adapters.scheduling = schedule_with_bad_values()
+    assert beamline.refresh_automatic(0.0) == Outcome(f"from the schedule: {CLEANED}", warning=True)  # the first
+    assert beamline.refresh_automatic(0.0) == Outcome("", warning=False)  # said already
+    assert beamline.refresh(0.0).warning  # by hand: said again
+    beamline.adapters.scheduling = FakeSchedule()
+    assert beamline.refresh_automatic(0.0) == Outcome("", warning=False)  # nothing cleaned
+    beamline.adapters.scheduling = schedule_with_bad_values()
+    assert beamline.refresh_automatic(0.0) == Outcome(f"from the schedule: {CLEANED}", warning=True)  # new again
+
+
+def test_esaf_people_from_dm_are_cleaned_as_the_schedule_is(beamline, fakes):
+    fakes.dm.esaf = lambda esaf: ([replace(ESAF_PERSON, email="eva@example.org,eve@example.com")], ESAF_DOI)
+    outcome = beamline.refresh(0.0)
+    assert outcome == Outcome(f"{REFRESHED}; from the schedule: e-mail of Eva Sá (310009) dropped (a comma)",
+                              warning=True)  # fmt: skip
+    assert beamline.state.scheduled.beamtime.esaf_people == (replace(ESAF_PERSON, email=""),)
+
+
+# ------------------------------------------------------------------ TimeOffsetDays said, never silent
+
+
+def test_a_refresh_at_now_says_nothing_of_the_offset(beamline):
+    assert beamline.refresh(0.0) == Outcome(REFRESHED)
+    assert beamline.state.scheduled.offset_days == 0.0
+
+
+def test_the_first_automatic_refresh_after_a_start_says_an_autosaved_offset(beamline):
+    outcome = beamline.refresh_automatic(5.0)  # TimeOffsetDays 5 restored from autosave
+    assert outcome == Outcome(AHEAD_5.removeprefix("; "), warning=True)
+    assert beamline.state.scheduled.offset_days == 5.0
+
+
+def test_the_automatic_refresh_says_the_offset_again_only_when_it_changed(beamline):
+    beamline.refresh_automatic(0.0)
+    assert beamline.refresh_automatic(0.0) == Outcome("")
+    changed = beamline.refresh_automatic(-2.0)  # written between two automatic refreshes, with no Refresh
+    assert changed.warning and changed.message.startswith("TimeOffsetDays is -2: the schedule is read 2 days back")
+    assert beamline.refresh_automatic(-2.0) == Outcome("")  # said already
+    assert beamline.refresh_automatic(0.0) == Outcome("")  # back to now: nothing to warn about
+
+
+def test_tag_of_a_manual_experiment_without_a_proposal_names_its_person(beamline, fakes):
+    beamline.create_manual(ManualRequest(last_name="Müller-Łukasiewicz", first_name="Zoë", badges="310010"))
+    outcome = beamline.tag("2bmb:TomoScan:")
+    assert outcome == Outcome("tagged 2bmb:TomoScan: with Zoë Müller-Łukasiewicz (no proposal)")
+    values = fakes.tag.writes[-1][1]
+    assert (values["ProposalNumber"], values["UserLastName"]) == ("", "Müller-Łukasiewicz")  # cleared, not "0"
