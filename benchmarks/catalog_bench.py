@@ -5,8 +5,9 @@
 Fills a transfer ledger with `--files` sent files, then times, as DaqStop runs
 them: the use case's record (the ledger's `sent_since`, the JSON written aside
 and renamed, the SciCat dataset built and queued in SQLite) and the sending of
-the queue (login, the lookup, POST Datasets, POST origdatablocks with every
-file) to tests/scicat_standin.py on 127.0.0.1. The target is under 5 s.
+the queue (login, the lookup, POST datasets, POST origdatablocks of 10,000
+files each) to tests/scicat_standin.py on 127.0.0.1, which checks every body as
+SciCat does. The target is under 5 s for 10,000 files.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ def main() -> int:
         settings = Settings(
             ioc=IocSettings(state_dir=tmp / "state"), beamline=BeamlineSettings(name="2-BM-A,B", station="2BM"),
             dm=DMSettings(data_top_dir=tmp / "data", storage_root=tmp / "storage"),
-            scicat=ScicatSettings(enabled=True, url=standin.url, credentials=credentials, creation_location="APS/2-BM"),
+            scicat=ScicatSettings(enabled=True, url=standin.url, credentials=credentials, creation_location="APS/2-BM",
+                                  access_groups=("ingestor",), contact_email="2bm@aps.anl.gov"),
         )  # fmt: skip
         dm = FakeDM(tmp / "storage")
         pi = ExperimentUser("d310011", "Jean-Luc D'Arcy", "jl.darcy@example.fr", source="proposal")
@@ -72,12 +74,13 @@ def main() -> int:
         sent = catalogue.send_pending()
         total = time.perf_counter() - started
         (held,) = standin.datasets.values()
-        listed = sum(len(block["dataFileList"]) for blocks in standin.datablocks.values() for block in blocks)
+        blocks = [block for held_blocks in standin.datablocks.values() for block in held_blocks]
+        listed = sum(len(block["dataFileList"]) for block in blocks)
         print(outcome.message)
         print(f"{args.files} files: record and dataset built and queued in {built:.2f} s; "
-              f"sent ({sent} dataset, {listed} files in its origdatablock) in {total - built:.2f} s; "
-              f"total {total:.2f} s (target < 5 s)")  # fmt: skip
-        assert held["numberOfFiles"] == args.files == listed
+              f"sent ({sent} dataset, {listed} files in {len(blocks)} origdatablocks) in {total - built:.2f} s; "
+              f"total {total:.2f} s (target < 5 s for 10,000)")  # fmt: skip
+        assert held["numberOfFiles"] == args.files == listed  # counted once, by SciCat, from the blocks
         return 0 if total < 5 else 1
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from caproto import AlarmSeverity
+
 from ..domain.ports import CatalogStatus
 from ..pvs import command, long, text, update
 from ..usecases import BeamlineState
@@ -11,13 +13,15 @@ POLL_SECONDS = 0.5
 
 
 class CatalogGroup(CommandGroup):
-    """Each acquisition as a dataset: its metadata snapshots and files (SPEC section 10)."""
+    """Each acquisition as a dataset: its metadata snapshots and files, sent to the catalogue (SciCat)."""
 
     last_dataset = text("Catalog:LastDataset", 256, "pid of the last dataset created")
     pending = long("Catalog:Pending", "Datasets waiting to be sent to the catalogue")
     metadata_last = text("Metadata:Last", 16384, "JSON of the last metadata snapshot")
 
     catalog = command("Catalog", "Make a dataset now of the files sent since the last one")
+
+    said = ""  # the catalogue's last failure shown on Status
 
     @catalog.putter
     async def catalog(self, instance, value):
@@ -31,7 +35,17 @@ class CatalogGroup(CommandGroup):
             status = await self.engine.query("reading the catalogue's queue", self.beamline.catalog_status)
             if status is not None:
                 await self.show_queue(status)
+                await self.tell(status)
             await async_lib.library.sleep(POLL_SECONDS)
+
+    async def tell(self, status: CatalogStatus) -> None:
+        """A failure of the catalogue (refused, down, a dataset stuck) goes to Status once, MAJOR; while a
+        command runs it waits."""
+        failure = f"catalogue: {status.message}" if status.answered is False and status.message else ""
+        if failure == self.said:
+            return
+        if not failure or await self.engine.notify(failure, AlarmSeverity.MAJOR_ALARM):
+            self.said = failure
 
     async def show_queue(self, status: CatalogStatus) -> None:
         await update(self.pending, status.pending)

@@ -1,4 +1,4 @@
-"""The catalogue: each acquisition's metadata snapshots and file list, written next to its data (SPEC section 10).
+"""The catalogue: each acquisition's metadata snapshots and file list, written next to its data.
 
 An acquisition is what one DaqStart..DaqStop moved, or one Upload; the Catalog
 command makes one of the files sent since the last dataset. Its record is
@@ -9,19 +9,21 @@ acquisition's list starts, so a restart loses nothing.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
 import re
-import tempfile
 import uuid
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..domain.catalog_values import catalog_email_problem
 from ..domain.model import Experiment, plural
-from ..domain.ports import CatalogFile, CatalogStatus, Dataset, TransferState
+from ..domain.ports import CatalogFile, CatalogStatus, Dataset, SentFile, TransferState
 from .base import BeamlineCore, Outcome
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,7 @@ class CatalogCases(BeamlineCore):
     _acquisition = ""  # "daq" or "upload" while one runs
     _start_snapshot: dict | None = None
     _started_at: datetime | None = None
+    _stuck_pid = ""  # the dataset last said to wait too long
 
     # ------------------------------------------------------------------ around an acquisition
 
@@ -67,7 +70,7 @@ class CatalogCases(BeamlineCore):
             "experiment": experiment.name,
             "acquisition": kind,
             "storage_directory": experiment.storage_directory,
-            "started": started.isoformat() if started else (previous or {}).get("ended", taken_at.isoformat()),
+            "started": started.isoformat() if started else _time_or((previous or {}).get("ended"), taken_at),
             "ended": taken_at.isoformat(),
             "mark": max([mark] + [f.sent_at for f in files]),
             "snapshots": {"start": start, "end": end_snapshot},
@@ -75,7 +78,7 @@ class CatalogCases(BeamlineCore):
             "size": sum(f.size for f in files),
             "files": [self._file_entry(experiment, f) for f in files],
         }
-        dataset = self._dataset(experiment, record) if self.adapters.catalogue is not None else None
+        dataset, unsent = self._dataset(experiment, record) if self.adapters.catalogue is not None else (None, "")
         if dataset is not None:
             record["pid"] = dataset.pid
         try:
@@ -85,27 +88,41 @@ class CatalogCases(BeamlineCore):
             return f"metadata record not written in {records}: {error.strerror or error}", True
         text = json.dumps(record["snapshots"], ensure_ascii=False, separators=(",", ":"))  # compact: it fits the PV
         self._change(metadata_last=text)
-        missing = _missing_note(end_snapshot)
+        missing = _missing_note(start, end_snapshot)  # one at the start may answer at the end
         sentence = f"dataset {path.name}: {plural(len(files), 'file')}, {record['size']} bytes"
         if dataset is not None and self.adapters.catalogue is not None:
-            self._contact(None, self.adapters.catalogue.submit, replace(dataset, name=path.stem))
+            run = str(_record_number(path.name, experiment.name))
+            self._contact(None, self.adapters.catalogue.submit, replace(dataset, name=path.stem, run_number=run))
             sentence += f"; queued for SciCat as {dataset.pid}"
-        return sentence + (f"; {missing}" if missing else ""), bool(missing)
+        elif unsent:
+            log.warning("catalogue: %s not sent to SciCat: %s", path.name, unsent)
+            sentence += f"; not sent to SciCat: {unsent}"
+        return sentence + (f"; {missing}" if missing else ""), bool(missing or unsent)
 
-    def _dataset(self, experiment: Experiment, record: dict) -> Dataset:
-        """The record as the catalogue's raw dataset, with a pid chosen here, once (it is never sent twice)."""
+    def _dataset(self, experiment: Experiment, record: dict) -> tuple[Dataset | None, str]:
+        """The record as the catalogue's raw dataset, with a pid chosen here, once (it is never sent twice);
+        or None and why, when it lacks what SciCat needs of every dataset (its owner group, a contact).
+
+        The contact is the PI's address where SciCat takes it (then also the owner's), else the beamline's
+        (scicat.contact_email)."""
         scicat, proposal = self.settings.scicat, self.state.proposal
         pi = proposal.pi if proposal else None
-        email = (pi.email if pi else "") or next((u.email for u in experiment.users if u.email), "")
+        pi_email = pi.email.strip() if pi and pi.email else ""
+        owner_email = "" if catalog_email_problem(pi_email) else pi_email
         name = pi.full_name if pi and pi.full_name else next((u.name for u in experiment.users if u.name), "")
         group = scicat.owner_group.format(gup=experiment.gup, beamline=self.settings.beamline.name,
                                           station=self.settings.beamline.station)  # fmt: skip
+        if not group.strip():
+            return None, f"scicat.owner_group {scicat.owner_group!r} names no group for {experiment.name} (no GUP)"
+        contact = owner_email or scicat.contact_email
+        if not contact:
+            return None, "no contact: the PI has no e-mail address SciCat takes, and scicat.contact_email is not set"
         return Dataset(
             pid=str(uuid.uuid4()),
             name=experiment.name,
             description=experiment.title,
             owner=name,
-            contact_email=email,
+            contact_email=contact,
             principal_investigator=name,
             owner_group=group,
             access_groups=scicat.access_groups,
@@ -120,17 +137,35 @@ class CatalogCases(BeamlineCore):
                 "acquisition": record["acquisition"],
                 "snapshots": record["snapshots"],
             },  # fmt: skip
-        )
+            owner_email=owner_email,
+            source_folder_host=scicat.source_folder_host,
+        ), ""
 
     def catalog_status(self) -> CatalogStatus:
-        """The catalogue's queue (a query, beside the commands); its last contact goes to Catalog:Health."""
+        """The catalogue's queue (a query, beside the commands); its last contact goes to Catalog:Health,
+        and so does a dataset waiting longer than scicat.stuck_after, however SciCat answers meanwhile."""
         catalogue = self.adapters.catalogue
         if catalogue is None:
             return CatalogStatus()
-        status = catalogue.status()
+        status = self._unless_stuck(catalogue.status())
         if status.answered is not None:
             self._contacts.put(("Catalog", status.answered))
         return status
+
+    def _unless_stuck(self, status: CatalogStatus) -> CatalogStatus:
+        """`status`, or a failure naming the dataset that has waited too long, since when and why."""
+        limit = self.settings.scicat.stuck_after
+        if status.waiting_since is None or (self.clock() - status.waiting_since).total_seconds() <= limit:
+            return status
+        others = f" and {plural(status.pending - 1, 'other')}" if status.pending > 1 else ""
+        since = status.waiting_since.astimezone(self.tz).strftime("%Y-%m-%d %H:%M %Z")
+        why = status.message or ("SciCat has not answered yet" if status.answered is None else "SciCat answers slowly")
+        message = (f"dataset {status.oldest_pid}{others} waiting for SciCat for more than {_duration(limit)} "
+                   f"(since {since}, scicat.stuck_after): {why}")  # fmt: skip
+        if status.oldest_pid != self._stuck_pid:  # polled twice a second: logged once a dataset
+            self._stuck_pid = status.oldest_pid
+            log.warning("catalogue: %s", message)
+        return replace(status, answered=False, message=message)
 
     def _snapshot(self) -> dict | None:
         """The metadata PVs now (None when metadata.pvs names none)."""
@@ -151,7 +186,9 @@ class CatalogCases(BeamlineCore):
             else None,
         }
 
-    def _file_entry(self, experiment: Experiment, sent) -> dict:
+    def _file_entry(self, experiment: Experiment, sent: SentFile) -> dict:
+        """A file of the record: its path in the experiment's storage, size, mtime, and checksum: the
+        transfer's where it has one (the APS DM's md5), else one computed here when dm.checksum."""
         entry = {
             # a name that is not UTF-8 is kept readable, its odd bytes as \xNN (as Status and the log show it)
             "path": os.fsencode(os.path.relpath(sent.path, experiment.storage_directory)).decode(
@@ -160,7 +197,9 @@ class CatalogCases(BeamlineCore):
             "size": sent.size,
             "mtime": datetime.fromtimestamp(sent.mtime, timezone.utc).isoformat(),
         }
-        if self.settings.dm.checksum:
+        if sent.checksum:
+            entry["checksum"] = sent.checksum
+        elif self.settings.dm.checksum:
             try:
                 with open(sent.path, "rb") as file:
                     entry["checksum"] = "blake2b:" + hashlib.file_digest(file, hashlib.blake2b).hexdigest()
@@ -191,10 +230,31 @@ class CatalogCases(BeamlineCore):
         return self._acquisition == "upload"
 
 
-def _missing_note(snapshot: dict | None) -> str:
-    if not snapshot:
-        return ""
-    missing = [entry["pv"] for entry in snapshot["pvs"].values() if entry.get("missing")]
+def _duration(seconds: float) -> str:
+    """A duration in the largest units that say it: '45 s', '15 min', '2 h 30 min', '3 d 4 h'."""
+    minutes, hours = int(seconds // 60), int(seconds // 3600)
+    if seconds < 120:
+        return f"{seconds:g} s"
+    if hours < 2:
+        return f"{minutes} min"
+    if hours < 48:
+        return f"{hours} h" + (f" {minutes % 60} min" if minutes % 60 else "")
+    return f"{hours // 24} d" + (f" {hours % 24} h" if hours % 24 else "")
+
+
+def _time_or(text: object, default: datetime) -> str:
+    """`text` if it is an ISO 8601 time (an earlier record's end, read back from its file), else `default`."""
+    try:
+        return datetime.fromisoformat(str(text)).isoformat()
+    except ValueError:
+        return default.isoformat()
+
+
+def _missing_note(*snapshots: dict | None) -> str:
+    """A sentence naming the PVs that did not answer in any of `snapshots` ('' if none)."""
+    missing = dict.fromkeys(
+        entry["pv"] for snapshot in snapshots if snapshot for entry in snapshot["pvs"].values() if entry.get("missing")
+    )
     return f"metadata: {', '.join(missing)} did not answer, recorded as missing" if missing else ""
 
 
@@ -217,20 +277,56 @@ def _newest_record(records: Path, experiment: str) -> dict | None:
     return None
 
 
+_FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC  # never through a symlink
+
+
 def _write_record(records: Path, experiment: str, record: dict) -> Path:
-    """Write `record` as the next `{experiment}-{n}.json`, aside and renamed; its path."""
-    records.mkdir(exist_ok=True)  # never the storage itself: gone (deleted, unmounted) = OSError, said on Status
-    numbers = [n for p in records.iterdir() if (n := _record_number(p.name, experiment)) is not None]
-    record = {"n": max(numbers, default=0) + 1, **record}
-    path = records / f"{experiment}-{record['n']}.json"
-    fd, temporary = tempfile.mkstemp(prefix=".record-", dir=records)
+    """Write `record` as the next `{experiment}-{n}.json`, aside and renamed; its path.
+
+    Readable by whoever may read the data beside it: the storage folder's group and its rw bits (never x,
+    setuid, setgid or sticky; owner only where the IOC cannot give it that group). Reached from the
+    storage folder by descriptors: a symlink planted as `metadata` (whoever writes the storage may) is
+    refused, not followed."""
+    storage_fd = os.open(records.parent, _FOLDER)  # never made: gone (deleted, unmounted) = OSError, said on Status
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            json.dump(record, file, indent=1, ensure_ascii=False)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+        storage = os.fstat(storage_fd)
+        try:
+            os.mkdir(records.name, 0o700, dir_fd=storage_fd)
+            made = True
+        except FileExistsError:
+            made = False
+        try:
+            folder = os.open(records.name, _FOLDER, dir_fd=storage_fd)
+        except OSError as error:
+            if os.path.islink(records):
+                raise OSError(errno.ELOOP, "a symbolic link, not followed", str(records)) from error
+            raise
+    finally:
+        os.close(storage_fd)
+    try:
+        if made:
+            os.fchmod(folder, storage.st_mode & 0o2777)
+        numbers = [n for name in os.listdir(folder) if (n := _record_number(name, experiment)) is not None]
+        record = {"n": max(numbers, default=0) + 1, **record}
+        name, temporary = f"{experiment}-{record['n']}.json", f".record-{uuid.uuid4().hex[:8]}"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                     dir_fd=folder)  # fmt: skip
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as file:
+                try:
+                    os.fchown(fd, -1, storage.st_gid)
+                    os.fchmod(fd, storage.st_mode & 0o666)
+                except PermissionError:
+                    log.warning("metadata record %s: not given to the group of %s (the IOC's user is not in it); "
+                                "readable by its owner only", records / name, records.parent)  # fmt: skip
+                json.dump(record, file, indent=1, ensure_ascii=False)
+                file.flush()
+                os.fsync(fd)
+            os.replace(temporary, name, src_dir_fd=folder, dst_dir_fd=folder)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary, dir_fd=folder)
+            raise
+    finally:
+        os.close(folder)
+    return records / name

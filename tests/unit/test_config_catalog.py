@@ -22,7 +22,7 @@ def config(**sections) -> dict:
 
 
 ENABLED = {"enabled": True, "url": "https://scicat.example.org/api/v3", "credentials": "scicat.cred",
-           "creation_location": "APS/2-BM-A,B"}  # fmt: skip
+           "creation_location": "APS/2-BM-A,B", "contact_email": "2bm@aps.anl.gov"}  # fmt: skip
 
 
 def problems(raw: dict, base: Path) -> list[str]:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import replace
+from datetime import timedelta
 
 from dmagic_ioc.ioc.config import MetadataSettings, ScicatSettings
 from dmagic_ioc.ioc.domain.ports import CatalogStatus, SentFile, TransferProgress, TransferState
 from dmagic_ioc.ioc.usecases import Outcome
 
-from ..fakes.ports import EXPERIMENT
+from ..fakes.ports import EXPERIMENT, NOW
 
 ENERGY = {"pv": "bl:Energy", "value": 25.5, "units": "keV", "severity": "NO", "timestamp": "2026-10-15T15:00:00+00:00"}
 GONE = {"pv": "bl:Gone", "missing": True, "why": "no answer within 2 s"}
@@ -124,11 +126,23 @@ class FakeCatalogue:
         return self.answer
 
 
-def test_with_scicat_each_dataset_is_queued_once_with_the_proposals_group_and_the_pi(created, fakes, tmp_path):
+def with_scicat(beamline, **changes) -> FakeCatalogue:
     catalogue = FakeCatalogue()
-    created.adapters.catalogue = catalogue
-    scicat = ScicatSettings(enabled=True, owner_group="p{gup}", access_groups=("staff",), creation_location="APS/2-BM")
-    created.settings = replace(created.settings, scicat=scicat)
+    beamline.adapters.catalogue = catalogue
+    scicat = ScicatSettings(enabled=True, owner_group="p{gup}", access_groups=("staff",), creation_location="APS/2-BM",
+                            contact_email="2bm@aps.anl.gov", source_folder_host="data.aps.anl.gov")  # fmt: skip
+    beamline.settings = replace(beamline.settings, scicat=replace(scicat, **changes))
+    return catalogue
+
+
+def with_pi_email(beamline, email: str) -> None:
+    proposal = beamline.state.proposal
+    people = tuple(replace(p, email=email) if p.is_pi else p for p in proposal.people)
+    beamline.state = replace(beamline.state, proposal=replace(proposal, people=people))
+
+
+def test_with_scicat_each_dataset_is_queued_once_with_the_proposals_group_and_the_pi(created, fakes, tmp_path):
+    catalogue = with_scicat(created)
     created.daq_start()
     sent(fakes, storage_of(tmp_path), "data/a.h5", 5, 10.0)
     outcome = created.daq_stop()
@@ -136,9 +150,53 @@ def test_with_scicat_each_dataset_is_queued_once_with_the_proposals_group_and_th
     assert f"queued for SciCat as {dataset.pid}" in outcome.message
     assert dataset.owner_group == "p1012039" and dataset.access_groups == ("staff",)
     assert dataset.principal_investigator == "Mei Müller-Łukasiewicz" and dataset.contact_email == "mei@example.edu"
-    assert dataset.name == f"{EXPERIMENT}-1" and dataset.proposal_id == "1012039"
+    assert dataset.owner_email == "mei@example.edu" and dataset.source_folder_host == "data.aps.anl.gov"
+    assert dataset.name == f"{EXPERIMENT}-1" and dataset.run_number == "1" and dataset.proposal_id == "1012039"
     assert [(f.path, f.size) for f in dataset.files] == [("data/a.h5", 5)]
     assert records(storage_of(tmp_path))[0]["pid"] == dataset.pid
+
+
+def test_a_pi_without_an_address_scicat_takes_has_the_beamlines_as_contact_and_no_owner_email(created, fakes):
+    catalogue = with_scicat(created)
+    for email in ("", "mei@localhost", "Mei <mei@example.edu>", "mei@example.edu; pi@example.edu"):
+        with_pi_email(created, email)
+        assert created.daq_start().message and not created.daq_stop().warning
+        assert (catalogue.submitted[-1].contact_email, catalogue.submitted[-1].owner_email) == ("2bm@aps.anl.gov", "")
+    assert len(catalogue.submitted) == 4  # a DaqStop without files is a dataset too: complete once created
+
+
+def test_a_dataset_scicat_would_refuse_whatever_is_retried_is_not_queued_and_says_why(created, fakes, tmp_path):
+    catalogue = with_scicat(created, contact_email="")  # the config refuses that; a test can make it
+    with_pi_email(created, "")
+    created.daq_start()
+    outcome = created.daq_stop()
+    assert outcome.warning and outcome.message.endswith(
+        "not sent to SciCat: no contact: the PI has no e-mail address SciCat takes, and scicat.contact_email is not set"
+    )
+    with_scicat(created, owner_group="{gup}")
+    created.state = replace(created.state, experiment=replace(created.state.experiment, gup=""))
+    catalogue = created.adapters.catalogue
+    created.daq_start()
+    outcome = created.daq_stop()
+    assert outcome.warning and "not sent to SciCat: scicat.owner_group '{gup}' names no group" in outcome.message
+    assert catalogue.submitted == [] and len(records(storage_of(tmp_path))) == 2  # the records are written
+
+
+def test_a_checksum_the_transfer_has_is_used_else_one_is_computed_when_dm_checksum(created, fakes, tmp_path):
+    catalogue = with_scicat(created)
+    created.settings = replace(created.settings, dm=replace(created.settings.dm, checksum=True))
+    storage = storage_of(tmp_path)
+    (storage / "data").mkdir(parents=True, exist_ok=True)
+    (storage / "data" / "b.h5").write_bytes(b"frames")
+    created.daq_start()
+    fakes.transfer.sent.append(SentFile(f"{storage}/data/a.h5", 5, 1_760_000_000.0, 10.0, "md5:" + "0" * 32))
+    sent(fakes, storage, "data/b.h5", 6, 11.0)
+    created.daq_stop()
+    (dataset,) = catalogue.submitted
+    assert [f.checksum for f in dataset.files] == [
+        "md5:" + "0" * 32,
+        "blake2b:" + hashlib.blake2b(b"frames").hexdigest(),
+    ]
 
 
 def test_the_catalogues_last_contact_goes_to_its_health(created):
@@ -148,3 +206,30 @@ def test_the_catalogues_last_contact_goes_to_its_health(created):
     catalogue.answer = CatalogStatus(pending=1, answered=False, message="SciCat at x did not answer")
     assert created.catalog_status().pending == 1
     assert created.contacts() == [("Catalog", False)]
+
+
+def test_a_dataset_waiting_past_stuck_after_is_an_error_naming_it_however_scicat_answers(created, caplog):
+    catalogue = FakeCatalogue()
+    created.adapters.catalogue = catalogue
+    created.settings = replace(created.settings, scicat=ScicatSettings(enabled=True, stuck_after=900))
+    waiting = CatalogStatus(pending=2, answered=True, oldest_pid="p-1", waiting_since=NOW - timedelta(seconds=900))
+    catalogue.answer = waiting
+    assert created.catalog_status() == waiting and created.contacts() == [("Catalog", True)]  # not yet
+
+    since = "since 2026-10-15 09:44 CDT, scicat.stuck_after"
+    down = "SciCat at x did not answer within 10 s"
+    for answered, message, why in ((True, "", "SciCat answers slowly"),  # the last round went well
+                                   (None, "", "SciCat has not answered yet"),  # still in its first round
+                                   (False, down, down)):  # fmt: skip
+        catalogue.answer = replace(
+            waiting, answered=answered, message=message, waiting_since=NOW - timedelta(seconds=901)
+        )
+        status = created.catalog_status()
+        assert status.answered is False and created.contacts() == [("Catalog", False)]
+        assert status.message == f"dataset p-1 and 1 other waiting for SciCat for more than 15 min ({since}): {why}"
+        assert status.pending == 2 and status.oldest_pid == "p-1"
+    assert caplog.text.count("waiting for SciCat for more than 15 min") == 1  # polled twice a second: logged once
+
+    created.settings = replace(created.settings, scicat=ScicatSettings(enabled=True, stuck_after=3 * 3600))
+    catalogue.answer = replace(waiting, pending=1, waiting_since=NOW - timedelta(hours=3, minutes=1))
+    assert "dataset p-1 waiting for SciCat for more than 3 h (" in created.catalog_status().message
