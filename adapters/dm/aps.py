@@ -1,4 +1,9 @@
-"""`ApsDM`: the `aps` DM backend (experiments, users, ESAF data) on the APS DM system, through its SDK."""
+"""`ApsDM`: the `aps` DM backend (experiments, users, ESAF data) on the APS DM system, through its SDK.
+
+Every SDK call takes its arguments as the SDK's public callers pass them; the comment at each call names
+the caller it follows. DMagic is `dmagic/dm.py` of xray-imaging/DMagic (decarlof/DMagic for the newer
+calls); apstools is `apstools/utils/aps_data_management.py` of BCDA-APS/apstools.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from .aps_sdk import (
 log = logging.getLogger(__name__)
 
 ROLE = "User"
+METADATA_KEYS = ("gup", "esaf")  # what the IOC keeps on a DM experiment, read back by `_experiment`
 
 
 def _truthy(value: Any) -> bool:
@@ -74,7 +80,7 @@ class ApsDM:
         created = False
         if found is None:
             month = experiment.year_month or (year_month(experiment.start) if experiment.start else "")
-            try:
+            try:  # keywords as DMagic's create_experiment passes them
                 self.experiment_api.addExperiment(
                     name,
                     typeName=self.station,
@@ -88,9 +94,7 @@ class ApsDM:
                 if not exception_named(error, "ObjectAlreadyExists"):
                     raise DMError(f"APS DM: adding experiment {name} failed: {short_message(error)}") from error
                 log.info("experiment %s appeared in DM meanwhile; using it", name)
-        metadata = {key: value for key, value in (("gup", experiment.gup), ("esaf", experiment.esaf)) if value}
-        if metadata and hasattr(self.experiment_api, "upsertExperimentMetadata"):
-            sdk_call(f"writing metadata of {name}", self.experiment_api.upsertExperimentMetadata, name, metadata)
+        self._write_metadata(name, experiment, found)
         found = self._find(name)
         if found is None:
             raise DMError(f"APS DM: experiment {name} was added but cannot be read back")
@@ -108,6 +112,11 @@ class ApsDM:
 
     def list_experiments(self) -> list[str]:
         """The station's experiments, newest first (by DM id, else start date)."""
+        return [experiment.name for experiment in self.station_experiments()]
+
+    def station_experiments(self) -> list[Experiment]:
+        """The station's experiments as the listing has them (with the IOC's `gup` and `esaf` where it wrote
+        them), newest first (by DM id, else start date); no user is looked up."""
         found = sdk_call(f"listing experiments of station {self.station}", self._station_experiments)
 
         def newest(item: Any) -> tuple[float, float]:
@@ -119,7 +128,7 @@ class ApsDM:
             )
 
         ordered = sorted(found or [], key=newest, reverse=True)
-        return [str(sdk_field(item, "name")) for item in ordered if sdk_field(item, "name")]
+        return [self._experiment(item) for item in ordered if sdk_field(item, "name")]
 
     def add_users(self, name: str, users: Sequence[ExperimentUser]) -> list[str]:
         """Give the `User` role; return the usernames added.
@@ -133,7 +142,7 @@ class ApsDM:
         for user in users:
             if user.username in have or user.username in added:
                 continue
-            try:
+            try:  # DMagic's add_users: the account first, then the role
                 self.user_api.getUserByUsername(user.username)
             except Exception as error:
                 if exception_named(error, "ObjectNotFound"):
@@ -160,6 +169,7 @@ class ApsDM:
         for username in dict.fromkeys(usernames):
             if username not in have:
                 continue
+            # positional, as DMagic's remove_users
             sdk_call(f"removing {username} from {name}", self.user_api.deleteUserExperimentRole, username, ROLE, name)
             removed.append(username)
         return removed
@@ -171,6 +181,7 @@ class ApsDM:
         if found is None:
             raise InputError(f"no experiment named {name!r} in the APS DM system; nothing deleted")
         storage = sdk_field(found, "storageDirectory", default="")
+        # by name alone, as DMagic's delete_experiment (the SDK takes the station from its environment)
         sdk_call(f"deleting experiment {name}", self.experiment_api.deleteExperimentByName, name)
         where = f", storage {storage}" if storage else ""
         sentence = (
@@ -185,7 +196,7 @@ class ApsDM:
         esaf = str(esaf).strip()
         if not esaf:
             return [], ""
-        ident: int | str = int(esaf) if esaf.isdigit() else esaf
+        ident: int | str = int(esaf) if esaf.isdigit() else esaf  # an int, as DMagic's get_esaf_users passes it
         record = sdk_call(f"reading ESAF {esaf}", self.esaf_api.getStationEsafById, self.station, ident)
         if record is None:
             return [], ""
@@ -201,10 +212,20 @@ class ApsDM:
         return moment.astimezone(self.tz)
 
     def _station_experiments(self) -> Iterable[Any]:
-        return self.experiment_api.getExperimentsByStation(self.station)
+        return self.experiment_api.getExperimentsByStation(stationName=self.station)  # as DMagic lists them
+
+    def _write_metadata(self, name: str, experiment: Experiment, found: Any) -> None:
+        """Write the experiment's GUP and ESAF that DM does not hold yet, one key per call:
+        `upsertExperimentMetadata(key, value, experimentName)`, as DMagic writes its `emailedUsers`."""
+        if not hasattr(self.experiment_api, "upsertExperimentMetadata"):
+            return  # an SDK without experiment metadata: the experiment is found by its name or title
+        for key in METADATA_KEYS:
+            value = getattr(experiment, key)
+            if value and str(sdk_field(found, key, default="")) != value:
+                sdk_call(f"writing metadata of {name}", self.experiment_api.upsertExperimentMetadata, key, value, name)
 
     def _find(self, name: str) -> Any:
-        try:
+        try:  # by name alone, as DMagic's get_experiment
             return self.experiment_api.getExperimentByName(name)
         except Exception as error:
             if exception_named(error, "ObjectNotFound"):
@@ -246,6 +267,8 @@ class ApsDM:
         return Experiment(
             name=name,
             title=str(sdk_field(found, "description", default="") or ""),
+            gup=str(sdk_field(found, "gup", default="") or ""),  # metadata reads back as a field, as DMagic reads it
+            esaf=str(sdk_field(found, "esaf", default="") or ""),
             start=start,
             end=parse_sdk_date(sdk_field(found, "endDate"), self.tz),
             year_month=month or (year_month(start) if start else ""),

@@ -1,4 +1,9 @@
-"""`ApsDaq`: raw data moved into DM storage by the APS DM system's DAQs (continuous) and uploads (once)."""
+"""`ApsDaq`: raw data moved into DM storage by the APS DM system's DAQs (continuous) and uploads (once).
+
+The SDK calls take their arguments as its public callers pass them: DMagic (`dmagic/dm.py` of
+xray-imaging/DMagic), apstools (`apstools/utils/aps_data_management.py` of BCDA-APS/apstools) and the DM
+station GUI shipped with the SDK; the comment at each call names the one it follows.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +12,14 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Mapping
-from pathlib import Path
+from collections.abc import Iterator, Mapping
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ...ioc.domain.model import DMError, Experiment, InputError, check_name
-from ...ioc.domain.ports import SentFile, TransferProgress, TransferState
+from ...ioc.domain.ports import RecentRate, SentFile, TransferProgress, TransferState
 from ..hosts import is_this_host
-from .aps_sdk import MAX_MESSAGE, import_dm, sdk_call, sdk_field
+from .aps_sdk import MAX_MESSAGE, import_dm, sdk_call, sdk_epoch, sdk_field
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +28,27 @@ DAQ_INFO = {"processExistingFiles": True}
 ANALYSIS_INFO = {"useAnalysisDirectoryAsRoot": True}
 _RUNNING = {"running", "pending", "waiting", "starting", "processing"}
 _FAILED = {"failed", "aborted", "error", "timeout"}
+FILES_PER_CALL = 1000  # file records asked of the DM file catalogue at a time (it may answer fewer)
+
+
+def _sent_file(storage: str, record: Any) -> SentFile | None:
+    """A file record of the DM catalogue as a SentFile under `storage`; None without a safe path or a time."""
+    relative = PurePosixPath(str(sdk_field(record, "experimentFilePath", default="") or "").lstrip("/"))
+    mtime = sdk_epoch(sdk_field(record, "fileModificationTimestamp", "fileModificationTime"))
+    if not relative.parts or ".." in relative.parts or mtime is None:
+        return None
+    try:
+        size = int(sdk_field(record, "fileSize", default=0))
+    except (TypeError, ValueError):
+        size = 0
+    md5 = str(sdk_field(record, "md5Sum", default="") or "")
+    return SentFile(
+        path=f"{storage.rstrip('/')}/{relative}",
+        size=size,
+        mtime=mtime,
+        sent_at=mtime,
+        checksum=f"md5:{md5}" if md5 else "",
+    )
 
 
 def inspect_folder(path: Path) -> tuple[str, int]:
@@ -61,17 +87,24 @@ class ApsDaq:
         self.direct_mount = direct_mount
         self._sdk = api if api is not None else import_dm()
         self._daq_api: Any = None
+        self._file_api: Any = None
+        self._storages: dict[str, str] = {}  # storage directory -> experiment name, of the experiments started
         self._lock = threading.Lock()
         self._daqs: list[tuple[str, str]] = []  # (experiment, dataDirectory) started or adopted
         self._uploads: list[tuple[str, str]] = []  # (experiment, upload id)
-        self._last_bytes: tuple[float, float] | None = None  # (monotonic time, bytes)
-        self._rate = 0.0
+        self._rate = RecentRate()  # of the bytes DM reports processed
 
     @property
     def daq_api(self) -> Any:
         if self._daq_api is None:
             self._daq_api = sdk_call("connecting to the DAQ service", self._sdk.ExperimentDaqApi)
         return self._daq_api
+
+    @property
+    def file_api(self) -> Any:
+        if self._file_api is None:  # through the factory, as apstools' dm_api_filecat gets it
+            self._file_api = sdk_call("connecting to the file catalogue", self._sdk.CatApiFactory.getFileCatApi)
+        return self._file_api
 
     def data_url(self, path: str) -> str:
         """The dataDirectory the DM system reads: `@host:path` unless it mounts the data itself."""
@@ -91,11 +124,13 @@ class ApsDaq:
         running = set() if once else self._running_pairs(name)
         started, already = [], []
         with self._lock:
+            if experiment.storage_directory:
+                self._storages[experiment.storage_directory.rstrip("/")] = name
             if once:
                 self._uploads = []
             for source, url, analysis in plan:
                 info = dict(ANALYSIS_INFO) if analysis else {}
-                if once:
+                if once:  # (name, dataDirectory, daqInfo), as DMagic's upload
                     reply = sdk_call(f"starting the upload of {source}", self.daq_api.upload, name, url, info)
                     upload_id = sdk_field(reply, "id", default="")
                     self._uploads.append((name, str(upload_id)))
@@ -103,12 +138,12 @@ class ApsDaq:
                     continue
                 if (name, url) in running:
                     already.append(source)
-                else:
+                else:  # (name, dataDirectory, daqInfo), as DMagic's start_daq and apstools' dm_start_daq
                     sdk_call(f"starting the DAQ of {source}", self.daq_api.startDaq, name, url, {**DAQ_INFO, **info})
                     started.append(source)
                 if (name, url) not in self._daqs:
                     self._daqs.append((name, url))
-            self._last_bytes = None
+            self._rate = RecentRate()
         what = "upload" if once else "DM DAQ"
         parts = []
         if started:
@@ -126,12 +161,12 @@ class ApsDaq:
         running = self._running_pairs(None)
         stopped = []
         for experiment, url in daqs:
-            if (experiment, url) in running:
+            if (experiment, url) in running:  # as DMagic's stop_daq
                 sdk_call(f"stopping the DAQ of {url}", self.daq_api.stopDaq, experiment, url)
                 stopped.append(url)
         for _, upload_id in uploads:
-            if upload_id and hasattr(self.daq_api, "stopUpload"):
-                info = sdk_call("reading upload status", self.daq_api.getUploadInfo, upload_id)
+            if upload_id and hasattr(self.daq_api, "stopUpload"):  # by id, as the DM station GUI stops one
+                info = sdk_call("reading upload status", self.daq_api.getUploadInfo, upload_id)  # as apstools
                 if str(sdk_field(info, "status", default="")).lower() in _RUNNING:
                     sdk_call(f"stopping upload {upload_id}", self.daq_api.stopUpload, upload_id)
                     stopped.append(f"upload {upload_id}")
@@ -175,7 +210,7 @@ class ApsDaq:
             return None
         with self._lock:
             self._daqs = mine
-            self._last_bytes = None
+            self._rate = RecentRate()
         names = sorted({experiment for experiment, _ in mine})
         return f"DM DAQ still running for {', '.join(names)} ({len(mine)} folder{'s' if len(mine) != 1 else ''})"
 
@@ -187,10 +222,48 @@ class ApsDaq:
         """
 
     def sent_since(self, mark: float, storage: str) -> list[SentFile]:
-        """No record here: the DM system's own file records would say (not read yet); the dataset lists none."""
-        return []
+        """The files the DM file catalogue holds for the experiment of `storage`, modified after `mark`.
+
+        The catalogue records when a file was last modified, not when it arrived: a file counts as sent
+        at its mtime (a DAQ sends files in the order they are written). What is catalogued now is listed;
+        files the DM system still processes are not waited for.
+        """
+        name = self._experiment_of(storage)
+        sent, unreadable = [], 0
+        for record in self._catalogued(name):
+            found = _sent_file(storage, record)
+            if found is None:
+                unreadable += 1
+            elif found.sent_at > mark:
+                sent.append(found)
+        if unreadable:
+            log.warning("DM file catalogue of %s: %s record(s) without a path or a time left out", name, unreadable)
+        return sent
 
     # ------------------------------------------------------------------ helpers
+
+    def _experiment_of(self, storage: str) -> str:
+        """The experiment whose storage this is: one started here, else the folder's name (the DM system
+        makes an experiment's storage `{root}/{rootPath}/{name}`)."""
+        storage = storage.rstrip("/")
+        with self._lock:
+            known = self._storages.get(storage)
+        return known or check_name(PurePosixPath(storage).name, "experiment name")
+
+    def _catalogued(self, name: str) -> Iterator[Any]:
+        """Every file record of experiment `name`, page by page as the DM station GUI reads them
+        (`getExperimentFiles(name, {}, skip, limit)`); ends at a page that brings nothing new."""
+        seen: set[str] = set()
+        skip = 0
+        while True:
+            what = f"reading the file catalogue of {name}"
+            records = list(sdk_call(what, self.file_api.getExperimentFiles, name, {}, skip, FILES_PER_CALL) or [])
+            new = [r for r in records if str(sdk_field(r, "experimentFilePath", "id", default="")) not in seen]
+            if not new:
+                return
+            seen.update(str(sdk_field(r, "experimentFilePath", "id", default="")) for r in new)
+            yield from new
+            skip += len(records)
 
     def _plan(
         self, name: str, sources: Mapping[str, str], *, once: bool
@@ -271,7 +344,7 @@ class ApsDaq:
             message = f"DM reports {errors or 'a'} transfer error{'s' if errors != 1 else ''}{first}"[:MAX_MESSAGE]
         elif uploading and entries and not running:
             message = f"upload done: {done} of {total} files"
-        return TransferProgress(
+        return TransferProgress(  # no byte total from DM: Percent is by files
             state=state,
             files_done=done,
             files_total=max(total, done),
@@ -282,12 +355,7 @@ class ApsDaq:
         )
 
     def _update_rate(self, size: float) -> float:
-        """Record `size` bytes now; return the MB/s since the previous record (progress runs in several threads)."""
+        """Record `size` bytes processed now; return the MB/s of the last few seconds (progress runs in
+        several threads)."""
         with self._lock:
-            now = time.monotonic()
-            if self._last_bytes is not None:
-                then, before = self._last_bytes
-                if now > then and size >= before:
-                    self._rate = (size - before) / (now - then) / 1e6
-            self._last_bytes = (now, size)
-            return self._rate
+            return self._rate.add(size, time.monotonic())

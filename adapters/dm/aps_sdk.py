@@ -93,6 +93,20 @@ def parse_sdk_date(value: Any, tz: tzinfo | None = None) -> datetime | None:
     return moment
 
 
+def sdk_epoch(value: Any) -> float | None:
+    """Seconds since the epoch from a number, a numeric text or a date as the SDK writes it
+    (`2026/10/15 10:00:00`, ISO: local time when it has no offset); None when unreadable."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    text = str(value or "").strip()
+    if not text:
+        return None
+    with contextlib.suppress(ValueError):
+        return float(text)
+    moment = parse_sdk_date(text.replace("/", "-", 2))
+    return moment.timestamp() if moment else None
+
+
 def _text_date(text: str) -> datetime | None:
     """`14-Oct-26` or ISO 8601; None, with a warning, when it is neither."""
     with contextlib.suppress(ValueError):

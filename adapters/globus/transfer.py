@@ -3,6 +3,7 @@ returns at once; a background thread follows the task."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -12,6 +13,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -19,6 +21,7 @@ import globus_sdk
 
 from ...ioc.domain.model import Experiment, GlobusError
 from ...ioc.domain.ports import SentFile, TransferProgress, TransferState
+from ...ioc.statefiles import disk_full, private_file
 from .access import GlobusAccess
 from .client import Clients, collection_path, describe_error, is_permanent
 
@@ -36,6 +39,7 @@ class _Job:
     ended_ids: list[str] = field(default_factory=list)  # tasks whose end (and bytes) is counted
     bytes_before: float = 0.0  # bytes moved by the ended tasks of this job
     submission_id: str = ""  # of the pass being submitted: a retry after a lost answer cannot make a second task
+    sent: list[tuple[str, float]] = field(default_factory=list)  # (task, its end) of ended tasks that moved files
 
 
 @dataclass
@@ -64,6 +68,9 @@ class GlobusTransfer:
     picks the last task up again (Globus tasks run on without the IOC).
     `stop()`, the end of an upload and a failed task remove the file;
     `shutdown()` leaves it.
+
+    The files sent (`sent_since`) are the successful transfers of the job's ended tasks, each counted as
+    sent when its task ended; their size and mtime are read in the storage, which the IOC sees.
     """
 
     def __init__(
@@ -153,8 +160,71 @@ class GlobusTransfer:
         """
 
     def sent_since(self, mark: float, storage: str) -> list[SentFile]:
-        """No record here of single files (a Globus task moves folders); the dataset lists none."""
-        return []
+        """The files the tasks of the last job that ended after `mark` moved into `storage`.
+
+        A task still running is not waited for (Globus lists a task's transfers once it ended): its files
+        are in a later dataset. After `stop()`, the cancel of the last task is waited for a few seconds.
+        """
+        with self._lock:
+            job, thread, stopping = self._job, self._thread, self._control.stop.is_set()
+        if job is None:
+            return []
+        if stopping and thread is not None:
+            thread.join(STOP_WAIT)  # bounded: the cancel of the last task is under way
+        prefix = collection_path(self.storage_root, storage)
+        try:
+            self._note_last_task(job)
+            with self._lock:
+                tasks = [(task_id, ended) for task_id, ended in job.sent if ended > mark]
+            sent, missing = [], 0
+            for task_id, ended in tasks:
+                for item in self._clients.transfer().paginated.task_successful_transfers(task_id).items():
+                    destination = str(item.get("destination_path") or "")
+                    if not destination.startswith(prefix):
+                        continue
+                    found = self._stat(destination, ended)
+                    missing += found is None
+                    if found is not None:
+                        sent.append(found)
+        except (globus_sdk.GlobusAPIError, globus_sdk.NetworkError) as error:
+            raise GlobusError(f"Globus: listing the files sent for {job.experiment}: {describe_error(error)}") from None
+        if missing:
+            log.warning("Globus transfer of %s: %s file(s) sent are gone from %s", job.experiment, missing, storage)
+        return sent
+
+    def _note_last_task(self, job: _Job) -> None:
+        """The job's last task, when it ended after the thread stopped following it (a cancel at `stop()`)."""
+        if not job.task_ids:
+            return
+        task_id = job.task_ids[-1]
+        with self._lock:
+            known = task_id in job.ended_ids or any(task_id == sent for sent, _ in job.sent)
+            following = self._thread is not None and self._thread.is_alive()
+        if known or following:
+            return
+        task = self._clients.transfer().get_task(task_id)
+        if task.get("status") in ("SUCCEEDED", "FAILED"):
+            self._note_sent(job, task_id, task)
+        else:
+            log.info("Globus transfer of %s: task %s still runs; its files go in a later dataset", job.experiment,
+                     task_id)  # fmt: skip
+
+    def _note_sent(self, job: _Job, task_id: str, task: Mapping[str, Any] | globus_sdk.GlobusHTTPResponse) -> None:
+        """Keep an ended task that moved files, with when it ended, for `sent_since` (the caller saves the job)."""
+        if int(task.get("files_transferred") or 0) <= 0:
+            return
+        with self._lock:
+            if all(task_id != sent for sent, _ in job.sent):
+                job.sent.append((task_id, _epoch(task.get("completion_time"))))
+
+    def _stat(self, destination: str, sent_at: float) -> SentFile | None:
+        """A file Globus put at `destination` (a path on the guest collection), as it is in storage now."""
+        path = os.path.join(self.storage_root, destination.lstrip("/"))
+        try:
+            status = os.stat(path)
+        except OSError:
+            return None
+        return SentFile(path=path, size=status.st_size, mtime=status.st_mtime, sent_at=sent_at)
 
     # ---- extras
 
@@ -291,6 +361,7 @@ class GlobusTransfer:
         if status in ("SUCCEEDED", "FAILED"):
             job.bytes_before += task_bytes
             job.ended_ids.append(task_id)
+            self._note_sent(job, task_id, task)
             self._save_state(job)
             counts["bytes_done"] = job.bytes_before
         else:
@@ -339,15 +410,25 @@ class GlobusTransfer:
     # ---- the state file
 
     def _save_state(self, job: _Job) -> None:
+        """Write the job to the state file: 0600 whatever the umask (it names folders and tasks), written
+        aside, made durable, then renamed over the last one, so that a crash leaves one whole."""
         if self.state_path is None:
             return
         aside = self.state_path.with_name(self.state_path.name + ".tmp")
         try:
             self.state_path.parent.mkdir(parents=True, exist_ok=True)
-            aside.write_text(json.dumps(dataclasses.asdict(job), indent=1), encoding="utf-8")
+            private_file(aside)
+            fd = os.open(aside, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)
+            with open(fd, "w", encoding="utf-8") as file:
+                file.write(json.dumps(dataclasses.asdict(job), indent=1))
+                file.flush()
+                os.fsync(file.fileno())
             os.replace(aside, self.state_path)
         except OSError as error:
-            log.warning("Globus transfer: cannot write %s: %s", self.state_path, error)
+            reason = f"state_dir full ({error.strerror})" if disk_full(error) else str(error)
+            log.warning("Globus transfer: cannot write %s: %s", self.state_path, reason)
+            with contextlib.suppress(OSError):
+                aside.unlink(missing_ok=True)
 
     def _load_state(self) -> _Job | None:
         if self.state_path is None or not self.state_path.exists():
@@ -362,6 +443,7 @@ class GlobusTransfer:
                 ended_ids=[str(task) for task in state.get("ended_ids", [])],
                 bytes_before=float(state.get("bytes_before", 0.0)),
                 submission_id=str(state.get("submission_id", "")),
+                sent=[(str(task), float(ended)) for task, ended in state.get("sent", [])],
             )
         except (OSError, ValueError, KeyError, TypeError) as error:
             log.warning("Globus transfer: ignoring unreadable state file %s: %s", self.state_path, error)
@@ -377,6 +459,15 @@ class GlobusTransfer:
 
 
 _LABEL_UNSAFE = re.compile(r"[^A-Za-z0-9 _,-]")
+STOP_WAIT = 5.0  # seconds sent_since waits for a stopping transfer to cancel its task
+
+
+def _epoch(text: Any) -> float:
+    """A task's `completion_time` (ISO 8601) in seconds since the epoch; now when Globus gives none."""
+    try:
+        return datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return time.time()
 
 
 def _source_path(source: str) -> str:

@@ -8,8 +8,10 @@ with a message fit for the Status PV.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from enum import Enum
 from typing import Protocol
 
@@ -43,6 +45,11 @@ class DataManagement(Protocol):
     def list_experiments(self) -> list[str]:
         """The station's experiment names, newest first."""
 
+    def station_experiments(self) -> list[Experiment]:
+        """The station's experiments as DM keeps them (name, title, GUP and ESAF where it knows them,
+        start, year-month, storage), newest first; users' contact details are not read. Create looks
+        there for an experiment made for its beamtime under another name (by DMagic, or by hand)."""
+
     def add_users(self, name: str, users: Sequence[ExperimentUser]) -> list[str]:
         """Give access; return the usernames that did not have it before.
 
@@ -73,14 +80,47 @@ class TransferProgress:
     state: TransferState = TransferState.STOPPED
     files_done: int = 0
     files_total: int = 0
-    bytes_done: float = 0.0
-    rate_mb_s: float = 0.0
+    bytes_done: float = 0.0  # in storage, and what is written of the files being copied
+    bytes_total: float = 0.0  # of the files sent or ready to send; 0 where the transfer does not know it
+    rate_mb_s: float = 0.0  # over the last few seconds (RecentRate)
     last_file: str = ""
     message: str = ""  # an error (which file, why) or the end-of-upload summary
 
     @property
     def percent(self) -> float:
+        """0 to 100: by bytes where the transfer knows the bytes it has to send, else by files.
+
+        During a continuous transfer the total grows as files are written: this is the share of what
+        is known now, 100 when the transfer has caught up; it falls when data arrives faster than it
+        is sent.
+        """
+        if self.bytes_total > 0:
+            return min(100.0, 100.0 * self.bytes_done / self.bytes_total)
         return 100.0 * self.files_done / self.files_total if self.files_total else 0.0
+
+
+class RecentRate:
+    """MB/s over the last `window` seconds from a running count of the bytes sent: what `Daq:Rate` shows.
+
+    `add(count, now)` records the count (one sample per `spacing` seconds at most) and returns the
+    rate since the oldest sample of the window; a count that went down (a new transfer) starts over.
+    One caller at a time.
+    """
+
+    def __init__(self, window: float = 5.0, spacing: float = 0.25):
+        self.window, self.spacing = window, spacing
+        self._samples: deque[tuple[float, float]] = deque()
+
+    def add(self, count: float, now: float) -> float:
+        samples = self._samples
+        if samples and count < samples[-1][1]:
+            samples.clear()
+        if not samples or now - samples[-1][0] >= self.spacing:
+            samples.append((now, count))
+        while len(samples) > 2 and now - samples[1][0] >= self.window:
+            samples.popleft()
+        since, before = samples[0]
+        return (count - before) / (now - since) / 1e6 if now > since else 0.0
 
 
 @dataclass(frozen=True)
@@ -91,6 +131,7 @@ class SentFile:
     size: int
     mtime: float  # seconds since the epoch
     sent_at: float  # seconds since the epoch
+    checksum: str = ""  # "md5:<hex>" where the transfer's record has one (the APS DM file catalogue)
 
 
 class Transfer(Protocol):
@@ -115,7 +156,9 @@ class Transfer(Protocol):
 
     def sent_since(self, mark: float, storage: str) -> list[SentFile]:
         """The files sent into `storage` (an experiment's folder) after `mark` (seconds since the epoch),
-        from the transfer's own record: no folder is walked. [] where the transfer keeps no record."""
+        from the transfer's own record (the built-in engine's ledger, the APS DM file catalogue, Globus's
+        successful transfers of its tasks): no folder is walked. Returns what the record holds now, [] when
+        nothing: it never waits for files still on their way."""
 
 
 class StateStore(Protocol):
@@ -205,18 +248,18 @@ class CatalogFile:
     path: str
     size: int
     mtime: str  # ISO 8601
-    checksum: str = ""
+    checksum: str = ""  # "<algorithm>:<hex>" (md5 from the APS DM, blake2b computed here)
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """One acquisition as a catalogue's raw dataset (SPEC section 10); `pid` is chosen here, once."""
+    """One acquisition as a catalogue's raw dataset; `pid` is chosen here, once."""
 
     pid: str
     name: str
     description: str
     owner: str  # the PI
-    contact_email: str
+    contact_email: str  # one address or a ;-list: the PI's, else the beamline's
     principal_investigator: str
     owner_group: str
     access_groups: tuple[str, ...]
@@ -227,6 +270,9 @@ class Dataset:
     end_time: str  # ISO 8601
     files: tuple[CatalogFile, ...]
     scientific_metadata: Mapping[str, object]
+    owner_email: str = ""  # the PI's one address, where the catalogue takes it
+    source_folder_host: str = ""  # where sourceFolder is; "" = the catalogue adapter's own host, if it has a domain
+    run_number: str = ""  # the record's number n
 
 
 @dataclass(frozen=True)
@@ -237,6 +283,8 @@ class CatalogStatus:
     last_pid: str = ""
     answered: bool | None = None  # the last attempt: True sent, False refused or down, None no attempt yet
     message: str = ""  # why the last attempt failed (for Status and the log)
+    oldest_pid: str = ""  # the dataset waiting longest ("" when none waits)
+    waiting_since: datetime | None = None  # when it was queued
 
 
 class Catalogue(Protocol):

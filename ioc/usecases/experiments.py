@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, time, timedelta, tzinfo
 
 from ..domain.model import (
     Beamtime,
@@ -16,6 +16,7 @@ from ..domain.model import (
     InputError,
     PartialAccess,
     Person,
+    Run,
     SchedulingError,
     check_name,
     dm_username,
@@ -68,7 +69,41 @@ class ExperimentCases(BeamlineCore):
         )
         run = self.state.scheduled.run if self.state.scheduled else None
         experiment = self._placed(experiment, pi.last_name if pi else "", beamtime.gup, run.name if run else None)
-        return self._create(experiment, people, beamtime)
+        made = self._made_for(experiment, beamtime, run)
+        if made is not None:
+            log.info("Create: experiment %s was made for beamtime %s; reusing it instead of making %s",
+                     made.name, beamtime.gup, name)  # fmt: skip
+            data = made.data_directory or str(self.settings.dm.data_top_dir / made.name)
+            experiment = replace(experiment, name=made.name, storage_directory=made.storage_directory,
+                                 data_directory=data)  # fmt: skip
+        return self._create(experiment, people, beamtime, reusing=name if made is not None else "",
+                            why=self._offset_why(beamtime))  # fmt: skip
+
+    def _offset_why(self, beamtime: Beamtime) -> str:
+        """A Status fragment naming the beamtime Create took when TimeOffsetDays made it another than now's."""
+        offset = self.state.scheduled.offset_days if self.state.scheduled else 0.0
+        if not offset:
+            return ""
+        return f" for the beamtime of {beamtime.start.astimezone(self.tz).date()} (TimeOffsetDays {offset:g})"
+
+    def _made_for(self, experiment: Experiment, beamtime: Beamtime, run: Run | None) -> Experiment | None:
+        """An experiment of the station made for `beamtime` under another name (by DMagic, which spells the
+        PI's name otherwise, or by hand); None when one has the name this IOC gives it, or none fits.
+
+        Made for it: the same proposal (the GUP DM holds, else the GUP that ends the name as DMagic names
+        experiments, else the proposal's title, which DMagic writes as the description), in the same run
+        and month (or started within the beamtime). Of several, the surest, then the nearest in time.
+        """
+        records = self._contact("DM", self.adapters.dm.station_experiments)
+        if any(record.name == experiment.name for record in records):
+            return None
+        fits = []
+        for record in records:
+            evidence = _proposal_evidence(record, beamtime)
+            if evidence is not None and _same_beamtime(record, beamtime, run, self.tz):
+                days = abs((_day(record.start, self.tz) - _day(beamtime.start, self.tz)).days) if record.start else 1e9
+                fits.append((evidence, days, record.name, record))
+        return min(fits, key=lambda fit: fit[:3])[3] if fits else None
 
     def follow_schedule(self) -> Outcome:
         """dm.follow_schedule: create (or select) the experiment of the beamtime that started, as Create
@@ -91,16 +126,19 @@ class ExperimentCases(BeamlineCore):
         start, end = self._manual_dates(request.start, request.end)
         badges = parse_badges(request.badges, "Manual:Badges") if request.badges.strip() else ()
         last_name = request.last_name.strip() or "Staff"
+        # Manual:GUP 0 is "no proposal": the name and the layout still take its number (`...-Staff-0`), the
+        # proposal PVs and the DM record none.
+        number = str(request.gup)
         name = experiment_name(
-            self.settings.dm.experiment_name, year_month=year_month(start), pi_last_name=last_name, gup=str(request.gup)
+            self.settings.dm.experiment_name, year_month=year_month(start), pi_last_name=last_name, gup=number
         )
-        people = [ExperimentUser(dm_username(b), source="manual") for b in badges]
-        if people:  # the Manual:* person is the first badge's owner
-            first = Person(badges[0], request.first_name.strip(), last_name, request.email.strip(),
-                           request.institution.strip())  # fmt: skip
-            people[0] = ExperimentUser.from_person(first, "manual")
+        person = Person(badges[0] if badges else "", request.first_name.strip(), last_name, request.email.strip(),
+                        request.institution.strip(), is_pi=True)  # the first badge's owner  # fmt: skip
+        known = self._known_people()  # the other badges' names and e-mails, where the schedule has them
+        others = tuple(replace(known.get(badge, Person(badge)), is_pi=False) for badge in badges[1:])
+        people = [ExperimentUser.from_person(p, "manual") for p in (person, *others) if p.badge]
         title = request.title.strip() or f"{last_name} manual experiment"
-        gup = str(request.gup) if request.gup else ""
+        gup = number if request.gup else ""
         experiment = Experiment(
             name=name,
             title=title,
@@ -110,10 +148,7 @@ class ExperimentCases(BeamlineCore):
             year_month=year_month(start),
             data_directory=str(self.settings.dm.data_top_dir / name),
         )
-        experiment = self._placed(experiment, last_name, str(request.gup))
-        person = Person(badges[0] if badges else "", request.first_name.strip(), last_name, request.email.strip(),
-                        request.institution.strip(), is_pi=True)  # fmt: skip
-        others = tuple(Person(badge) for badge in badges[1:])
+        experiment = self._placed(experiment, last_name, number)
         proposal = Beamtime(gup, title, start, end, people=(person, *others), proposal_type="Manual")
         return self._create(experiment, people, proposal)
 
@@ -162,8 +197,18 @@ class ExperimentCases(BeamlineCore):
             raise InputError(f"Manual:End {end} is not after Manual:Start {start}")
         return (datetime.combine(start, time(), self.tz), datetime.combine(end, time(), self.tz))
 
-    def _create(self, experiment: Experiment, people: list[ExperimentUser], proposal: Beamtime) -> Outcome:
-        """Create (or complete) `experiment` for `proposal` and select it; the proposal PVs then show it."""
+    def _create(
+        self,
+        experiment: Experiment,
+        people: list[ExperimentUser],
+        proposal: Beamtime,
+        *,
+        reusing: str = "",
+        why: str = "",
+    ) -> Outcome:
+        """Create (or complete) `experiment` for `proposal` and select it; the proposal PVs then show it.
+        `reusing`: the name this IOC would have given it, when `experiment` was made for it under another;
+        `why`: which beamtime it is for, when that is not the one running now."""
         dm = self.adapters.dm
         contacts = [ExperimentUser(dm_username(b), source="contact") for b in self.settings.beamline.contacts]
         unique: dict[str, ExperimentUser] = {}
@@ -182,9 +227,14 @@ class ExperimentCases(BeamlineCore):
         details, warning = details + partial, warning or bool(partial)
         if created:
             users_text = plural(len(users), "user")
-            message = f"created experiment {experiment.name} with {users_text}; storage {experiment.storage_directory}"
+            message = (f"created experiment {experiment.name}{why} with {users_text}; "
+                       f"storage {experiment.storage_directory}")  # fmt: skip
+        elif reusing:
+            message = (f"reused experiment {experiment.name} made for this beamtime{why} (this IOC names it "
+                       f"{reusing}): selected it; users added: {', '.join(added) or 'none'}")  # fmt: skip
         else:
-            message = f"experiment {experiment.name} exists: selected it; users added: {', '.join(added) or 'none'}"
+            message = (f"experiment {experiment.name} exists: selected it{why}; "
+                       f"users added: {', '.join(added) or 'none'}")  # fmt: skip
         return Outcome(message + details, warning=warning)
 
     def _give_access(self, experiment: Experiment, users: Sequence[ExperimentUser]) -> tuple[list[str], str, bool]:
@@ -275,11 +325,14 @@ class ExperimentCases(BeamlineCore):
         return Outcome(message + details, warning=warning)
 
     def _known_people(self) -> dict[str, Person]:
-        """The people of the selected experiment's proposal and of the scheduled one, by badge."""
+        """The people of the selected experiment's proposal and of the scheduled one, by badge (one known by
+        badge alone, as a manual experiment may list them, never hides the same person known by name)."""
         scheduled = self.state.scheduled.beamtime if self.state.scheduled else None
         known: dict[str, Person] = {}
         for beamtime in filter(None, (scheduled, self.state.proposal)):
-            known.update((p.badge, p) for p in (*beamtime.people, *beamtime.esaf_people))
+            for person in (*beamtime.people, *beamtime.esaf_people):
+                if person.full_name or person.badge not in known:
+                    known[person.badge] = person
         return known
 
     def remove_users(self, badges_text: str) -> Outcome:
@@ -324,3 +377,31 @@ class ExperimentCases(BeamlineCore):
         self.adapters.state.select("")
         self.load_selection()
         return Outcome(removed + revoked)
+
+
+def _proposal_evidence(record: Experiment, beamtime: Beamtime) -> int | None:
+    """How surely `record` was made for the proposal of `beamtime`: 0 by the GUP DM holds, 1 by the GUP
+    ending its name (DMagic's `{year_month}-{last name}-{gup}`), 2 by its title; None: another proposal."""
+    if record.gup:
+        return 0 if record.gup == beamtime.gup else None
+    if record.name.rsplit("-", 1)[-1] == beamtime.gup:
+        return 1
+    title = record.title.strip()
+    return 2 if title and title == beamtime.title.strip() else None
+
+
+def _same_beamtime(record: Experiment, beamtime: Beamtime, run: Run | None, tz: tzinfo) -> bool:
+    """`record` started in `run` (when known) and in the beamtime's month, or within its days; an experiment
+    DM gives no start of is judged by its year-month alone."""
+    if record.start is None:
+        return bool(record.year_month) and record.year_month == beamtime.year_month
+    start = _day(record.start, tz)
+    if run is not None and not _day(run.start, tz) <= start <= _day(run.end, tz):
+        return False
+    month = record.year_month or year_month(start)
+    return month == beamtime.year_month or _day(beamtime.start, tz) <= start <= _day(beamtime.end, tz)
+
+
+def _day(moment: datetime, tz: tzinfo) -> date:
+    """The beamline's date of `moment` (DM gives dates, at midnight, without a time of day)."""
+    return moment.astimezone(tz).date() if moment.tzinfo else moment.date()

@@ -14,7 +14,7 @@ from dmagic_ioc.adapters.dm.aps import ApsDM
 from dmagic_ioc.adapters.dm.aps_daq import ApsDaq
 from dmagic_ioc.adapters.dm.aps_sdk import parse_sdk_date, sdk_date, sdk_field
 from dmagic_ioc.ioc.domain.model import DMError, Experiment, ExperimentUser, InputError, Person
-from dmagic_ioc.ioc.domain.ports import TransferProgress, TransferState
+from dmagic_ioc.ioc.domain.ports import SentFile, TransferProgress, TransferState
 
 FAKES = Path(__file__).resolve().parents[1] / "fakes"
 CHICAGO = timezone(timedelta(hours=-5))
@@ -108,7 +108,12 @@ def test_create_adds_the_experiment_with_sdk_arguments(aps, fake_dm, data_top_di
     assert kwargs == dict(
         typeName="2BM", description="Fossil teeth", rootPath="2026-10", startDate="14-Oct-26", endDate="17-Oct-26"
     )
-    assert fake_dm.STATE.experiments[NAME]["metadata"] == {"gup": "1234", "esaf": "271828"}
+    # one key per call, as DMagic writes its metadata: (key, value, experimentName)
+    assert fake_dm.STATE.called("upsertExperimentMetadata") == [
+        (("gup", "1234", NAME), {}),
+        (("esaf", "271828", NAME), {}),
+    ]
+    assert (created.gup, created.esaf) == ("1234", "271828")  # read back as fields of the experiment
     assert created.storage_directory == f"/gdata/dm/2026-10/{NAME}"
     assert created.data_directory == str(data_top_dir / NAME)
     assert created.year_month == "2026-10"
@@ -141,10 +146,38 @@ def test_create_failure_half_way_then_rerun_completes(aps, fake_dm):
     fake_dm.STATE.fail["upsertExperimentMetadata"] = fake_dm.DmException("metadata service down")
     with pytest.raises(DMError, match="APS DM: writing metadata of .* failed: metadata service down"):
         aps.create_experiment(experiment())
-    _, is_new = aps.create_experiment(experiment())
+    assert NAME in fake_dm.STATE.experiments  # added, its metadata not written
+
+    found, is_new = aps.create_experiment(experiment())
+
     assert is_new is False
-    assert fake_dm.STATE.experiments[NAME]["metadata"] == {"gup": "1234", "esaf": "271828"}
+    assert (found.gup, found.esaf) == ("1234", "271828")
     assert len(fake_dm.STATE.called("addExperiment")) == 1
+    assert [args for args, _ in fake_dm.STATE.called("upsertExperimentMetadata")] == [
+        ("gup", "1234", NAME),  # refused
+        ("gup", "1234", NAME),
+        ("esaf", "271828", NAME),
+    ]
+    aps.create_experiment(experiment())  # once complete, nothing is written again
+    assert len(fake_dm.STATE.called("upsertExperimentMetadata")) == 3
+
+
+def test_the_fake_sdk_refuses_call_forms_its_public_callers_do_not_use(fake_dm):
+    """The fake is strict: a call the SDK's callers do not make fails, as the SDK would fail it."""
+    api = fake_dm.ExperimentDsApi()
+    api.addExperiment(NAME, typeName="2BM", rootPath="2026-10", startDate="14-Oct-26")
+    with pytest.raises(TypeError):
+        api.upsertExperimentMetadata(NAME, {"gup": "1234"})  # (experiment, dict): the form this IOC once used
+    with pytest.raises(fake_dm.ObjectNotFound):
+        api.upsertExperimentMetadata(NAME, "gup", "1234")  # the experiment's name first
+    with pytest.raises(fake_dm.InvalidRequest):
+        api.upsertExperimentMetadata("metadata", {"gup": "1234"}, NAME)
+    with pytest.raises(TypeError):
+        api.getExperimentsByStation(station="2BM")
+    with pytest.raises(fake_dm.InvalidRequest, match="DD-Mon-YY"):
+        api.addExperiment("2026-10-Other-1", typeName="2BM", startDate="2026-10-14")
+    with pytest.raises(fake_dm.InvalidRequest):
+        fake_dm.CatApiFactory.getFileCatApi().getExperimentFiles(NAME, None, 0, 10)
 
 
 def test_sdk_errors_become_short_dm_errors(aps, fake_dm):
@@ -165,6 +198,24 @@ def test_get_and_list_newest_first(aps, fake_dm):
     fake_dm.ExperimentDsApi().addExperiment("other-station", typeName="32ID", rootPath="2026-10")
     assert aps.list_experiments() == ["2026-09-C-3", "2026-10-B-2", "2026-08-A-1"]
     assert aps.get_experiment("2026-10-B-2").name == "2026-10-B-2"
+    assert fake_dm.STATE.called("getExperimentsByStation")[0] == ((), {"stationName": "2BM"})  # as DMagic lists
+
+
+def test_station_experiments_give_what_dm_keeps_of_each_without_asking_for_users(aps, fake_dm):
+    aps.create_experiment(experiment())
+    # as DMagic's create_experiment makes one: its own spelling of the PI's name, the title as description
+    fake_dm.ExperimentDsApi().addExperiment("2026-10-Muller-ukasiewicz-1012039", typeName="2BM",
+                                            description="Operando tomography", rootPath="2026-10",
+                                            startDate="14-Oct-26", endDate="17-Oct-26")  # fmt: skip
+    fake_dm.STATE.calls.clear()
+
+    dmagic, ours = aps.station_experiments()
+
+    assert (dmagic.name, dmagic.title, dmagic.gup, dmagic.year_month) == (
+        "2026-10-Muller-ukasiewicz-1012039", "Operando tomography", "", "2026-10")  # fmt: skip
+    assert dmagic.start == datetime(2026, 10, 14, tzinfo=CHICAGO)
+    assert (ours.name, ours.gup, ours.esaf) == (NAME, "1234", "271828")
+    assert [name for name, _, _ in fake_dm.STATE.calls] == ["getExperimentsByStation"]
 
 
 def test_add_users_returns_new_ones_and_reports_unknown_users(aps, fake_dm):
@@ -426,3 +477,66 @@ def test_daq_sdk_failure_is_a_dm_error(daq, fake_dm, sources):
     fake_dm.STATE.fail["startDaq"] = fake_dm.DmException("DAQ service unavailable")
     with pytest.raises(DMError, match="APS DM: starting the DAQ of .* failed: DAQ service unavailable"):
         daq.start(experiment(), sources, once=False)
+
+
+# ---------------------------------------------------------------------- the files sent: the DM file catalogue
+
+STORAGE = f"/gdata/dm/2026-10/{NAME}"
+
+
+def test_sent_since_lists_the_catalogued_files_modified_after_the_mark(daq, fake_dm, sources):
+    daq.start(experiment(storage_directory=STORAGE), sources, once=False)
+    fake_dm.STATE.add_file(NAME, "scan_001.h5", 2048, 1_000.0, md5="9e107d9d372bb6826bd81d3542a419d6")
+    fake_dm.STATE.add_file(NAME, "/analysis/rec_0001.tiff", 512, 1_002.5)
+    fake_dm.STATE.add_file("other", "scan_001.h5", 1, 2_000.0)  # another experiment's
+
+    assert daq.sent_since(0.0, STORAGE) == [
+        SentFile(f"{STORAGE}/scan_001.h5", 2048, 1_000.0, 1_000.0, "md5:9e107d9d372bb6826bd81d3542a419d6"),
+        SentFile(f"{STORAGE}/analysis/rec_0001.tiff", 512, 1_002.5, 1_002.5),
+    ]
+    assert [f.path for f in daq.sent_since(1_000.0, STORAGE + "/")] == [f"{STORAGE}/analysis/rec_0001.tiff"]
+    # read as the DM station GUI reads the catalogue: (experimentName, queryDict, skip, limit)
+    assert fake_dm.STATE.called("getExperimentFiles")[0] == ((NAME, {}, 0, 1000), {"rawData": False})
+
+
+def test_sent_since_reads_every_page_even_when_the_catalogue_answers_fewer_than_asked(daq, fake_dm):
+    fake_dm.STATE.max_files_per_call = 3
+    for n in range(8):
+        fake_dm.STATE.add_file(NAME, f"scan_{n:03d}.h5", n, 1_000.0 + n)
+
+    sent = daq.sent_since(0.0, STORAGE)  # an experiment this IOC did not start: named by its storage
+
+    assert [f.size for f in sent] == list(range(8))
+    assert [args[2] for args, _ in fake_dm.STATE.called("getExperimentFiles")] == [0, 3, 6, 8]
+
+
+def test_sent_since_of_an_empty_catalogue_is_one_call_and_no_file(daq, fake_dm):
+    assert daq.sent_since(0.0, STORAGE) == []
+    assert len(fake_dm.STATE.called("getExperimentFiles")) == 1
+
+
+def test_sent_since_ends_when_the_catalogue_repeats_a_page(daq, fake_dm, monkeypatch):
+    """A catalogue that ignores `skip` would answer the first page for ever: the list ends instead."""
+    fake_dm.STATE.add_file(NAME, "scan_001.h5", 1, 1_000.0)
+    monkeypatch.setattr(fake_dm.FileCatApi, "getExperimentFiles", lambda self, *args: list(fake_dm.STATE.files[NAME]))
+    assert [f.size for f in daq.sent_since(0.0, STORAGE)] == [1]
+
+
+def test_sent_since_leaves_out_records_without_a_safe_path_or_a_time(daq, fake_dm, caplog):
+    fake_dm.STATE.add_file(NAME, "../escape.h5", 1, 1_000.0)
+    fake_dm.STATE.add_file(NAME, "scan_001.h5", 1, 1_000.0)
+    fake_dm.STATE.files[NAME][1]["fileModificationTimestamp"] = "someday"
+    fake_dm.STATE.add_file(NAME, "scan_002.h5", 1, 1_000.0)
+    fake_dm.STATE.files[NAME][2]["fileModificationTimestamp"] = "2026/10/15 10:00:00"  # as DM writes times
+
+    sent = daq.sent_since(0.0, STORAGE)
+
+    assert [f.path for f in sent] == [f"{STORAGE}/scan_002.h5"]
+    assert sent[0].mtime == datetime(2026, 10, 15, 10).timestamp()  # local time
+    assert "2 record(s) without a path or a time left out" in caplog.text
+
+
+def test_sent_since_with_the_catalogue_down_is_a_dm_error(daq, fake_dm):
+    fake_dm.STATE.fail["getExperimentFiles"] = ConnectionError("connection refused")
+    with pytest.raises(DMError, match=f"APS DM: reading the file catalogue of {NAME} failed: connection refused"):
+        daq.sent_since(0.0, STORAGE)

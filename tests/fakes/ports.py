@@ -100,7 +100,7 @@ class FakeDM:
     def __init__(self, storage_root: Path):
         self.storage_root = storage_root
         self.experiments: dict[str, Experiment] = {}
-        self.fail: Exception | None = None  # raised by the next mutating call
+        self.fail: Exception | None = None  # raised by the next call that lists or changes experiments
         self.esaf_calls: list[str] = []
 
     def _check(self):
@@ -127,6 +127,10 @@ class FakeDM:
 
     def list_experiments(self) -> list[str]:
         return list(reversed(self.experiments))
+
+    def station_experiments(self) -> list[Experiment]:
+        self._check()
+        return list(reversed(self.experiments.values()))
 
     def add_users(self, name, users) -> list[str]:
         self._check()

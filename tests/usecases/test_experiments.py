@@ -3,13 +3,29 @@ IOC's own state, what it says, and how a failure half-way leaves things for a re
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 
 import pytest
+from dmagic_ioc.adapters.dm.aps import ApsDM
 from dmagic_ioc.ioc.domain.model import DMError, Experiment, ExperimentUser, GlobusError
-from dmagic_ioc.ioc.usecases import ManualRequest, Outcome
+from dmagic_ioc.ioc.usecases import Adapters, Beamline, ManualRequest, Outcome
 
-from ..fakes.ports import BEAMTIME, CHICAGO, ESAF_PERSON, EXPERIMENT, LATER, RUN, TITLE, FailingSchedule, FlakyAccess
+from ..fakes import dm as fake_sdk
+from ..fakes.ports import (
+    BEAMTIME,
+    CHICAGO,
+    ESAF_DOI,
+    ESAF_PERSON,
+    EXPERIMENT,
+    LATER,
+    NOW,
+    RUN,
+    TITLE,
+    FailingSchedule,
+    FlakyAccess,
+    settings_in,
+)
 
 OTHER = "2026-10-Ngo-1012040"  # an experiment of proposal LATER, made elsewhere
 URL = f"https://app.globus.org/file-manager?path=/{EXPERIMENT}/"
@@ -109,7 +125,7 @@ def test_create_failing_after_the_experiment_exists_keeps_it_selected_and_a_reru
     assert fakes.state.selection == EXPERIMENT  # selected before the users: a rerun completes
     assert beamline.state.experiment.name == EXPERIMENT  # the selection is read again whatever happens
     assert fakes.access.grants == []
-    assert beamline.contacts() == [("DM", True), ("DM", False), ("DM", True), ("DM", True)]
+    assert beamline.contacts() == [("DM", True), ("DM", True), ("DM", False), ("DM", True), ("DM", True)]
 
     assert beamline.create() == Outcome(
         f"experiment {EXPERIMENT} exists: selected it; "
@@ -183,6 +199,46 @@ def test_create_manual_makes_the_first_badge_the_manual_person(beamline, fakes, 
         ExperimentUser("d100001", source="contact"),
     )
     assert fakes.access.grants == [(name, "d310012")]
+
+
+def test_create_manual_without_a_gup_keeps_the_number_in_the_name_and_shows_no_proposal(beamline, fakes):
+    """Manual:GUP 0 is "no proposal": the name ends in -0 (as documented), the DM record and the proposal PVs
+    hold no GUP, and the other badges take the names and e-mails the schedule has for them."""
+    beamline.refresh(0.0)
+    request = ManualRequest(last_name="Müller-Łukasiewicz", first_name="Zoë", badges=" 310009, 310002, ")
+    name = "2026-10-MullerLukasiewicz-0"
+    assert beamline.create_manual(request).message.startswith(f"created experiment {name} with 3 users")
+    assert fakes.dm.experiments[name].gup == ""
+    shown = beamline.state.shown.beamtime
+    assert shown.gup == "" and [p.full_name for p in shown.people_pi_first] == ["Zoë Müller-Łukasiewicz", "Bo Li"]
+    assert fakes.dm.experiments[name].users[1] == ExperimentUser("d310002", "Bo Li", "bo@example.org", "UChicago",
+                                                                 "manual")  # fmt: skip
+
+
+def test_a_badge_known_only_by_number_never_hides_the_name_the_schedule_has(beamline, fakes):
+    beamline.create_manual(ManualRequest(badges="310009, 310002"))  # no schedule read yet: 310002 by number alone
+    assert beamline.state.shown.beamtime.people[1].full_name == ""
+    beamline.refresh(0.0)  # the schedule knows 310002: Bo Li
+    beamline.create_manual(ManualRequest(badges="310009, 310002", gup=2))
+    assert beamline.state.shown.beamtime.people[1].full_name == "Bo Li"
+
+
+# --------------------------------------------------------------------------- TimeOffsetDays
+
+
+def test_create_with_an_offset_says_which_beamtime_it_made_and_why(beamline, fakes):
+    beamline.refresh(5.0)  # TimeOffsetDays 5: LATER, 2026-10-20, instead of the beamtime running now
+    outcome = beamline.create()
+    assert outcome.message.startswith(f"created experiment {OTHER} for the beamtime of 2026-10-20 (TimeOffsetDays 5) "
+                                      "with 2 users")  # fmt: skip
+    again = beamline.create()
+    assert again.message.startswith(f"experiment {OTHER} exists: selected it for the beamtime of 2026-10-20 "
+                                    "(TimeOffsetDays 5); users added: none")  # fmt: skip
+
+
+def test_create_at_now_says_nothing_of_an_offset(beamline):
+    beamline.refresh(0.0)
+    assert "TimeOffsetDays" not in beamline.create().message
 
 
 # --------------------------------------------------------------------------- Select
@@ -364,3 +420,120 @@ def test_a_pi_who_is_also_a_beamline_contact_stays_first_with_the_proposal(tmp_p
     users = beamline.state.experiment.users
     assert [u.username for u in users][:2] == ["d310001", "d310002"] and users[0].source == "proposal"
     assert [u.username for u in users][-1] == "d100001"
+
+
+# --------------------------------------------------------------------------- an experiment made elsewhere
+
+DMAGIC = "2026-10-Muller-ukasiewicz-1012039"  # what DMagic names BEAMTIME's experiment (its `clean_entry`)
+USERS_ADDED = "users added: d310001, d310002, d310009, d100001; Globus access for 3 users"
+
+
+def reused_message(name: str = DMAGIC, added: str = USERS_ADDED) -> str:
+    return f"reused experiment {name} made for this beamtime (this IOC names it {EXPERIMENT}): selected it; {added}"
+
+
+def test_create_reuses_the_experiment_dmagic_made_for_the_beamtime_and_a_rerun_reuses_it_again(beamline, fakes):
+    """DMagic names it otherwise and keeps no GUP but in the name; its description is the proposal's title."""
+    made = Experiment(DMAGIC, title=TITLE, start=datetime(2026, 10, 14, tzinfo=CHICAGO), year_month="2026-10",
+                      storage_directory="/s/" + DMAGIC, data_directory="/data/" + DMAGIC)  # fmt: skip
+    fakes.dm.experiments[DMAGIC] = made
+    add_other(fakes)  # the next proposal's, in the same run and month
+    beamline.refresh(0.0)
+
+    assert beamline.create() == Outcome(reused_message())
+    assert EXPERIMENT not in fakes.dm.experiments and fakes.state.selection == DMAGIC
+    assert beamline.state.experiment.data_directory == "/data/" + DMAGIC  # its raw folder, as DMagic named it
+    assert fakes.state.proposal(DMAGIC) == beamline.state.scheduled.beamtime
+    assert beamline.create() == Outcome(reused_message(added="users added: none; Globus access for 3 users"))
+    assert sorted(fakes.dm.experiments) == [DMAGIC, OTHER]
+
+
+@pytest.mark.parametrize(
+    "made, reused",
+    [
+        pytest.param(dict(name="tomo-smith", gup="1012039"), True, id="by hand, with the GUP in DM"),
+        pytest.param(dict(name="tomo-smith", title=TITLE), True, id="by hand, with the proposal's title"),
+        pytest.param(dict(name="2026-10-Other-1012040"), False, id="another proposal"),
+        pytest.param(dict(name="tomo", gup="1012040", title=TITLE), False, id="another GUP in DM, whatever title"),
+        pytest.param(dict(start=datetime(2026, 6, 10, tzinfo=CHICAGO), year_month="2026-06"), False, id="another run"),
+        pytest.param(
+            dict(start=datetime(2026, 11, 20, tzinfo=CHICAGO), year_month="2026-11"),
+            False,
+            id="another beamtime of the run",
+        ),  # fmt: skip
+        pytest.param(dict(start=None, year_month="2026-10"), True, id="no start: by its month"),
+    ],
+)
+def test_create_reuses_only_an_experiment_of_the_same_proposal_and_beamtime(beamline, fakes, made, reused):
+    fields = {"name": DMAGIC, "start": datetime(2026, 10, 14, tzinfo=CHICAGO), "year_month": "2026-10"} | made
+    fakes.dm.experiments[fields["name"]] = Experiment(**fields)
+    beamline.refresh(0.0)
+
+    outcome = beamline.create()
+
+    assert fakes.state.selection == (fields["name"] if reused else EXPERIMENT)
+    assert outcome.message.startswith("reused experiment" if reused else "created experiment")
+
+
+def test_an_experiment_named_as_this_ioc_names_it_is_taken_before_any_other(created, fakes):
+    fakes.dm.experiments[DMAGIC] = Experiment(DMAGIC, gup="1012039", start=BEAMTIME.start, year_month="2026-10")
+    assert created.create().message.startswith(f"experiment {EXPERIMENT} exists: selected it")
+    assert fakes.state.selection == EXPERIMENT
+
+
+# --------------------------------------------------------------------------- on the APS DM system (its SDK faked)
+
+
+@pytest.fixture
+def sdk():
+    """The fake APS DM SDK, fresh, with the DM accounts of BEAMTIME's people and its ESAF."""
+    state = fake_sdk.reset()
+    for badge in ("310001", "310002", "310009", "100001"):
+        state.add_user(f"d{badge}")
+    state.esafs[281001] = {
+        "doi": ESAF_DOI,
+        "experimentUsers": [
+            {"badgeNumber": "310009", "firstName": "Eva", "lastName": "Sá", "email": "eva@example.org"}
+        ],
+    }
+    return state
+
+
+@pytest.fixture
+def on_aps(tmp_path, fakes, sdk) -> Beamline:
+    """A Beamline on the APS DM backend: ApsDM on the fake SDK, the other ports faked; refreshed."""
+    settings = settings_in(tmp_path)
+    settings = replace(settings, dm=replace(settings.dm, backend="aps"))
+    fakes.dm = ApsDM("2BM", settings.dm.data_top_dir, api=fake_sdk, tz=CHICAGO)
+    beamline = Beamline(settings, Adapters(**vars(fakes)), clock=lambda: NOW)
+    beamline.refresh(0.0)
+    return beamline
+
+
+def test_create_on_aps_reuses_the_experiment_dmagic_made_and_gives_it_the_gup(on_aps, fakes, sdk):
+    # made as DMagic's create_experiment makes it
+    fake_sdk.ExperimentDsApi().addExperiment(DMAGIC, typeName="2BM", description=TITLE, rootPath="2026-10",
+                                             startDate="14-Oct-26", endDate="17-Oct-26")  # fmt: skip
+
+    assert on_aps.create() == Outcome(reused_message())
+
+    assert sorted(sdk.experiments) == [DMAGIC] and len(sdk.called("addExperiment")) == 1  # DMagic's only
+    assert (sdk.experiments[DMAGIC]["gup"], sdk.experiments[DMAGIC]["esaf"]) == ("1012039", "281001")
+    assert sdk.experiments[DMAGIC]["experimentUsernameList"] == ["d310001", "d310002", "d310009", "d100001"]
+    assert fakes.state.selection == DMAGIC
+    assert on_aps.create() == Outcome(reused_message(added="users added: none; Globus access for 3 users"))
+    assert sorted(sdk.experiments) == [DMAGIC]
+
+
+def test_create_on_aps_half_made_is_completed_by_a_rerun_never_duplicated(on_aps, fakes, sdk):
+    sdk.fail["upsertExperimentMetadata"] = fake_sdk.DmException("metadata service unavailable")
+
+    with pytest.raises(DMError, match=f"writing metadata of {EXPERIMENT} failed: metadata service unavailable"):
+        on_aps.create()
+    assert sorted(sdk.experiments) == [EXPERIMENT]  # added, its metadata not written
+    assert fakes.state.selection == ""
+
+    assert on_aps.create() == Outcome(f"experiment {EXPERIMENT} exists: selected it; {USERS_ADDED}")
+    assert sorted(sdk.experiments) == [EXPERIMENT] and len(sdk.called("addExperiment")) == 1
+    assert (sdk.experiments[EXPERIMENT]["gup"], sdk.experiments[EXPERIMENT]["esaf"]) == ("1012039", "281001")
+    assert fakes.state.selection == EXPERIMENT

@@ -1,15 +1,34 @@
 """A fake of the APS DM SDK (`dm` package) for contract tests: records calls, keeps state in memory.
 
-Objects have the documented shape: dict-like `DmObject`s with `.get` and `.data`
-(like the real SDK's), dates as `DD-Mon-YY`, DAQ and upload status as dicts.
-`STATE.fail[method] = exception` makes the next call of that method raise it.
+Strict: every method takes its arguments as the SDK's public callers pass them, and a call in any other
+form fails as it would against the SDK (a TypeError, or the service's InvalidRequest / ObjectNotFound):
+
+- DMagic (xray-imaging/DMagic and decarlof/DMagic, `dmagic/dm.py`): `ExperimentDsApi()` and friends
+  built directly; `addExperiment(name, typeName=, description=, rootPath=, startDate=, endDate=)` with
+  dates as `DD-Mon-YY`; `getExperimentsByStation(stationName=)`; `upsertExperimentMetadata(key, value,
+  experimentName)`, one key per call, read back as a field of the experiment
+  (`getExperimentByName(name).get(key)`); `addUserExperimentRole(username, 'User', experimentName)`;
+  `getStationEsafById(station, int(esafId))`; `startDaq(name, dataDirectory, daqInfo)`,
+  `upload(name, dataDirectory[, daqInfo])`, `stopDaq(name, dataDirectory)`, `listDaqs()`.
+- apstools (BCDA-APS/apstools, `apstools/utils/aps_data_management.py`): `CatApiFactory.getFileCatApi()`,
+  `getExperimentsByStation()` (the station from `DM_STATION_NAME`), `getUploadInfo(id)`.
+- the DM station GUI shipped with the SDK: `addExperiment(name, stationName, typeName, description,
+  rootPath, storageName, globusGroupId, startDate, endDate)` positionally, `deleteExperimentByName(name,
+  stationName)`, `getExperimentFiles(experimentName, queryDict, skip, limit[, rawData=True])` paged.
+
+Objects are dict-like `DmObject`s with `.get` and `.data`, like the SDK's. `STATE.fail[method] = exception`
+makes the next call of that method raise it.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
+import re
 from collections import UserDict
 from dataclasses import dataclass, field
+
+SDK_DATE = re.compile(r"\d{2}-(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)-\d{2}")
 
 
 class DmException(Exception):
@@ -44,6 +63,7 @@ class DmObject(UserDict):
 @dataclass
 class State:
     experiments: dict = field(default_factory=dict)
+    files: dict = field(default_factory=dict)  # experiment name -> its file records, in cataloguing order
     users: set = field(default_factory=set)
     user_details: dict = field(default_factory=dict)  # username -> fields of its UserInfo (firstName, email, ...)
     esafs: dict = field(default_factory=dict)
@@ -52,6 +72,7 @@ class State:
     calls: list = field(default_factory=list)
     fail: dict = field(default_factory=dict)
     storage_root: str = "/gdata/dm"
+    max_files_per_call: int = 1000  # the most files the catalogue answers in one call, whatever `limit` asks
     ids: itertools.count = field(default_factory=lambda: itertools.count(1))
 
     def record(self, method: str, *args, **kwargs) -> None:
@@ -64,6 +85,20 @@ class State:
         """A DM account, e.g. `add_user("d1", firstName="Ann", lastName="Smith", email="ann@x.org")`."""
         self.users.add(username)
         self.user_details[username] = details
+
+    def add_file(self, experiment: str, path: str, size: int, mtime: float, md5: str = "") -> None:
+        """A file the DM system catalogued for `experiment` (its path relative to the experiment's storage)."""
+        record = {
+            "id": str(next(self.ids)),
+            "experimentName": experiment,
+            "experimentFilePath": path,
+            "fileName": path.rsplit("/", 1)[-1],
+            "fileSize": size,
+            "fileModificationTimestamp": mtime,
+        }
+        if md5:
+            record["md5Sum"] = md5
+        self.files.setdefault(experiment, []).append(record)
 
     def called(self, method: str) -> list:
         return [(args, kwargs) for name, args, kwargs in self.calls if name == method]
@@ -79,27 +114,56 @@ def reset() -> State:
     return STATE
 
 
-class ExperimentDsApi:
-    def getExperimentByName(self, name):
-        STATE.record("getExperimentByName", name)
-        if name not in STATE.experiments:
-            raise ObjectNotFound(f"Experiment {name} does not exist.")
-        return DmObject(dict(STATE.experiments[name]))
+def _experiment(name: str) -> dict:
+    if name not in STATE.experiments:
+        raise ObjectNotFound(f"Experiment {name} does not exist.")
+    return STATE.experiments[name]
 
-    def getExperimentsByStation(self, station=None):
-        STATE.record("getExperimentsByStation", station)
+
+def _check_date(what: str, value) -> None:
+    if value is not None and not (isinstance(value, str) and SDK_DATE.fullmatch(value)):
+        raise InvalidRequest(f"Invalid {what} {value!r}: expected DD-Mon-YY.")
+
+
+class ExperimentDsApi:
+    def getExperimentByName(self, name, stationName=None):
+        STATE.record("getExperimentByName", name)
+        return DmObject(dict(_experiment(name)))
+
+    def getExperimentsByStation(self, stationName=None):
+        STATE.record("getExperimentsByStation", stationName=stationName)
+        station = stationName or os.environ.get("DM_STATION_NAME")
+        if not station:
+            raise InvalidRequest("Station name has not been provided.")
         return [DmObject(dict(e)) for e in STATE.experiments.values() if e["experimentStation"] == station]
 
-    def addExperiment(self, name, typeName=None, description=None, rootPath=None, startDate=None, endDate=None):
-        STATE.record(
-            "addExperiment",
-            name,
-            typeName=typeName,
-            description=description,
-            rootPath=rootPath,
-            startDate=startDate,
-            endDate=endDate,
-        )
+    def addExperiment(
+        self,
+        name,
+        stationName=None,
+        typeName=None,
+        description=None,
+        rootPath=None,
+        storageName=None,
+        globusGroupId=None,
+        startDate=None,
+        endDate=None,
+    ):
+        given = {
+            "stationName": stationName,
+            "typeName": typeName,
+            "description": description,
+            "rootPath": rootPath,
+            "storageName": storageName,
+            "globusGroupId": globusGroupId,
+            "startDate": startDate,
+            "endDate": endDate,
+        }
+        STATE.record("addExperiment", name, **{key: value for key, value in given.items() if value is not None})
+        if not isinstance(name, str) or not name:
+            raise InvalidRequest("Experiment name has not been provided.")
+        _check_date("start date", startDate)
+        _check_date("end date", endDate)
         if name in STATE.experiments:
             raise ObjectAlreadyExists(f"Experiment {name} already exists.")
         STATE.experiments[name] = {
@@ -109,24 +173,26 @@ class ExperimentDsApi:
             "rootPath": rootPath,
             "startDate": startDate,
             "endDate": endDate,
-            "experimentStation": typeName,
+            "experimentStation": stationName or typeName or os.environ.get("DM_STATION_NAME"),
+            "experimentType": typeName,
             "experimentUsernameList": [],
             "storageDirectory": f"{STATE.storage_root}/{rootPath}/{name}",
-            "metadata": {},
         }
         return DmObject(dict(STATE.experiments[name]))
 
-    def deleteExperimentByName(self, name):
+    def deleteExperimentByName(self, name, stationName=None):
         STATE.record("deleteExperimentByName", name)
-        if name not in STATE.experiments:
-            raise ObjectNotFound(f"Experiment {name} does not exist.")
+        _experiment(name)
         del STATE.experiments[name]
+        STATE.files.pop(name, None)
 
-    def upsertExperimentMetadata(self, name, metadata):
-        STATE.record("upsertExperimentMetadata", name, metadata)
-        if name not in STATE.experiments:
-            raise ObjectNotFound(f"Experiment {name} does not exist.")
-        STATE.experiments[name]["metadata"].update(metadata)
+    def upsertExperimentMetadata(self, key, value, experimentName):
+        STATE.record("upsertExperimentMetadata", key, value, experimentName)
+        if not isinstance(key, str) or not key:
+            raise InvalidRequest(f"Invalid metadata key {key!r}.")
+        if not isinstance(value, (str, int, float)):
+            raise InvalidRequest(f"Invalid value of metadata key {key}: {type(value).__name__}.")
+        _experiment(experimentName)[key] = value
 
 
 class UserDsApi:
@@ -136,24 +202,44 @@ class UserDsApi:
             raise ObjectNotFound(f"User {username} does not exist.")
         return DmObject({"username": username, **STATE.user_details.get(username, {})})
 
-    def addUserExperimentRole(self, username, role, experimentName):
-        STATE.record("addUserExperimentRole", username, role, experimentName)
-        users = STATE.experiments[experimentName]["experimentUsernameList"]
+    def addUserExperimentRole(self, username, roleName, experimentName):
+        STATE.record("addUserExperimentRole", username, roleName, experimentName)
+        users = _experiment(experimentName)["experimentUsernameList"]
         if username in users:
-            raise ObjectAlreadyExists(f"{username} already has role {role}")
+            raise ObjectAlreadyExists(f"{username} already has role {roleName}")
         users.append(username)
 
-    def deleteUserExperimentRole(self, username, role, experimentName):
-        STATE.record("deleteUserExperimentRole", username, role, experimentName)
-        STATE.experiments[experimentName]["experimentUsernameList"].remove(username)
+    def deleteUserExperimentRole(self, username, roleName, experimentName):
+        STATE.record("deleteUserExperimentRole", username, roleName, experimentName)
+        _experiment(experimentName)["experimentUsernameList"].remove(username)
 
 
 class EsafApsDbApi:
-    def getStationEsafById(self, station, esafId):
-        STATE.record("getStationEsafById", station, esafId)
+    def getStationEsafById(self, stationName, esafId):
+        STATE.record("getStationEsafById", stationName, esafId)
         if esafId not in STATE.esafs:
             raise ObjectNotFound(f"ESAF {esafId} not found.")
         return DmObject(dict(STATE.esafs[esafId]))
+
+
+class FileCatApi:
+    def getExperimentFiles(self, experimentName, queryDict=None, skip=0, limit=0, rawData=False):
+        STATE.record("getExperimentFiles", experimentName, queryDict, skip, limit, rawData=rawData)
+        if not isinstance(queryDict, dict):
+            raise InvalidRequest(f"Invalid query {queryDict!r}.")
+        if not all(isinstance(n, int) and n >= 0 for n in (skip, limit)):
+            raise InvalidRequest(f"Invalid skip {skip!r} or limit {limit!r}.")
+        records = STATE.files.get(experimentName, [])
+        wanted = [r for r in records if all(r.get(k) == v for k, v in queryDict.items())]
+        count = min(limit or STATE.max_files_per_call, STATE.max_files_per_call)
+        page = wanted[skip : skip + count]
+        return [dict(r) for r in page] if rawData else [DmObject(dict(r)) for r in page]
+
+
+class CatApiFactory:
+    @staticmethod
+    def getFileCatApi():
+        return FileCatApi()
 
 
 class ExperimentDaqApi:
