@@ -37,7 +37,7 @@ import pwd
 import re
 import shutil
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import NamedTuple, TypeVar
@@ -45,6 +45,7 @@ from typing import NamedTuple, TypeVar
 from ...ioc.domain.model import (
     DEFAULT_LAYOUT,
     DEFAULT_SUBDIRS,
+    DiskFull,
     DMError,
     Experiment,
     ExperimentUser,
@@ -55,8 +56,10 @@ from ...ioc.domain.model import (
     posix_group,
     storage_location,
 )
+from ...ioc.statefiles import disk_full
 from ..hosts import is_this_host
 from ..registry import Registry
+from ..transfer.folders import FOLDER_FLAGS, SymlinkRefused, open_child, open_folder
 from . import acl
 
 log = logging.getLogger(__name__)
@@ -75,7 +78,6 @@ SHARED_DIR_MODE = 0o2771
 _YEAR_MONTH = re.compile(r"\d{4}-\d{2}")
 
 STORAGE_MARKER = ".dmagic-storage"  # in an experiment's storage folder: {"experiment", "id", "created"}
-FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC  # a folder, never through a symlink
 
 
 def read_storage_marker(folder_fd: int) -> dict[str, str]:
@@ -150,24 +152,41 @@ def write_storage_marker(storage: Path, experiment: str) -> str:
         os.close(folder)
 
 
-def _disk_error(action: str, path: Path, error: OSError) -> DMError:
+def _open_top(folder: Path) -> int:
+    """A descriptor of a folder the config names (storage_root, data_top_dir: a symlink there is the admin's)."""
+    try:
+        return os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as error:
+        raise _disk_error("open folder", folder, error) from error
+
+
+def _disk_error(action: str, path: Path, error: OSError, place: str = "storage") -> DMError:
+    """`error` for Status: DiskFull ("storage full: ...", or the `place` it hit) when no space or quota is
+    left, else DMError."""
     reason = error.strerror or str(error)
     if error.errno == errno.ENOSPC:
         reason += " (the disk is full)"
+    if disk_full(error):
+        return DiskFull(f"{place} full: cannot {action} {path}: {reason}")
     return DMError(f"cannot {action} {path}: {reason}")
 
 
-def _exists(lookup, name: str) -> bool:
+def _id(lookup, name: str) -> int | None:
+    """The uid or gid of `name` by `lookup` (pwd.getpwnam, grp.getgrnam); None when there is none."""
     try:
-        lookup(name)
+        return lookup(name)[2]
     except KeyError:
-        return False
-    return True
+        return None
 
 
 class _Group(NamedTuple):
     gid: int
     name: str
+
+
+def _sentences(*parts: str) -> str:
+    """The non-empty `parts`, one Status sentence."""
+    return "; ".join(part for part in parts if part)
 
 
 def _plural(count: int, word: str) -> str:
@@ -248,23 +267,24 @@ class LocalDM:
                 f"the storage {storage} of experiment {name} is gone (deleted, or its disk not mounted?): "
                 "not made again here; mount the disk, or Delete the experiment and Create it anew"
             )
-        # The folders between storage_root and the storage (year-month, year, run...) are shared with
-        # other experiments: made if missing, else left as they are.
-        shared_mode = SHARED_DIR_MODE if self.posix_group or self.user_account or self.staff_groups else DIR_MODE
-        for parent in reversed(storage.relative_to(self.storage_root).parents[:-1]):
-            self._make_dir(self.storage_root / parent, fixed, mode=shared_mode, adopt_existing=False)
-        for path in (storage, *(storage / sub for sub in self.subdirs)):
-            self._make_dir(path, tree)
-        write_storage_marker(storage, name)
-        missing = "; ".join(filter(None, (missing, self._give_staff(storage))))
+        storage_fd = self._make_storage(storage, fixed, tree)
+        try:
+            write_storage_marker(storage, name)
+            missing = _sentences(missing, self._give_staff(storage_fd, storage))
+        finally:
+            os.close(storage_fd)
         if existing is not None and existing.data_directory:
             data_directory = Path(existing.data_directory)
         else:
             data_directory = self.data_directory(name)
         if self.raw_is_local:
             self._require_root(self.data_top_dir, "dm.data_top_dir")
-            for path in (data_directory, data_directory.with_name(data_directory.name + "_rec")):
-                self._make_dir(path, fixed, adopt_existing=False)
+            parent_fd = _open_top(data_directory.parent)
+            try:
+                for path in (data_directory, data_directory.with_name(data_directory.name + "_rec")):
+                    os.close(self._make_dir(parent_fd, path, fixed, adopt_existing=False, place="data_top_dir"))
+            finally:
+                os.close(parent_fd)
 
         if existing is not None:
             completed = dataclasses.replace(
@@ -301,31 +321,44 @@ class LocalDM:
         """Every registered experiment, newest first."""
         return self.registry.experiment_names()
 
+    def station_experiments(self) -> list[Experiment]:
+        """Every registered experiment with its record, newest first."""
+        return [found for name in self.registry.experiment_names() if (found := self.registry.get_experiment(name))]
+
     def add_users(self, name: str, users: Sequence[ExperimentUser]) -> list[str]:
         """Give `users` access (with dm.posix.user_account, an ACL entry each on the storage tree), then
-        record it; return the usernames that did not have it. Users without an account: PartialAccess."""
+        record it; return the usernames that did not have it. Users without an account, or files left
+        without the entry (hard-linked, on another filesystem): PartialAccess."""
         name = check_name(name, "experiment name")
         experiment = self.registry.get_experiment(name)
         missing: list[str] = []
+        skipped = ""
         if experiment is not None and experiment.storage_directory and self.user_account is not None:
             accounts, missing = self._accounts([user.username for user in users])
-            acl.grant(Path(experiment.storage_directory), [f"u:{account}:{acl.READ}" for account in accounts])
+            storage = Path(experiment.storage_directory)
+            with self._storage_fd(storage) as fd:
+                skipped = acl.grant(fd, storage, [acl.Entry(acl.USER, uid, acl.READ) for uid in accounts.values()])
         added = self.registry.add_users(name, users)
         if missing:
-            return self._done(added, f"dm.posix.user_account: no unix account {', '.join(missing)} on this host: "
-                                     f"no access to {experiment.storage_directory if experiment else name} "
-                                     "on the filesystem for them; the others have it")  # fmt: skip
-        return added
+            where = experiment.storage_directory if experiment else name
+            skipped = _sentences(f"dm.posix.user_account: no unix account {', '.join(missing)} on this host: "
+                                 f"no access to {where} on the filesystem for them; the others have it",
+                                 skipped)  # fmt: skip
+        return self._done(added, skipped)
 
     def remove_users(self, name: str, usernames: Sequence[str]) -> list[str]:
-        """Drop access for `usernames` (their ACL entries first); return those that had it."""
+        """Drop access for `usernames` (their ACL entries first, what the grant left alone logged); return
+        those that had it."""
         name = check_name(name, "experiment name")
         experiment = self.registry.get_experiment(name)
         if experiment is not None and experiment.storage_directory and self.user_account is not None:
             accounts, _ = self._accounts(usernames)
             storage = Path(experiment.storage_directory)
             if storage.is_dir():
-                acl.revoke(storage, [f"u:{account}" for account in accounts])
+                with self._storage_fd(storage) as fd:
+                    left = acl.revoke(fd, storage, [(acl.USER, uid) for uid in accounts.values()])
+                if left:
+                    log.warning("%s", left)
         return self.registry.remove_users(name, usernames)
 
     def delete_experiment(self, name: str) -> str:
@@ -396,23 +429,37 @@ class LocalDM:
                 f"{experiment.name} is not given to it; create the group, then run Create again"
             )
 
-    def _give_staff(self, storage: Path) -> str:
-        """rwx for dm.posix.staff_groups on the storage tree; a warning naming the groups that do not exist."""
-        present = [group for group in self.staff_groups if _exists(grp.getgrnam, group)]
-        acl.grant(storage, [f"g:{group}:{acl.WRITE}" for group in present])
-        absent = [group for group in self.staff_groups if group not in present]
+    def _give_staff(self, storage_fd: int, storage: Path) -> str:
+        """rwx for dm.posix.staff_groups on the storage tree open as `storage_fd`; a warning naming the groups
+        that do not exist, and what got no ACL."""
+        gids = {group: gid for group in self.staff_groups if (gid := _id(grp.getgrnam, group)) is not None}
+        skipped = acl.grant(storage_fd, storage, [acl.Entry(acl.GROUP, gid, acl.WRITE) for gid in gids.values()])
+        absent = [group for group in self.staff_groups if group not in gids]
         if absent:
-            return (
-                f"dm.posix.staff_groups: unix group {', '.join(absent)} does not exist on this host: no access for it"
-            )
-        return ""
+            return _sentences(f"dm.posix.staff_groups: unix group {', '.join(absent)} does not exist on this host: "
+                              "no access for it", skipped)  # fmt: skip
+        return skipped
 
-    def _accounts(self, usernames: Sequence[str]) -> tuple[list[str], list[str]]:
-        """The unix accounts of DM usernames (`d` + badge) by dm.posix.user_account: (existing, missing)."""
+    def _accounts(self, usernames: Sequence[str]) -> tuple[dict[str, int], list[str]]:
+        """The unix accounts of DM usernames (`d` + badge) by dm.posix.user_account: ({existing: uid}, missing)."""
         assert self.user_account is not None
         names = [self.user_account.format(badge=u[1:]) for u in usernames if u.startswith("d") and u[1:].isdigit()]
-        existing = [name for name in names if _exists(pwd.getpwnam, name)]
+        existing = {name: uid for name in names if (uid := _id(pwd.getpwnam, name)) is not None}
         return existing, [name for name in names if name not in existing]
+
+    @contextlib.contextmanager
+    def _storage_fd(self, storage: Path) -> Iterator[int]:
+        """A descriptor of the storage folder, reached from storage_root one name at a time, never through a
+        symlink (from its parent when the config's storage_root has changed since it was made)."""
+        inside = self.storage_root in storage.parents
+        try:
+            fd = open_folder(str(storage), str(self.storage_root) if inside else None)
+        except OSError as error:
+            raise _disk_error("open the storage", storage, error) from error
+        try:
+            yield fd
+        finally:
+            os.close(fd)
 
     @staticmethod
     def _require_root(root: Path, key: str) -> None:
@@ -420,29 +467,69 @@ class LocalDM:
         if not root.is_dir():
             raise DMError(f"{key}: {root} does not exist or is not a folder (is the disk mounted?); nothing created")
 
-    def _make_dir(self, path: Path, group: _Group | None, *, mode: int = DIR_MODE, adopt_existing: bool = True) -> None:
-        """Create `path` with DIR_MODE and the group; an existing folder is fixed up when `adopt_existing`.
+    def _make_storage(self, storage: Path, fixed: _Group | None, tree: _Group | None) -> int:
+        """Make what is missing of `storage` and its subdirs, one name at a time from storage_root's
+        descriptor, never through a symlink; return the storage folder's descriptor.
+
+        The folders between storage_root and the storage (year-month, year, run...) are shared with other
+        experiments: made if missing, else left as they are.
+        """
+        shared_mode = SHARED_DIR_MODE if self.posix_group or self.user_account or self.staff_groups else DIR_MODE
+        base = self.storage_root if self.storage_root in storage.parents else storage.parent  # root changed since
+        fd = _open_top(base)
+        try:
+            path = base
+            for name in storage.relative_to(base).parts[:-1]:
+                path = path / name
+                child = self._make_dir(fd, path, fixed, mode=shared_mode, adopt_existing=False)
+                os.close(fd)
+                fd = child
+            child = self._make_dir(fd, storage, tree)
+            os.close(fd)
+            fd = child
+            for sub in self.subdirs:
+                os.close(self._make_dir(fd, storage / sub, tree))
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    @staticmethod
+    def _make_dir(
+        parent_fd: int,
+        path: Path,
+        group: _Group | None,
+        *,
+        mode: int = DIR_MODE,
+        adopt_existing: bool = True,
+        place: str = "storage",
+    ) -> int:
+        """Create folder `path` (its name, in the folder open as `parent_fd`) with `mode` and the group; an
+        existing folder is fixed up when `adopt_existing`. Returns its descriptor; `place` (storage,
+        data_top_dir) names the disk when it is full.
 
         A symbolic link where the folder must be is refused (a chmod through it would change its target).
         """
         try:
-            path.mkdir()
+            os.mkdir(path.name, 0o700, dir_fd=parent_fd)  # 0700 until its group and mode are set
+            made = True
         except FileExistsError:
-            if path.is_symlink():
-                raise DMError(
-                    f"{path} is a symbolic link, not a folder: refused (an experiment's folders must be real "
-                    "folders); remove it and run Create again"
-                ) from None
-            if not path.is_dir():
-                raise DMError(f"cannot create folder {path}: a file of that name is in the way") from None
-            if not adopt_existing:
-                return
+            made = False
         except OSError as error:
-            raise _disk_error("create folder", path, error) from error
+            raise _disk_error("create folder", path, error, place) from error
         try:
-            fd = os.open(path, FOLDER_FLAGS)
+            fd = open_child(parent_fd, path.name, str(path))
+        except SymlinkRefused:
+            raise DMError(
+                f"{path} is a symbolic link, not a folder: refused (an experiment's folders must be real "
+                "folders); remove it and run Create again"
+            ) from None
+        except NotADirectoryError:
+            raise DMError(f"cannot create folder {path}: a file of that name is in the way") from None
         except OSError as error:
-            raise _disk_error("open folder", path, error) from error
+            raise _disk_error("open folder", path, error, place) from error
+        if not made and not adopt_existing:
+            return fd
         try:
             if group is not None:
                 try:
@@ -456,9 +543,11 @@ class LocalDM:
                 # fchmod, not mkdir's mode: mkdir applies the umask and may drop the setgid bit.
                 os.fchmod(fd, mode)
             except OSError as error:
-                raise _disk_error("set permissions on", path, error) from error
-        finally:
+                raise _disk_error("set permissions on", path, error, place) from error
+        except BaseException:
             os.close(fd)
+            raise
+        return fd
 
     def _check_inside_storage_root(self, storage: Path) -> None:
         root = self.storage_root.resolve()

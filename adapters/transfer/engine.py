@@ -15,8 +15,9 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from ...ioc.domain.ports import TransferProgress, TransferState
-from .copying import COPIED, FAILED, NO_STORAGE, VANISHED, copy_files, remove_part_files
+from ...ioc.domain.model import DiskFull
+from ...ioc.domain.ports import RecentRate, TransferProgress, TransferState
+from .copying import COPIED, FAILED, NO_STORAGE, VANISHED, Written, copy_files, remove_part_files
 from .files import DONE, PENDING, QUEUED, File, Job, Source, not_followed
 from .folders import SymlinkRefused, open_folder, shown
 from .scan import Tree
@@ -35,6 +36,7 @@ class Run:
     CHUNK_FILES = 64  # files per worker task (one syncfs for them all)
     CHUNK_BYTES = 16 * 1024 * 1024  # a chunk's data; a larger file is a chunk of its own
     CHUNKS_PER_WORKER = 2  # chunks in flight per worker
+    PUBLISH_SECONDS = 0.5  # the progress is shown at least this often, also during a long copy
 
     def __init__(self, owner: LocalTransfer, experiment: str, sources: Mapping[str, str], once: bool, storage: Storage):
         self.owner = owner
@@ -52,15 +54,20 @@ class Run:
         self.errors: dict[tuple[str, str], str] = {}
         self.done_files = 0
         self.done_bytes = 0
+        self.ready_bytes = 0  # of the files sent or ready to send (every state but PENDING): Percent's total
         self.copied_files = 0
         self.copied_bytes = 0
+        self.copying: set[Written] = set()  # the bytes written so far by each chunk the workers copy now
+        self.written_bytes = 0  # by the chunks that ended, whatever became of their copies: the rate's count
         self.last_file = ""
         self.ledger_error = ""
+        self.ledger_full = False  # state_dir has no room for the ledger (said until a commit writes)
         self.engine_error = ""
         self.first_pass_done = False
         self.synced_dirs: set[str] = set()
         self.started = time.monotonic()
-        self.rate_samples: deque[tuple[float, int]] = deque([(self.started, 0)])
+        self.rate = RecentRate()
+        self.rate.add(0, self.started)
         self.poll_seconds = 0.0
         self.thread = threading.Thread(target=self._main, name=f"transfer-{experiment}", daemon=True)
 
@@ -91,12 +98,11 @@ class Run:
                     self._submit(workers)
                     if self.owner.ledger.due():
                         self._commit()
-                    if self.once and self._all_sent():
-                        self._finish()
+                    if self.once and self._all_sent() and self._finish():
                         return
                     self.engine_error = ""
                     self._publish()
-                    self._drain(max(0.0, next_poll - time.monotonic()))
+                    self._drain(min(self.PUBLISH_SECONDS, max(0.0, next_poll - time.monotonic())))
                 except Exception as error:
                     log.exception("transfer of %s: unexpected failure; continuing", self.experiment)
                     self.engine_error = f"transfer engine failed: {error}"
@@ -192,7 +198,8 @@ class Run:
             else:
                 sent = self._at_destination(source, rel, size, mtime_ns)
             if sent:
-                file = source.files[rel] = File(size, mtime_ns, DONE)
+                file = source.files[rel] = File(size, mtime_ns)
+                self._set_state(file, DONE)
                 self.done_files += 1
                 self.done_bytes += size
                 self._audit_later(source, rel, file)
@@ -258,9 +265,11 @@ class Run:
         return True
 
     def _leave_state(self, source: Source, rel: str, file: File) -> None:
+        """`file` changed or went: it is no longer sent nor ready to send (PENDING)."""
         if file.state == DONE:
             self.done_files -= 1
             self.done_bytes -= file.size
+        self._set_state(file, PENDING)
         source.pending.discard(rel)
         source.failed.discard(rel)
         self.errors.pop((source.root, rel), None)
@@ -321,8 +330,13 @@ class Run:
             file.audited = True
             source.audit.append(rel)
 
+    def _set_state(self, file: File, state: str) -> None:
+        """Change `file`'s state, keeping `ready_bytes` (the files that are not PENDING) right."""
+        self.ready_bytes += ((state != PENDING) - (file.state != PENDING)) * file.size
+        file.state = state
+
     def _queue(self, source: Source, rel: str, file: File) -> None:
-        file.state = QUEUED
+        self._set_state(file, QUEUED)
         self.ready.append(Job(source, rel, file.size, file.mtime_ns))
 
     def _submit(self, workers: ThreadPoolExecutor) -> None:
@@ -347,11 +361,14 @@ class Run:
             ):
                 chunk.append(self.ready.popleft())
                 size += chunk[-1].size
-            workers.submit(self._copy, chunk)
+            written = Written()
+            self.copying.add(written)
+            workers.submit(self._copy, chunk, written)
             self.in_flight += 1
 
-    def _copy(self, jobs: list[Job]) -> None:
-        """In a worker thread: copy a chunk of files (all of one source), hand the outcomes to the engine thread."""
+    def _copy(self, jobs: list[Job], written: Written) -> None:
+        """In a worker thread: copy a chunk of files (all of one source), counting the bytes in `written`;
+        hand the outcomes to the engine thread."""
         source = jobs[0].source
         try:
             outcomes = copy_files(
@@ -362,6 +379,7 @@ class Run:
                 cancel=self.cancel,
                 open_source=functools.partial(open_folder, source.root, self.owner.source_top),
                 open_dest=functools.partial(self.storage.open_dest, source.dest),
+                written=written,
             )
         except Exception as error:
             log.exception("copying to %s failed unexpectedly", source.dest)
@@ -369,7 +387,7 @@ class Run:
                 (FAILED, f"cannot copy {shown(os.path.join(source.root, job.rel))} to {source.dest}: {error}")
                 for job in jobs
             ]
-        self.results.put((jobs, outcomes))
+        self.results.put((jobs, outcomes, written))
 
     def _drain(self, timeout: float) -> None:
         """Take copy outcomes, waiting up to `timeout` for the first."""
@@ -377,8 +395,11 @@ class Run:
             result = self.results.get(timeout=timeout) if timeout > 0 else self.results.get_nowait()
             while True:
                 if result is not None:
+                    jobs, outcomes, written = result
                     self.in_flight -= 1
-                    for job, (outcome, reason) in zip(*result, strict=True):
+                    self.copying.discard(written)
+                    self.written_bytes += written.bytes
+                    for job, (outcome, reason) in zip(jobs, outcomes, strict=True):
                         self._settle(job, outcome, reason)
                 result = self.results.get_nowait()
         except queue.Empty:
@@ -396,7 +417,8 @@ class Run:
         if file is None or file.state != QUEUED:
             return  # removed (or seen again) meanwhile
         if outcome == COPIED and (file.size, file.mtime_ns) == (job.size, job.mtime_ns):
-            file.state, file.attempts = DONE, 0
+            self._set_state(file, DONE)
+            file.attempts = 0
             self.errors.pop((source.root, rel), None)
             self.done_files += 1
             self.done_bytes += job.size
@@ -408,13 +430,14 @@ class Run:
         else:  # changed, cancelled, no storage, or copied a version that has changed since
             if outcome == NO_STORAGE:
                 self.storage_error = reason
-            file.state, file.stable_since = PENDING, time.monotonic()
+            self._set_state(file, PENDING)
+            file.stable_since = time.monotonic()
             source.pending.add(rel)
 
     def _fail(self, source: Source, rel: str, file: File, reason: str) -> None:
         """Keep the file for a retry with exponential backoff; the state shows Error meanwhile."""
         source.pending.discard(rel)
-        file.state = FAILED
+        self._set_state(file, FAILED)
         file.attempts += 1
         delay = min(self.owner.retry_max, self.owner.retry_initial * 2 ** (file.attempts - 1))
         file.retry_at = time.monotonic() + delay
@@ -444,11 +467,25 @@ class Run:
                 log.warning("cannot fsync folder %s", folder, exc_info=True)
         self.synced_dirs.clear()
         try:
-            self.owner.ledger.commit()
-            self.ledger_error = ""
+            committed = self.owner.ledger.commit()
+        except DiskFull as error:  # state_dir full: no bug; the rows stay buffered until there is room
+            self._ledger_failed(error)
         except sqlite3.Error as error:
             log.exception("cannot write the transfer ledger %s", self.owner.ledger.path)
             self.ledger_error = f"cannot write the transfer ledger {self.owner.ledger.path}: {error}"
+        else:
+            if committed or not self.ledger_full:  # an empty commit says nothing of the room
+                if self.ledger_error:
+                    log.info("transfer of %s: the transfer ledger is written again", self.experiment)
+                self.ledger_error, self.ledger_full = "", False
+
+    def _ledger_failed(self, error: DiskFull) -> None:
+        """No space left for the ledger: shown as the run's error, logged once (one line) until it changes."""
+        message = f"cannot write the transfer ledger {self.owner.ledger.path}: {error}"
+        if message != self.ledger_error:
+            log.error("transfer of %s: %s; the files sent meanwhile are recorded once there is room",
+                      self.experiment, message)  # fmt: skip
+        self.ledger_error, self.ledger_full = message, True
 
     def _all_sent(self) -> bool:
         return (
@@ -458,10 +495,17 @@ class Run:
             and not any(source.pending or source.failed for source in self.sources)
         )
 
-    def _finish(self) -> None:
-        """An upload has sent everything: record it, clear the definition, show the summary."""
+    def _finish(self) -> bool:
+        """An upload has sent everything: record it, clear the definition, show the summary. False, to
+        try again later, while the ledger cannot be written (state_dir full)."""
         self._commit()
-        self.owner.ledger.clear_running()
+        if self.owner.ledger.buffered():
+            return False
+        try:
+            self.owner.ledger.clear_running()
+        except DiskFull as error:
+            self._ledger_failed(error)
+            return False
         elapsed = time.monotonic() - self.started
         summary = (
             f"upload of {self.experiment} finished: {self.copied_files} files, "
@@ -474,6 +518,7 @@ class Run:
         log.info("%s", summary)
         self.owner.show_progress(self, self.snapshot(TransferState.STOPPED, summary, rate=0.0))
         self.finished = True
+        return True
 
     # ---- progress
 
@@ -489,28 +534,22 @@ class Run:
             self.owner.show_progress(self, self.snapshot(TransferState.RUNNING, ""))
 
     def snapshot(self, state: TransferState, message: str, rate: float | None = None) -> TransferProgress:
+        """The progress now, by bytes: the files sent and what is written of those being copied, of the
+        files sent or ready to send (a file still being written counts once it has settled); the rate
+        over the last few seconds (only the engine's thread measures it: others pass `rate`)."""
+        copying = sum(written.bytes for written in tuple(self.copying))  # a copy of the set: stop() reads it too
         if rate is None:
-            rate = self._rate()
+            rate = self.rate.add(self.written_bytes + copying, time.monotonic())
         return TransferProgress(
             state=state,
             files_done=self.done_files,
             files_total=sum(len(source.files) for source in self.sources),
-            bytes_done=float(self.done_bytes),
+            bytes_done=float(self.done_bytes + copying),
+            bytes_total=float(self.ready_bytes),
             rate_mb_s=rate,
             last_file=shown(self.last_file),
             message=shown(message),
         )
-
-    def _rate(self, window: float = 5.0) -> float:
-        """MB/s copied over the last `window` seconds."""
-        now = time.monotonic()
-        if now - self.rate_samples[-1][0] >= 0.25:
-            self.rate_samples.append((now, self.copied_bytes))
-        while len(self.rate_samples) > 2 and now - self.rate_samples[1][0] >= window:
-            self.rate_samples.popleft()
-        since, copied = self.rate_samples[0]
-        elapsed = now - since
-        return (self.copied_bytes - copied) / elapsed / 1e6 if elapsed > 0 else 0.0
 
     def summary(self) -> str:
         return f"{self.copied_files} files, {self.copied_bytes / 1e6:.1f} MB sent{not_followed(self.sources)}"

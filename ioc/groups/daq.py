@@ -7,7 +7,7 @@ import logging
 from caproto import AlarmSeverity
 
 from ..domain.ports import TransferProgress, TransferState
-from ..pvs import command, double, enum, long, text, update
+from ..pvs import COMMAND_STATES, command, double, enum, long, text, update
 from .base import CommandGroup
 
 log = logging.getLogger(__name__)
@@ -27,8 +27,8 @@ class DaqGroup(CommandGroup):
     daq_state = enum("DaqState", DAQ_STATES, "Transfer state; Error carries MAJOR")
     files_done = long("Daq:FilesDone", "Files transferred")
     files_total = long("Daq:FilesTotal", "Files seen")
-    bytes_done = double("Daq:Bytes", "Bytes transferred", precision=0)
-    percent = double("Daq:Percent", "0 to 100", precision=1)
+    bytes_done = double("Daq:Bytes", "Bytes sent, counted during each copy", precision=0)
+    percent = double("Daq:Percent", "% of ready bytes sent (100: caught up)", precision=1)
     rate = double("Daq:Rate", "MB/s over the last few seconds", precision=1)
     last_file = text("Daq:LastFile", 1024, "Last file transferred")
 
@@ -37,6 +37,7 @@ class DaqGroup(CommandGroup):
     upload = command("Upload", "One-shot transfer of the files present now")
 
     said = ""  # the transfer's last message shown on Status
+    started_by = ""  # the transfer command that ran last: the transfer's news is news of it
 
     @daq_start.putter
     async def daq_start(self, instance, value):
@@ -51,7 +52,9 @@ class DaqGroup(CommandGroup):
         return await self.run_transfer_command(instance, value, self.beamline.upload)
 
     async def run_transfer_command(self, instance, value, use_case):
-        self.said = ""  # a new transfer's messages are news even when worded as the last ones
+        if value == COMMAND_STATES[1]:
+            self.said = ""  # a new transfer's messages are news even when worded as the last ones
+            self.started_by = instance.pvspec.name  # before it runs: its news may come as soon as it ends
         return await self.run_command(instance, value, use_case)
 
     @daq_state.startup
@@ -60,21 +63,36 @@ class DaqGroup(CommandGroup):
         await self.engine.ready.wait()
         await self.engine.background("resuming the transfer", self.beamline.resume_transfer, say_outcome=True)
         while True:
-            progress = await self.engine.query("reading the transfer's progress", self.beamline.transfer_progress)
-            if progress is not None:
-                await self.show(progress)
-                await self.tell(progress)
-                if progress.state != TransferState.RUNNING and self.beamline.uploading:
-                    await self.engine.background("cataloguing the upload", self.beamline.upload_ended,
-                                                 say_outcome=True)  # fmt: skip
+            await self.poll()
             await async_lib.library.sleep(POLL_SECONDS)
 
+    async def poll(self) -> None:
+        """Show the transfer's progress; say an error or its end once (an upload's end with its dataset)."""
+        progress = await self.engine.query("reading the transfer's progress", self.beamline.transfer_progress)
+        if progress is None:
+            return
+        await self.show(progress)
+        if progress.state != TransferState.RUNNING and self.beamline.uploading:
+            await self.catalogue_upload(progress)
+        else:
+            await self.tell(progress)
+
+    async def catalogue_upload(self, progress: TransferProgress) -> None:
+        """An upload ended: its summary (or error) is said at once, as DaqState shows the end, then again
+        with its dataset, at least MAJOR after an error and at least what the Upload raised."""
+        await self.tell(progress)
+        await self.engine.background("cataloguing the upload", self.beamline.upload_ended, say_outcome=True,
+                                     of_command=self.started_by, at_least=DAQ_SEVERITY[progress.state])  # fmt: skip
+        self.said = progress.message
+
     async def tell(self, progress: TransferProgress) -> None:
-        """An error or the end of an upload goes to Status once; while a command runs it waits."""
+        """An error or the end of a transfer goes to Status once, unless Status says it already (DaqStop's
+        outcome); while a command runs it waits."""
         if progress.message == self.said:
             return
-        severity = AlarmSeverity.MAJOR_ALARM if progress.state == TransferState.ERROR else AlarmSeverity.NO_ALARM
-        if not progress.message or await self.engine.notify(progress.message, severity):
+        severity = DAQ_SEVERITY[progress.state]
+        if (not progress.message or self.engine.shows(progress.message)
+                or await self.engine.notify(progress.message, severity, of_command=self.started_by)):  # fmt: skip
             self.said = progress.message
 
     async def show(self, progress: TransferProgress) -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import shutil
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 import threading
@@ -19,11 +21,11 @@ from dmagic_ioc.adapters.dm.local import STORAGE_MARKER, write_storage_marker
 from dmagic_ioc.adapters.transfer import copying
 from dmagic_ioc.adapters.transfer.copying import PART_NAME
 from dmagic_ioc.adapters.transfer.files import QUEUED
-from dmagic_ioc.adapters.transfer.ledger import SCHEMA_VERSION, Definition, Ledger
+from dmagic_ioc.adapters.transfer.ledger import SCHEMA_VERSION, Definition, Ledger, LedgerFull
 from dmagic_ioc.adapters.transfer.local import LocalTransfer
 from dmagic_ioc.adapters.transfer.scan import Tree
 from dmagic_ioc.ioc.domain.model import DMError, Experiment, InputError
-from dmagic_ioc.ioc.domain.ports import TransferState
+from dmagic_ioc.ioc.domain.ports import RecentRate, TransferProgress, TransferState
 
 from .. import helpers
 
@@ -358,6 +360,139 @@ def test_checksum_verification_copies_identically(paths):
         engine.close()
 
 
+# ------------------------------------------------------------------ progress by bytes
+
+
+def test_the_progress_shows_the_bytes_of_a_big_file_while_it_is_copied(engine, paths, monkeypatch):
+    """One big file among four small ones: Bytes rises during its copy, Rate is not 0 and Percent is by
+    bytes (it showed 80 %, the bytes of the small files and a rate of 0 for the whole copy, then 100).
+    The copy waits at each quarter of the file until the progress has shown it: nothing depends on timing."""
+    old = time.time() - 3600  # long settled: all five are ready at the first look
+    for i in range(4):
+        os.utime(write(paths["src"] / f"small_{i}.h5", os.urandom(1000)), (old, old))
+    size = 32 * 1024 * 1024
+    with (paths["src"] / "big.h5").open("wb") as big:
+        big.truncate(size)  # sparse: made at once
+    os.utime(paths["src"] / "big.h5", (old, old))
+    marks = [size // 4, size // 2, 3 * size // 4]
+    shown = {mark: threading.Event() for mark in marks}
+    real_copy_file_range = os.copy_file_range
+
+    def copy_by_quarters(src_fd, dst_fd, count, src_offset, dst_offset):
+        for mark in marks:
+            if src_offset < mark:
+                count = min(count, mark - src_offset)
+                break
+            shown[mark].wait(60)
+        return real_copy_file_range(src_fd, dst_fd, count, src_offset, dst_offset)
+
+    monkeypatch.setattr(os, "copy_file_range", copy_by_quarters)
+    engine.start(EXPERIMENT, sources(paths), once=True)
+    readings = []
+    for mark in marks:
+        readings.append(wait_for(lambda mark=mark: (p := engine.progress()).bytes_done >= mark and p,
+                                 timeout=60, what=f"Bytes to show {mark} bytes of big.h5"))  # fmt: skip
+        assert not (paths["dest"] / "big.h5").exists()
+        shown[mark].set()
+
+    total = size + 4000
+    for reading in readings:
+        assert reading.state == TransferState.RUNNING and reading.files_done <= 4
+        assert reading.bytes_total == total
+        assert 0 < reading.bytes_done < total
+        assert reading.percent == pytest.approx(100 * reading.bytes_done / total)
+        assert reading.rate_mb_s > 0
+    assert readings[0].bytes_done < readings[1].bytes_done < readings[2].bytes_done
+    assert readings[0].percent < readings[1].percent < readings[2].percent < 80
+
+    done = wait_for(lambda: (p := engine.progress()).state == TransferState.STOPPED and p, timeout=60,
+                    what="the upload to end")  # fmt: skip
+    assert (done.files_done, done.bytes_done, done.bytes_total, done.percent) == (5, total, total, 100.0)
+    assert (paths["dest"] / "big.h5").stat().st_size == size
+
+
+def test_a_file_still_being_written_is_not_in_the_percent_until_it_is_ready(paths):
+    """During DAQ Percent is the share of the files ready to send that is sent: a file the detector is
+    still writing does not pull it down (nor grow the total) until it has settled."""
+    engine = LocalTransfer(paths["ledger"], settle_time=60.0, poll_interval=POLL, source_top=paths["top"])
+    try:
+        old = time.time() - 3600
+        os.utime(write(paths["src"] / "first.h5", b"1" * 1000), (old, old))
+        engine.start(EXPERIMENT, sources(paths), once=False)
+        wait_for(lambda: engine.progress().files_done == 1, what="first.h5 sent")
+
+        write(paths["src"] / "growing.h5", b"2" * 3000)  # just written: settles after 60 s unchanged
+        seen = wait_for(lambda: (p := engine.progress()).files_total == 2 and p, what="growing.h5 seen")
+        assert (seen.files_done, seen.bytes_done, seen.bytes_total, seen.percent) == (1, 1000, 1000, 100.0)
+
+        engine.settle_time = 0.0  # it is whole: ready at the next look
+        sent = wait_for(lambda: (p := engine.progress()).files_done == 2 and p, what="growing.h5 sent")
+        assert (sent.bytes_done, sent.bytes_total, sent.percent) == (4000, 4000, 100.0)
+    finally:
+        engine.close()
+
+
+def test_an_upload_with_no_room_for_its_ledger_waits_saying_so_once_then_ends(engine, paths, monkeypatch, caplog):
+    """state_dir full: the ledger's rows wait in memory, DaqState shows it (one log line, no traceback),
+    and the upload ends only once they are recorded."""
+    for i in range(3):
+        write(paths["src"] / f"f{i}.h5", b"x" * 1000)
+    real_commit, full, refused = Ledger.commit, threading.Event(), []
+    full.set()
+
+    def commit(ledger):
+        if full.is_set() and ledger.buffered():
+            refused.append(ledger.buffered())
+            raise LedgerFull("state_dir full (database or disk is full)")
+        return real_commit(ledger)
+
+    monkeypatch.setattr(Ledger, "commit", commit)
+    caplog.set_level(logging.INFO, logger="dmagic_ioc.adapters.transfer")
+    engine.start(EXPERIMENT, sources(paths), once=True)
+
+    progress = wait_for(lambda: errored(engine), what="the ledger error")
+    assert progress.message.startswith(f"cannot write the transfer ledger {paths['ledger']}: state_dir full")
+    wait_for(lambda: engine.progress().files_done == 3 and len(refused) >= 3, what="three files, three commits")
+    assert engine.progress().state == TransferState.ERROR  # not finished: the files are not recorded
+
+    full.clear()
+    done = wait_for(lambda: (p := engine.progress()).state == TransferState.STOPPED and p, what="the end")
+    assert "finished: 3 files" in done.message
+    assert caplog.text.count("cannot write the transfer ledger") == 1 and "Traceback" not in caplog.text
+    assert "the transfer ledger is written again" in caplog.text
+    engine.close()
+    ledger = Ledger(paths["ledger"])
+    assert ledger.sent(str(paths["src"]), str(paths["dest"])).keys() == {"f0.h5", "f1.h5", "f2.h5"}
+    ledger.close()
+
+
+def test_the_rate_is_the_bytes_of_the_last_seconds():
+    rate = RecentRate(window=5.0, spacing=0.25)
+    assert rate.add(0, 100.0) == 0.0
+    assert rate.add(10e6, 102.0) == pytest.approx(5.0)  # 10 MB in 2 s
+    assert rate.add(20e6, 104.0) == pytest.approx(5.0)
+    assert rate.add(20e6, 108.0) == pytest.approx(10 / 6)  # since 102 s, the last sample 5 s old or more
+    assert rate.add(20e6, 120.0) == 0.0  # nothing for the last 10 s
+    assert rate.add(5e6, 121.0) == 0.0  # a new count: starts over
+    assert rate.add(9e6, 122.0) == pytest.approx(4.0)
+
+
+def test_percent_is_by_bytes_where_the_total_is_known_else_by_files():
+    assert TransferProgress(files_done=4, files_total=5, bytes_done=6e8, bytes_total=1.5e9 + 4e6).percent < 41
+    assert TransferProgress(files_done=4, files_total=5, bytes_done=6e8).percent == 80.0
+    assert TransferProgress(bytes_done=2e9, bytes_total=1e9).percent == 100.0
+    assert TransferProgress().percent == 0.0
+
+
+def test_copy_steps_take_about_a_quarter_second_whatever_the_disk():
+    step = copying.FIRST_COPY_STEP
+    assert copying._next_step(step, 0.01) == 2 * step  # fast disk: fewer, larger calls
+    assert copying._next_step(copying.COPY_CHUNK, 0.01) == copying.COPY_CHUNK
+    assert copying._next_step(step, 0.1) == step
+    assert copying._next_step(step, 2.0) == step // 2  # slow disk: progress still shown several times a second
+    assert copying._next_step(copying.MIN_COPY_STEP, 2.0) == copying.MIN_COPY_STEP
+
+
 def test_scan_lists_only_changed_folders(tmp_path):
     for i in range(3):
         write(tmp_path / f"d{i}" / "a", b"a")
@@ -389,7 +524,7 @@ from pathlib import Path
 from dmagic_ioc.adapters.transfer import copying
 from dmagic_ioc.adapters.transfer.local import LocalTransfer
 from dmagic_ioc.ioc.domain.model import Experiment
-from dmagic_ioc.ioc.domain.ports import TransferState
+from dmagic_ioc.ioc.domain.ports import RecentRate, TransferProgress, TransferState
 
 real_copy_data = copying._copy_data
 def slow_copy_data(*args):
@@ -505,7 +640,7 @@ def test_a_chunk_of_files_is_copied_with_one_flush_and_each_checked(tmp_path, mo
     assert part_files(dest) == []
 
 
-# ------------------------------------------------------------------ confinement to the source folders (SPEC 8)
+# ------------------------------------------------------------------ confinement to the source folders
 
 
 def outside_secret(tmp_path: Path) -> Path:
@@ -584,6 +719,28 @@ def test_a_folder_or_file_swapped_for_a_symlink_before_its_copy_is_not_followed(
     assert tree_files(dest) == {}
 
 
+@pytest.mark.parametrize("source_mode, copy_mode", [(0o4755, 0o755), (0o2750, 0o750), (0o1777, 0o777), (0o7640, 0o640)])
+def test_a_copy_has_no_setuid_setgid_or_sticky_bit(tmp_path, source_mode, copy_mode):
+    """Whoever may write a detector folder makes `tool` setuid: its copy in storage must not run as its owner."""
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    dest.mkdir()
+    tool = write(src / "tool", b"#!/bin/sh\nid\n")
+    tool.chmod(source_mode)
+    assert stat.S_IMODE(tool.stat().st_mode) == source_mode
+
+    assert copying.copy_files(str(src), str(dest), [("tool", (tool.stat().st_size, tool.stat().st_mtime_ns))]) == [
+        ("copied", "")
+    ]
+    assert stat.S_IMODE((dest / "tool").stat().st_mode) == copy_mode
+
+
+def test_the_engine_copies_a_setuid_program_without_its_setuid_bit(engine, paths):
+    tool = write(paths["src"] / "bin" / "tool", b"\x7fELF")
+    tool.chmod(0o6755)
+    assert "finished" in upload(engine, paths)
+    assert stat.S_IMODE((paths["dest"] / "bin" / "tool").stat().st_mode) == 0o755
+
+
 def test_the_scan_drops_a_folder_swapped_for_a_symlink_and_does_not_follow_it(tmp_path):
     root = tmp_path / "src"
     write(root / "scan" / "a.h5", b"a")
@@ -620,7 +777,7 @@ def test_a_rec_folder_that_appears_as_a_symlink_is_an_error_and_is_not_read(engi
     wait_for(lambda: engine.progress().state == TransferState.RUNNING, what="recovery")
 
 
-# ------------------------------------------------------------------ the storage Create made (SPEC 8)
+# ------------------------------------------------------------------ the storage Create made
 
 
 def test_a_missing_storage_is_refused_at_start_and_not_made(engine, paths):
@@ -694,7 +851,7 @@ def test_a_storage_that_comes_back_with_its_marker_is_written_again(engine, path
     wait_for(lambda: engine.progress().state == TransferState.RUNNING, what="recovery")
 
 
-# ------------------------------------------------------------------ file names that are not UTF-8 (SPEC 8)
+# ------------------------------------------------------------------ file names that are not UTF-8
 
 ODD = b"scan\xff.tif"
 
@@ -769,7 +926,7 @@ def test_a_ledger_of_schema_1_is_migrated_with_its_rows(tmp_path):
     ledger.close()
 
 
-# ------------------------------------------------------------------ a ledger that cannot be read (SPEC 8)
+# ------------------------------------------------------------------ a ledger that cannot be read
 
 
 def damage(path: Path, how: str) -> bytes:

@@ -78,6 +78,80 @@ def test_daq_transfers_whole_files_and_picks_up_rec(ioc, tmp_path):
     assert not list(storage.rglob("*.part*"))
 
 
+# A slow disk under the installed IOC, loaded at its start (sitecustomize on PYTHONPATH): a big file's data
+# goes 1 MiB per copy step, ten steps a second, and waits halfway until the test has read the progress there.
+SLOW_DISK = """
+import os, time
+
+_copy_file_range = os.copy_file_range
+
+
+def _slow_copy_file_range(src, dst, count, offset_src=None, offset_dst=None):
+    size = os.fstat(src).st_size
+    if size >= 16 * 1024 * 1024:
+        while offset_src >= size // 2 and not os.path.exists(os.environ["DMAGIC_TEST_RELEASE"]):
+            time.sleep(0.02)
+        time.sleep(0.1)
+        count = min(count, 1024 * 1024)
+    return _copy_file_range(src, dst, count, offset_src, offset_dst)
+
+
+os.copy_file_range = _slow_copy_file_range
+"""
+
+
+def test_daq_shows_the_bytes_of_one_big_file_while_it_is_copied(config, tmp_path):
+    """One big file among four small ones: Daq:Bytes rises during its copy, Daq:Rate is not 0, Daq:Percent is
+    by bytes (they showed 80, the small files' bytes and 0.0 for the whole copy, then jumped)."""
+    hook, release = tmp_path / "slow_disk", tmp_path / "release"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(SLOW_DISK, encoding="utf-8")
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")])),
+           "DMAGIC_TEST_RELEASE": str(release)}  # fmt: skip
+    raw, size, small = tmp_path / "data" / NAME, 48 * 1024 * 1024, 4 * 100_000
+    total = size + small
+    with IOC(config, tmp_path, extra_env=env) as ioc:
+        create(ioc)
+        settled = time.time() - 60
+        for i in range(4):
+            (raw / f"dark_{i}.h5").write_bytes(os.urandom(100_000))
+            os.utime(raw / f"dark_{i}.h5", (settled, settled))
+        with open(raw / "scan.h5", "wb") as big:
+            big.truncate(size)  # sparse: made at once
+        os.utime(raw / "scan.h5", (settled, settled))
+        status, severity = ioc.command("DaqStart")
+        assert severity == 0, status
+
+        readings = []
+
+        def halfway() -> bool:
+            readings.append((ioc.get("Daq:Bytes"), ioc.get("Daq:Percent"), ioc.get("Daq:Rate")))
+            return readings[-1][0] >= small + size // 2
+
+        wait_for(halfway, timeout=60, interval=0.1, what="Daq:Bytes halfway through scan.h5")
+        assert not (tmp_path / "storage" / "2026-11" / NAME / "data" / "scan.h5").exists()
+
+        def published_together() -> tuple[float, float] | None:
+            """Bytes and Percent of one publication (held halfway, they stop changing)."""
+            bytes_done, percent = ioc.get("Daq:Bytes"), ioc.get("Daq:Percent")
+            return (bytes_done, percent) if percent == pytest.approx(100 * bytes_done / total, abs=0.06) else None
+
+        at_half = wait_for(published_together, what="Daq:Percent of Daq:Bytes")
+        release.touch()
+        wait_for(lambda: ioc.get("Daq:FilesDone") == 5, timeout=60, what="the five files")
+        done = (ioc.get("Daq:Bytes"), ioc.get("Daq:Percent"), ioc.get("Daq:FilesTotal"))
+        print(f"during scan.h5 (Bytes, Percent, Rate): {readings}; held halfway: {at_half}; at the end: {done}")
+        ioc.command("DaqStop")
+
+    during = [reading for reading in readings if small < reading[0] < total]
+    assert len({b for b, _, _ in during}) >= 2, readings  # Bytes moved at least twice within the big file
+    assert [b for b, _, _ in readings] == sorted(b for b, _, _ in readings), readings  # never fell
+    assert any(rate > 0 for _, _, rate in during), readings
+    assert all(0 < percent < 80 for _, percent, _ in during), readings  # by bytes, not 4 files of 5
+    assert 49 < at_half[1] < 51
+    assert done == (total, 100.0, 5)
+
+
 def test_upload_ends_by_itself_with_a_summary(ioc, tmp_path):
     create(ioc)
     raw = tmp_path / "data" / NAME
