@@ -3,9 +3,14 @@
 Blocking (caproto's threading client): the IOC calls `CaTag.write` off the
 event loop, in the command's worker thread. Each write opens its own client
 context and closes it at the end, so no search for a missing PV outlives the
-command. Every PV written must answer and take writes before anything is
-written; each value goes in the form its record takes (one DBR_STRING for a
-stringout, a NUL-terminated char array for a CHAR waveform), cut at a UTF-8
+command; the one exception is a write refused because some PVs are missing,
+whose context (its PVs connected) is kept a moment for the write of the
+others that follows. All the names are searched in one go: the PVs of one IOC
+answer that search together, so a PV still unanswered a short `settle_time`
+after the last answer is taken as absent (a stock tomoScan has no
+ESAFDOINumber). Every PV written must answer and take writes before anything
+is written; each value goes in the form its record takes (one DBR_STRING for
+a stringout, a NUL-terminated char array for a CHAR waveform), cut at a UTF-8
 character boundary when it does not fit.
 
 A refused put: EPICS base answers it at once (ECA_PUTFAIL); a caproto server
@@ -18,8 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from caproto import AccessRights, CaprotoError, ChannelType
@@ -33,6 +37,8 @@ log = logging.getLogger(__name__)
 STRING_BYTES = 40
 # How often the connection wait looks at the PVs.
 POLL_SECONDS = 0.01
+# How long the context of a write refused for missing PVs waits for the write of the others.
+KEEP_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -74,21 +80,24 @@ class CaTag:
     """Writes values to `prefix + name` PVs of another IOC (e.g. tomoScan's `2bmb:TomoScan:`).
 
     `connect_timeout` bounds the wait for the PVs to answer; once some have
-    answered, the others get `settle_time` more (the PVs of one IOC answer
-    together, so a PV still silent by then is taken as absent).
+    answered the search, the others get `settle_time` more: the PVs of one IOC
+    answer the same search together (a lost reply is searched again within
+    30 ms), so a PV still silent by then is taken as absent.
     """
 
     def __init__(
         self,
         connect_timeout: float = 3.0,
         put_timeout: float = 5.0,
-        settle_time: float = 1.0,
+        settle_time: float = 0.1,
         context_factory: Callable[[], Context] | None = None,
     ) -> None:
         self._connect_timeout = connect_timeout
         self._put_timeout = put_timeout
         self._settle_time = settle_time
         self._context_factory = context_factory or _default_context
+        self._kept_lock = threading.Lock()
+        self._kept: _Kept | None = None
 
     def __repr__(self) -> str:
         return (
@@ -108,28 +117,56 @@ class CaTag:
             return []
         if not prefix.strip():
             raise TagError("TagPrefix is empty; set it to the target IOC's prefix, e.g. 2bmb:TomoScan:")
-        with self._session() as context:
-            pvs = self._connect(context, prefix, list(values))
+        context = self._take_kept(prefix) or self._context_factory()
+        keep = False
+        try:
+            try:
+                pvs = self._connect(context, prefix, list(values))
+            except MissingPVs as error:
+                keep = len(error.missing) < len(values)  # the write of those that answered comes next
+                raise
             # Every payload is ready before the first put: a surprise here leaves nothing half-written.
             puts = [(name, pv, encode_for(values[name], *_native(pv))) for name, pv in pvs.items()]
             for written, (_, pv, payload) in enumerate(puts):
                 self._put(pv, payload, written=written, total=len(puts))
+        finally:
+            if keep:
+                self._keep(prefix, context)
+            else:
+                _close(context)
         cut = [name for name, _, payload in puts if payload.cut]
         log.info("tag: wrote %d PVs under %s; cut: %s", len(puts), prefix, ", ".join(cut) or "none")
         return cut
 
-    @contextmanager
-    def _session(self) -> Iterator[Context]:
-        """A client context for one write, disconnected (with its search socket) afterwards.
+    def _take_kept(self, prefix: str) -> Context | None:
+        """The context kept from a write to `prefix` refused for missing PVs, if any; any other is closed."""
+        with self._kept_lock:
+            kept, self._kept = self._kept, None
+        if kept is None:
+            return None
+        kept.timer.cancel()
+        if kept.prefix == prefix:
+            return kept.context
+        _close(kept.context)
+        return None
 
-        The disconnection runs in a thread of its own: it joins the client's
-        threads, which takes up to half a second that the command need not wait.
-        """
-        context = self._context_factory()
-        try:
-            yield context
-        finally:
-            threading.Thread(target=context.disconnect, name="tag-disconnect", daemon=True).start()
+    def _keep(self, prefix: str, context: Context) -> None:
+        """Keep `context` for the next write to `prefix`; closed if none comes within KEEP_SECONDS."""
+        timer = threading.Timer(KEEP_SECONDS, self._forget, args=(context,))
+        timer.daemon = True
+        with self._kept_lock:
+            previous, self._kept = self._kept, _Kept(prefix, context, timer)
+        if previous is not None:
+            previous.timer.cancel()
+            _close(previous.context)
+        timer.start()
+
+    def _forget(self, context: Context) -> None:
+        with self._kept_lock:
+            if self._kept is None or self._kept.context is not context:
+                return  # taken by a write meanwhile
+            self._kept = None
+        _close(context)
 
     def _connect(self, context: Context, prefix: str, names: list[str]) -> dict[str, PV]:
         """The PVs of `names`, every one connected and writable, or TagError naming those that are not."""
@@ -157,17 +194,21 @@ class CaTag:
         return pvs
 
     def _wait_for_answers(self, pvs: list[PV], started: float) -> None:
-        """Until every PV is connected, or the connect timeout runs out, or no other has answered for
-        `settle_time` since the last one did."""
+        """Until every PV is connected; or the connect timeout runs out; or no other has answered the
+        search for `settle_time` since the last one did, and those that answered are connected.
+
+        The settle time counts from the search answers (a circuit assigned to the PV), not from the
+        connections, which wait for caproto's selector to take the new circuit up (up to 0.1 s)."""
         deadline = started + self._connect_timeout
-        answered, last_answer = 0, None
+        found, last_found = 0, None
         while True:
             now = time.monotonic()
+            answered = sum(pv.circuit_ready.is_set() for pv in pvs)
+            if answered != found:
+                found, last_found = answered, now
+            settled = last_found is not None and now - last_found >= self._settle_time
             connected = sum(pv.connected for pv in pvs)
-            if connected != answered:
-                answered, last_answer = connected, now
-            settled = last_answer is not None and now - last_answer >= self._settle_time
-            if connected == len(pvs) or now >= deadline or settled:
+            if connected == len(pvs) or now >= deadline or (settled and connected == found):
                 return
             time.sleep(POLL_SECONDS)
 
@@ -200,6 +241,21 @@ def _native(pv: PV) -> tuple[ChannelType, int]:
     if channel is None:
         raise TagError(f"{pv.name} disconnected; nothing written")
     return channel.native_data_type, channel.native_data_count
+
+
+@dataclass(frozen=True)
+class _Kept:
+    """The context of a write refused for missing PVs: its PVs are connected for the write of the others."""
+
+    prefix: str
+    context: Context
+    timer: threading.Timer
+
+
+def _close(context: Context) -> None:
+    """Disconnect `context` (with its search socket) in a thread of its own: it joins the client's threads,
+    which takes up to half a second that the command need not wait."""
+    threading.Thread(target=context.disconnect, name="tag-disconnect", daemon=True).start()
 
 
 def _default_context() -> Context:

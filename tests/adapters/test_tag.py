@@ -25,6 +25,7 @@ import pytest
 from caproto import ChannelType
 from caproto.server import PVGroup, pvproperty
 from caproto.threading.client import Context, ContextDisconnectedError, SharedBroadcaster
+from dmagic_ioc.adapters import tag as tag_module
 from dmagic_ioc.adapters.tag import CaTag, Payload, encode_for, fit_utf8
 from dmagic_ioc.ioc.domain.model import MissingPVs, TagError
 
@@ -117,16 +118,14 @@ def reader():
 def make_tag():
     """CaTag instances whose context factory keeps the contexts they ask for."""
 
-    def make(connect_timeout: float = 3.0, put_timeout: float = 5.0, settle_time: float = 1.0) -> CaTag:
+    def make(**timeouts: float) -> CaTag:
         created = []
 
         def factory() -> Context:
             created.append(Context(SharedBroadcaster()))
             return created[-1]
 
-        adapter = CaTag(
-            connect_timeout=connect_timeout, put_timeout=put_timeout, settle_time=settle_time, context_factory=factory
-        )
+        adapter = CaTag(**timeouts, context_factory=factory)
         adapter.created = created
         return adapter
 
@@ -297,12 +296,57 @@ def test_numeric_record_takes_the_value_as_a_string_put(tag, target, reader):
     assert reader.pv(target + "ScanCount").read().data[0] == 42
 
 
+def closed(context: Context) -> bool:
+    """The context was disconnected: its search socket is closed (no search outlives it)."""
+    return context.broadcaster.udp_sock is None
+
+
+def test_a_stock_tomoscan_is_told_from_a_full_target_by_one_search(tag, target, reader):
+    """tomoScan has no ESAFDOINumber: the write naming it is refused (nothing written, ESAFDOINumber missing),
+    and the write of the others, as the Tag command makes it next, goes through the same connected PVs."""
+    values = {**sample_values(), "ESAFDOINumber": "10.0000/doi"}
+
+    with pytest.raises(MissingPVs) as raised:
+        tag.write(target, {name: "CHANGED" for name in values})
+    assert raised.value.missing == ("ESAFDOINumber",)
+    del values["ESAFDOINumber"]
+    assert tag.write(target, values) == []
+
+    assert len(tag.created) == 1  # one search, one circuit for both writes
+    for name, value in values.items():
+        assert reader.raw(target + name) == as_stored(name, value), name
+    wait_for(lambda: closed(tag.created[0]), timeout=5, what="the context closed after the second write")
+
+
+def test_a_context_kept_for_a_write_that_never_comes_is_closed(tag, target, monkeypatch):
+    monkeypatch.setattr(tag_module, "KEEP_SECONDS", 0.05)
+    with pytest.raises(MissingPVs):
+        tag.write(target, {"UserBadge": "1", "NoSuchRecord": "x"})
+    (kept,) = tag.created
+    wait_for(lambda: closed(kept), timeout=5, what="the kept context closed")
+
+    assert tag.write(target, {"UserBadge": "2"}) == []
+    assert len(tag.created) == 2  # a fresh context: the kept one was gone
+
+
+def test_a_context_kept_for_one_prefix_is_not_used_for_another(make_tag, target):
+    tag = make_tag(connect_timeout=0.5)
+    with pytest.raises(MissingPVs):
+        tag.write(target, {"UserBadge": "1", "NoSuchRecord": "x"})
+    with pytest.raises(MissingPVs):  # another prefix: no PV answers there
+        tag.write(f"elsewhere{uuid.uuid4().hex[:6]}:", {"UserBadge": "1"})
+
+    assert len(tag.created) == 2
+    for context in tag.created:
+        wait_for(lambda context=context: closed(context), timeout=5, what="both contexts closed")
+
+
 def test_each_write_has_its_own_context_closed_after_it(tag, target):
     tag.write(target, {"UserBadge": "1"})
     tag.write(target, {"UserBadge": "2"})
     assert len(tag.created) == 2
     for context in tag.created:  # no search (for a missing PV, say) outlives the write
-        wait_for(lambda context=context: context.broadcaster.udp_sock is None, timeout=5, what="the context closed")
+        wait_for(lambda context=context: closed(context), timeout=5, what="the context closed")
         with pytest.raises(ContextDisconnectedError):
             context.get_pvs(target + "UserBadge")
 

@@ -67,10 +67,11 @@ def tomoscan(tmp_path, *extra_databases) -> tuple[SoftIOC, str]:
 
 
 def tag_at(ioc: IOC, offset: float, target: str) -> tuple[str, int]:
-    """Refresh at `offset` days, set TagPrefix over CA, run Tag with put completion: (Status, its severity)."""
+    """Refresh at `offset` days (MINOR: the offset is said), set TagPrefix over CA, run Tag with put
+    completion: (Status, its severity)."""
     ioc.put("TimeOffsetDays", offset)
     status, severity = ioc.command("Refresh")
-    assert severity == NO_ALARM, status
+    assert severity == MINOR and status.startswith("proposal ") and "TimeOffsetDays is" in status, status
     ioc.put("TagPrefix", target)
     return ioc.command("Tag")
 
