@@ -10,17 +10,20 @@ import sys
 import tempfile
 from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfoNotFoundError
 
 from caproto.server import template_arg_parser
 
+from .audit import open_audit_log
 from .caserver import serve
-from .config import ConfigError, Settings, environment_problems, load_config
+from .config import ConfigError, Settings, environment_problems, load_config, prefix_warning
 from .demo import demo_folder, write_demo
 from .domain.model import DMagicError, plural
 from .domain.ports import Access, DataManagement, Mailer, SchedulingSource, Transfer
 from .groups.status import package_version
 from .logs import quiet_expected_errors
 from .server import DMagicIOC, StartupProblem
+from .statefiles import PrivateRotatingFileHandler, StateDirInUse, lock_state_dir, private_dir, tighten_state
 from .usecases import Adapters, Beamline
 
 log = logging.getLogger("dmagic_ioc")
@@ -85,12 +88,15 @@ def build_adapters(settings: Settings) -> Adapters:
 
     mailer: Mailer | None = None
     if settings.email.enabled:
-        from ..adapters.email import SmtpMailer, load_template
+        from ..adapters.email import OutboxMailer, SmtpMailer, load_template
 
         e = settings.email
-        mailer = SmtpMailer(e.smtp_host, e.smtp_port, starttls=e.starttls, credentials=e.credentials,
-                            template=load_template(e.template),  # a bad template is refused at start
-                            sender=e.sender, allow_insecure=e.allow_insecure)  # fmt: skip
+        template = load_template(e.template)  # a bad template is refused at start
+        if e.outbox is not None:
+            mailer = OutboxMailer(e.outbox, template=template, sender=e.sender)
+        else:
+            mailer = SmtpMailer(e.smtp_host, e.smtp_port, starttls=e.starttls, credentials=e.credentials,
+                                template=template, sender=e.sender, allow_insecure=e.allow_insecure)  # fmt: skip
 
     metadata = None
     if settings.metadata.pvs:
@@ -157,10 +163,14 @@ def preflight_problems(settings: Settings) -> list[str]:
     if why := unreadable(registry):
         problems.append(f"ioc.state_dir: {registry} cannot be read ({why}); at start it is kept aside, "
                         "and an empty registry started: put back a backup first")  # fmt: skip
-    if settings.scheduling.backend == "file" and settings.scheduling.path is not None:
+    try:
+        tz = settings.beamline.tz
+    except (ZoneInfoNotFoundError, ValueError):
+        tz = None  # the config's own checks name beamline.timezone; the schedule's times cannot be read without it
+    if settings.scheduling.backend == "file" and settings.scheduling.path is not None and tz is not None:
         from ..adapters.schedule_file import FileSchedule
 
-        schedule = FileSchedule(settings.scheduling.path, settings.beamline.tz)
+        schedule = FileSchedule(settings.scheduling.path, tz)
         try:
             runs = schedule.runs()
             if runs:
@@ -177,7 +187,27 @@ def preflight_problems(settings: Settings) -> list[str]:
             if not said.startswith("email.template"):
                 said = f"email.template: {settings.email.template}: {said.removeprefix('email template: ')}"
             problems.append(said)
+        if settings.email.outbox is not None:
+            from ..adapters.email import outbox_problem
+
+            if problem := outbox_problem(settings.email.outbox):
+                problems.append(f"email.outbox: {problem}")
+    problems += _scicat_account_problems(settings, problems)
     return problems
+
+
+def _scicat_account_problems(settings: Settings, found: list[str]) -> list[str]:
+    """When scicat.enabled and its keys are sound: log in and say what the account lacks (creating datasets
+    under the IOC's pids, reading them back). Never with a config the checks refuse: its password could go
+    where it must not."""
+    from .config import scicat_problems
+
+    s = settings.scicat
+    if not s.enabled or s.credentials is None or scicat_problems(s) or any(p.startswith("scicat.") for p in found):
+        return []
+    from ..adapters.scicat import ScicatClient, account_problems
+
+    return account_problems(ScicatClient(s.url, s.credentials, s.timeout), s.access_groups, s.contact_email)
 
 
 def check(config_path: Path, prefix: str, *, demo: bool) -> int:
@@ -195,7 +225,10 @@ def check(config_path: Path, prefix: str, *, demo: bool) -> int:
         return 2
     assert settings is not None  # load_config returned it, or raised with problems
     what = "the bundled demo config" if demo else f"config {settings.source}"
-    print(f"dmagic-ioc: {what} is valid (prefix {prefix or settings.ioc.prefix})")
+    prefix = prefix or settings.ioc.prefix
+    print(f"dmagic-ioc: {what} is valid (prefix {prefix})")
+    if warning := prefix_warning(prefix):
+        print(f"dmagic-ioc: warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -226,14 +259,18 @@ def setup_logging(state_dir: Path, quiet: bool, verbose: int | None) -> None:
     stream.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
     root.addHandler(stream)
     try:
-        (state_dir / "logs").mkdir(parents=True, exist_ok=True)
-        file = logging.handlers.RotatingFileHandler(state_dir / "logs/dmagic-ioc.log", maxBytes=5_000_000,
-                                                    backupCount=5, encoding="utf-8")  # fmt: skip
+        private_dir(state_dir / "logs")
+        file = PrivateRotatingFileHandler(state_dir / "logs/dmagic-ioc.log", maxBytes=5_000_000,
+                                          backupCount=5, encoding="utf-8")  # fmt: skip
     except OSError as error:
         log.warning("no log file in %s: %s", state_dir, error)
         return
     file.setFormatter(fmt)
     root.addHandler(file)
+    try:
+        open_audit_log(state_dir)
+    except OSError as error:
+        log.warning("no audit log in %s: %s", state_dir / "logs", error)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -259,26 +296,36 @@ def run_on(args: argparse.Namespace, config_path: Path) -> int:
         print_problems(error.problems)
         return 2
     prefix = args.prefix or settings.ioc.prefix
+    if (warning := prefix_warning(prefix)) and not args.print_pvs:
+        print(f"dmagic-ioc: warning: {warning}", file=sys.stderr)
 
     if args.print_pvs:
         ioc = DMagicIOC(prefix, beamline=Beamline(settings, adapters=None))
         print("\n".join(ioc.pvdb))
         return 0
 
-    setup_logging(settings.ioc.state_dir, args.quiet, args.verbose)
+    state_dir = settings.ioc.state_dir
+    try:
+        private_dir(state_dir.resolve())  # the configured folder may be a link; nothing in it is followed
+        lock_state_dir(state_dir)  # held until the process ends: its descriptor is never closed
+    except (StateDirInUse, OSError) as error:
+        print(f"dmagic-ioc: cannot start: {error}", file=sys.stderr)
+        return 1
+    setup_logging(state_dir, args.quiet, args.verbose)
     quiet_expected_errors()
     try:
-        settings.ioc.state_dir.mkdir(parents=True, exist_ok=True)
         adapters = build_adapters(settings)
         problems = state_problems(settings, adapters.state)
     except (DMagicError, OSError) as error:
         log.error("cannot start: %s", error)
         return 1
+    for failure in tighten_state(state_dir):  # files an earlier version or another umask left readable
+        log.warning("state file still readable by others: %s", failure)
     ioc = DMagicIOC(prefix, beamline=Beamline(settings, adapters), startup_problems=problems)
     signal.signal(signal.SIGTERM, _interrupt)  # systemd stops with SIGTERM: shut down cleanly
     log.info("dmagic-ioc %s serving %d PVs under %s", ioc.status.version.value, len(ioc.pvdb), prefix)
-    serve(ioc.pvdb, write_access=ioc.write_access, startup_hook=ioc.startup, interfaces=args.interfaces,
-          log_pv_names=args.list_pvs)  # fmt: skip
+    serve(ioc.pvdb, write_access=ioc.write_access, max_circuits_per_host=settings.ioc.access.max_circuits_per_host,
+          startup_hook=ioc.startup, interfaces=args.interfaces, log_pv_names=args.list_pvs)  # fmt: skip
     return 0
 
 

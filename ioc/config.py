@@ -12,8 +12,8 @@ import errno
 import grp
 import os
 import pwd
-import shutil
 import string
+import tempfile
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,6 +24,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 
 from .addresses import host_problems, resolution_problems
+from .domain.catalog_values import email_list_problem, source_host_problem
 from .domain.model import (
     BADGE,
     DEFAULT_LAYOUT,
@@ -55,6 +56,7 @@ class ConfigError(Exception):
 class AccessSettings:
     write_hosts: tuple[str, ...] = ()
     write_users: tuple[str, ...] = ()
+    max_circuits_per_host: int = 64  # CA circuits one address may hold; past that a new one is closed at once
 
     @property
     def restricted(self) -> bool:
@@ -137,11 +139,12 @@ class EmailSettings:
     sender: str = ""
     template: Path | None = None
     allow_insecure: bool = False  # true: SMTP AUTH may go without STARTTLS to a host other than loopback
+    outbox: Path | None = None  # a folder: each message is written there as an .eml file, never sent (addition)
 
 
 @dataclass(frozen=True)
 class ScicatSettings:
-    """scicat: the catalogue each acquisition becomes a raw dataset in (SPEC section 10)."""
+    """scicat: the catalogue each acquisition becomes a raw dataset in."""
 
     enabled: bool = False
     url: str = ""  # the SciCat API base, e.g. https://scicat.example.org/api/v3
@@ -149,7 +152,10 @@ class ScicatSettings:
     owner_group: str = "{gup}"  # the dataset's ownerGroup, a template of the proposal's fields
     access_groups: tuple[str, ...] = ()  # more groups that may read the dataset
     creation_location: str = ""  # e.g. "APS/2-BM-A,B"
-    timeout: float = 10.0  # seconds per request
+    contact_email: str = ""  # the datasets' contactEmail when the PI has no address SciCat takes ("a@x.org;b@x.org")
+    source_folder_host: str = ""  # sourceFolderHost, a host with a domain (nfs://data.aps.anl.gov); "" = this one
+    timeout: float = 10.0  # seconds for a whole request (not per read)
+    stuck_after: float = 900.0  # seconds a dataset may wait in the queue before Catalog:Health says Error
     allow_insecure: bool = False  # true: the password may go over plain http:// to a host other than loopback
 
 
@@ -351,9 +357,20 @@ def _semantic_problems(s: Settings) -> list[str]:
         *_globus_problems(s),
         *_email_problems(s.email),
         *_tag_problems(s.tag),
-        *_scicat_problems(s.scicat),
+        *scicat_problems(s.scicat),
         *_metadata_problems(s.metadata),
     ]
+
+
+def prefix_warning(prefix: str) -> str:
+    """A prefix that does not end in a separator glues the PV names to it (`32id:DM` -> `32id:DMStatus`):
+    allowed, since some sites name PVs so, but said at --check and at start. '' when it ends in one."""
+    if not prefix or not prefix[-1].isalnum():
+        return ""
+    return (
+        f"ioc.prefix {prefix!r} does not end with a separator: the PVs are {prefix}Status, {prefix}Create, ...; "
+        f"write {prefix + ':'!r} for {prefix}:Status"
+    )
 
 
 def _choice_problems(s: Settings) -> list[str]:
@@ -375,6 +392,8 @@ def _ioc_and_beamline_problems(s: Settings) -> list[str]:
     if not s.ioc.prefix:
         problems.append("ioc.prefix: must not be empty")
     problems += host_problems(s.ioc.access.write_hosts)
+    if s.ioc.access.max_circuits_per_host < 1:
+        problems.append("ioc.access.max_circuits_per_host: must be at least 1")
     if not s.beamline.name:
         problems.append("beamline.name: must be set (the beamline id as the scheduling system spells it)")
     for badge in s.beamline.contacts:
@@ -492,6 +511,8 @@ def _scheduling_problems(scheduling: SchedulingSettings) -> list[str]:
     if scheduling.backend == "file":
         if scheduling.path is None:
             problems.append("scheduling.path: the file backend needs the schedule's path")
+        elif why := unreachable(scheduling.path):
+            problems.append(f"scheduling.path: {scheduling.path} cannot be reached by user {_user()} ({why})")
         elif not scheduling.path.exists() or scheduling.path.is_dir():
             problems.append(f"scheduling.path: no schedule file at {scheduling.path}")
     return problems
@@ -516,14 +537,16 @@ def _email_problems(email: EmailSettings) -> list[str]:
     if not email.sender:
         problems.append("email.sender: must be set when email.enabled is true")
     problems += secret_file_problems("email.credentials", email.credentials, required=False)
-    login = email.credentials is not None
+    login = email.credentials is not None and email.outbox is None  # with an outbox nothing goes to SMTP
     if login and not email.starttls and not email.allow_insecure and not is_loopback(email.smtp_host):
         problems.append(
             f"email.starttls: logging in to {email.smtp_host} without STARTTLS would send the "
             "email.credentials password in clear; set email.starttls: true, or email.allow_insecure: true "
             "only on a network you trust"
         )
-    if email.template is not None and not email.template.is_file():
+    if email.template is not None and (why := unreachable(email.template)):
+        problems.append(f"email.template: {email.template} cannot be reached by user {_user()} ({why})")
+    elif email.template is not None and not email.template.is_file():
         problems.append(f"email.template: no template file at {email.template}")
     return problems
 
@@ -547,11 +570,14 @@ def _tag_problems(tag: TagSettings) -> list[str]:
     return problems
 
 
-def _scicat_problems(scicat: ScicatSettings) -> list[str]:
-    """What scicat.enabled needs: an API base that keeps the password safe, the credentials, a group template."""
+def scicat_problems(scicat: ScicatSettings) -> list[str]:
+    """What scicat.enabled needs: an API base that keeps the password safe, the credentials, a group template,
+    a contact address and a source host SciCat takes (it would refuse every dataset for either)."""
     problems = []
     if scicat.timeout <= 0:
         problems.append("scicat.timeout: must be more than 0 seconds")
+    if scicat.stuck_after <= 0:
+        problems.append("scicat.stuck_after: must be more than 0 seconds")
     _, template_problems = _placeholders("scicat.owner_group", scicat.owner_group, SCICAT_GROUP_FIELDS)
     problems += template_problems
     if not scicat.owner_group.strip():
@@ -566,6 +592,14 @@ def _scicat_problems(scicat: ScicatSettings) -> list[str]:
     problems += secret_file_problems("scicat.credentials", scicat.credentials, required=True)
     if not scicat.creation_location.strip():
         problems.append("scicat.creation_location: must be set when scicat.enabled is true (e.g. APS/2-BM-A,B)")
+    if not scicat.contact_email.strip():
+        problems.append("scicat.contact_email: must be set when scicat.enabled is true: the contact of a dataset "
+                        "whose PI has no e-mail address SciCat takes (e.g. 2bm-staff@aps.anl.gov)")  # fmt: skip
+    elif why := email_list_problem(scicat.contact_email):
+        problems.append(f"scicat.contact_email: {why} (one address, or several separated by ;)")
+    if scicat.source_folder_host and (why := source_host_problem(scicat.source_folder_host)):
+        problems.append(f"scicat.source_folder_host: {why}; SciCat takes a host name with a domain "
+                        "(e.g. data.aps.anl.gov, nfs://data.aps.anl.gov)")  # fmt: skip
     return problems
 
 
@@ -674,7 +708,21 @@ def _user() -> str:
         return str(os.geteuid())
 
 
+def unreachable(path: Path) -> str:
+    """Why this user cannot even look at `path` (a folder on the way it may not enter): the reason, or ''
+    when it can, there or not. `Path.exists()` raises then instead of answering."""
+    try:
+        path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return ""
+    except OSError as error:
+        return error.strerror or type(error).__name__
+    return ""
+
+
 def _folder_problems(key: str, path: Path, *, write: bool) -> list[str]:
+    if why := unreachable(path):
+        return [f"{key}: {path} cannot be reached by user {_user()} ({why})"]
     if not path.exists():
         return [f"{key}: {path} does not exist (is the disk mounted?)"]
     if not path.is_dir():
@@ -688,6 +736,8 @@ def _folder_problems(key: str, path: Path, *, write: bool) -> list[str]:
 
 def _state_dir_problems(state_dir: Path) -> list[str]:
     """state_dir is created at start when missing: then the folder that would hold it must be writable."""
+    if why := unreachable(state_dir):
+        return [f"ioc.state_dir: {state_dir} cannot be reached by user {_user()} ({why})"]
     if not state_dir.exists():
         parent = state_dir.parent
         while not parent.exists() and parent != parent.parent:
@@ -707,23 +757,33 @@ def _state_dir_problems(state_dir: Path) -> list[str]:
 
 
 def _acl_problems(storage_root: Path) -> list[str]:
-    """dm.posix.user_account and staff_groups give access by POSIX ACLs: setfacl and a filesystem that has them."""
+    """dm.posix.user_account and staff_groups give access by POSIX ACLs: a filesystem that has them."""
     if not storage_root.is_dir():
         return []  # named as dm.storage_root
     problem = acl_support_problem(storage_root)
     return [f"dm.posix: {problem}; user_account and staff_groups need POSIX ACLs"] if problem else []
 
 
+# user::rw- group::--- other::---, as the xattr (version 2, then tag, perm, id per entry): what a 0600 file has
+_OWNER_ONLY_ACL = bytes.fromhex("0200000001000600ffffffff04000000ffffffff20000000ffffffff")
+
+
 def acl_support_problem(folder: Path) -> str:
-    """Why `folder` cannot carry POSIX ACLs ('' when it can): no `setfacl` here, or its filesystem.
-    Reads only: a filesystem without ACLs answers the ACL attribute with EOPNOTSUPP."""
-    if shutil.which("setfacl") is None:
-        return "setfacl is not installed on this host (install the acl package)"
+    """Why `folder`'s filesystem cannot carry POSIX ACLs ('' when it can, or when `folder` is not writable:
+    said elsewhere). Tried as the IOC sets them: the ACL xattr written on a temporary file there (one that
+    changes nothing), then the file removed. A filesystem without ACLs answers EOPNOTSUPP."""
     try:
-        os.getxattr(folder, "system.posix_acl_access")
+        fd, name = tempfile.mkstemp(prefix=".dmagic-acl-check-", dir=folder)
+    except OSError:
+        return ""
+    try:
+        os.setxattr(fd, "system.posix_acl_access", _OWNER_ONLY_ACL)
     except OSError as error:
         if error.errno == errno.EOPNOTSUPP:
             return f"the filesystem of {folder} has no POSIX ACL support (mount it with the acl option)"
+    finally:
+        os.close(fd)
+        os.unlink(name)
     return ""
 
 

@@ -5,6 +5,11 @@ the demo folder (`$DMAGIC_DEMO_DIR`, else `~/.local/state/dmagic-ioc/demo`,
 else a temporary folder) and starts on them, so a new user sees real values at
 once and has a working config to copy. `--check` and `--print-pvs` without
 `--config` write them to a temporary folder that is removed afterwards.
+
+E-mail and Tag work in the demo too: `Email` writes each message into
+`outbox/` of the demo folder (no mail server needed), and `Tag` writes into
+`demo:TomoScan:`, which `python -m dmagic_ioc.ioc.tools.tomoscan_target`
+serves (tomoScan's user-info PVs).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from pathlib import Path
 import yaml
 
 DEMO_PREFIX = "demo:DM:"
+DEMO_TAG_PREFIX = "demo:TomoScan:"  # what `python -m dmagic_ioc.ioc.tools.tomoscan_target` serves by default
 
 PEOPLE = [
     {"badge": 310010, "first_name": "Zoë", "last_name": "Müller-Łukasiewicz", "email": "zoe.mueller@example.de",
@@ -71,8 +77,10 @@ def write_demo(folder: Path, today: date) -> Path:
         "beamline": {"name": "2-BM-A,B", "station": "2BM", "timezone": "America/Chicago", "contacts": [100001]},
         "scheduling": {"backend": "file", "path": "schedule.yaml", "refresh_period": 600},
         "dm": {"backend": "local", "data_host": "localhost", "data_top_dir": "data", "storage_root": "storage"},
+        "email": {"enabled": True, "sender": "2-BM demo <dmagic-ioc@localhost>", "outbox": "outbox"},
+        "tag": {"prefix": DEMO_TAG_PREFIX},
     }
-    for name in ("state", "data", "storage"):
+    for name in ("state", "data", "storage", "outbox"):
         (folder / name).mkdir(exist_ok=True)
     (folder / "schedule.yaml").write_text(yaml.safe_dump(schedule, allow_unicode=True, sort_keys=False), "utf-8")
     config_path = folder / "config.yaml"

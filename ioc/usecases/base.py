@@ -108,7 +108,7 @@ class BeamlineState:
 
     @property
     def shows_the_schedule(self) -> bool:
-        """The proposal shown is the beamtime the schedule shows now (ProposalActive)."""
+        """The proposal shown is the beamtime the schedule shows now (else Schedule:Differs, when one is)."""
         shown, scheduled = self.shown, self.scheduled
         if shown is None or scheduled is None or shown.beamtime is None or scheduled.beamtime is None:
             return False

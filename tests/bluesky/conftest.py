@@ -45,7 +45,7 @@ def look_at_second_beamtime(ioc: IOC) -> None:
     """Make the schedule's current beamtime the second one (D'Arcy's), so that Create makes its experiment."""
     ioc.put("TimeOffsetDays", IN_SECOND)
     status, severity = ioc.command("Refresh")
-    assert severity == 0, status
+    assert severity == 1 and "TimeOffsetDays" in status, status  # MINOR: the offset is said, never silent
 
 
 def create_manual(ioc: IOC) -> None:

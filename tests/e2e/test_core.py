@@ -5,14 +5,15 @@ from __future__ import annotations
 import getpass
 import json
 import time
+import uuid
 
 import epics
 import pytest
 import yaml
-from caproto import CaprotoError, ErrorResponseReceived
+from caproto import ErrorResponseReceived
 from caproto.sync.client import write as caproto_write
 
-from ..helpers import contract_pvs, wait_for
+from ..helpers import CA_TIMEOUT, contract_pvs, free_port, wait_for
 from .fixtures import BETWEEN, IN_FIRST, IN_SECOND, IN_THIRD
 from .harness import DMAGIC_IOC, IOC
 
@@ -55,8 +56,8 @@ def test_read_only_pvs_refuse_writes_and_keep_their_value(ioc):
         pv = ioc.pv(name)
         assert not pv.write_access, name
         before = ioc.get(name)
-        with pytest.raises(CaprotoError):
-            caproto_write(ioc.prefix + name, value, notify=True, timeout=2, repeater=False)
+        with pytest.raises(ErrorResponseReceived):  # the IOC refused it (a search that timed out would not do)
+            caproto_write(ioc.prefix + name, value, notify=True, timeout=CA_TIMEOUT, repeater=False)
         if name != "Heartbeat":
             assert ioc.get(name) == before
 
@@ -64,8 +65,8 @@ def test_read_only_pvs_refuse_writes_and_keep_their_value(ioc):
 def test_heartbeat_ticks_once_a_second(ioc):
     first = ioc.get("Heartbeat")
     started = time.monotonic()
-    wait_for(lambda: ioc.get("Heartbeat") >= first + 3, timeout=6, what="3 heartbeats")
-    assert 1.5 < time.monotonic() - started < 5
+    wait_for(lambda: ioc.get("Heartbeat") >= first + 3, timeout=10, what="3 heartbeats")
+    assert 1.5 < time.monotonic() - started < 8  # a fixed schedule: a loaded machine delays a tick, never drops it
 
 
 def test_startup_is_fast(ioc):
@@ -76,7 +77,7 @@ def test_startup_is_fast(ioc):
 def test_refresh_publishes_each_beamtime_by_time_offset(ioc):
     ioc.put("TimeOffsetDays", IN_SECOND)
     status, severity = ioc.command("Refresh")
-    assert severity == 0, status
+    assert severity == MINOR and "TimeOffsetDays is" in status, status  # an offset is never silent
     assert ioc.get("ProposalNumber") == "1013377"
     assert ioc.get("Run") == "2026-3"
     assert ioc.get("ProposalActive") == "Yes" and ioc.severity("ProposalActive") == 0
@@ -114,7 +115,7 @@ def test_refresh_publishes_each_beamtime_by_time_offset(ioc):
 def test_failed_command_fails_the_put_and_says_why(ioc):
     ioc.put("SelectName", "2026-01-Nobody-1")
     with pytest.raises(ErrorResponseReceived):
-        caproto_write(ioc.prefix + "Select", [1], notify=True, timeout=10, repeater=False)
+        caproto_write(ioc.prefix + "Select", [1], notify=True, timeout=CA_TIMEOUT, repeater=False)
     assert "no experiment named 2026-01-Nobody-1" in ioc.get("Status")
     assert ioc.severity("Status") == MAJOR
     assert ioc.get("LastError") == ioc.get("Status")
@@ -123,7 +124,7 @@ def test_failed_command_fails_the_put_and_says_why(ioc):
     # the next success clears the severity but LastError keeps the failure
     ioc.put("TimeOffsetDays", IN_SECOND)
     status, severity = ioc.command("Refresh")
-    assert severity == 0 and "1013377" in status
+    assert severity == MINOR and "1013377" in status, status  # MINOR: it says the offset
     assert "2026-01-Nobody-1" in ioc.get("LastError")
 
 
@@ -142,8 +143,8 @@ def test_access_control_refuses_writes_from_unlisted_clients(config, tmp_path):
         assert ioc.get("Heartbeat") >= 0  # reads work
         for name in ("TimeOffsetDays", "Refresh", "Badges"):
             assert not ioc.pv(name).write_access, name
-        with pytest.raises(CaprotoError):
-            caproto_write(ioc.prefix + "TimeOffsetDays", [5.0], notify=True, timeout=3, repeater=False)
+        with pytest.raises(ErrorResponseReceived):
+            caproto_write(ioc.prefix + "TimeOffsetDays", [5.0], notify=True, timeout=CA_TIMEOUT, repeater=False)
         assert ioc.get("TimeOffsetDays") == 0.0
     config["ioc"]["access"] = {"write_users": [getpass.getuser()]}
     with IOC(config, tmp_path) as ioc:
@@ -225,3 +226,39 @@ def test_demo_starts_without_config(tmp_path):
         for pv in demo._pvs.values():
             pv.disconnect()
     assert epics is not None
+
+
+def test_an_upload_whose_metadata_pv_does_not_answer_still_warns_after_it_ends(config, tmp_path):
+    absent = f"gone{uuid.uuid4().hex[:8]}:Energy"  # no IOC serves it
+    config["metadata"] = {"pvs": {"energy": absent}}
+    with IOC(config, tmp_path) as ioc:
+        ioc.put("TimeOffsetDays", IN_SECOND)
+        ioc.command("Refresh")
+        assert ioc.command("Create")[1] == 0
+        raw = tmp_path / "data" / "2026-11-DArcy-1013377"
+        raw.mkdir(parents=True, exist_ok=True)
+        (raw / "proj_0.h5").write_bytes(b"x" * 1000)
+        status, severity = ioc.command("Upload")
+        assert severity == MINOR and absent in status, status
+        wait_for(lambda: ioc.get("DaqState") == "Stopped", timeout=15, what="the upload's end")
+        status = wait_for(lambda: "dataset" in (s := ioc.get("Status")) and s, timeout=15,
+                          what="the upload's dataset on Status")  # fmt: skip
+        assert status.startswith("upload of 2026-11-DArcy-1013377 finished: 1 files"), status
+        assert "dataset 2026-11-DArcy-1013377-1.json: 1 file" in status, status
+        assert f"metadata: {absent} did not answer" in status and ioc.severity("Status") == MINOR, status
+        beat = ioc.get("Heartbeat")
+        wait_for(lambda: ioc.get("Heartbeat") >= beat + 2, what="two heartbeats (four polls of the transfer)")
+        assert (ioc.get("Status"), ioc.severity("Status")) == (status, MINOR)  # nothing said it again, lower
+
+
+def test_a_start_without_a_carepeater_logs_one_fitting_line_and_no_empty_ones(config, tmp_path):
+    nobody = free_port()  # nothing listens there: no caRepeater on this host
+    with IOC(config, tmp_path, extra_env={"EPICS_CAS_BEACON_PORT": str(nobody),
+                                          "EPICS_CA_REPEATER_PORT": str(nobody)}) as ioc:  # fmt: skip
+        (line,) = wait_for(lambda: [x for x in ioc.log().splitlines() if "beacon" in x], what="the beacon line")
+        assert f"WARNING caproto.ctx: beacons: nothing listens on 127.0.0.1:{nobody} (no caRepeater running); " \
+               "harmless for clients that search" in line  # fmt: skip
+        wait_for(lambda: ioc.get("UserInfoUpdate"), what="the automatic refresh")
+    log = ioc.log()
+    assert "Try setting" not in log and "Traceback" not in log
+    assert not [x for x in log.splitlines() if x.endswith(": ")], log  # no empty "automatic Refresh: "

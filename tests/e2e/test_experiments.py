@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import stat
 import time
 
 import pytest
 
-from .fixtures import BETWEEN, IN_SECOND
+from ..helpers import wait_for
+from .fixtures import BETWEEN, IN_SECOND, IN_THIRD
 from .harness import IOC
 
 pytestmark = pytest.mark.e2e
@@ -55,7 +57,7 @@ def test_create_without_a_proposal_is_refused(ioc):
 def test_add_and_remove_users_with_bad_badges_changing_nothing(ioc):
     create_current(ioc)
     before = ioc.get("ExperimentUsers")
-    for bad in ("12a", "", "310013,,310014", "310013, x"):
+    for bad in ("12a", "", " , ", "310 013", "310013, x"):  # an empty entry alone is let pass: "310013,"
         ioc.put("Badges", bad)
         status, severity = ioc.command("AddUser")
         assert severity == MAJOR, (bad, status)
@@ -134,3 +136,36 @@ def test_selection_survives_a_restart_and_delete_needs_confirmation(config, tmp_
         assert not (tmp_path / "storage" / "2026-11" / NAME).exists()
         assert (tmp_path / "data" / NAME).is_dir()  # raw data on the data host is never deleted
         assert ioc.get("Experiments").splitlines() == [other]
+
+
+def test_an_autosaved_offset_is_said_at_start_and_create_says_which_beamtime_it_made(config, tmp_path):
+    """An offset left from yesterday (autosaved) must not redirect today's Create without a word."""
+    autosave = tmp_path / "state" / "autosave.json"
+    with IOC(config, tmp_path) as ioc:
+        ioc.put("TimeOffsetDays", IN_SECOND)
+        wait_for(lambda: autosave.exists() and json.loads(autosave.read_text()).get("TimeOffsetDays") == IN_SECOND,
+                 what="TimeOffsetDays autosaved")  # fmt: skip
+    with IOC(config, tmp_path) as ioc:  # the next day: the offset is restored, as the README says, and said
+        said = f"TimeOffsetDays is {IN_SECOND:g}: the schedule is read "
+        status = wait_for(lambda: (s := ioc.get("Status")).startswith(said) and s, what="the offset said at start")
+        assert ioc.severity("Status") == MINOR, status
+        assert ioc.get("TimeOffsetDays") == IN_SECOND and ioc.get("Schedule:ProposalNumber") == "1013377"
+        status, severity = ioc.command("Create")  # what a script would do without looking
+        assert status.startswith(f"created experiment {NAME} for the beamtime of 2026-11-18 "
+                                 f"(TimeOffsetDays {IN_SECOND:g}) with"), status  # fmt: skip
+        status, severity = ioc.command("Refresh")  # asked again: said again
+        assert severity == MINOR and said in status, status
+
+
+def test_proposal_active_says_whether_a_beamtime_is_scheduled_whatever_is_selected(ioc):
+    create_current(ioc)
+    ioc.put("TimeOffsetDays", IN_THIRD)  # the next beamtime: the selection stays on 1013377
+    ioc.command("Refresh")
+    assert ioc.get("ProposalNumber") == "1013377" and ioc.get("Schedule:ProposalNumber") == "1014002"
+    assert (ioc.get("ProposalActive"), ioc.severity("ProposalActive")) == ("Yes", 0)
+    assert (ioc.get("Schedule:Differs"), ioc.severity("Schedule:Differs")) == ("Yes", MINOR)  # says the rest
+    ioc.command("CreateManual")
+    assert (ioc.get("ProposalActive"), ioc.get("ProposalNumber")) == ("Yes", "")  # a manual experiment, a beamtime
+    ioc.put("TimeOffsetDays", BETWEEN)
+    ioc.command("Refresh")
+    assert (ioc.get("ProposalActive"), ioc.severity("ProposalActive")) == ("No", MINOR)

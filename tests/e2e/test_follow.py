@@ -33,7 +33,7 @@ def test_the_proposal_pvs_stay_with_the_selection_and_the_next_beamtime_is_annou
     assert ioc.get("ProposalNumber") == "1013377" and ioc.get("UserLastName") == "D'Arcy"
     assert ioc.get("Users:Names") == "Jean-Luc D'Arcy,Zoë Müller-Łukasiewicz,Sven Øberg"
     assert ioc.get("Schedule:ProposalNumber") == "1014002" and ioc.get("Schedule:PI") == "Ada Staff"
-    assert ioc.get("ProposalActive") == "No" and ioc.severity("ProposalActive") == MINOR
+    assert ioc.get("ProposalActive") == "Yes"  # a beamtime is scheduled now, whichever is selected
     assert ioc.get("Schedule:Differs") == "Yes" and ioc.severity("Schedule:Differs") == MINOR
 
     status, severity = ioc.command("Create")  # the schedule's current beamtime
@@ -61,7 +61,7 @@ def test_a_manual_experiment_shows_its_manual_person_and_survives_a_restart(ioc)
     shown = {name: ioc.get(name) for name in names}
     assert shown == {"UserName": "Sven", "UserLastName": "Øberg", "UserEmail": "sven@example.se",
                      "UserInstitution": "Exempel", "UserBadge": "310012", "ProposalNumber": "77",
-                     "ProposalTitle": "Commissioning", "ProposalActive": "No"}  # fmt: skip
+                     "ProposalTitle": "Commissioning", "ProposalActive": "Yes"}  # fmt: skip
     assert ioc.get("Schedule:ProposalNumber") == "1013377"  # the schedule is still shown beside it
 
     ioc.stop()

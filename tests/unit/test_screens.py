@@ -295,3 +295,30 @@ def test_alarm_config_is_well_formed_and_names_existing_pvs(pvs):
             assert (pv.findtext(child) or "").strip(), f"{pv.get('name')}: no {child}"
         assert pv.findtext("display/details").split("?")[0].endswith("dmagic.bob")
         assert (OPI / "dmagic.bob").exists()
+
+
+@pytest.mark.parametrize("name", MAIN)
+def test_an_offset_other_than_zero_is_highlighted(name):
+    """TimeOffsetDays not 0 makes Refresh and Create look elsewhere than now: MEDM shows a background behind
+    the entry when it is not zero, Phoebus colours the entry by a rule, PyDM shows a frame behind it by a rule."""
+    path = OPI / name
+    if path.suffix == ".adl":
+        blocks = adl_blocks(path)
+        driven = [i for i, (k, b) in enumerate(blocks) if k == "rectangle" and adl_chan(b) == "TimeOffsetDays"
+                  and 'vis="if not zero"' in b]  # fmt: skip
+        (entry,) = [i for i, (k, b) in enumerate(blocks) if k == "text entry" and adl_chan(b) == "TimeOffsetDays"]
+        assert driven and driven[0] < entry  # drawn first: behind the entry
+        x, y, w, h = adl_geometry(blocks[driven[0]][1])
+        ex, ey, ew, eh = adl_geometry(blocks[entry][1])
+        assert x < ex and y < ey and x + w > ex + ew and y + h > ey + eh  # a frame around it
+    elif path.suffix == ".bob":
+        (entry,) = [w for w in ET.parse(path).getroot().iter("widget") if w.findtext("pv_name") == "$(P)TimeOffsetDays"]
+        rules = [(r.get("prop_id"), r.findtext("pv_name"), r.find("exp").get("bool_exp")) for r in entry.iter("rule")]
+        assert rules == [("background_color", "$(P)TimeOffsetDays", "pv0 != 0")]
+    else:
+        import json
+
+        frames = [w for w in ET.parse(path).getroot().iter("widget") if w.get("name") == "TimeOffsetDays_highlight"]
+        (rule,) = json.loads(ui_property(frames[0], "rules"))
+        assert (rule["property"], rule["expression"], rule["initial_value"]) == ("Visible", "ch[0] != 0", "False")
+        assert rule["channels"] == [{"channel": "ca://${P}TimeOffsetDays", "trigger": True, "use_enum": False}]
