@@ -7,6 +7,12 @@ unsafe with a credential: it follows a redirect with a POST's body (a login's pa
 for ever), and it reads an answer of any size whole into memory. Here a redirect is a failure; the
 answer is read in chunks up to a cap; and a watchdog shuts the call's socket down when the deadline
 passes, whatever the call is doing then (connecting, TLS, headers, body).
+
+The one step the deadline does not cover is the host name's lookup: getaddrinfo runs before the call
+has a socket to shut down, and it cannot be interrupted. It is bounded by the system resolver's own
+limits (resolv.conf `options timeout:N attempts:N`, per name server; glibc's defaults are 5 s and 2
+tries); the IOC makes these calls in worker threads, so a slow lookup never blocks its event loop.
+A service given by address, or by a name in /etc/hosts, has no lookup to wait for.
 """
 
 from __future__ import annotations
@@ -103,7 +109,8 @@ def _bounded(
     send: Callable[..., requests.Response], deadline: float, max_bytes: int
 ) -> tuple[requests.Response, bytes]:
     """`send(timeout=...)`, a streamed request on watched connections that follows no redirect, and the
-    body of its answer, within `deadline` seconds and `max_bytes`. Raises HttpFailure."""
+    body of its answer, within `deadline` seconds (but for the host name's lookup: see the module's
+    docstring) and `max_bytes`. Raises HttpFailure."""
     with _Watchdog(deadline) as watchdog:
         try:
             response = send(timeout=(watchdog.left(), watchdog.left()))
@@ -209,6 +216,8 @@ class _WatchedHTTPConnection(HTTPConnection):
     """A connection that reports its socket to the running call's watchdog: when made, and when reused."""
 
     def _new_conn(self) -> socket.socket:
+        # Watched once made: the lookup and connect before are bounded by the resolver and by the
+        # connect timeout (the time left to the deadline), not by the watchdog.
         return _watched(super()._new_conn())
 
     def request(self, *args: Any, **kwargs: Any) -> None:

@@ -59,7 +59,8 @@ def build_adapters(settings: Settings) -> Adapters:
         from ..adapters.dm.aps_daq import ApsDaq
 
         dm = ApsDM(settings.beamline.station, dm_cfg.data_top_dir, tz=tz)
-        transfer = ApsDaq(settings.beamline.station, dm_cfg.data_top_dir, dm_cfg.data_host)
+        transfer = ApsDaq(settings.beamline.station, dm_cfg.data_top_dir, dm_cfg.data_host,
+                          found_record=state_dir / "dm-files.sqlite")  # fmt: skip
     else:
         from ..adapters.dm.local import LocalDM
 

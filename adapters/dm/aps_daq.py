@@ -10,14 +10,17 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ...ioc.domain.model import DMError, Experiment, InputError, check_name
+from ...ioc.domain.model import DiskFull, DMError, Experiment, InputError, check_name
 from ...ioc.domain.ports import RecentRate, SentFile, TransferProgress, TransferState
+from ...ioc.statefiles import disk_full, keep_aside, private_file, rollback
 from ..hosts import is_this_host
 from .aps_sdk import MAX_MESSAGE, import_dm, sdk_call, sdk_epoch, sdk_field
 
@@ -29,10 +32,14 @@ ANALYSIS_INFO = {"useAnalysisDirectoryAsRoot": True}
 _RUNNING = {"running", "pending", "waiting", "starting", "processing"}
 _FAILED = {"failed", "aborted", "error", "timeout"}
 FILES_PER_CALL = 1000  # file records asked of the DM file catalogue at a time (it may answer fewer)
+NEW_AFTER = 0.001  # seconds between the newest time already given (or the mark) and a file found after it
+SQLITE_COMPANIONS = ("-wal", "-shm")  # files beside the record that hold part of it
+_UNREADABLE = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
 
 
 def _sent_file(storage: str, record: Any) -> SentFile | None:
-    """A file record of the DM catalogue as a SentFile under `storage`; None without a safe path or a time."""
+    """A file record of the DM catalogue as a SentFile under `storage` (sent at its mtime until `sent_since`
+    says when it was first found); None without a safe path or a time."""
     relative = PurePosixPath(str(sdk_field(record, "experimentFilePath", default="") or "").lstrip("/"))
     mtime = sdk_epoch(sdk_field(record, "fileModificationTimestamp", "fileModificationTime"))
     if not relative.parts or ".." in relative.parts or mtime is None:
@@ -49,6 +56,114 @@ def _sent_file(storage: str, record: Any) -> SentFile | None:
         sent_at=mtime,
         checksum=f"md5:{md5}" if md5 else "",
     )
+
+
+class _Unreadable(Exception):
+    """The record file is there but is not a readable record (garbage, corrupt, another program's)."""
+
+
+class FirstFound:
+    """When this IOC first found each file in the DM file catalogue, by storage: what `sent_since` counts.
+
+    SQLite in state_dir, opened on first use; rows are only added, and dropped when their storage is
+    deleted. One found unreadable is kept aside and a fresh one started (DMError saying so, once).
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+
+    def times(self, storage: str) -> dict[str, float]:
+        """{path: when first found} of the files of `storage`."""
+        with self._lock:
+            return dict(self._read("SELECT path, found_at FROM found WHERE storage = ?", (storage,)))
+
+    def add(self, storage: str, times: Mapping[str, float]) -> None:
+        """Record files of `storage` first found now, all or none."""
+        with self._lock:
+            self._write("INSERT OR IGNORE INTO found VALUES (?, ?, ?)", [(storage, *item) for item in times.items()])
+
+    def forget_under(self, folders: Iterable[str]) -> int:
+        """Drop the files of every storage that holds one of `folders` (it was deleted); how many storages."""
+        folders = [folder.rstrip("/") + "/" for folder in folders]
+        with self._lock:
+            storages = [row[0] for row in self._read("SELECT DISTINCT storage FROM found")]
+            gone = [(s,) for s in storages if any(folder.startswith(s.rstrip("/") + "/") for folder in folders)]
+            self._write("DELETE FROM found WHERE storage = ?", gone)
+            return len(gone)
+
+    def _read(self, sql: str, parameters: tuple = ()) -> list[tuple]:
+        db = self._open()
+        try:
+            return db.execute(sql, parameters).fetchall()
+        except sqlite3.Error as error:
+            raise self._error("cannot read", error) from None
+
+    def _write(self, sql: str, rows: list[tuple]) -> None:
+        """`sql` for each of `rows`, in one transaction; a full disk is a DiskFull."""
+        if not rows:
+            return
+        db = self._open()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany(sql, rows)
+                db.execute("COMMIT")
+            except BaseException:
+                rollback(db)
+                raise
+        except sqlite3.Error as error:
+            raise self._error("cannot write", error) from None
+
+    def _open(self) -> sqlite3.Connection:
+        if self._db is None:
+            try:
+                self._db = self._connect()
+            except _Unreadable as reason:
+                try:
+                    aside = keep_aside(self.path, SQLITE_COMPANIONS)
+                except OSError as error:
+                    raise DMError(
+                        f"the DM file record {self.path} cannot be read ({reason}) nor kept aside "
+                        f"({error.strerror}): move it away by hand"
+                    ) from None
+                self._db = self._connect()
+                notice = (
+                    f"the DM file record {self.path} could not be read ({reason}): kept as {aside.name}, started "
+                    "afresh (a file modified before the last dataset counts as in it); Catalog makes this dataset"
+                )
+                log.error("%s", notice)
+                raise DMError(notice) from None
+        return self._db
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_file(self.path)  # a new one 0600 before SQLite writes it: its -wal and -shm follow
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
+        except (OSError, sqlite3.Error) as error:
+            raise self._error("cannot open", error) from None
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS found (storage TEXT NOT NULL, path TEXT NOT NULL,"
+                " found_at REAL NOT NULL, PRIMARY KEY (storage, path)) WITHOUT ROWID"
+            )
+            columns = [row[1] for row in db.execute("PRAGMA table_info(found)")]
+        except sqlite3.DatabaseError as error:
+            db.close()
+            if error.sqlite_errorcode & 0xFF in _UNREADABLE:
+                raise _Unreadable(str(error)) from None
+            raise self._error("cannot open", error) from None
+        if columns != ["storage", "path", "found_at"]:  # another program's database under this name
+            db.close()
+            raise _Unreadable(f"not a DM file record: its table has columns {', '.join(columns)}")
+        return db
+
+    def _error(self, doing: str, error: OSError | sqlite3.Error) -> DMError:
+        message = f"{doing} the DM file record {self.path}: {error}"
+        return DiskFull(f"state_dir full: {message}") if disk_full(error) else DMError(message)
 
 
 def inspect_folder(path: Path) -> tuple[str, int]:
@@ -69,7 +184,8 @@ class ApsDaq:
     """`ports.Transfer` through the DM system's DAQs (continuous) and uploads (once).
 
     The DM system runs them on its own servers: they outlive the IOC, so
-    `resume` re-attaches to DAQs still running for this station.
+    `resume` re-attaches to DAQs still running for this station. `found_record` (in state_dir) keeps
+    when this IOC first found each file in the DM file catalogue: see `sent_since`.
     """
 
     def __init__(
@@ -79,6 +195,7 @@ class ApsDaq:
         data_host: str = "localhost",
         api: Any = None,
         *,
+        found_record: Path,
         direct_mount: bool = False,
     ):
         self.station = station
@@ -93,6 +210,7 @@ class ApsDaq:
         self._daqs: list[tuple[str, str]] = []  # (experiment, dataDirectory) started or adopted
         self._uploads: list[tuple[str, str]] = []  # (experiment, upload id)
         self._rate = RecentRate()  # of the bytes DM reports processed
+        self._found = FirstFound(found_record)
 
     @property
     def daq_api(self) -> Any:
@@ -215,30 +333,50 @@ class ApsDaq:
         return f"DM DAQ still running for {', '.join(names)} ({len(mine)} folder{'s' if len(mine) != 1 else ''})"
 
     def forget(self, sources: Mapping[str, str]) -> None:
-        """Nothing to forget: this IOC keeps no record of the files sent.
-
-        The DM system's DAQs and uploads decide on its servers what to send;
-        nothing kept here could make a re-created experiment miss files.
-        """
+        """Forget the files found catalogued in the storage of these sources (it was deleted): a re-created
+        experiment's files are new again. The DM system itself decides what its DAQs send."""
+        forgotten = self._found.forget_under(sources.values())
+        if forgotten:
+            log.info("DM file record: forgot the files of %s storage(s) of %s", forgotten, ", ".join(sources.values()))
 
     def sent_since(self, mark: float, storage: str) -> list[SentFile]:
-        """The files the DM file catalogue holds for the experiment of `storage`, modified after `mark`.
+        """The files of the DM file catalogue for the experiment of `storage` that this IOC first found
+        there after `mark`, each with that time as its `sent_at`.
 
-        The catalogue records when a file was last modified, not when it arrived: a file counts as sent
-        at its mtime (a DAQ sends files in the order they are written). What is catalogued now is listed;
+        The catalogue gives a file's mtime, not when it arrived: by mtime, a file DM still processed when
+        the last dataset was made, or one with an old mtime (processExistingFiles, `cp -p`), would fall
+        behind the mark and be in no dataset. So a file is new when its path was never found before;
+        when first found it gets a time after the mark and after every time given before (the record in
+        state_dir keeps it). The first look at a storage whose datasets an earlier version made (by mtime)
+        takes its files modified before `mark` as already in them. What is catalogued now is listed;
         files the DM system still processes are not waited for.
         """
+        storage = storage.rstrip("/")
         name = self._experiment_of(storage)
-        sent, unreadable = [], 0
+        listed: dict[str, SentFile] = {}
+        unreadable = 0
         for record in self._catalogued(name):
             found = _sent_file(storage, record)
             if found is None:
                 unreadable += 1
-            elif found.sent_at > mark:
-                sent.append(found)
+            else:
+                listed.setdefault(found.path, found)
         if unreadable:
             log.warning("DM file catalogue of %s: %s record(s) without a path or a time left out", name, unreadable)
-        return sent
+        times = self._found.times(storage)
+        new = [f for path, f in listed.items() if path not in times]
+        if new:
+            earlier = {}
+            if mark > 0 and not times:
+                earlier = {f.path: f.mtime for f in new if f.mtime <= mark}
+                if earlier:
+                    log.info("DM file record: %s file(s) of %s modified before the last dataset taken as in it",
+                             len(earlier), storage)  # fmt: skip
+            now = max([time.time(), mark + NEW_AFTER] + [t + NEW_AFTER for t in times.values()])
+            added = {f.path: earlier.get(f.path, now) for f in new}
+            self._found.add(storage, added)
+            times.update(added)
+        return [replace(f, sent_at=times[path]) for path, f in listed.items() if times[path] > mark]
 
     # ------------------------------------------------------------------ helpers
 

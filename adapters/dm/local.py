@@ -101,55 +101,64 @@ def read_storage_marker(folder_fd: int) -> dict[str, str]:
     return {"experiment": experiment, "id": ident}
 
 
-def write_storage_marker(storage: Path, experiment: str) -> str:
+def write_storage_marker(storage: Path, experiment: str, *, folder_fd: int | None = None) -> str:
     """Mark `storage` as the storage Create made for `experiment`; return the marker's id.
 
-    An existing marker of the same experiment is kept (Create is idempotent);
-    one of another experiment, or one that cannot be read, is refused.
+    `folder_fd`: the storage folder, already open without following links (Create's): the marker is
+    written through it, the path never opened again (it names the folder in messages); without it the
+    folder is opened here, never through a symlink. An existing marker of the same experiment is kept
+    (Create is idempotent); one of another experiment, or one that cannot be read, is refused.
     """
+    if folder_fd is not None:
+        return _write_marker(folder_fd, storage, experiment)
     try:
         folder = os.open(storage, FOLDER_FLAGS)
     except OSError as error:
         raise _disk_error("mark the storage folder", storage, error) from error
     try:
-        try:
-            marker = read_storage_marker(folder)
-        except FileNotFoundError:
-            marker = None
-        except (OSError, ValueError) as error:
-            why = error.strerror if isinstance(error, OSError) else str(error)
-            raise DMError(
-                f"storage {storage}: its {STORAGE_MARKER} cannot be read ({why}); "
-                "nothing changed: find out what wrote it, remove it, and run Create again"
-            ) from None
-        if marker is not None:
-            if marker["experiment"] != experiment:
-                raise DMError(
-                    f"storage {storage} belongs to experiment {marker['experiment']!r} (says its {STORAGE_MARKER}); "
-                    f"not used for {experiment}"
-                )
-            return marker["id"]
-        ident = uuid.uuid4().hex
-        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        data = json.dumps({"experiment": experiment, "id": ident, "created": created}).encode()
-        part = f"{STORAGE_MARKER}.part-{ident[:8]}"
-        try:
-            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640,
-                         dir_fd=folder)  # fmt: skip
-            try:
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(part, STORAGE_MARKER, src_dir_fd=folder, dst_dir_fd=folder)
-            os.fsync(folder)
-        except OSError as error:
-            with contextlib.suppress(OSError):
-                os.unlink(part, dir_fd=folder)
-            raise _disk_error("write", storage / STORAGE_MARKER, error) from error
-        return ident
+        return _write_marker(folder, storage, experiment)
     finally:
         os.close(folder)
+
+
+def _write_marker(folder: int, storage: Path, experiment: str) -> str:
+    """`write_storage_marker` in the folder open as `folder`: written aside (O_NOFOLLOW), renamed in it."""
+    try:
+        marker = read_storage_marker(folder)
+    except FileNotFoundError:
+        marker = None
+    except (OSError, ValueError) as error:
+        why = error.strerror if isinstance(error, OSError) else str(error)
+        raise DMError(
+            f"storage {storage}: its {STORAGE_MARKER} cannot be read ({why}); "
+            "nothing changed: find out what wrote it, remove it, and run Create again"
+        ) from None
+    if marker is not None:
+        if marker["experiment"] != experiment:
+            raise DMError(
+                f"storage {storage} belongs to experiment {marker['experiment']!r} (says its {STORAGE_MARKER}); "
+                f"not used for {experiment}"
+            )
+        return marker["id"]
+    ident = uuid.uuid4().hex
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    data = json.dumps({"experiment": experiment, "id": ident, "created": created}).encode()
+    part = f"{STORAGE_MARKER}.part-{ident[:8]}"
+    try:
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640,
+                     dir_fd=folder)  # fmt: skip
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(part, STORAGE_MARKER, src_dir_fd=folder, dst_dir_fd=folder)
+        os.fsync(folder)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            os.unlink(part, dir_fd=folder)
+        raise _disk_error("write", storage / STORAGE_MARKER, error) from error
+    return ident
 
 
 def _open_top(folder: Path) -> int:
@@ -269,7 +278,7 @@ class LocalDM:
             )
         storage_fd = self._make_storage(storage, fixed, tree)
         try:
-            write_storage_marker(storage, name)
+            write_storage_marker(storage, name, folder_fd=storage_fd)
             missing = _sentences(missing, self._give_staff(storage_fd, storage))
         finally:
             os.close(storage_fd)

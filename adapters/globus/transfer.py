@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import re
+import stat
 import threading
 import time
 from collections.abc import Mapping
@@ -22,6 +23,7 @@ import globus_sdk
 from ...ioc.domain.model import Experiment, GlobusError
 from ...ioc.domain.ports import SentFile, TransferProgress, TransferState
 from ...ioc.statefiles import disk_full, private_file
+from ..transfer.folders import Folders, SymlinkRefused, shown
 from .access import GlobusAccess
 from .client import Clients, collection_path, describe_error, is_permanent
 
@@ -172,6 +174,7 @@ class GlobusTransfer:
         if stopping and thread is not None:
             thread.join(STOP_WAIT)  # bounded: the cancel of the last task is under way
         prefix = collection_path(self.storage_root, storage)
+        folders = _open_storage_root(str(self.storage_root))
         try:
             self._note_last_task(job)
             with self._lock:
@@ -182,14 +185,18 @@ class GlobusTransfer:
                     destination = str(item.get("destination_path") or "")
                     if not destination.startswith(prefix):
                         continue
-                    found = self._stat(destination, ended)
+                    found = self._stat(folders, destination, ended)
                     missing += found is None
                     if found is not None:
                         sent.append(found)
         except (globus_sdk.GlobusAPIError, globus_sdk.NetworkError) as error:
             raise GlobusError(f"Globus: listing the files sent for {job.experiment}: {describe_error(error)}") from None
+        finally:
+            if folders is not None:
+                folders.close()
         if missing:
-            log.warning("Globus transfer of %s: %s file(s) sent are gone from %s", job.experiment, missing, storage)
+            log.warning("Globus transfer of %s: %s file(s) sent are gone from %s (or not regular files there)",
+                        job.experiment, missing, storage)  # fmt: skip
         return sent
 
     def _note_last_task(self, job: _Job) -> None:
@@ -217,12 +224,26 @@ class GlobusTransfer:
             if all(task_id != sent for sent, _ in job.sent):
                 job.sent.append((task_id, _epoch(task.get("completion_time"))))
 
-    def _stat(self, destination: str, sent_at: float) -> SentFile | None:
-        """A file Globus put at `destination` (a path on the guest collection), as it is in storage now."""
-        path = os.path.join(self.storage_root, destination.lstrip("/"))
+    def _stat(self, folders: Folders | None, destination: str, sent_at: float) -> SentFile | None:
+        """A file Globus put at `destination` (a path on the guest collection), as it is in storage now:
+        reached from storage_root (`folders`) one name at a time, never through a symbolic link; None when
+        gone, or not a regular file (a link planted in the storage would put an outside file's size and
+        time in the record: skipped with a warning)."""
+        relative = os.path.normpath(destination.lstrip("/"))
+        path = os.path.join(self.storage_root, relative)
+        if folders is None or relative == os.curdir or relative.split(os.sep)[0] == os.pardir:
+            return None
+        folder, _, name = relative.rpartition(os.sep)
         try:
-            status = os.stat(path)
+            status = os.stat(name, dir_fd=folders.get(folder), follow_symlinks=False)
+        except SymlinkRefused as error:
+            log.warning("Globus transfer: %s is reached through a symbolic link (%s): not in the dataset",
+                        shown(path), shown(os.fsdecode(error.filename)))  # fmt: skip
+            return None
         except OSError:
+            return None
+        if not stat.S_ISREG(status.st_mode):
+            log.warning("Globus transfer: %s is not a regular file (a symbolic link?): not in the dataset", shown(path))
             return None
         return SentFile(path=path, size=status.st_size, mtime=status.st_mtime, sent_at=sent_at)
 
@@ -460,6 +481,16 @@ class GlobusTransfer:
 
 _LABEL_UNSAFE = re.compile(r"[^A-Za-z0-9 _,-]")
 STOP_WAIT = 5.0  # seconds sent_since waits for a stopping transfer to cancel its task
+
+
+def _open_storage_root(storage_root: str) -> Folders | None:
+    """storage_root's folders, to reach the files sent without following a link; None when it cannot be
+    opened (its disk not mounted): every file sent is then gone. A symlink at storage_root is the admin's."""
+    try:
+        return Folders(storage_root, os.open(storage_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), make=False)
+    except OSError as error:
+        log.warning("Globus transfer: cannot open dm.storage_root %s: %s", storage_root, error.strerror)
+        return None
 
 
 def _epoch(text: Any) -> float:

@@ -143,7 +143,8 @@ def copy_files(
        errors that happened since its fd was opened, so that fd is a dup of
        the first temporary file's, opened before any of the batch was written;
     3. each source is stat'ed again (it must still be `expected`), and its
-       copy renamed into place.
+       copy renamed into place (FAILED if its temporary name is no longer
+       the file written: someone renamed another over it).
     Data is durable BEFORE its rename, as with an fsync per file: a power
     failure can lose a rename (the engine makes renames durable before it
     records them in its ledger), never leave a name pointing at missing data.
@@ -202,6 +203,7 @@ class _Batch:
         self.source, self.dest, self.sources, self.dests, self.items = source, dest, sources, dests, items
         self.results: list[tuple[str, str]] = [(CANCELLED, "")] * len(items)
         self.written: list[tuple[int, str]] = []  # (index, temporary name) after phase 1; "" once renamed
+        self.inodes: dict[int, tuple[int, int]] = {}  # index -> (st_dev, st_ino) of the copy written aside
         self.per_file = len(items) == 1 or _SYNCFS is None
         self.sync_fds: dict[int, int] = {}  # st_dev -> fd for syncfs
 
@@ -211,8 +213,8 @@ class _Batch:
             if cancel is not None and cancel.is_set():
                 return False
             try:
-                outcome, tmp = _write_aside(self.sources, self.dests, rel, expected, checksum, cancel,
-                                            None if self.per_file else self.sync_fds, written)  # fmt: skip
+                outcome, tmp, inode = _write_aside(self.sources, self.dests, rel, expected, checksum, cancel,
+                                                   None if self.per_file else self.sync_fds, written)  # fmt: skip
             except _Cancelled:
                 return False
             except OSError as error:
@@ -220,6 +222,7 @@ class _Batch:
                 continue
             if tmp:
                 self.written.append((index, tmp))  # CANCELLED until renamed
+                self.inodes[index] = inode
             else:
                 self.results[index] = (outcome, "")
         return True
@@ -253,6 +256,9 @@ class _Batch:
                     self.results[index] = (CHANGED, "")
                     continue
                 folder_fd = self.dests.get(folder)
+                found = os.stat(tmp, dir_fd=folder_fd, follow_symlinks=False)
+                if (found.st_dev, found.st_ino) != self.inodes[index]:  # something renamed over it
+                    raise OSError(errno.EIO, f"its temporary copy {shown(tmp)} was replaced: not renamed")
                 os.replace(tmp, name, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
                 self.written[position] = (index, "")
                 self.results[index] = (COPIED, "")
@@ -306,11 +312,13 @@ def _write_aside(
     cancel: threading.Event | None,
     sync_fds: dict[int, int] | None,
     written: Written | None = None,
-) -> tuple[str, str]:
-    """Phase 1 of `copy_files`: (COPIED, temporary name in rel's destination folder), or (CHANGED, "").
+) -> tuple[str, str, tuple[int, int]]:
+    """Phase 1 of `copy_files`: (COPIED, temporary name in rel's destination folder, its (st_dev, st_ino)),
+    or (CHANGED, "", (0, 0)).
 
     With `sync_fds` None the copy is fsync'ed here; otherwise its filesystem's
-    fd is added to `sync_fds` for one syncfs later.
+    fd is added to `sync_fds` for one syncfs later. The copy is checked through
+    the descriptor that wrote it: its name is never opened again.
     """
     folder, _, name = rel.rpartition("/")
     try:
@@ -322,10 +330,10 @@ def _write_aside(
         if not stat.S_ISREG(before.st_mode):
             raise _SourceError(FileNotFoundError(errno.ENOENT, "no longer a regular file", rel))
         if (before.st_size, before.st_mtime_ns) != expected:
-            return CHANGED, ""
+            return CHANGED, "", (0, 0)
         folder_fd = dests.get(folder)
         tmp = part_name(name)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=folder_fd)
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=folder_fd)
         try:
             try:
                 if sync_fds is not None:
@@ -337,14 +345,15 @@ def _write_aside(
                 os.utime(fd, ns=(before.st_atime_ns, before.st_mtime_ns))
                 if sync_fds is None:
                     os.fsync(fd)
+                if copied != before.st_size:
+                    raise OSError(errno.EIO, f"copy has {copied} bytes, source {before.st_size}")
+                if source_digest is not None and _digest(fd) != source_digest:
+                    raise OSError(errno.EIO, "checksum of the copy differs from the source")
+                copy = os.fstat(fd)
             finally:
                 os.close(fd)
-            if copied != before.st_size:
-                raise OSError(errno.EIO, f"copy has {copied} bytes, source {before.st_size}")
-            if source_digest is not None and _digest(folder_fd, tmp) != source_digest:
-                raise OSError(errno.EIO, "checksum of the copy differs from the source")
             done, tmp = tmp, ""
-            return COPIED, done
+            return COPIED, done, (copy.st_dev, copy.st_ino)
         finally:
             if tmp:
                 _unlink_quietly(folder_fd, tmp)
@@ -435,9 +444,15 @@ def _next_step(step: int, seconds: float) -> int:
     return step
 
 
-def _digest(folder_fd: int, name: str) -> bytes:
-    with open(os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder_fd), "rb") as file:
-        return hashlib.file_digest(file, hashlib.blake2b).digest()
+def _digest(fd: int) -> bytes:
+    """The blake2b of the file open as `fd`, read with pread from its start (its offset is left alone)."""
+    hasher = hashlib.blake2b()
+    view = memoryview(bytearray(BUFFER_SIZE))
+    offset = 0
+    while count := os.preadv(fd, [view], offset):
+        hasher.update(view[:count])
+        offset += count
+    return hasher.digest()
 
 
 def _unlink_quietly(folder_fd: int, name: str) -> None:

@@ -69,15 +69,21 @@ class ExperimentCases(BeamlineCore):
         )
         run = self.state.scheduled.run if self.state.scheduled else None
         experiment = self._placed(experiment, pi.last_name if pi else "", beamtime.gup, run.name if run else None)
-        made = self._made_for(experiment, beamtime, run)
+        made, titled = self._made_for(experiment, beamtime, run)
         if made is not None:
             log.info("Create: experiment %s was made for beamtime %s; reusing it instead of making %s",
                      made.name, beamtime.gup, name)  # fmt: skip
             data = made.data_directory or str(self.settings.dm.data_top_dir / made.name)
             experiment = replace(experiment, name=made.name, storage_directory=made.storage_directory,
                                  data_directory=data)  # fmt: skip
-        return self._create(experiment, people, beamtime, reusing=name if made is not None else "",
-                            why=self._offset_why(beamtime))  # fmt: skip
+        outcome = self._create(experiment, people, beamtime, reusing=name if made is not None else "",
+                               why=self._offset_why(beamtime))  # fmt: skip
+        if made is not None or not titled:
+            return outcome
+        found = (f"an experiment with this title exists: {titled[0]}" if len(titled) == 1
+                 else f"experiments with this title exist: {', '.join(titled)}")  # fmt: skip
+        return Outcome(f"{outcome.message}; {found}; not reused (no GUP); Select it if it is this beamtime's",
+                       warning=True)  # fmt: skip
 
     def _offset_why(self, beamtime: Beamtime) -> str:
         """A Status fragment naming the beamtime Create took when TimeOffsetDays made it another than now's."""
@@ -86,24 +92,32 @@ class ExperimentCases(BeamlineCore):
             return ""
         return f" for the beamtime of {beamtime.start.astimezone(self.tz).date()} (TimeOffsetDays {offset:g})"
 
-    def _made_for(self, experiment: Experiment, beamtime: Beamtime, run: Run | None) -> Experiment | None:
+    def _made_for(
+        self, experiment: Experiment, beamtime: Beamtime, run: Run | None
+    ) -> tuple[Experiment | None, list[str]]:
         """An experiment of the station made for `beamtime` under another name (by DMagic, which spells the
-        PI's name otherwise, or by hand); None when one has the name this IOC gives it, or none fits.
+        PI's name otherwise, or by hand), or None when one has the name this IOC gives it, or none fits;
+        and the names of those that share only the proposal's title (never reused: another proposal may
+        have the same title, "Commissioning"; Status names them).
 
-        Made for it: the same proposal (the GUP DM holds, else the GUP that ends the name as DMagic names
-        experiments, else the proposal's title, which DMagic writes as the description), in the same run
-        and month (or started within the beamtime). Of several, the surest, then the nearest in time.
+        Made for it: the same proposal by its GUP (the one DM holds, else the one that ends the name as
+        DMagic names experiments), in the same run and month (or started within the beamtime). Of several,
+        the surest, then the nearest in time.
         """
         records = self._contact("DM", self.adapters.dm.station_experiments)
         if any(record.name == experiment.name for record in records):
-            return None
-        fits = []
+            return None, []
+        fits, titled = [], []
         for record in records:
+            if not _same_beamtime(record, beamtime, run, self.tz):
+                continue
             evidence = _proposal_evidence(record, beamtime)
-            if evidence is not None and _same_beamtime(record, beamtime, run, self.tz):
+            if evidence is not None:
                 days = abs((_day(record.start, self.tz) - _day(beamtime.start, self.tz)).days) if record.start else 1e9
                 fits.append((evidence, days, record.name, record))
-        return min(fits, key=lambda fit: fit[:3])[3] if fits else None
+            elif _same_title(record, beamtime):
+                titled.append(record.name)
+        return (min(fits, key=lambda fit: fit[:3])[3] if fits else None), sorted(titled)
 
     def follow_schedule(self) -> Outcome:
         """dm.follow_schedule: create (or select) the experiment of the beamtime that started, as Create
@@ -381,13 +395,16 @@ class ExperimentCases(BeamlineCore):
 
 def _proposal_evidence(record: Experiment, beamtime: Beamtime) -> int | None:
     """How surely `record` was made for the proposal of `beamtime`: 0 by the GUP DM holds, 1 by the GUP
-    ending its name (DMagic's `{year_month}-{last name}-{gup}`), 2 by its title; None: another proposal."""
+    ending its name (DMagic's `{year_month}-{last name}-{gup}`); None: no GUP says so."""
     if record.gup:
         return 0 if record.gup == beamtime.gup else None
-    if record.name.rsplit("-", 1)[-1] == beamtime.gup:
-        return 1
+    return 1 if record.name.rsplit("-", 1)[-1] == beamtime.gup else None
+
+
+def _same_title(record: Experiment, beamtime: Beamtime) -> bool:
+    """`record`, with no GUP in DM, has the proposal's title: maybe this beamtime's, but a title is no proof."""
     title = record.title.strip()
-    return 2 if title and title == beamtime.title.strip() else None
+    return not record.gup and bool(title) and title == beamtime.title.strip()
 
 
 def _same_beamtime(record: Experiment, beamtime: Beamtime, run: Run | None, tz: tzinfo) -> bool:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import re
+import stat
 import subprocess
 import sys
 from datetime import date, datetime, timedelta, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 from dmagic_ioc.adapters.dm.aps import ApsDM
@@ -67,7 +69,7 @@ def test_missing_sdk_is_a_clear_dm_error(monkeypatch, data_top_dir):
     with pytest.raises(DMError, match=re.escape(message)):
         ApsDM("2BM", data_top_dir)
     with pytest.raises(DMError, match="not installed"):
-        ApsDaq("2BM", data_top_dir)
+        ApsDaq("2BM", data_top_dir, found_record=data_top_dir / "dm-files.sqlite")
 
 
 def test_module_import_does_not_import_the_sdk():
@@ -339,8 +341,13 @@ def test_an_injected_api_module_is_used_without_import(fake_dm, data_top_dir, mo
 
 
 @pytest.fixture
-def daq(fake_dm, data_top_dir):
-    return ApsDaq("2BM", data_top_dir, "tomodata3", direct_mount=False)
+def found_record(tmp_path):
+    return tmp_path / "state" / "dm-files.sqlite"
+
+
+@pytest.fixture
+def daq(fake_dm, data_top_dir, found_record):
+    return ApsDaq("2BM", data_top_dir, "tomodata3", found_record=found_record, direct_mount=False)
 
 
 @pytest.fixture
@@ -404,7 +411,7 @@ def test_daq_progress_stop_and_errors(daq, fake_dm, sources):
     assert daq.stop() == "no DM transfer was running for this IOC"
 
 
-def test_the_rate_is_kept_under_the_lock(fake_dm, data_top_dir, sources):
+def test_the_rate_is_kept_under_the_lock(fake_dm, data_top_dir, sources, found_record):
     """progress() runs in several threads: the rate bookkeeping is written only under the lock."""
 
     class CheckedDaq(ApsDaq):
@@ -415,7 +422,7 @@ def test_the_rate_is_kept_under_the_lock(fake_dm, data_top_dir, sources):
                 assert self._lock.locked(), f"{name} written without the lock"
             super().__setattr__(name, value)
 
-    daq = CheckedDaq("2BM", data_top_dir, "tomodata3")
+    daq = CheckedDaq("2BM", data_top_dir, "tomodata3", found_record=found_record)
     daq.checking = True
     daq.start(experiment(), sources, once=False)
     fake_dm.STATE.daqs[0].update(nFiles=10, nCompletedFiles=1, totalProcessedBytes=1e6)
@@ -426,7 +433,7 @@ def test_the_rate_is_kept_under_the_lock(fake_dm, data_top_dir, sources):
     assert progress.state == TransferState.RUNNING and progress.rate_mb_s > 0
 
 
-def test_forget_is_a_no_op_for_dm_transfers(daq, fake_dm, sources):
+def test_forget_calls_no_dm_service(daq, fake_dm, sources):
     daq.forget(sources)
     assert fake_dm.STATE.calls == []
 
@@ -455,20 +462,20 @@ def test_upload_of_empty_folders_is_refused(daq, fake_dm, data_top_dir):
     assert fake_dm.STATE.called("upload") == []
 
 
-def test_resume_adopts_running_daqs_of_this_station(fake_dm, data_top_dir, sources):
-    first = ApsDaq("2BM", data_top_dir, "tomodata3")
+def test_resume_adopts_running_daqs_of_this_station(fake_dm, data_top_dir, sources, found_record):
+    first = ApsDaq("2BM", data_top_dir, "tomodata3", found_record=found_record)
     ApsDM("2BM", data_top_dir).create_experiment(experiment())
     first.start(experiment(), sources, once=False)
     fake_dm.ExperimentDaqApi().startDaq("other", "@host:/data/other", {})  # another station's DAQ
-    restarted = ApsDaq("2BM", data_top_dir, "tomodata3")
+    restarted = ApsDaq("2BM", data_top_dir, "tomodata3", found_record=found_record)
     assert restarted.resume() == f"DM DAQ still running for {NAME} (1 folder)"
     assert restarted.progress().state == TransferState.RUNNING
     assert restarted.stop().startswith("stopped DM transfer")
-    assert ApsDaq("2BM", data_top_dir, "tomodata3").resume() is None
+    assert ApsDaq("2BM", data_top_dir, "tomodata3", found_record=found_record).resume() is None
 
 
-def test_direct_mount_passes_bare_paths(fake_dm, data_top_dir, sources):
-    daq = ApsDaq("2BM", data_top_dir, "tomodata3", direct_mount=True)
+def test_direct_mount_passes_bare_paths(fake_dm, data_top_dir, sources, found_record):
+    daq = ApsDaq("2BM", data_top_dir, "tomodata3", found_record=found_record, direct_mount=True)
     daq.start(experiment(), sources, once=False)
     assert fake_dm.STATE.called("startDaq")[0][0][1] == str(data_top_dir / NAME)
 
@@ -484,19 +491,94 @@ def test_daq_sdk_failure_is_a_dm_error(daq, fake_dm, sources):
 STORAGE = f"/gdata/dm/2026-10/{NAME}"
 
 
-def test_sent_since_lists_the_catalogued_files_modified_after_the_mark(daq, fake_dm, sources):
+def test_sent_since_lists_the_catalogued_files_found_after_the_mark(daq, fake_dm, sources):
     daq.start(experiment(storage_directory=STORAGE), sources, once=False)
     fake_dm.STATE.add_file(NAME, "scan_001.h5", 2048, 1_000.0, md5="9e107d9d372bb6826bd81d3542a419d6")
     fake_dm.STATE.add_file(NAME, "/analysis/rec_0001.tiff", 512, 1_002.5)
     fake_dm.STATE.add_file("other", "scan_001.h5", 1, 2_000.0)  # another experiment's
 
-    assert daq.sent_since(0.0, STORAGE) == [
-        SentFile(f"{STORAGE}/scan_001.h5", 2048, 1_000.0, 1_000.0, "md5:9e107d9d372bb6826bd81d3542a419d6"),
-        SentFile(f"{STORAGE}/analysis/rec_0001.tiff", 512, 1_002.5, 1_002.5),
+    sent = daq.sent_since(0.0, STORAGE)
+
+    found_at = sent[0].sent_at  # when this IOC first found them catalogued, not their mtime
+    assert found_at > 2_000.0
+    assert sent == [
+        SentFile(f"{STORAGE}/scan_001.h5", 2048, 1_000.0, found_at, "md5:9e107d9d372bb6826bd81d3542a419d6"),
+        SentFile(f"{STORAGE}/analysis/rec_0001.tiff", 512, 1_002.5, found_at),
     ]
-    assert [f.path for f in daq.sent_since(1_000.0, STORAGE + "/")] == [f"{STORAGE}/analysis/rec_0001.tiff"]
+    assert daq.sent_since(found_at, STORAGE + "/") == []
     # read as the DM station GUI reads the catalogue: (experimentName, queryDict, skip, limit)
     assert fake_dm.STATE.called("getExperimentFiles")[0] == ((NAME, {}, 0, 1000), {"rawData": False})
+
+
+def dataset(daq, mark: float) -> tuple[list[str], float]:
+    """As the catalogue use case makes a dataset: the names of the files sent since `mark`, the next mark."""
+    files = daq.sent_since(mark, STORAGE)
+    return sorted(PurePosixPath(f.path).name for f in files), max([mark] + [f.sent_at for f in files])
+
+
+def test_a_file_still_processed_at_daqstop_is_in_the_next_dataset_though_older(daq, fake_dm):
+    """A (mtime 10:00) is still processed at DaqStop while B (10:01) is catalogued: A is in the next dataset."""
+    fake_dm.STATE.add_file(NAME, "B.h5", 1, 36_060.0)
+    names, mark = dataset(daq, 0.0)
+    assert names == ["B.h5"]
+
+    fake_dm.STATE.add_file(NAME, "A.h5", 1, 36_000.0)
+    fake_dm.STATE.add_file(NAME, "copied_with_cp_p.h5", 1, 1_000.0)  # an old mtime (cp -p, existing files)
+    names, mark = dataset(daq, mark)
+    assert names == ["A.h5", "copied_with_cp_p.h5"]
+    assert dataset(daq, mark) == ([], mark)
+
+
+def test_a_dataset_not_written_is_listed_again_and_a_restart_keeps_what_was_found(
+    daq, fake_dm, data_top_dir, found_record
+):
+    fake_dm.STATE.add_file(NAME, "scan_001.h5", 1, 1_000.0)
+    names, mark = dataset(daq, 0.0)
+    assert dataset(daq, 0.0) == (names, mark)  # its record was not written: the mark stayed
+
+    restarted = ApsDaq("2BM", data_top_dir, "tomodata3", found_record=found_record)
+    fake_dm.STATE.add_file(NAME, "scan_002.h5", 1, 500.0)
+    assert dataset(restarted, mark)[0] == ["scan_002.h5"]
+    assert stat.S_IMODE(found_record.stat().st_mode) == 0o600
+
+
+def test_forget_after_delete_makes_a_recreated_experiments_files_new(daq, fake_dm, sources):
+    fake_dm.STATE.add_file(NAME, "scan_001.h5", 1, 1_000.0)
+    _, mark = dataset(daq, 0.0)
+    assert dataset(daq, mark)[0] == []
+
+    daq.forget({source: f"{STORAGE}/{sub}" for source, sub in sources.items()})  # as Delete calls it
+
+    _, first = dataset(daq, 0.0)  # the re-created experiment's first dataset
+    assert first > mark
+    fake_dm.STATE.add_file(NAME, "scan_002.h5", 1, 1_000.0)
+    assert dataset(daq, first)[0] == ["scan_002.h5"]
+
+
+def test_datasets_an_earlier_version_made_by_mtime_are_not_made_again(daq, fake_dm, caplog):
+    fake_dm.STATE.add_file(NAME, "in_a_dataset.h5", 1, 1_000.0)
+    fake_dm.STATE.add_file(NAME, "after_it.h5", 1, 3_000.0)
+    caplog.set_level(logging.INFO)
+
+    names, mark = dataset(daq, 2_000.0)  # the mark an earlier version wrote: the newest mtime it listed
+
+    assert names == ["after_it.h5"]
+    assert "1 file(s) of /gdata/dm/2026-10/2026-10-Smith-1234 modified before the last dataset" in caplog.text
+    fake_dm.STATE.add_file(NAME, "late.h5", 1, 1_500.0)
+    assert dataset(daq, mark)[0] == ["late.h5"]
+
+
+def test_an_unreadable_found_record_is_kept_aside_said_once_then_started_afresh(daq, fake_dm, found_record):
+    found_record.parent.mkdir(parents=True)
+    found_record.write_bytes(b"not a database at all" * 100)
+    fake_dm.STATE.add_file(NAME, "scan_001.h5", 1, 1_000.0)
+
+    with pytest.raises(DMError, match="DM file record .* could not be read .*: kept as dm-files.sqlite.corrupt-"):
+        daq.sent_since(0.0, STORAGE)
+
+    assert dataset(daq, 0.0)[0] == ["scan_001.h5"]
+    kept = [p for p in found_record.parent.iterdir() if ".corrupt-" in p.name]
+    assert [p.read_bytes() for p in kept] == [b"not a database at all" * 100]
 
 
 def test_sent_since_reads_every_page_even_when_the_catalogue_answers_fewer_than_asked(daq, fake_dm):

@@ -846,6 +846,31 @@ def test_sent_since_after_stop_lists_what_the_cancelled_task_moved(in_storage, f
     assert "1 file(s) sent are gone" in caplog.text
 
 
+def test_sent_since_never_reads_an_outside_file_through_a_link_planted_in_the_storage(
+    in_storage, fake, tmp_path, caplog
+):
+    """Whoever may write the storage replaces a file sent, or its folder, by a symbolic link to an outside
+    file: its size and mtime never reach the record; the file is left out with a warning naming it."""
+    transfer, storage, sources = in_storage
+    outside = tmp_path / "etc"
+    outside.mkdir()
+    (outside / "shadow").write_bytes(b"s" * 999)
+    (outside / "scan_1.h5").write_bytes(b"s" * 999)
+    fake.to_move.append(f"/2026-03/{EXPERIMENT.name}/linked/scan_1.h5")
+    fake.new_task_status = "SUCCEEDED"
+    transfer.start(replace(EXPERIMENT, storage_directory=str(storage)), sources, once=True)
+    transfer.join(timeout=10)
+    (storage / "data" / "scan_3.h5").unlink()
+    (storage / "data" / "scan_3.h5").symlink_to(outside / "shadow")  # ln -sf /etc/shadow data/scan_3.h5
+    (storage / "linked").symlink_to(outside, target_is_directory=True)  # a folder sent, now a link
+
+    sent = transfer.sent_since(0.0, str(storage))
+
+    assert [(Path(f.path).name, f.size) for f in sent] == [(f"scan_{n}.h5", n) for n in (0, 1, 2, 4)]
+    assert f"{storage}/data/scan_3.h5 is not a regular file (a symbolic link?): not in the dataset" in caplog.text
+    assert f"{storage}/linked/scan_1.h5 is reached through a symbolic link ({storage}/linked)" in caplog.text
+
+
 def test_sent_since_with_globus_failing_is_a_globus_error(in_storage, fake):
     transfer, storage, sources = in_storage
     fake.new_task_status = "SUCCEEDED"

@@ -342,7 +342,7 @@ def test_esaf_is_empty(dm):
     assert dm.esaf("271828") == ([], "")
 
 
-# ------------------------------------------------------------------ storage identity (SPEC 8)
+# ------------------------------------------------------------------ storage identity (docs/interface.md section 8)
 
 
 def test_create_marks_the_storage_and_a_rerun_keeps_the_mark(dm):
@@ -355,6 +355,27 @@ def test_create_marks_the_storage_and_a_rerun_keeps_the_mark(dm):
 
     assert json.loads((storage / local_dm.STORAGE_MARKER).read_text())["id"] == marker["id"]
     assert sorted(p.name for p in storage.iterdir()) == sorted([local_dm.STORAGE_MARKER, "analysis", "data"])
+
+
+def test_the_marker_goes_into_the_folder_create_made_even_if_its_path_is_swapped(dm, roots, monkeypatch):
+    """The storage's path is swapped for another folder right after Create made (and opened) it: the marker
+    is written through Create's descriptor, in the folder Create made; the swapped-in one gets nothing."""
+    real_make_storage = LocalDM._make_storage
+    storage = roots[0] / "2026-10" / NAME
+    made = roots[0] / "2026-10" / "made-by-create"
+
+    def make_storage(self, *args):
+        fd = real_make_storage(self, *args)
+        storage.rename(made)
+        storage.mkdir()  # someone's folder at the storage's name
+        return fd
+
+    monkeypatch.setattr(LocalDM, "_make_storage", make_storage)
+
+    dm.create_experiment(experiment())
+
+    assert json.loads((made / local_dm.STORAGE_MARKER).read_text())["experiment"] == NAME
+    assert list(storage.iterdir()) == []
 
 
 def test_a_storage_marked_for_another_experiment_is_refused(dm, roots):

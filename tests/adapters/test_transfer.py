@@ -640,6 +640,43 @@ def test_a_chunk_of_files_is_copied_with_one_flush_and_each_checked(tmp_path, mo
     assert part_files(dest) == []
 
 
+def test_a_fifo_renamed_over_the_temporary_copy_neither_blocks_the_copy_nor_lands(tmp_path, monkeypatch):
+    """Whoever may write the storage renames a FIFO over `.NAME.part-XXXXXXXX` between its write and its
+    checksum: the copy is checked through the descriptor that wrote it (no name is opened again, so
+    nothing blocks) and the replaced name is not renamed into place; the retry copies the file."""
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    dest.mkdir()
+    data = os.urandom(copying.BUFFER_SIZE + 7)
+    st = write(src / "proj.h5", data).stat()
+    real_copy_data = copying._copy_data
+    planted = []
+
+    def copy_data(*args):
+        result = real_copy_data(*args)
+        if not planted:
+            (part,) = part_files(dest)
+            os.mkfifo(tmp_path / "fifo")
+            os.rename(tmp_path / "fifo", part)
+            planted.append(part)
+        return result
+
+    monkeypatch.setattr(copying, "_copy_data", copy_data)
+    items = [("proj.h5", (st.st_size, st.st_mtime_ns))]
+    outcomes = []
+    worker = threading.Thread(
+        target=lambda: outcomes.extend(copying.copy_files(str(src), str(dest), items, checksum=True)), daemon=True
+    )
+    worker.start()
+    worker.join(60)  # a copy that opens the FIFO by name would wait for a writer for ever
+
+    assert not worker.is_alive(), "the copy blocked on the FIFO renamed over its temporary file"
+    ((outcome, reason),) = outcomes
+    assert outcome == "failed" and "temporary copy" in reason and "was replaced: not renamed" in reason
+    assert not (dest / "proj.h5").exists() and part_files(dest) == []
+    assert copying.copy_files(str(src), str(dest), items, checksum=True) == [("copied", "")]
+    assert (dest / "proj.h5").read_bytes() == data
+
+
 # ------------------------------------------------------------------ confinement to the source folders
 
 

@@ -145,7 +145,7 @@ def test_an_autosaved_offset_is_said_at_start_and_create_says_which_beamtime_it_
         ioc.put("TimeOffsetDays", IN_SECOND)
         wait_for(lambda: autosave.exists() and json.loads(autosave.read_text()).get("TimeOffsetDays") == IN_SECOND,
                  what="TimeOffsetDays autosaved")  # fmt: skip
-    with IOC(config, tmp_path) as ioc:  # the next day: the offset is restored, as the README says, and said
+    with IOC(config, tmp_path) as ioc:  # the next day: the offset is restored, as docs/pvs.md says, and said
         said = f"TimeOffsetDays is {IN_SECOND:g}: the schedule is read "
         status = wait_for(lambda: (s := ioc.get("Status")).startswith(said) and s, what="the offset said at start")
         assert ioc.severity("Status") == MINOR, status

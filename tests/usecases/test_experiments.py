@@ -452,7 +452,7 @@ def test_create_reuses_the_experiment_dmagic_made_for_the_beamtime_and_a_rerun_r
     "made, reused",
     [
         pytest.param(dict(name="tomo-smith", gup="1012039"), True, id="by hand, with the GUP in DM"),
-        pytest.param(dict(name="tomo-smith", title=TITLE), True, id="by hand, with the proposal's title"),
+        pytest.param(dict(name="tomo-smith", title=TITLE), False, id="by hand, with the proposal's title only"),
         pytest.param(dict(name="2026-10-Other-1012040"), False, id="another proposal"),
         pytest.param(dict(name="tomo", gup="1012040", title=TITLE), False, id="another GUP in DM, whatever title"),
         pytest.param(dict(start=datetime(2026, 6, 10, tzinfo=CHICAGO), year_month="2026-06"), False, id="another run"),
@@ -473,6 +473,25 @@ def test_create_reuses_only_an_experiment_of_the_same_proposal_and_beamtime(beam
 
     assert fakes.state.selection == (fields["name"] if reused else EXPERIMENT)
     assert outcome.message.startswith("reused experiment" if reused else "created experiment")
+
+
+def test_create_never_reuses_an_experiment_by_its_title_alone_and_names_it(beamline, fakes, tmp_path):
+    """Made by hand, no GUP in DM nor ending its name, the same title (another proposal may share it) in the
+    same run and month: Create makes its own and gives that one nobody; Status names it, MINOR."""
+    fakes.dm.experiments["commissioning-oct"] = Experiment(
+        "commissioning-oct", title=TITLE, start=datetime(2026, 10, 14, tzinfo=CHICAGO), year_month="2026-10"
+    )
+    beamline.refresh(0.0)
+
+    outcome = beamline.create()
+
+    assert outcome == Outcome(
+        f"{created_message(tmp_path)}; an experiment with this title exists: commissioning-oct; not reused "
+        "(no GUP); Select it if it is this beamtime's",
+        warning=True,
+    )
+    assert fakes.state.selection == EXPERIMENT
+    assert fakes.dm.experiments["commissioning-oct"].users == ()
 
 
 def test_an_experiment_named_as_this_ioc_names_it_is_taken_before_any_other(created, fakes):
