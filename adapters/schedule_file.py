@@ -2,7 +2,7 @@
 
 The file is read again at every refresh, so an edit shows at the next
 `Refresh`. Times without a UTC offset are the beamline's local time. Format
-(see the README for a full example):
+(see docs/configuration.md for a full example):
 
     runs:                                  # optional
       - {name: 2026-3, start: 2026-09-29 08:00, end: 2026-12-22 08:00}

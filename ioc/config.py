@@ -110,12 +110,12 @@ class DMSettings:
     data_top_dir: Path = Path("/data")
     storage_root: Path = Path("/gdata/dm")
     group: str | None = None
-    transfer: str = "builtin"  # builtin | globus (addition, see README)
+    transfer: str = "builtin"  # builtin | globus (addition, see docs/configuration.md)
     settle_time: float = 2.0  # seconds a file must stay unchanged before transfer
     checksum: bool = False  # verify a checksum after each copy (addition)
     transfer_workers: int = 4  # files copied in parallel (addition)
     follow_schedule: bool = False  # create/select the experiment of each new beamtime by itself
-    layout: str = DEFAULT_LAYOUT  # local: where an experiment's storage goes (SPEC section 7)
+    layout: str = DEFAULT_LAYOUT  # local: where an experiment's storage goes (docs/interface.md section 7)
     subdirs: tuple[str, ...] = DEFAULT_SUBDIRS  # local: made at Create; raw -> the first, _rec -> the second
     posix: PosixSettings = PosixSettings()  # local: group ownership of the experiment tree
 
@@ -161,7 +161,7 @@ class ScicatSettings:
 
 @dataclass(frozen=True)
 class MetadataSettings:
-    """metadata: the PVs read at DaqStart and at the end of each acquisition (SPEC section 10)."""
+    """metadata: the PVs read at DaqStart and at the end of each acquisition (docs/interface.md section 10)."""
 
     pvs: dict[str, str] = field(default_factory=dict, hash=False)  # key -> PV name
 
@@ -169,7 +169,7 @@ class MetadataSettings:
 SCICAT_GROUP_FIELDS = ("gup", "beamline", "station")  # scicat.owner_group's placeholders
 
 
-# The fields Tag writes, named as tomoScan's databases name their PVs (SPEC section 6).
+# The fields Tag writes, named as tomoScan's databases name their PVs (docs/interface.md section 6).
 TAG_FIELDS = {  # Tag's fields (tomoScan's user-info record names) -> the `UserInfo` value each takes
     "UserName": "first_name",
     "UserLastName": "last_name",

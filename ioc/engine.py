@@ -152,11 +152,15 @@ class Engine:
 
         News of what command `of_command` started, while it is the last command started, is said with
         no lower a severity than that command's outcome and news raised: the end of an upload that
-        warned stays a warning."""
+        warned stays a warning. Once a later command has said its outcome, such news replaces it only
+        when more severe (a transfer's error): a script reads the outcome of its own last command."""
         if self.running is not None:
             return False
         if of_command and of_command == self._last_command:
             severity = self._last_severity = max(severity, self._last_severity)
+        elif of_command and severity <= self._pvs.status.alarm.severity:
+            log.info("%s (not on Status: %s has said its outcome since %s)", message, self._last_command, of_command)
+            return True
         await self.report(message, severity)
         return True
 

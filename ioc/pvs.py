@@ -198,7 +198,7 @@ class GuardedPVGroup(PVGroup):
 
 # Record types of the same PVs in EPICS: what `db_templates/` declares and `PV.RTYP` answers.
 # EmailMode is an mbbo although it has two states today (room for more modes).
-SPEC_RECORD_TYPES = {"EmailMode": "mbbo"}
+INTERFACE_RECORD_TYPES = {"EmailMode": "mbbo"}
 _RECORDS = {  # kind -> (record type when read-only, when clients may write)
     "string": ("stringin", "stringout"),
     "text": ("waveform", "waveform"),
@@ -209,8 +209,8 @@ _RECORDS = {  # kind -> (record type when read-only, when clients may write)
 
 def record_type(kind: str, states: tuple[str, ...], writable: bool, name: str = "") -> str:
     """The EPICS record type for a PV of `kind`: enums by their number of states, commands are bo."""
-    if name in SPEC_RECORD_TYPES:
-        return SPEC_RECORD_TYPES[name]
+    if name in INTERFACE_RECORD_TYPES:
+        return INTERFACE_RECORD_TYPES[name]
     if kind == "command":
         return "bo"
     if kind == "enum":

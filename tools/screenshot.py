@@ -1,4 +1,4 @@
-"""Render `opi/dmagic.ui` with PyDM against the demo IOC and save `docs/screenshot.png`.
+"""Render `opi/dmagic.ui` with PyDM against the demo IOC; save `docs/screenshot.png` and the PVs it shows.
 
     QT_QPA_PLATFORM=offscreen python tools/screenshot.py [--output docs/screenshot.png] [--schedule-offset 6]
 
@@ -9,7 +9,10 @@ demo's current beamtime (unless --blank), and grabs the window. With `--schedule
 the schedule is then read DAYS ahead (TimeOffsetDays + Refresh): 6 reaches the
 demo's next beamtime, so the picture shows the selected experiment's proposal
 with the highlighted "Scheduled now" line naming another beamtime (the README
-picture). `tests/e2e/test_pydm_screen.py` uses the helpers below.
+picture). The screen wears PyDM's own stylesheet, as `pydm` shows it. Beside the
+picture goes `docs/screenshot-pvs.txt`, the PVs of the captured screen, one a
+line: `tests/unit/test_screens.py` fails when `opi/dmagic.ui` shows a PV the
+picture lacks. `tests/e2e/test_pydm_screen.py` uses the helpers below.
 """
 
 from __future__ import annotations
@@ -114,6 +117,25 @@ def qt_app():
     from qtpy.QtWidgets import QApplication
 
     return QApplication.instance() or QApplication([])
+
+
+def pydm_style(app) -> None:
+    """PyDM's stylesheet (alarm colours and all) on `app`, as the `pydm` launcher puts it above every screen."""
+    from pydm.utilities.stylesheet import apply_stylesheet
+
+    apply_stylesheet(widget=app)
+
+
+def pvs_file(output: Path) -> Path:
+    """Where the PVs of the picture `output` are listed: `docs/screenshot.png` -> `docs/screenshot-pvs.txt`."""
+    return output.with_name(f"{output.stem}-pvs.txt")
+
+
+def write_pvs(output: Path, screen: Path, addresses: list[str], prefix: str) -> None:
+    """Beside the picture `output`: the PV suffixes of `addresses` (the captured screen's channels), one a line."""
+    suffixes = sorted({address.removeprefix(f"ca://{prefix}") for address in addresses})
+    header = f"# PVs that {screen.name} shows in {output.name}: written by tools/screenshot.py\n"
+    pvs_file(output).write_text(header + "".join(f"{suffix}\n" for suffix in suffixes), encoding="utf-8")
 
 
 def open_screen(path: Path, prefix: str):
@@ -221,6 +243,7 @@ def take_screenshot(
     os.environ.update(loopback_env(port))  # before the first CA call of this process
     prefix = f"shot{uuid.uuid4().hex[:6]}:"
     app = qt_app()
+    pydm_style(app)
     with tempfile.TemporaryDirectory(prefix="dmagic-screenshot-") as tmp, demo_ioc(prefix, port, Path(tmp)) as ioc:
         display = open_screen(screen, prefix)
         display.setWindowTitle(f"dmagic-ioc {prefix}")
@@ -253,6 +276,7 @@ def take_screenshot(
         output.parent.mkdir(parents=True, exist_ok=True)
         if not display.grab().save(str(output), "PNG"):
             raise OSError(f"could not write {output}")
+        write_pvs(output, screen, sorted(addresses), prefix)
         watch.close()
         display.close()
     return sorted(addresses)
@@ -274,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     addresses = take_screenshot(
         args.output, args.screen, args.timeout, create=not args.blank, schedule_offset=args.schedule_offset
     )
-    print(f"{args.output}: {len(addresses)} channels connected")
+    print(f"{args.output}: {len(addresses)} channels connected; their PVs in {pvs_file(args.output)}")
     return 0
 
 

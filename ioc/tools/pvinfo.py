@@ -1,4 +1,4 @@
-"""One description per PV, read from a `DMagicIOC`'s pvdb: what the EPICS database and the README table render.
+"""One description per PV, read from a `DMagicIOC`'s pvdb: what the EPICS database and the docs/pvs.md table render.
 
 The IOC's pvproperty definitions are the single source; `dbgen` and `pvtable`
 only format the descriptions made here.
@@ -50,7 +50,7 @@ class PVInfo:
 
     @property
     def type_label(self) -> str:
-        """The type as SPEC section 4 writes it: `wf 512`, `bi Idle/Busy`, `string`, `double`."""
+        """The type as docs/interface.md section 4 writes it: `wf 512`, `bi Idle/Busy`, `string`, `double`."""
         if self.kind == "text":
             return f"wf {self.length}"
         if self.states:

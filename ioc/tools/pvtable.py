@@ -1,7 +1,7 @@
-"""Render the Markdown table of the IOC's PVs and keep the README's copy in sync.
+"""Render the Markdown table of the IOC's PVs and keep the copy in docs/pvs.md in sync.
 
-`python -m dmagic_ioc.ioc.tools.pvtable` prints the table; `--write README.md`
-replaces the text between the pv-table markers; `--check README.md` exits
+`python -m dmagic_ioc.ioc.tools.pvtable` prints the table; `--write docs/pvs.md`
+replaces the text between the pv-table markers; `--check docs/pvs.md` exits
 non-zero when that text is out of date.
 """
 

@@ -25,6 +25,7 @@ import sys
 from caproto import ChannelType
 from caproto.server import PVGroup, PvpropertyChar, pvproperty, run, template_arg_parser
 
+from ..logs import quiet_expected_errors
 from ..pvs import wire_bytes
 
 DEFAULT_PREFIX = "demo:TomoScan:"
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     ioc = TomoScanUserInfo(**ioc_options)
     print(f"tomoscan_target: serving {len(ioc.pvdb)} PVs under {ioc_options['prefix']} on UDP port {args.port}; "
           f"clients find them with EPICS_CA_ADDR_LIST=127.0.0.1:{args.port}", file=sys.stderr)  # fmt: skip
+    quiet_expected_errors()  # a beacon nobody listens for is one line, not a traceback each time
     run(ioc.pvdb, **run_options)
 
 

@@ -1,4 +1,5 @@
-"""The README's Bluesky example, as written, against the demo as the README starts it (`dmagic-ioc`, no config)."""
+"""The Bluesky example of docs/bluesky.md, as written, against the demo as the README starts it (`dmagic-ioc`, no
+config)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ pytest.importorskip("ophyd_async", reason="the bluesky extra is not installed: p
 
 
 def readme_example() -> str:
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    return readme.split("## Bluesky", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    """The first Python block of docs/bluesky.md."""
+    page = (REPO / "docs" / "bluesky.md").read_text(encoding="utf-8")
+    return page.split("```python\n", 1)[1].split("```", 1)[0]
 
 
 def test_the_readme_example_runs_as_written_against_the_demo(tmp_path):

@@ -1,5 +1,5 @@
 """Everyday clients against the installed IOC: clearing text, nonsense numbers and enums, record fields,
-state PVs when a put completes, and logs that stay readable (SPEC sections 4, 5, 8)."""
+state PVs when a put completes, and logs that stay readable (docs/interface.md sections 4, 5, 8)."""
 
 from __future__ import annotations
 

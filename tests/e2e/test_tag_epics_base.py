@@ -164,7 +164,7 @@ def test_no_pv_answering_fails_naming_the_prefix_and_the_ioc_keeps_serving(tmp_p
 
 def test_after_create_manual_tag_writes_the_manual_person(tmp_path, schedule_path, reader):
     """The PVs describe the experiment data goes to: a manual one's person lands in tomoScan, not the
-    schedule's PI (SPEC section 5)."""
+    schedule's PI (docs/interface.md section 5)."""
     target_ioc, target = tomoscan(tmp_path)
     with target_ioc, IOC(base_config(tmp_path, schedule_path), tmp_path) as ioc:
         ioc.put("TimeOffsetDays", IN_ZOES)  # a beamtime is scheduled now: its PI must not be tagged

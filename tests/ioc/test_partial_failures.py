@@ -1,4 +1,5 @@
-"""Failures half-way through a command: what was done is kept, and a rerun completes the job (SPEC §8)."""
+"""Failures half-way through a command: what was done is kept, and a rerun completes the job (docs/interface.md
+section 8)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The `scicat:` and `metadata:` sections (SPEC sections 3 and 10): typed, validated, every problem named by key."""
+"""The `scicat:` and `metadata:` sections (docs/interface.md sections 3 and 10): typed, validated, every problem
+named by key."""
 
 from __future__ import annotations
 

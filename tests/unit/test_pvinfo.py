@@ -1,4 +1,4 @@
-"""The EPICS database and the README PV table, generated from the PV definitions, against the contract."""
+"""The EPICS database and the PV table of docs/pvs.md, generated from the PV definitions, against the contract."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def records() -> dict[str, tuple[str, dict[str, str]]]:
 
 
 def expected_record(kind: str, access: str) -> tuple[str, dict[str, str]]:
-    """The record type and the fields SPEC section 4 implies for a PV of `kind` and `access`."""
+    """The record type and the fields docs/interface.md section 4 implies for a PV of `kind` and `access`."""
     if kind == "command":
         return "bo", {"ZNAM": "Done", "ONAM": "Busy"}
     if kind.startswith("wf "):
@@ -127,6 +127,6 @@ def test_pvtable_command_line(tmp_path):
     assert pvtable.main(["--check", str(readme)]) == 2
 
 
-def test_readme_pv_table_is_current(pvs):
-    """README.md's PV table is generated: `python -m dmagic_ioc.ioc.tools.pvtable --write README.md`."""
-    assert pvtable.is_current((REPO / "README.md").read_text(encoding="utf-8"), pvtable.render_table(pvs))
+def test_docs_pv_table_is_current(pvs):
+    """docs/pvs.md's PV table is generated: `python -m dmagic_ioc.ioc.tools.pvtable --write docs/pvs.md`."""
+    assert pvtable.is_current((REPO / "docs" / "pvs.md").read_text(encoding="utf-8"), pvtable.render_table(pvs))

@@ -322,3 +322,57 @@ def test_an_offset_other_than_zero_is_highlighted(name):
         (rule,) = json.loads(ui_property(frames[0], "rules"))
         assert (rule["property"], rule["expression"], rule["initial_value"]) == ("Visible", "ch[0] != 0", "False")
         assert rule["channels"] == [{"channel": "ca://${P}TimeOffsetDays", "trigger": True, "use_enum": False}]
+
+
+# ------------------------------------------------------------------ readable alarms, long text, the picture
+
+# Text that outgrows its field: paths, a proposal title, the outcome of a command.
+LONG_TEXT = ["Status", "LastError", "ProposalTitle", "Users:Names", "DataDirectory", "StorageDirectory", "GlobusURL",
+             "Daq:LastFile"]  # fmt: skip
+SCREENSHOT_PVS = REPO / "docs" / "screenshot-pvs.txt"
+
+
+def ui_widgets(channel: str) -> list[ET.Element]:
+    root = ET.parse(OPI / "dmagic.ui").getroot()
+    return [w for w in root.iter("widget") if ui_property(w, "channel") == f"ca://${{P}}{channel}"]
+
+
+def test_pydm_minor_is_dark_text_on_yellow():
+    """PyDM's own MINOR is yellow text on the light grey of a label: the screen puts black text on yellow instead."""
+    form = ET.parse(OPI / "dmagic.ui").getroot().find("widget")
+    style = ui_property(form, "styleSheet") or ""
+    rule = re.search(r'PyDMLabel\[alarmSensitiveContent="true"\]\[alarmSeverity="1"\]\s*\{([^}]*)\}', style)
+    assert rule, style
+    assert "color: black" in rule.group(1) and "background-color" in rule.group(1), rule.group(0)
+
+
+@pytest.mark.parametrize("name", LONG_TEXT)
+def test_pydm_long_text_wraps_instead_of_being_cut(name):
+    (widget,) = ui_widgets(name)
+    assert ui_property(widget, "wordWrap") == "true"
+    assert widget.find("property/sizepolicy").get("vsizetype") != "Fixed"  # the row grows with the text
+
+
+@pytest.mark.parametrize("name", ["dmagic.bob", "dmagic_manual.bob"])
+def test_phoebus_long_text_shows_whole_in_its_tooltip(name):
+    widgets = [w for w in ET.parse(OPI / name).getroot().iter("widget") if w.get("type") == "textupdate"]
+    shown = {PV_NAME.findall(w.findtext("pv_name"))[0]: w.findtext("tooltip") or "" for w in widgets}
+    assert shown and all("$(pv_value)" in tip for pv, tip in shown.items() if pv in LONG_TEXT)
+
+
+@pytest.mark.parametrize("path", sorted(OPI.glob("*.adl")), ids=lambda p: p.name)
+def test_medm_alarm_coloured_text_sits_on_black(path):
+    """MEDM draws alarm-mode text in its alarm colours (yellow for MINOR): on black, not on a light grey."""
+    bodies = [b for k, b in adl_blocks(path) if k == "text update" and 'clrmod="alarm"' in b]
+    assert bodies and all(re.search(r"\bbclr=14\b", b) for b in bodies)  # 14: black in the screens' colour map
+
+
+def test_the_screenshot_shows_every_pv_of_the_pydm_screen():
+    """docs/screenshot.png pictures the current screen: tools/screenshot.py lists the PVs of the screen it captured."""
+    lines = SCREENSHOT_PVS.read_text(encoding="utf-8").splitlines()
+    pictured = {line.strip() for line in lines if line.strip() and not line.startswith("#")}
+    missing = sorted(named_pvs(OPI / "dmagic.ui") - pictured)
+    assert missing == [], (
+        f"opi/dmagic.ui shows {missing}, which docs/screenshot.png lacks: regenerate the picture with "
+        "QT_QPA_PLATFORM=offscreen python tools/screenshot.py --schedule-offset 6"
+    )
