@@ -21,12 +21,14 @@ every requests exception, which this IOC logs and shows on Status: the token wou
 a log.
 
 Datasets wait in an SQLite queue in state_dir (one transaction per change) and are sent by one thread of
-this adapter, with back-off while SciCat refuses or is down, after a restart too. Never twice: the pid is
-chosen by the IOC once; a dataset SciCat already has (looked up before creating) is not created again;
-each origdatablock SciCat takes is noted in the queue, and after a restart or a lost answer SciCat's
-count of the dataset's origdatablocks (one small answer, however many files they list) says whether the
-one posted last got there. Only an answer that is the dataset asked for (its pid) counts as "there" or
-"created": a SciCat answering 200 to anything keeps the dataset queued and says so.
+this adapter, with back-off while SciCat refuses or is down, after a restart too. A dataset the queue cannot
+take (a full state_dir: QueueFull, "state_dir full: ...") is refused at `submit`, so that its record is not
+written either; a queue that cannot be read stops no thread: it is said once and tried again with back-off.
+Never twice: the pid is chosen by the IOC once; a dataset SciCat already has (looked up before creating) is
+not created again; each origdatablock SciCat takes is noted in the queue, and after a restart or a lost
+answer SciCat's count of the dataset's origdatablocks (one small answer, however many files they list)
+says whether the one posted last got there. Only an answer that is the dataset asked for (its pid) counts
+as "there" or "created": a SciCat answering 200 to anything keeps the dataset queued and says so.
 """
 
 from __future__ import annotations
@@ -49,10 +51,10 @@ from urllib.parse import quote
 import requests
 
 from ..ioc.domain.catalog_values import catalog_email_problem, source_host_problem
-from ..ioc.domain.model import CatalogError, InputError, printable
+from ..ioc.domain.model import CatalogError, DiskFull, InputError, printable
 from ..ioc.domain.ports import CatalogFile, CatalogStatus, Dataset
 from ..ioc.secrets import read_credentials
-from ..ioc.statefiles import keep_aside
+from ..ioc.statefiles import disk_full, keep_aside, rollback
 from .http import MB, Answer, HttpFailure, bounded_request
 
 log = logging.getLogger(__name__)
@@ -443,19 +445,27 @@ class CatalogQueue:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: all of it is committed, or none of it; the error that stopped it is the one
+        raised (on a full disk SQLite has already rolled back)."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                rollback(self._db)
                 raise
-            self._db.execute("COMMIT")
 
     def put(self, pid: str, dataset: dict, blocks: list[dict]) -> None:
-        with self._transaction() as db:
-            db.execute("INSERT OR IGNORE INTO queue VALUES (?, ?, ?, ?, ?, 0)",
-                       (pid, STAGES[0], json.dumps(dataset), json.dumps(blocks), time.time()))  # fmt: skip
+        """Queue a dataset, durably; QueueFull ("state_dir full: ...") or CatalogError when the queue cannot
+        take it (then nothing of it is queued)."""
+        try:
+            with self._transaction() as db:
+                db.execute("INSERT OR IGNORE INTO queue VALUES (?, ?, ?, ?, ?, 0)",
+                           (pid, STAGES[0], json.dumps(dataset), json.dumps(blocks), time.time()))  # fmt: skip
+        except sqlite3.Error as error:
+            message = f"dataset {dataset.get('datasetName') or pid} not queued for SciCat in {self.path}: {error}"
+            raise (QueueFull(f"state_dir full: {message}") if disk_full(error) else CatalogError(message)) from error
 
     def pids(self) -> list[str]:
         """The pids waiting, oldest first (each read whole only when its turn comes)."""
@@ -510,6 +520,12 @@ class _Unreadable(Exception):
     """The queue file is there but is no readable queue."""
 
 
+class QueueFull(DiskFull):
+    """No space left in state_dir for a dataset in the queue: said as "state_dir full: ...", and on Catalog:Health."""
+
+    system = "Catalog"
+
+
 def _as_queued_now(dataset: dict, block: dict) -> tuple[dict, list[dict]]:
     """A dataset an earlier version queued with one origdatablock, as this version queues it: without the
     totals SciCat counts itself, an `ownerEmail`, `sourceFolderHost` or empty `proposalId` SciCat would
@@ -543,6 +559,8 @@ class ScicatCatalogue:
         self._thread: threading.Thread | None = None
         self._answered: bool | None = False if self.queue.problem else None  # a queue kept aside: Error
         self._message = self.queue.problem
+        self._logged = ""  # the last unexpected failure logged: each is logged once, not at every retry
+        self._pending = 0  # the queue's length when last read
         self.retry = self.FIRST_RETRY
 
     def submit(self, dataset: Dataset) -> None:
@@ -551,12 +569,17 @@ class ScicatCatalogue:
         self._wake.set()
 
     def status(self) -> CatalogStatus:
+        """The queue now; a queue that cannot be read is an Error saying why (the pending count last read)."""
         self._start()  # after a restart, what waits is sent without a new dataset
         with self._lock:
             answered, message = self._answered, self._message
-        pid, queued_at = self.queue.oldest() or ("", None)
+        try:
+            pid, queued_at = self.queue.oldest() or ("", None)
+            self._pending, last = self.queue.count(), self.queue.last_sent()
+        except sqlite3.Error as error:
+            return CatalogStatus(self._pending, "", False, _queue_unread(self.queue.path, error))
         since = datetime.fromtimestamp(queued_at, timezone.utc) if queued_at is not None else None
-        return CatalogStatus(self.queue.count(), self.queue.last_sent(), answered, message, pid, since)
+        return CatalogStatus(self._pending, last, answered, message, pid, since)
 
     def send_pending(self) -> int:
         """One round: send what waits, oldest first; how many were sent. A dataset SciCat refuses waits
@@ -613,15 +636,23 @@ class ScicatCatalogue:
 
     def _start(self) -> None:
         with self._lock:
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():  # started again should it ever end
                 self._thread = threading.Thread(target=self._run, name="scicat", daemon=True)
                 self._thread.start()
 
     def _run(self) -> None:
+        """The sender: a round whenever datasets wait, then a wait (the back-off); a queue that cannot be read
+        is said once and read again after the back-off, so the thread never ends."""
         while True:
-            if self.queue.count():
-                self._round()
-            self._wake.wait(self.retry if self.queue.count() else None)
+            try:
+                waiting = self.queue.count()
+                if waiting:
+                    self._round()
+                    waiting = self.queue.count()
+            except sqlite3.Error as error:
+                self._failed(_queue_unread(self.queue.path, error), error)
+                waiting = 1
+            self._wake.wait(self.retry if waiting else None)
             self._wake.clear()
 
     def _round(self) -> None:
@@ -633,11 +664,27 @@ class ScicatCatalogue:
             log.warning("catalogue: %s; retrying in %g s", error, self.retry)
             self.retry = min(self.retry * 2, self.LAST_RETRY)
         except Exception as error:  # a bug or a disk problem: the thread must live on
-            log.exception("catalogue: sending failed unexpectedly")
-            with self._lock:
-                self._answered, self._message = False, f"sending failed: {error}"
-            self.retry = min(self.retry * 2, self.LAST_RETRY)
+            self._failed(f"{'state_dir full: ' if disk_full(error) else ''}sending failed: {error}", error)
         else:
             with self._lock:
                 self._answered, self._message = True, ""
+            self._logged = ""
             self.retry = self.FIRST_RETRY
+
+    def _failed(self, message: str, error: Exception) -> None:
+        """An unexpected failure of the sender: an Error saying `message`, logged once (a traceback only for a
+        bug, not for a disk or database error), and the back-off."""
+        with self._lock:
+            self._answered, self._message = False, message
+        if message != self._logged:
+            self._logged = message
+            if isinstance(error, (sqlite3.Error, OSError)):
+                log.warning("catalogue: %s; retrying with back-off (said once)", message)
+            else:
+                log.exception("catalogue: %s", message)
+        self.retry = min(self.retry * 2, self.LAST_RETRY)
+
+
+def _queue_unread(path: Path, error: sqlite3.Error) -> str:
+    full = "state_dir full: " if disk_full(error) else ""
+    return f"{full}cannot read the catalogue queue {path}: {error}"

@@ -12,6 +12,8 @@
   stays, byte for byte, for whoever repairs or restores it.
 - `disk_full(error)` finds the no-space error (ENOSPC, EDQUOT, SQLITE_FULL) behind an error;
   `rollback(db)` undoes an SQLite transaction without hiding the error that led there.
+- `FOLDER_FLAGS` and `READ_FLAGS` open a folder or a file to read without following a symlink (and
+  without blocking on a FIFO swapped in): for the state files, the transfer's walks and the records.
 """
 
 from __future__ import annotations
@@ -33,9 +35,11 @@ PRIVATE_DIR = 0o700
 LOCK_NAME = "lock"
 # The files the IOC keeps in state_dir; a name that starts with one of these (its -wal, a copy kept
 # aside, a temporary) is a state file too. Everything in state_dir/logs is.
-STATE_FILES = ("registry.sqlite", "transfers.sqlite", "catalog.sqlite", "autosave.json", "globus-transfer.json",
-               LOCK_NAME)  # fmt: skip
+STATE_FILES = ("registry.sqlite", "transfers.sqlite", "catalog.sqlite", "dm-files.sqlite", "autosave.json",
+               "globus-transfer.json", LOCK_NAME)  # fmt: skip
 _NO_FOLLOW = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # O_NONBLOCK: a FIFO planted in its place never blocks
+FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC  # a folder, never through a symlink
+READ_FLAGS = os.O_RDONLY | os.O_NOCTTY | _NO_FOLLOW  # a file to read; check with fstat that it is a regular one
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 _SQLITE_IOERR_SHMSIZE = 4874  # SQLite could not grow a database's -shm file: what a full disk does at open
 

@@ -7,7 +7,7 @@ import errno
 import os
 import stat
 
-FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC  # a folder, never through a symlink
+from ...ioc.statefiles import FOLDER_FLAGS  # a folder, never through a symlink (the records open theirs so too)
 
 
 def shown(text: str) -> str:

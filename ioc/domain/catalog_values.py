@@ -7,7 +7,9 @@ it builds a dataset (a field SciCat would refuse is left out, or a configured
 one used). The rules are those of the validators SciCat's backend applies
 (isEmail, isFQDN and isURL with their defaults), a little stricter where that
 is simpler: a host name in ASCII (an IDN as `xn--`), no quoted name in an
-address, no user name in a host.
+address, no user name in a host. An address SciCat takes is first one the
+schedule's rule takes (`model.email_problem`: one plain address, nothing that
+could write a mail header).
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from __future__ import annotations
 import ipaddress
 import re
 
-EMAIL_CHARS = 254  # an address, in characters
-_NAME_BYTES = 64  # its part before the @
+from .model import email_problem
+
+_NAME_BYTES = 64  # an address's part before the @
 _HOST_CHARS = 253
 _URL_CHARS = 2082  # a sourceFolderHost, scheme and path included
 
@@ -49,12 +52,11 @@ def host_name_problem(name: str) -> str:
 
 def catalog_email_problem(address: str) -> str:
     """What makes `address` other than one e-mail address SciCat takes (`name@host.domain`), in a few
-    words; '' when it is one. A display name, a list, an IP or a domain without a dot are refused."""
-    if len(address) > EMAIL_CHARS:
-        return f"over {EMAIL_CHARS} characters"
-    name, at, domain = address.rpartition("@")
-    if not at:
-        return "no @"
+    words; '' when it is one: `email_problem`'s rules, then SciCat's own on each side of the @. A display
+    name, a list, an IP or a domain without a dot are refused."""
+    if why := email_problem(address):
+        return why
+    name, _, domain = address.rpartition("@")
     if len(name.encode("utf-8")) > _NAME_BYTES or not all(_NAME_ATOM.fullmatch(atom) for atom in name.split(".")):
         return f"{name!r} before the @ is not a plain name (at most {_NAME_BYTES} bytes)"
     why = host_name_problem(domain)

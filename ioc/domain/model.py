@@ -313,7 +313,8 @@ def clean_text(value: str, limit: int = TEXT_BYTES) -> tuple[str, str]:
 def email_problem(address: str) -> str:
     """What makes `address` other than one plain e-mail address (`name@domain`), in a few words; ''
     when it is one. A line break would let a value write mail headers, a comma or semicolon would
-    make it several addresses and the `Users:Emails` list ambiguous."""
+    make it several addresses and the `Users:Emails` list ambiguous. SciCat's stricter rule builds on
+    this one (`catalog_values.catalog_email_problem`)."""
     if len(address) > EMAIL_CHARS:
         return f"over {EMAIL_CHARS} characters"
     if any(char in _LINE_BREAKS for char in address):

@@ -10,6 +10,7 @@ import pytest
 import requests
 from dmagic_ioc.adapters.scicat import (
     CatalogQueue,
+    QueueFull,
     ScicatCatalogue,
     ScicatClient,
     Unreachable,
@@ -212,6 +213,57 @@ def test_a_backend_without_auth_login_is_said_not_to_be_supported(standin, crede
     client = ScicatClient(standin.url.replace("/api/v3", "/api/v2"), credentials, timeout=2)  # 404, as on LoopBack
     with pytest.raises(CatalogError, match="has no auth/login: not SciCat's current backend"):
         client.has_dataset("p")
+
+
+def test_a_full_state_dir_refuses_the_dataset_saying_so_and_leaves_the_queue_as_it_was(tmp_path, standin, credentials):
+    sender = catalogue(tmp_path, standin, credentials)
+    db = sender.queue._db
+    pages = db.execute("PRAGMA page_count").fetchone()[0]
+    db.execute(f"PRAGMA max_page_count = {pages + 2}")  # what a full state_dir does to SQLite: SQLITE_FULL
+    big = dataset("p-full", scientific_metadata={"notes": "x" * 200_000})
+    for _ in range(2):  # and again: no transaction left open by the first
+        with pytest.raises(QueueFull) as full:
+            sender.submit(big)
+        assert str(full.value) == (f"state_dir full: dataset 2026-11-DArcy-1013377-1 not queued for SciCat in "
+                                   f"{tmp_path / 'catalog.sqlite'}: database or disk is full")  # fmt: skip
+        assert full.value.system == "Catalog" and not db.in_transaction and sender.queue.count() == 0
+    db.execute("PRAGMA max_page_count = 1073741823")  # space is back
+    sender.submit(big)
+    wait_for(lambda: "p-full" in standin.datasets and sender.status().pending == 0, timeout=15, what="sent")
+
+
+def test_a_queue_that_cannot_be_read_is_said_once_and_the_sender_lives_on(tmp_path, standin, credentials, caplog):
+    sender = catalogue(tmp_path, standin, credentials)
+    sender.FIRST_RETRY = sender.retry = 0.01
+    count, failures = sender.queue.count, []
+
+    def failing_count():
+        if len(failures) < 3:
+            failures.append(1)
+            raise sqlite3.OperationalError("disk I/O error")
+        return count()
+
+    sender.queue.count = failing_count
+    sender.submit(dataset("p-io"))  # starts the sender, whose first reads fail
+    wait_for(lambda: "p-io" in standin.datasets, timeout=15, what="the dataset sent after the failures")
+    wait_for(lambda: sender.status().pending == 0, what="the queue emptied")
+    assert sender._thread is not None and sender._thread.is_alive() and len(failures) == 3
+    said = [r.getMessage() for r in caplog.records if "cannot read the catalogue queue" in r.getMessage()]
+    assert said == [f"catalogue: cannot read the catalogue queue {tmp_path / 'catalog.sqlite'}: disk I/O error; "
+                    "retrying with back-off (said once)"]  # fmt: skip
+    assert not [r for r in caplog.records if r.exc_info]  # no traceback: a disk error is no bug
+
+
+def test_a_queue_the_status_cannot_read_is_an_error_saying_why(tmp_path, standin, credentials):
+    sender = catalogue(tmp_path, standin, credentials)
+
+    def unreadable():
+        raise sqlite3.OperationalError("disk I/O error")
+
+    sender.queue.oldest = unreadable
+    status = sender.status()
+    assert status.answered is False
+    assert status.message == f"cannot read the catalogue queue {tmp_path / 'catalog.sqlite'}: disk I/O error"
 
 
 def test_an_unreadable_queue_is_kept_aside_and_a_new_one_started(tmp_path):

@@ -90,6 +90,20 @@ async def test_after_another_command_the_end_of_an_upload_says_its_own_severity(
     assert status(rig) == (f"{SUMMARY}; {DATASET}; {MISSING}", MINOR)  # its dataset's own warning
 
 
+async def test_the_quiet_end_of_an_earlier_upload_never_replaces_a_later_commands_outcome(rig):
+    """A script that ran a command after Upload reads that command's outcome, not the upload's late news."""
+    ioc = rig.ioc
+    await refreshed_and_created(rig)
+    await run(ioc.daq.upload)
+    await run(ioc.proposal.refresh)
+    said = status(rig)
+    assert said[1] == NO and said[0].startswith("proposal "), said
+    upload_finished(rig)
+    await ioc.daq.poll()
+    assert status(rig) == said
+    assert ioc.daq.daq_state.value == "Stopped"  # the end shows where it belongs
+
+
 async def test_an_upload_that_ends_in_error_says_it_major_with_its_dataset(rig):
     ioc = rig.ioc
     await refreshed_and_created(rig)
@@ -119,6 +133,21 @@ async def test_daq_stop_keeps_its_warning_and_dataset_and_a_later_error_is_still
     rig.fakes.transfer.state = TransferProgress(state=TransferState.ERROR, message="storage gone")
     await ioc.daq.poll()
     assert status(rig) == ("storage gone", MAJOR)  # news raises a warning, never lowers it
+
+
+async def test_an_upload_whose_experiment_is_deleted_before_its_end_is_seen_says_so_once(rig):
+    ioc = rig.ioc
+    await refreshed_and_created(rig)
+    await run(ioc.daq.upload)
+    upload_finished(rig)
+    rig.beamline.delete(EXPERIMENT)  # a Delete that lands before the poll that sees the upload's end
+    await ioc.daq.poll()
+    said = status(rig)
+    assert said == (f"{SUMMARY}; experiment {EXPERIMENT} was deleted before its upload was catalogued: no dataset "
+                    "made", MINOR)  # fmt: skip
+    for _ in range(3):  # the next polls say nothing more (no "cataloguing the upload failed" twice a second)
+        await ioc.daq.poll()
+    assert status(rig) == said and not rig.beamline.uploading
 
 
 async def test_background_work_with_nothing_to_say_logs_nothing(rig, caplog):

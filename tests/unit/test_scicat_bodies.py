@@ -20,6 +20,7 @@ from dmagic_ioc.ioc.domain.catalog_values import (
     host_name_problem,
     source_host_problem,
 )
+from dmagic_ioc.ioc.domain.model import email_problem
 from dmagic_ioc.ioc.domain.ports import CatalogFile, Dataset
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -203,6 +204,16 @@ def test_an_address_the_ioc_takes_scicat_takes(address):
     if not catalog_email_problem(address):
         assert is_email(address), address
         assert is_email_list(address) and not email_list_problem(address)
+
+
+@settings(max_examples=500, deadline=None)
+@given(address=st.one_of(_EMAILS, st.text(max_size=80), st.builds("{}@{}".format, st.text(max_size=20), _HOSTS)))
+def test_an_address_scicat_takes_is_one_the_schedule_takes(address):
+    """One rule set: SciCat's is the schedule's (`email_problem`) and more, never a rule of its own beside it."""
+    if not catalog_email_problem(address):
+        assert email_problem(address) == "", address
+    elif email_problem(address):
+        assert catalog_email_problem(address) == email_problem(address)  # said in the schedule's words
 
 
 @settings(max_examples=300, deadline=None)

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
+import threading
 from dataclasses import replace
 from datetime import timedelta
 
+import pytest
 from dmagic_ioc.ioc.config import MetadataSettings, ScicatSettings
+from dmagic_ioc.ioc.domain.model import DiskFull
 from dmagic_ioc.ioc.domain.ports import CatalogStatus, SentFile, TransferProgress, TransferState
-from dmagic_ioc.ioc.usecases import Outcome
+from dmagic_ioc.ioc.usecases import ManualRequest, Outcome
+from dmagic_ioc.ioc.usecases.catalog import RecordsRefused
 
 from ..fakes.ports import EXPERIMENT, NOW
 
@@ -105,21 +111,134 @@ def test_an_upload_is_catalogued_when_it_has_ended_and_only_once(created, fakes,
     assert len(records(storage_of(tmp_path))) == 1
 
 
-def test_a_storage_that_cannot_be_written_is_a_warning_not_a_failure(created, fakes, tmp_path):
+def test_a_storage_that_is_gone_is_a_warning_and_its_files_go_into_the_next_dataset(created, fakes, tmp_path):
     storage = storage_of(tmp_path)
-    storage.mkdir(parents=True, exist_ok=True)
-    (storage / "metadata").write_text("a file in the way")
     created.daq_start()
+    sent(fakes, storage, "data/a.h5", 1, 10.0)
+    storage.rename(storage.with_name("unmounted"))
     outcome = created.daq_stop()
-    assert outcome.warning and "metadata record not written" in outcome.message
+    assert outcome.warning and f"metadata record not written in {storage}/metadata: No such file" in outcome.message
+    storage.with_name("unmounted").rename(storage)
+    assert created.catalog().message == f"dataset {EXPERIMENT}-1.json: 1 file, 1 bytes"
+
+
+def test_the_records_are_the_iocs_alone_readable_as_the_data_and_their_first_line_is_their_head(
+    created, fakes, tmp_path
+):
+    storage = storage_of(tmp_path)
+    storage.chmod(0o2770)  # as the DM makes it: the proposal group writes it
+    sent(fakes, storage, "data/a.h5", 1, 10.0)
+    created.catalog()
+    folder, record = storage / "metadata", storage / "metadata" / f"{EXPERIMENT}-1.json"
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o2750 and stat.S_IMODE(record.stat().st_mode) == 0o640
+    assert folder.stat().st_gid == record.stat().st_gid == storage.stat().st_gid
+    first = record.read_text().splitlines()[0]
+    assert first == '{"n": 1, "mark": 10.0, "ended": "2026-10-15T15:00:00+00:00",', first
+    assert json.loads(record.read_text())["files"][0]["path"] == "data/a.h5"  # one JSON document all the same
+
+
+def plant(folder, name: str, mark: float, *, mode: int = 0o640, uid: int | None = None, n: int = 0) -> None:
+    """A record as the IOC writes one (its head first), numbered as `name` says unless `n`, with `mark`."""
+    path = folder / name
+    number = n or int(name.rsplit("-", 1)[1].split(".")[0])
+    head = json.dumps({"n": number, "mark": mark, "ended": "2026-10-15T14:45:00+00:00"})
+    path.write_text(head[:-1] + ',\n "files": []\n}\n')
+    path.chmod(mode)
+    if uid is not None:
+        os.chown(path, uid, -1)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="plants records of another user: needs root")
+def test_what_the_iocs_user_did_not_write_alone_is_skipped_named_and_never_hides_a_file(created, fakes, tmp_path):
+    storage = storage_of(tmp_path)
+    sent(fakes, storage, "data/a.h5", 1, 10.0)
+    created.catalog()
+    folder = storage / "metadata"
+    os.mkfifo(folder / f"{EXPERIMENT}-9.json")  # would hang a read
+    (folder / f"{EXPERIMENT}-8.json").symlink_to("/proc/self/environ")
+    plant(folder, f"{EXPERIMENT}-7.json", 1e18, mode=0o660)  # writable by the proposal group
+    plant(folder, f"{EXPERIMENT}-6.json", 1e18, uid=54321)  # a group member's
+    plant(folder, f"{EXPERIMENT}-5.json", 1e18)  # the IOC's user's, but a mark no transfer gave
+    plant(folder, f"{EXPERIMENT}-4.json", 50.0, n=3)  # renamed from another number
+    (folder / f"{EXPERIMENT}-3.json").write_text(json.dumps({"n": 3, "mark": 1e18}))  # no head line
+    sent(fakes, storage, "data/b.h5", 2, 20.0)
+    finished = threading.Event()
+    worker = threading.Thread(target=lambda: (created.catalog(), finished.set()), daemon=True)
+    worker.start()
+    assert finished.wait(30), "the FIFO planted as a record hung the command"
+    record = json.loads((folder / f"{EXPERIMENT}-10.json").read_text())  # not records(): a FIFO is among them
+    assert [f["path"] for f in record["files"]] == ["data/b.h5"]  # since record 1, the last the IOC wrote
+    sent(fakes, storage, "data/c.h5", 3, 30.0)
+    outcome = created.catalog()
+    assert outcome == Outcome(f"dataset {EXPERIMENT}-11.json: 1 file, 3 bytes")  # the planted ones said once
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="plants records of another user: needs root")
+def test_the_skipped_records_are_named_on_status_with_why(created, fakes, tmp_path):
+    storage = storage_of(tmp_path)
+    (storage / "metadata").mkdir()
+    os.mkfifo(storage / "metadata" / f"{EXPERIMENT}-3.json")
+    plant(storage / "metadata", f"{EXPERIMENT}-2.json", 1e18, uid=54321)
+    plant(storage / "metadata", f"{EXPERIMENT}-1.json", 1e18, mode=0o620)
+    sent(fakes, storage, "data/a.h5", 1, 10.0)
+    outcome = created.catalog()
+    assert outcome.warning and outcome.message == (
+        f"dataset {EXPERIMENT}-4.json: 1 file, 1 bytes; metadata: skipped in {storage}/metadata, not records of the "
+        f"IOC: {EXPERIMENT}-3.json (not a regular file); {EXPERIMENT}-2.json (owned by uid 54321); "
+        f"{EXPERIMENT}-1.json (writable by its group or others)"
+    )
+
+
+def test_an_earlier_versions_folder_writable_by_the_group_is_made_the_iocs_alone(created, fakes, tmp_path):
+    storage = storage_of(tmp_path)
+    (storage / "metadata").mkdir()
+    (storage / "metadata").chmod(0o2770)
+    plant(storage / "metadata", f"{EXPERIMENT}-1.json", 10.0, mode=0o660)  # as the earlier version wrote it
+    sent(fakes, storage, "data/a.h5", 1, 10.0)
+    outcome = created.catalog()
+    assert outcome.warning and f"{EXPERIMENT}-1.json (writable by its group or others)" in outcome.message
+    assert f"dataset {EXPERIMENT}-2.json: 1 file" in outcome.message  # not trusted: its files listed again
+    assert stat.S_IMODE((storage / "metadata").stat().st_mode) == 0o2750
+
+
+@pytest.mark.parametrize("planted", ["symlink", "file", "foreign"])
+def test_a_metadata_that_is_not_the_iocs_folder_is_refused_naming_it_and_nothing_is_written(
+    created, fakes, tmp_path, planted
+):
+    storage, elsewhere = storage_of(tmp_path), tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    if planted == "symlink":
+        (storage / "metadata").symlink_to(elsewhere, target_is_directory=True)
+    elif planted == "file":
+        (storage / "metadata").write_text("a file in the way")
+    else:
+        if os.geteuid() != 0:
+            pytest.skip("a folder of another user: needs root")
+        (storage / "metadata").mkdir()
+        os.chown(storage / "metadata", 54321, -1)
+    catalogue = with_scicat(created)
+    created.daq_start()
+    sent(fakes, storage, "data/a.h5", 1, 10.0)
+    with pytest.raises(RecordsRefused) as refused:
+        created.daq_stop()
+    why = {"symlink": "is a symbolic link, not followed", "file": "is not a folder",
+           "foreign": "is not the IOC's folder of records (owned by uid 54321"}[planted]  # fmt: skip
+    assert f"metadata record not written: {storage}/metadata {why}" in str(refused.value)
+    assert catalogue.submitted == [] and list(elsewhere.iterdir()) == []
+    if planted != "file":
+        assert not list((storage / "metadata").iterdir())
+    assert not created.uploading and created._acquisition is None  # said once: the acquisition is over
 
 
 class FakeCatalogue:
     def __init__(self):
         self.submitted = []
         self.answer = CatalogStatus()
+        self.full = False  # a full state_dir: the queue takes nothing
 
     def submit(self, dataset):
+        if self.full:
+            raise DiskFull(f"state_dir full: dataset {dataset.name} not queued for SciCat: database or disk is full")
         self.submitted.append(dataset)
 
     def status(self):
@@ -233,3 +352,66 @@ def test_a_dataset_waiting_past_stuck_after_is_an_error_naming_it_however_scicat
     created.settings = replace(created.settings, scicat=ScicatSettings(enabled=True, stuck_after=3 * 3600))
     catalogue.answer = replace(waiting, pending=1, waiting_since=NOW - timedelta(hours=3, minutes=1))
     assert "dataset p-1 waiting for SciCat for more than 3 h (" in created.catalog_status().message
+
+
+def test_a_dataset_the_queue_cannot_take_writes_no_record_and_its_files_go_into_the_next(created, fakes, tmp_path):
+    catalogue = with_scicat(created)
+    storage = storage_of(tmp_path)
+    created.daq_start()
+    sent(fakes, storage, "data/a.h5", 1, 10.0)
+    catalogue.full = True
+    with pytest.raises(DiskFull, match=f"state_dir full: dataset {EXPERIMENT}-1 not queued for SciCat"):
+        created.daq_stop()
+    assert records(storage) == [] and not list((storage / "metadata").iterdir())  # nor the one written aside
+    catalogue.full = False  # space is back
+    outcome = created.catalog()
+    (dataset,) = catalogue.submitted
+    assert outcome.message.startswith(f"dataset {EXPERIMENT}-1.json: 1 file, 1 bytes; queued for SciCat as ")
+    assert [f.path for f in dataset.files] == ["data/a.h5"] and dataset.name == f"{EXPERIMENT}-1"
+    assert records(storage)[0]["pid"] == dataset.pid
+
+
+def test_an_upload_whose_experiment_is_deleted_before_it_is_catalogued_says_so_once(created, fakes, tmp_path):
+    created.upload()
+    sent(fakes, storage_of(tmp_path), "data/a.h5", 7, 10.0)
+    fakes.transfer.state = TransferProgress(state=TransferState.STOPPED, message="upload finished")
+    created.delete(EXPERIMENT)  # lands before the poll that sees the upload's end
+    outcome = created.upload_ended()
+    assert outcome == Outcome(f"upload finished; experiment {EXPERIMENT} was deleted before its upload was "
+                              "catalogued: no dataset made", warning=True)  # fmt: skip
+    assert created.upload_ended() == Outcome("") and not created.uploading
+
+
+def test_an_upload_is_catalogued_under_its_experiment_whatever_was_selected_since(created, fakes, tmp_path):
+    storage = storage_of(tmp_path)
+    created.upload()
+    sent(fakes, storage, "data/a.h5", 7, 10.0)
+    fakes.transfer.state = TransferProgress(state=TransferState.STOPPED)
+    created.create_manual(ManualRequest())  # another experiment selected before the upload's end is seen
+    assert created.state.experiment.name != EXPERIMENT
+    assert created.upload_ended().message == f"upload catalogued: dataset {EXPERIMENT}-1.json: 1 file, 7 bytes"
+    (record,) = records(storage)
+    assert record["experiment"] == EXPERIMENT and record["proposal"]["gup"] == "1012039"
+    assert record["proposal"]["pi"]["email"] == "mei@example.edu"
+
+
+@pytest.mark.parametrize("swapped", ["fifo", "symlink", "grown"])
+def test_a_data_file_swapped_after_it_was_sent_gets_no_checksum_and_never_hangs(created, fakes, tmp_path, swapped):
+    created.settings = replace(created.settings, dm=replace(created.settings.dm, checksum=True))
+    storage = storage_of(tmp_path)
+    (storage / "data").mkdir()
+    target = storage / "data" / "b.h5"
+    if swapped == "fifo":
+        os.mkfifo(target)
+    elif swapped == "symlink":
+        (tmp_path / "secret").write_bytes(b"frames")
+        target.symlink_to(tmp_path / "secret")
+    else:
+        target.write_bytes(b"frames and more")
+    sent(fakes, storage, "data/b.h5", 6, 11.0)
+    finished = threading.Event()
+    worker = threading.Thread(target=lambda: (created.catalog(), finished.set()), daemon=True)
+    worker.start()
+    assert finished.wait(30), "a FIFO swapped in for a data file hung the command"
+    (record,) = records(storage)
+    assert record["files"] == [{"path": "data/b.h5", "size": 6, "mtime": "2025-10-09T08:53:20+00:00"}]
