@@ -170,8 +170,9 @@ class _Skipped:
 class _Walk:
     """One walk of a storage tree applying `change` to each folder and regular file, by descriptor."""
 
-    def __init__(self, tree: Path, change: _Change):
+    def __init__(self, tree: Path, change: _Change, leave: frozenset[str] = frozenset()):
         self.tree, self.change, self.skipped = tree, change, _Skipped()
+        self.leave = leave  # names in the top folder left alone, with all below them
         self.device = -1
 
     def run(self, top_fd: int) -> None:
@@ -194,6 +195,8 @@ class _Walk:
                     os.close(folder_fd)
                     continue
                 name, is_folder = names.pop()
+                if not rel and name in self.leave:
+                    continue
                 path = f"{rel}/{name}" if rel else name
                 if is_folder:
                     child = self._folder(folder_fd, name, path, len(stack))
@@ -314,13 +317,14 @@ def _top_error(tree: Path, error: OSError) -> DMError:
 # ------------------------------------------------------------------ the two calls
 
 
-def grant(folder_fd: int, tree: Path, entries: Sequence[Entry]) -> str:
+def grant(folder_fd: int, tree: Path, entries: Sequence[Entry], *, leave: Iterable[str] = ()) -> str:
     """Give `entries` on every folder of the tree open as `folder_fd` (`tree` names it), as they are and as
-    defaults, and without x on every regular file. Returns a sentence naming what got none ('' when
-    everything did); DMError when the top folder cannot take them."""
+    defaults, and without x on every regular file; the names in `leave` of its top folder are left alone.
+    Returns a sentence naming what got none ('' when everything did); DMError when the top folder cannot
+    take them."""
     if not entries:
         return ""
-    walk = _Walk(tree, _Change(entries, ()))
+    walk = _Walk(tree, _Change(entries, ()), frozenset(leave))
     walk.run(folder_fd)
     return walk.skipped.sentence(tree, "not given to")
 

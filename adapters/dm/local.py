@@ -56,6 +56,7 @@ from ...ioc.domain.model import (
     posix_group,
     storage_location,
 )
+from ...ioc.domain.ports import RECORDS_FOLDER
 from ...ioc.statefiles import disk_full
 from ..hosts import is_this_host
 from ..registry import Registry
@@ -442,7 +443,9 @@ class LocalDM:
         """rwx for dm.posix.staff_groups on the storage tree open as `storage_fd`; a warning naming the groups
         that do not exist, and what got no ACL."""
         gids = {group: gid for group in self.staff_groups if (gid := _id(grp.getgrnam, group)) is not None}
-        skipped = acl.grant(storage_fd, storage, [acl.Entry(acl.GROUP, gid, acl.WRITE) for gid in gids.values()])
+        # not the records' folder: what staff may write there, the catalogue may not trust (the IOC's alone)
+        entries = [acl.Entry(acl.GROUP, gid, acl.WRITE) for gid in gids.values()]
+        skipped = acl.grant(storage_fd, storage, entries, leave=(RECORDS_FOLDER,))
         absent = [group for group in self.staff_groups if group not in gids]
         if absent:
             return _sentences(f"dm.posix.staff_groups: unix group {', '.join(absent)} does not exist on this host: "

@@ -251,6 +251,9 @@ class CatalogFile:
     checksum: str = ""  # "<algorithm>:<hex>" (md5 from the APS DM, blake2b computed here)
 
 
+RECORDS_FOLDER = "metadata"  # in an experiment's storage: the acquisitions' records, written by the IOC alone
+
+
 @dataclass(frozen=True)
 class Dataset:
     """One acquisition as a catalogue's raw dataset; `pid` is chosen here, once."""

@@ -270,6 +270,6 @@ def test_an_uploaded_setuid_program_is_not_setuid_and_the_record_is_readable_bes
             record = storage / "metadata" / f"{UPLOADED}-1.json"
             wait_for(record.exists, timeout=30, what="the record of the second upload")
             data_folder = (storage / "data").stat()
-            assert stat.S_IMODE(record.stat().st_mode) == stat.S_IMODE(data_folder.st_mode) & 0o666 == 0o660
+            assert stat.S_IMODE(record.stat().st_mode) == stat.S_IMODE(data_folder.st_mode) & 0o644 == 0o640
             assert record.stat().st_gid == data_folder.st_gid
             assert as_user(pi, "cat", str(record)), "the PI cannot read the record beside their data"

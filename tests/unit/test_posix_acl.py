@@ -192,10 +192,10 @@ def acls_of(tree: Path) -> str:
     return getfacl(tree, "-R").replace(str(tree), "TREE")
 
 
-def walk(tree: Path, change, *args) -> str:
+def walk(tree: Path, change, *args, **options) -> str:
     fd = os.open(tree, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        return change(fd, tree, *args)
+        return change(fd, tree, *args, **options)
     finally:
         os.close(fd)
 
@@ -218,6 +218,20 @@ def test_grant_and_revoke_leave_what_setfacl_leaves(acl_folder):
     subprocess.run(["setfacl", "-R", "-P", "-x", f"u:{NOBODY},d:u:{NOBODY},u:3,d:u:3", str(theirs)], check=True)
     assert acls_of(ours) == acls_of(theirs)
     assert str(NOBODY) not in acls_of(ours) and "group:2:rw-" in getfacl(ours / "top.txt")
+
+
+@needs_acl_tools
+def test_a_grant_leaves_the_named_top_folders_alone(acl_folder):
+    """Staff's write grant leaves the records' folder as the IOC made it: records nobody else may write."""
+    tree = tree_with_every_case(acl_folder / "tree")
+    (tree / "metadata").mkdir(mode=0o750)
+    (tree / "metadata" / "exp-1.json").write_bytes(b"{}")
+    (tree / "metadata" / "exp-1.json").chmod(0o640)
+    before = getfacl(tree / "metadata", "-R")
+    assert walk(tree, acl.grant, [acl.Entry(acl.GROUP, 2, acl.WRITE)], leave=("metadata",)) == ""
+    assert getfacl(tree / "metadata", "-R") == before
+    assert os.stat(tree / "metadata" / "exp-1.json").st_mode & 0o022 == 0
+    assert "group:2:rw-" in getfacl(tree / "data" / "a.h5")  # the rest took it
 
 
 def test_links_fifos_and_deep_folders_are_left_alone_and_said(acl_folder):
