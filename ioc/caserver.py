@@ -32,13 +32,37 @@
    pauses accepting for a second, said the same way.
 5. The audit log (`ioc.audit`): every write, admitted or refused, with the
    client's address, claimed names and outcome, known when the put ends.
+6. A client that does not read hurts only itself. caproto's one loop that
+   hands every circuit its monitor updates waited for room in a full circuit
+   queue: one such client stopped every monitor of every client. A circuit's
+   queue (`UpdateQueue`) takes an update without waiting; past its limit an
+   update replaces the newest of its monitor still waiting (EPICS base
+   coalesces a slow client's updates too). A send still waiting after
+   `SEND_SECONDS` (the socket's buffers full: the client reads nothing)
+   closes the circuit. A circuit takes what waits in its queue at once
+   (caproto's costs two turns of the event loop an update, a few dozen a
+   second on a busy IOC) and keeps `UPDATE_BACKLOG` updates per monitor
+   (caproto 1,000, sent or not, as long as the monitor lives).
+7. A circuit holds at most `Context.max_channels` channels and
+   `SUBSCRIPTIONS_PER_CIRCUIT` monitors: asking for more closes it, said in
+   one line (each channel or monitor costs ~0.5 kB and the monitors CPU). It
+   reads `COMMANDS_QUEUED` commands ahead of those it answers (caproto
+   10,000, ~3 kB each): the client waits, as TCP makes it.
 
 These are subclasses of caproto's `VirtualCircuit` and `Context`
 (`caproto.asyncio.server`); they override `recv`, `_process_command`,
-`_command_queue_iteration`, `_start_write_task`, `send`, `tcp_handler`, `run` and
-`_create_broadcaster_transport`, as of caproto 1.3, and set no private
-attribute. `tests/faults/test_access.py`, `test_flood.py` and `test_audit.py`
-exercise them.
+`_command_queue_iteration`, `_start_write_task`, `send`, `_send_buffers`,
+`get_from_sub_queue`, `subscription_queue_loop`, `_on_disconnect`,
+`tcp_handler`, `run` and `_create_broadcaster_transport`, as of caproto 1.3,
+and set no private attribute. A circuit replaces three objects caproto's
+constructor makes, as caproto's server expects of its subclasses:
+`command_queue` (shorter: each command read holds ~3 kB of what was read
+with it, and caproto reads up to 10,000 ahead), `subscription_queue`
+(caproto's asyncio queue waits when full: there is no other way to take an
+update without waiting) and `unexpired_updates` (`Backlogs`: caproto sizes
+each monitor's backlog from its PV, 1,000 by default).
+`tests/faults/test_access.py`, `test_flood.py` and `test_audit.py` exercise
+them.
 """
 
 from __future__ import annotations
@@ -51,6 +75,7 @@ import logging
 import resource
 import socket
 import sys
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -59,6 +84,7 @@ import caproto as ca
 from caproto import AccessRights
 from caproto.asyncio import server as caproto_server
 from caproto.server.common import DisconnectedCircuit, LoopExit
+from caproto.server.common import VirtualCircuit as CommonCircuit
 
 from .access import ClientHost, WriteAccess
 from .audit import AuditLog, Write, write_of
@@ -77,6 +103,13 @@ OWN_FILES = 128  # open files kept for the IOC's own work (logs, state files, se
 ACCEPT_BURST = 100  # connections asyncio accepts at one wake-up (start_server's backlog), before any is admitted
 MAX_CIRCUITS = 10_000  # circuits in all at most, whatever the open-file limit (each holds ~20 kB)
 HELD_BACK_SECONDS = 10.0  # how often the lines held back by rate limits are counted in the log
+COMMANDS_QUEUED = 256  # commands a circuit reads ahead of those it has answered
+SEND_SECONDS = 5.0  # a send to a circuit that waits longer (its client reads nothing) closes the circuit
+UPDATES_QUEUED = ca.MAX_TOTAL_SUBSCRIPTION_BACKLOG  # a circuit's monitor updates waiting, past which they coalesce
+UPDATE_BACKLOG = 10  # updates a monitor keeps, the oldest dropped first (caproto's floor for large PVs)
+CHANNELS_PER_PV = 4  # a circuit holds at most this many channels per PV served ...
+MIN_CHANNELS = 1024  # ... and this many at least (~0.5 kB each)
+SUBSCRIPTIONS_PER_CIRCUIT = 4096  # monitors a circuit holds at most (each keeps up to UPDATE_BACKLOG updates, ~0.5 kB)
 
 _AUDITED: contextvars.ContextVar[Write | None] = contextvars.ContextVar("audited_write", default=None)
 
@@ -89,6 +122,10 @@ class Circuit(caproto_server.VirtualCircuit):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.write_to_audit: Write | None = None  # the write caproto is about to start (see _start_write_task)
+        self.subscription_task: asyncio.Task | None = None  # the task of `subscription_queue_loop`
+        self.command_queue: asyncio.Queue = asyncio.Queue(COMMANDS_QUEUED)  # see the module's notes 6 and 7
+        self.subscription_queue = UpdateQueue(UPDATES_QUEUED)
+        self.unexpired_updates = Backlogs()
 
     @property
     def client_hostname(self) -> ClientHost:
@@ -110,10 +147,8 @@ class Circuit(caproto_server.VirtualCircuit):
         try:
             commands, needed = self.circuit.recv(received)
         except Exception as error:  # the parser reads only the client's bytes: they are at fault
-            await self.command_queue.put(ca.DISCONNECTED)  # ends the command loop, as the end of the stream does
             await self.hang_up("malformed message", f"it sent what is not Channel Access: {_first_line(error)}")
         if needed > self.context.largest_message:
-            await self.command_queue.put(ca.DISCONNECTED)
             await self.hang_up("message too large", f"it announced a message of more than {needed:,} bytes; "
                                f"the largest this IOC takes is {self.context.largest_message:,}")  # fmt: skip
         for command in commands:
@@ -165,14 +200,34 @@ class Circuit(caproto_server.VirtualCircuit):
 
     async def hang_up(self, about: str, why: str) -> NoReturn:
         """Close this circuit for what its client did (said at a bounded rate); the server forgets it."""
+        self.drop(about, why)
+        await self._on_disconnect()
+        raise DisconnectedCircuit(why)
+
+    def drop(self, about: str, why: str) -> None:
+        """Say why this circuit closes (at a bounded rate), close its socket and tell its command loop to end.
+
+        What the client sent and waits in the command queue is dropped, and so is
+        what waits to be sent to it (asyncio would keep the socket open until the
+        client took it). caproto's loops end on the closed socket, the command
+        loop on the DISCONNECTED queued here.
+        """
         address = self.circuit.address[0]
         self.context.client_errors.say(address, about, "closed the circuit of the client at %s: %s", address, why)
-        await self._on_disconnect()  # closes the socket
-        raise DisconnectedCircuit(why)
+        close_for_good(self.client.writer.transport)
+        while not self.command_queue.empty():  # the reader may wait for room: it gets it, then finds the end
+            self.command_queue.get_nowait()
+        self.command_queue.put_nowait(ca.DISCONNECTED)
 
     async def _process_command(self, command):
         if isinstance(command, (ca.WriteRequest, ca.WriteNotifyRequest)):
             return await self._process_write(command)
+        if isinstance(command, ca.CreateChanRequest) and len(self.circuit.channels) > self.context.max_channels:
+            await self.hang_up("too many channels", f"it asked for more than {self.context.max_channels:,} "
+                               "channels, the most a circuit may hold")  # fmt: skip
+        if isinstance(command, ca.EventAddRequest) and self.subscription_count() >= SUBSCRIPTIONS_PER_CIRCUIT:
+            await self.hang_up("too many monitors", f"it asked for more than {SUBSCRIPTIONS_PER_CIRCUIT:,} "
+                               "monitors, the most a circuit may hold")  # fmt: skip
         replies = await super()._process_command(command)
         if isinstance(command, (ca.HostNameRequest, ca.ClientNameRequest)) and self.circuit.channels:
             await self.resend_access_rights()  # a new user name may change them, as in EPICS base
@@ -232,6 +287,52 @@ class Circuit(caproto_server.VirtualCircuit):
 
         await super()._start_write_task(audited)
 
+    def subscription_count(self) -> int:
+        """The monitors this circuit holds."""
+        return sum(len(subscriptions) for subscriptions in self.subscriptions.values())
+
+    async def _send_buffers(self, *buffers):
+        """caproto's, but a send still waiting after SEND_SECONDS (the client reads nothing) closes the circuit."""
+        try:
+            await asyncio.wait_for(super()._send_buffers(*buffers), SEND_SECONDS)
+        except asyncio.TimeoutError:
+            why = f"it reads nothing: what it was sent waited more than {SEND_SECONDS:g} s"
+            self.drop("not reading", why)
+            raise DisconnectedCircuit(why) from None
+
+    async def get_from_sub_queue(self, timeout=None):
+        """caproto's, but an update waiting is taken at once: caproto's wait costs a task and two turns of the
+        event loop each, so a busy loop sent a circuit a few dozen updates a second, whatever came."""
+        if not self.subscription_queue.empty():
+            return self.subscription_queue.get_nowait()
+        return await super().get_from_sub_queue(timeout)
+
+    async def subscription_queue_loop(self):
+        """caproto's, ending quietly when cancelled as the circuit closes, whether it waits or sends.
+
+        caproto's loop ends cancelled when that happens during a send, and the task
+        that closes the circuit, which awaits it, gets the CancelledError: it stops
+        half way through forgetting the circuit.
+        """
+        self.subscription_task = asyncio.current_task()
+        try:
+            await super().subscription_queue_loop()
+        except asyncio.CancelledError:
+            if self.connected:  # the server stops
+                raise
+
+    async def _on_disconnect(self):
+        """caproto's, but from the task sending monitor updates (its send failed) that task is not cancelled.
+
+        caproto's cancels and awaits it: a task awaiting itself, which breaks the next
+        task to await it ("await wasn't used with future").
+        """
+        if asyncio.current_task() is not self.subscription_task:
+            await super()._on_disconnect()
+            return
+        await CommonCircuit._on_disconnect(self)  # forgets the subscriptions; caproto's loop then ends
+        self.client.close()
+
     async def send(self, *commands):
         write = _AUDITED.get()
         if write is not None:
@@ -258,6 +359,87 @@ class Circuit(caproto_server.VirtualCircuit):
         for reply in replies:
             with contextlib.suppress(ca.LocalProtocolError):  # that channel is closing
                 await self.send(reply)
+
+
+class UpdateQueue(asyncio.Queue):
+    """A circuit's monitor updates waiting to be sent; putting one never waits (see the module's note 6).
+
+    Items are caproto's weak references to its EventAddResponses. Up to `limit`
+    updates every one is kept; past it an update replaces the newest one of its
+    subscription still waiting here, else joins the queue: it holds at most
+    `limit` updates plus one per subscription. It overrides the hooks asyncio's
+    own LifoQueue and PriorityQueue override.
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.newest: dict[int, list] = {}  # subscription id -> its newest [subscription id, update] waiting
+        super().__init__()  # without a maxsize: `put` never waits
+
+    def _init(self, maxsize: int) -> None:
+        self._queue: deque[list] = deque()  # [subscription id, update], oldest first
+
+    def _put(self, update) -> None:
+        command = update()
+        if command is None:  # dropped already from its subscription's backlog
+            return
+        waiting = self.newest.get(command.subscriptionid)
+        if waiting is not None and len(self._queue) >= self.limit:
+            waiting[1] = update
+            return
+        entry = [command.subscriptionid, update]
+        self._queue.append(entry)
+        self.newest[command.subscriptionid] = entry
+
+    def _get(self):
+        """The oldest update its subscription's backlog still holds (skipping those it dropped), held until sent.
+
+        caproto reads a weak reference only after a turn or two of the event loop;
+        with a busy loop, updates coming faster than that would all be dropped by then.
+        """
+        while True:
+            entry = self._queue.popleft()
+            if self.newest.get(entry[0]) is entry:
+                del self.newest[entry[0]]
+            command = entry[1]()
+            if command is not None:
+                return Taken(command)
+            if not self._queue:
+                return entry[1]  # dropped: caproto counts it
+
+
+class Taken:
+    """An update taken from an `UpdateQueue`, called as caproto calls its weak reference."""
+
+    __slots__ = ("command",)
+
+    def __init__(self, command):
+        self.command = command
+
+    def __call__(self):
+        return self.command
+
+
+class Backlogs(dict):
+    """A circuit's backlog of updates per monitor (caproto's `unexpired_updates`), each at most UPDATE_BACKLOG long.
+
+    caproto keeps each monitor's last updates, sent or not, as many as its PV's
+    `max_subscription_backlog` (1,000 by default, ~0.5 kB each): 2,000
+    monitors of a PV that changes ten times a second grew the IOC by 250 MB in
+    30 s.
+    """
+
+    def __setitem__(self, subscription_id, backlog: deque) -> None:
+        longest = min(backlog.maxlen or UPDATE_BACKLOG, UPDATE_BACKLOG)
+        super().__setitem__(subscription_id, deque(backlog, maxlen=longest))
+
+
+def close_for_good(transport: asyncio.BaseTransport) -> None:
+    """Close a circuit's socket; at once when bytes wait to be sent (asyncio would wait until the client takes them)."""
+    if isinstance(transport, asyncio.WriteTransport) and transport.get_write_buffer_size():
+        transport.abort()
+    else:
+        transport.close()
 
 
 def _first_line(error: Exception) -> str:
@@ -409,6 +591,7 @@ class Context(caproto_server.Context):
         self.audit = AuditLog()
         self.client_errors = RateLimitedLog(log, "lines about clients", per_key=1, total=20)
         self.largest_message = largest_message(pvdb)
+        self.max_channels = max(MIN_CHANNELS, CHANNELS_PER_PV * len(pvdb))
         may_write = write_access.admits_address if write_access is not None else _nobody
         self.circuit_limits = CircuitLimits(max_circuits_per_host, may_write)
 
@@ -451,6 +634,7 @@ class Context(caproto_server.Context):
             await super().tcp_handler(client, addr)
         finally:
             self.circuit_limits.release(address, client)
+            close_for_good(client.writer.transport)  # a client gone that left replies unread keeps no socket
 
     def loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
         """An accept failing for lack of files (asyncio retries in a second) is one line; the rest as asyncio says."""

@@ -1,4 +1,5 @@
-"""A client that may not write gains nothing: huge messages, circuit floods and garbage, through the installed IOC.
+"""A client that may not write gains nothing: huge messages, circuit, channel and monitor floods, a client that
+never reads, garbage, through the installed IOC.
 
 The hostile clients leave from other loopback addresses (127.0.0.2 and up: Linux routes all of 127.0.0.0/8 on
 lo); only 127.0.0.1 may write. Each test checks what the attack did to the IOC (its memory from
@@ -13,13 +14,26 @@ import resource
 import select
 import socket
 import struct
+import threading
+from collections import deque
 from contextlib import ExitStack
+from weakref import ref
 
 import caproto as ca
+import epics
 import pytest
 from caproto.server import PVGroup, pvproperty
 from dmagic_ioc.ioc.access import restrict_writes
-from dmagic_ioc.ioc.caserver import CircuitLimits, Context, Verdict, circuit_budget
+from dmagic_ioc.ioc.caserver import (
+    SUBSCRIPTIONS_PER_CIRCUIT,
+    UPDATE_BACKLOG,
+    Backlogs,
+    CircuitLimits,
+    Context,
+    UpdateQueue,
+    Verdict,
+    circuit_budget,
+)
 from dmagic_ioc.ioc.config import AccessSettings, ConfigError, settings_from_dict
 from dmagic_ioc.ioc.logs import CircuitChatter, RateLimitedLog
 
@@ -203,6 +217,121 @@ def test_bad_command_ids_and_garbage_are_a_few_lines_without_traceback(guarded_i
     writer_writes(ioc, "2026-11-Garbage-1")
 
 
+class RawCircuit:
+    """A circuit from `source` on caproto's protocol layer, its receive buffer `receive_buffer` bytes if given."""
+
+    def __init__(self, ioc: IOC, source: str, receive_buffer: int | None = None):
+        server = tcp_address(ioc)
+        self.sock = socket.socket()
+        if receive_buffer:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)  # before the window is agreed
+        self.sock.settimeout(5)
+        self.sock.bind((source, 0))
+        self.sock.connect(server)
+        self.circuit = ca.VirtualCircuit(ca.CLIENT, server, 0)
+        self.send(ca.VersionRequest(0, ca.DEFAULT_PROTOCOL_VERSION), ca.HostNameRequest("flood"),
+                  ca.ClientNameRequest("flood"))  # fmt: skip
+        self.channel = ca.ClientChannel(ioc.prefix + "Heartbeat", self.circuit)
+        self.send(self.channel.create())
+        while self.channel.states[ca.CLIENT] is not ca.CONNECTED:
+            commands, _ = self.circuit.recv(self.sock.recv(65536))
+            for command in commands:
+                self.circuit.process_command(command)
+        self.received = 0
+        self.ended = threading.Event()
+
+    def send(self, *commands) -> None:
+        self.sock.sendall(b"".join(self.circuit.send(*commands)))
+
+    def flood(self, messages: list[bytes], batch: int = 1000) -> None:
+        """Send raw `messages` in batches until all are sent (the kernel takes them) or the IOC hangs up."""
+        for start in range(0, len(messages), batch):
+            try:
+                self.sock.sendall(b"".join(messages[start : start + batch]))
+            except OSError:  # reset or broken pipe: the IOC hung up
+                return
+
+    def read_in_background(self) -> None:
+        """Read (and count) whatever the IOC sends until it closes the circuit; `ended` is set then."""
+
+        def read():
+            try:
+                while data := self.sock.recv(1 << 20):
+                    self.received += len(data)
+            except OSError:
+                pass
+            self.ended.set()
+
+        self.sock.settimeout(None)
+        threading.Thread(target=read, daemon=True).start()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_client_that_never_reads_hurts_no_other_monitor_and_is_hung_up(guarded_ioc):
+    ioc = guarded_ioc
+    heartbeats: list[int] = []
+    good = epics.PV(ioc.prefix + "Heartbeat", callback=lambda value=None, **_: heartbeats.append(value))
+    try:
+        wait_for(lambda: heartbeats, what="the good client's first Heartbeat update")
+        slow = RawCircuit(ioc, HOSTILE, receive_buffer=4096)
+        try:  # ~100 bytes a reply (DBR_CTRL_DOUBLE): 3,000 monitors, then 40,000 reads fill the socket's 4 MB
+            double = ca.ChannelType.CTRL_DOUBLE
+            slow.send(*(slow.channel.subscribe(data_type=double) for _ in range(3000)))
+            reads = [bytes(slow.channel.read(data_type=double, ioid=ioid)) for ioid in range(40_000)]
+            flooding = threading.Thread(target=slow.flood, args=(reads,), daemon=True)
+            flooding.start()
+            flooding.join(15)  # sent: the replies fill the socket, the monitors' updates pile up
+            seen = len(heartbeats)  # caproto stopped every monitor a few seconds on, for good
+            wait_for(lambda: len(heartbeats) >= seen + 10, timeout=20, what="10 more Heartbeat updates, good client")
+            (line,) = wait_for(lambda: log_lines(ioc, f"closed the circuit of the client at {HOSTILE}"),
+                               what="the slow client hung up")  # fmt: skip
+            assert "reads nothing" in line
+        finally:
+            slow.close()
+        writer_writes(ioc, "2026-11-Slow-1")
+    finally:
+        good.disconnect()
+    assert "Traceback" not in ioc.log()
+
+
+def test_a_flood_of_channels_closes_the_circuit_and_memory_stays_bounded(guarded_ioc):
+    ioc = guarded_ioc
+    pid = ioc.process.pid
+    before = rss_mb(pid)
+    flood = RawCircuit(ioc, HOSTILE)
+    try:
+        flood.read_in_background()  # it reads every reply: only the cap stops it
+        name = ioc.prefix + "Heartbeat"
+        requests = [bytes(ca.CreateChanRequest(name, cid, ca.DEFAULT_PROTOCOL_VERSION)) for cid in range(2, 100_002)]
+        flood.flood(requests)
+        assert flood.ended.wait(10), "the IOC kept the circuit open"
+    finally:
+        flood.close()
+    assert rss_mb(pid) < before + 16, f"RSS grew from {before:.0f} MB to {rss_mb(pid):.0f} MB"
+    (line,) = wait_for(lambda: log_lines(ioc, f"closed the circuit of the client at {HOSTILE}"), what="the line")
+    assert "channels" in line and "the most a circuit may hold" in line
+    writer_writes(ioc, "2026-11-Channels-1")
+    assert "Traceback" not in ioc.log()
+
+
+def test_a_flood_of_monitors_closes_the_circuit(guarded_ioc):
+    ioc = guarded_ioc
+    flood = RawCircuit(ioc, HOSTILE)
+    try:
+        flood.read_in_background()
+        commands = [flood.channel.subscribe() for _ in range(SUBSCRIPTIONS_PER_CIRCUIT + 1000)]
+        flood.flood([bytes(command) for command in commands], batch=100)
+        assert flood.ended.wait(10), "the IOC kept the circuit open"
+    finally:
+        flood.close()
+    (line,) = wait_for(lambda: log_lines(ioc, f"closed the circuit of the client at {HOSTILE}"), what="the line")
+    assert f"{SUBSCRIPTIONS_PER_CIRCUIT:,} monitors" in line
+    writer_writes(ioc, "2026-11-Monitors-1")
+    assert "Traceback" not in ioc.log()
+
+
 # --------------------------------------------------------------------------- the rules alone, in process
 
 
@@ -320,3 +449,31 @@ def test_caprotos_circuit_chatter_is_debug_output():
         assert chatter.filter(disconnected) and disconnected.levelname == "DEBUG"
     finally:
         logger.setLevel(level)
+
+
+class Update:
+    """A stand-in for caproto's EventAddResponse: what the update queue reads of it."""
+
+    def __init__(self, subscriptionid: int, value: int):
+        self.subscriptionid, self.value = subscriptionid, value
+
+
+async def test_past_its_limit_the_update_queue_keeps_the_newest_update_of_each_subscription():
+    queue = UpdateQueue(limit=3)
+    updates = [Update(1, 1), Update(2, 1), Update(1, 2), Update(1, 3), Update(2, 2), Update(3, 1), Update(1, 4)]
+    for update in updates:  # caproto queues weak references; it holds the updates themselves (`updates` here)
+        await queue.put(ref(update))  # never waits: nothing reads this queue
+    assert queue.qsize() == 4  # the limit, and one more for the subscription that had none waiting
+    taken = [queue.get_nowait()() for _ in range(queue.qsize())]
+    assert [(update.subscriptionid, update.value) for update in taken] == [(1, 1), (2, 2), (1, 4), (3, 1)]
+    await queue.put(ref(updates[0]))
+    assert queue.get_nowait()() is updates[0]  # below the limit again, every update is kept
+
+
+def test_a_circuit_keeps_a_short_backlog_of_updates_per_subscription():
+    backlogs = Backlogs()
+    backlogs[7] = deque(maxlen=1000)  # what caproto gives each subscription, sent or not
+    backlogs[7].extend(range(50))
+    assert list(backlogs[7]) == list(range(50 - UPDATE_BACKLOG, 50))
+    backlogs[8] = deque(maxlen=2)
+    assert backlogs[8].maxlen == 2
