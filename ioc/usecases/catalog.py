@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 RECORDS = RECORDS_FOLDER  # the folder of the records, in the experiment's storage
 HEAD = ("n", "mark", "ended")  # a record's first line: all that is read of it
 HEAD_BYTES = 4096  # at most read of a record
+EARLIER_RECORD_BYTES = 64 << 20  # at most read of a record an earlier version wrote (no head line: read whole)
 CLOCK_SLACK = 3600.0  # seconds a mark may be ahead of this host's clock (the DM's or Globus's times)
 _WRITTEN_BY_OTHERS = stat.S_IWGRP | stat.S_IWOTH
 
@@ -471,7 +472,10 @@ class RecordsFolder:
                 return None, f"owned by uid {found.st_uid}"
             if found.st_mode & _WRITTEN_BY_OTHERS:
                 return None, "writable by its group or others"
-            first = os.read(fd, HEAD_BYTES).partition(b"\n")[0]
+            start = os.read(fd, HEAD_BYTES)
+            first = start.partition(b"\n")[0]
+            if first.strip() == b"{":  # an earlier version's record, indented JSON: its head is inside
+                return _head_of_earlier(start + _read_up_to(fd, EARLIER_RECORD_BYTES - len(start)), number, latest)
         except OSError as error:
             return None, error.strerror or str(error)
         finally:
@@ -525,6 +529,28 @@ def _record_text(record: dict) -> str:
     return f"{head[:-1]},{rest[1:]}\n"
 
 
+def _read_up_to(fd: int, limit: int) -> bytes:
+    """The rest of the file open as `fd`, at most `limit` bytes (one more tells that it is longer)."""
+    chunks, left = [], limit + 1
+    while left > 0 and (chunk := os.read(fd, min(left, 1 << 20))):
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _head_of_earlier(text: bytes, number: int, latest: float) -> tuple[dict | None, str]:
+    """The head of record number `number` written by an earlier version (no head line), read whole."""
+    if len(text) > EARLIER_RECORD_BYTES:
+        return None, f"an earlier version's record larger than {EARLIER_RECORD_BYTES >> 20} MB"
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return None, "not JSON"
+    if not isinstance(record, dict) or not {"mark", "ended"} <= record.keys():
+        return None, "no mark in it"
+    return _checked({"n": number, "mark": record["mark"], "ended": record["ended"]}, latest)
+
+
 def _head_of(line: bytes, number: int, latest: float) -> tuple[dict | None, str]:
     """The head of record number `number` from its first line; None and why when it is none."""
     try:
@@ -532,7 +558,12 @@ def _head_of(line: bytes, number: int, latest: float) -> tuple[dict | None, str]
     except ValueError:
         head = None
     if not isinstance(head, dict) or head.get("n") != number or not set(HEAD) <= head.keys():
-        return None, "no record head on its first line (an earlier version's record, or none)"
+        return None, "no record head on its first line"
+    return _checked(head, latest)
+
+
+def _checked(head: dict, latest: float) -> tuple[dict | None, str]:
+    """`head` when its mark is a time before `latest`; else None and why."""
     mark = head["mark"]
     if isinstance(mark, bool) or not isinstance(mark, (int, float)) or not 0 <= mark <= latest:
         return None, f"its mark {mark!r} is no time before now"

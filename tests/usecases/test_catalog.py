@@ -189,6 +189,23 @@ def test_the_skipped_records_are_named_on_status_with_why(created, fakes, tmp_pa
     )
 
 
+def test_a_record_an_earlier_version_wrote_keeps_its_mark_after_an_upgrade(created, fakes, tmp_path):
+    """The earlier version wrote indented JSON, 0600, no head line: read whole, its files are not listed again."""
+    storage = storage_of(tmp_path)
+    (storage / "metadata").mkdir(mode=0o750)
+    earlier = storage / "metadata" / f"{EXPERIMENT}-1.json"
+    earlier.write_text(json.dumps({"n": 1, "mark": 10.0, "ended": "2026-10-15T14:45:00+00:00",
+                                   "files": [{"path": "data/a.h5"}]}, indent=1))  # fmt: skip
+    earlier.chmod(0o600)
+    sent(fakes, storage, "data/a.h5", 1, 10.0)
+    sent(fakes, storage, "data/b.h5", 2, 20.0)
+    outcome = created.catalog()
+    assert outcome == Outcome(f"dataset {EXPERIMENT}-2.json: 1 file, 2 bytes"), outcome
+    assert [f["path"] for f in json.loads((storage / "metadata" / f"{EXPERIMENT}-2.json").read_text())["files"]] == [
+        "data/b.h5"
+    ]
+
+
 def test_an_earlier_versions_folder_writable_by_the_group_is_made_the_iocs_alone(created, fakes, tmp_path):
     storage = storage_of(tmp_path)
     (storage / "metadata").mkdir()
