@@ -23,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 
 from ..ioc.domain.model import Beamtime, DiskFull, DMError, Experiment, ExperimentUser, InputError, Person
-from ..ioc.statefiles import disk_full, keep_aside, private_file, rollback
+from ..ioc.statefiles import disk_full, keep_aside, private_file, write_transaction
 
 log = logging.getLogger(__name__)
 
@@ -100,14 +100,9 @@ def migrate(conn: sqlite3.Connection, path: Path | str = "") -> int:
             "upgrade dmagic-ioc or point ioc.state_dir elsewhere"
         )
     for version in range(found, SCHEMA_VERSION):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with write_transaction(conn):
             MIGRATIONS[version](conn)
             conn.execute(f"PRAGMA user_version = {version + 1}")
-            conn.execute("COMMIT")
-        except BaseException:
-            rollback(conn)
-            raise
         log.info("registry %s: schema migrated to version %s", path, version + 1)
     return found
 
@@ -307,13 +302,8 @@ class Registry:
         """One write transaction: all of it is committed, or none of it (also on a crash)."""
         with self._lock:
             try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self._conn
-                    self._conn.execute("COMMIT")
-                except BaseException:
-                    rollback(self._conn)
-                    raise
+                with write_transaction(self._conn) as conn:
+                    yield conn
             except sqlite3.Error as error:
                 raise self._error("cannot write the registry", error) from error
 

@@ -54,7 +54,7 @@ from ..ioc.domain.catalog_values import catalog_email_problem, source_host_probl
 from ..ioc.domain.model import CatalogError, DiskFull, InputError, printable
 from ..ioc.domain.ports import CatalogFile, CatalogStatus, Dataset
 from ..ioc.secrets import read_credentials
-from ..ioc.statefiles import disk_full, keep_aside, rollback
+from ..ioc.statefiles import disk_full, keep_aside, write_transaction
 from .http import MB, Answer, HttpFailure, bounded_request
 
 log = logging.getLogger(__name__)
@@ -447,14 +447,8 @@ class CatalogQueue:
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction: all of it is committed, or none of it; the error that stopped it is the one
         raised (on a full disk SQLite has already rolled back)."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-                self._db.execute("COMMIT")
-            except BaseException:
-                rollback(self._db)
-                raise
+        with self._lock, write_transaction(self._db) as db:
+            yield db
 
     def put(self, pid: str, dataset: dict, blocks: list[dict]) -> None:
         """Queue a dataset, durably; QueueFull ("state_dir full: ...") or CatalogError when the queue cannot

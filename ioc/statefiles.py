@@ -11,13 +11,14 @@
   (`-2`, `-3`, ... when that name is taken), so the IOC can start afresh while the original
   stays, byte for byte, for whoever repairs or restores it.
 - `disk_full(error)` finds the no-space error (ENOSPC, EDQUOT, SQLITE_FULL) behind an error;
-  `rollback(db)` undoes an SQLite transaction without hiding the error that led there.
+  `write_transaction(db)` is one SQLite write transaction that never hides the error that stopped it.
 - `FOLDER_FLAGS` and `READ_FLAGS` open a folder or a file to read without following a symlink (and
   without blocking on a FIFO swapped in): for the state files, the transfer's walks and the records.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging.handlers
@@ -251,9 +252,22 @@ def causes(error: BaseException) -> Iterator[BaseException]:
         cause = cause.__cause__ or (None if cause.__suppress_context__ else cause.__context__)
 
 
-def rollback(db: sqlite3.Connection) -> None:
-    """Undo `db`'s open transaction, unless SQLite already has (it does on a full disk): the error that
-    led here is the one to say, never "cannot rollback - no transaction is active"."""
+@contextlib.contextmanager
+def write_transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction on `db` (opened with isolation_level=None): all of it committed, or none of it.
+    The error that stopped it is the one raised, never "cannot rollback - no transaction is active" (on a
+    full disk SQLite has rolled back already)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+        db.execute("COMMIT")
+    except BaseException:
+        _rollback(db)
+        raise
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    """Undo `db`'s open transaction, unless SQLite already has."""
     if db.in_transaction:
         try:
             db.execute("ROLLBACK")

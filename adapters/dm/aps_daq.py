@@ -20,7 +20,7 @@ from typing import Any
 
 from ...ioc.domain.model import DiskFull, DMError, Experiment, InputError, check_name
 from ...ioc.domain.ports import RecentRate, SentFile, TransferProgress, TransferState
-from ...ioc.statefiles import disk_full, keep_aside, private_file, rollback
+from ...ioc.statefiles import disk_full, keep_aside, private_file, write_transaction
 from ..hosts import is_this_host
 from .aps_sdk import MAX_MESSAGE, import_dm, sdk_call, sdk_epoch, sdk_field
 
@@ -106,13 +106,8 @@ class FirstFound:
             return
         db = self._open()
         try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with write_transaction(db):
                 db.executemany(sql, rows)
-                db.execute("COMMIT")
-            except BaseException:
-                rollback(db)
-                raise
         except sqlite3.Error as error:
             raise self._error("cannot write", error) from None
 

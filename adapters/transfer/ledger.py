@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ...ioc.domain.model import DiskFull, DMError
-from ...ioc.statefiles import disk_full, private_file, rollback
+from ...ioc.statefiles import disk_full, private_file, write_transaction
 
 SCHEMA_VERSION = 2
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -114,13 +114,8 @@ class Ledger:
     def _transaction(self) -> Iterator[None]:
         """One write transaction, all or nothing; LedgerFull when state_dir has no space left for it."""
         try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with write_transaction(self._db):
                 yield
-                self._db.execute("COMMIT")
-            except BaseException:
-                rollback(self._db)
-                raise
         except sqlite3.Error as error:
             self._raise_if_full(error)
             raise
