@@ -14,15 +14,15 @@ from zoneinfo import ZoneInfoNotFoundError
 
 from caproto.server import template_arg_parser
 
-from .audit import open_audit_log
-from .caserver import serve
 from .config import ConfigError, Settings, environment_problems, load_config, prefix_warning
 from .demo import demo_folder, write_demo
 from .domain.model import DMagicError, plural
 from .domain.ports import Access, DataManagement, Mailer, SchedulingSource, Transfer
-from .groups.status import package_version
-from .logs import quiet_expected_errors
-from .server import DMagicIOC, StartupProblem
+from .epics.audit import open_audit_log
+from .epics.caserver import serve
+from .epics.groups.status import package_version
+from .epics.logs import quiet_expected_errors
+from .epics.server import DMagicIOC, StartupProblem
 from .statefiles import PrivateRotatingFileHandler, StateDirInUse, lock_state_dir, private_dir, tighten_state
 from .usecases import Adapters, Beamline
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from caproto import AlarmSeverity, AlarmStatus
 
 from .domain.model import DiskFull, DMagicError, DMError, printable
-from .pvs import COMMAND_STATES, update
+from .epics.pvs import COMMAND_STATES, update
 from .statefiles import causes, disk_full
 from .usecases import SYSTEMS, Beamline, Outcome
 

@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ..pvs import DESC_BYTES, MBB_FIELDS, fit
+from ..epics.pvs import DESC_BYTES, MBB_FIELDS, fit
 from .pvinfo import PREFIX_MACRO, PVInfo, ioc_pvs
 
 log = logging.getLogger(__name__)

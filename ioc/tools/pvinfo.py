@@ -14,7 +14,7 @@ from typing import Any
 
 from caproto import ChannelType
 
-from ..pvs import is_command, record_type
+from ..epics.pvs import is_command, record_type
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +114,9 @@ def _quiet(logger_name: str) -> Iterator[None]:
 def ioc_pvs() -> list[PVInfo]:
     """Describe the PVs of a `DMagicIOC` built on default settings, without adapters (nothing is contacted)."""
     from ..config import Settings
-    from ..server import DMagicIOC
+    from ..epics.server import DMagicIOC
     from ..usecases import Beamline
 
-    with _quiet("dmagic_ioc.ioc.groups"):
+    with _quiet("dmagic_ioc.ioc.epics.groups"):
         ioc = DMagicIOC(PREFIX_MACRO, beamline=Beamline(Settings(), adapters=None))
     return describe(ioc.pvdb, PREFIX_MACRO)

@@ -25,8 +25,8 @@ import sys
 from caproto import ChannelType
 from caproto.server import PVGroup, PvpropertyChar, pvproperty, run, template_arg_parser
 
-from ..logs import quiet_expected_errors
-from ..pvs import wire_bytes
+from ..epics.logs import quiet_expected_errors
+from ..epics.pvs import wire_bytes
 
 DEFAULT_PREFIX = "demo:TomoScan:"
 DEFAULT_PORT = 5066

@@ -16,8 +16,8 @@ import caproto as ca
 import numpy
 import pytest
 from caproto import ChannelType
-from dmagic_ioc.ioc.audit import AuditLog, Write, shown_value
-from dmagic_ioc.ioc.logs import RateLimit
+from dmagic_ioc.ioc.epics.audit import AuditLog, Write, shown_value
+from dmagic_ioc.ioc.epics.logs import RateLimit
 
 from ..e2e.fixtures import BETWEEN, IN_SECOND
 from ..e2e.harness import IOC

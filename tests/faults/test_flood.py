@@ -23,8 +23,9 @@ import caproto as ca
 import epics
 import pytest
 from caproto.server import PVGroup, pvproperty
-from dmagic_ioc.ioc.access import restrict_writes
-from dmagic_ioc.ioc.caserver import (
+from dmagic_ioc.ioc.config import AccessSettings, ConfigError, settings_from_dict
+from dmagic_ioc.ioc.epics.access import restrict_writes
+from dmagic_ioc.ioc.epics.caserver import (
     SUBSCRIPTIONS_PER_CIRCUIT,
     UPDATE_BACKLOG,
     Backlogs,
@@ -34,8 +35,7 @@ from dmagic_ioc.ioc.caserver import (
     Verdict,
     circuit_budget,
 )
-from dmagic_ioc.ioc.config import AccessSettings, ConfigError, settings_from_dict
-from dmagic_ioc.ioc.logs import CircuitChatter, RateLimitedLog
+from dmagic_ioc.ioc.epics.logs import CircuitChatter, RateLimitedLog
 
 from ..e2e.fixtures import IN_SECOND
 from ..e2e.harness import IOC
@@ -109,7 +109,7 @@ def log_lines(ioc: IOC, text: str) -> list[str]:
 
 def client_lines(ioc: IOC) -> list[str]:
     """What the server said about clients (its warnings)."""
-    return log_lines(ioc, " WARNING dmagic_ioc.ioc.caserver: ")
+    return log_lines(ioc, " WARNING dmagic_ioc.ioc.epics.caserver: ")
 
 
 @pytest.fixture

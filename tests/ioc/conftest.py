@@ -6,7 +6,7 @@ import threading
 from types import SimpleNamespace
 
 import pytest
-from dmagic_ioc.ioc.server import DMagicIOC
+from dmagic_ioc.ioc.epics.server import DMagicIOC
 from dmagic_ioc.ioc.usecases import Adapters, Beamline
 
 from ..fakes.ports import NOW, fake_adapters, settings_in

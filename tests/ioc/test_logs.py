@@ -7,7 +7,7 @@ import logging
 
 import caproto as ca
 import pytest
-from dmagic_ioc.ioc.logs import BeaconFailures, beacon_failure
+from dmagic_ioc.ioc.epics.logs import BeaconFailures, beacon_failure
 
 LOOPBACK = {"EPICS_CAS_AUTO_BEACON_ADDR_LIST": "NO", "EPICS_CAS_BEACON_ADDR_LIST": "127.0.0.1",
             "EPICS_CAS_BEACON_PORT": "5999", "EPICS_CA_REPEATER_PORT": "5999"}  # fmt: skip

@@ -11,10 +11,10 @@ import caproto as ca
 import pytest
 from caproto import AccessRights, ChannelType
 from caproto.server import PVGroup, pvproperty
-from dmagic_ioc.ioc.access import ClientHost, WriteAccess, restrict_writes
 from dmagic_ioc.ioc.addresses import host_problems, parse_hosts, plain_address, resolution_problems
-from dmagic_ioc.ioc.caserver import RefusalLog, SearchSocket, _write_notify_failure
 from dmagic_ioc.ioc.config import AccessSettings, ConfigError, settings_from_dict
+from dmagic_ioc.ioc.epics.access import ClientHost, WriteAccess, restrict_writes
+from dmagic_ioc.ioc.epics.caserver import RefusalLog, SearchSocket, _write_notify_failure
 
 WRITE = AccessRights.READ | AccessRights.WRITE
 READ = AccessRights.READ
@@ -136,7 +136,7 @@ def test_users_narrow_the_hosts():
 
 
 def test_users_alone_are_accepted_with_a_warning(caplog):
-    with caplog.at_level(logging.WARNING, "dmagic_ioc.ioc.access"):
+    with caplog.at_level(logging.WARNING, "dmagic_ioc.ioc.epics.access"):
         rules = access([], ["2bmbop"])
     assert "write_users without write_hosts" in caplog.text and "2bmbop" in caplog.text
     assert rights(rules, "192.0.2.9", user="2bmbop") == WRITE
@@ -144,7 +144,7 @@ def test_users_alone_are_accepted_with_a_warning(caplog):
 
 
 def test_a_bad_entry_admits_nobody(caplog):
-    with caplog.at_level(logging.ERROR, "dmagic_ioc.ioc.access"):
+    with caplog.at_level(logging.ERROR, "dmagic_ioc.ioc.epics.access"):
         rules = access(["10.54.1.7/24"])
     assert "admits nobody" in caplog.text
     assert rights(rules, "10.54.1.7") == READ
@@ -156,7 +156,7 @@ def test_a_bad_entry_admits_nobody(caplog):
 def test_names_resolve_at_start_and_again(caplog):
     dns = FakeDNS()
     rules = WriteAccess(["tomo1", "10.54.1.0/24"], [], resolver=dns)
-    with caplog.at_level(logging.INFO, "dmagic_ioc.ioc.access"):
+    with caplog.at_level(logging.INFO, "dmagic_ioc.ioc.epics.access"):
         assert rules.resolve() is False  # tomo1 does not resolve yet: it admits nobody
         assert "tomo1 does not resolve" in caplog.text and "admits nobody" in caplog.text
         assert rights(rules, "10.54.2.5") == READ
@@ -238,7 +238,7 @@ def test_a_failed_put_with_completion_also_gets_its_write_notify_reply():
 
 def test_refused_writes_are_logged_once_a_minute_per_address(caplog):
     refusals = RefusalLog(period=60)
-    with caplog.at_level(logging.WARNING, "dmagic_ioc.ioc.caserver"):
+    with caplog.at_level(logging.WARNING, "dmagic_ioc.ioc.epics.caserver"):
         for _ in range(5):
             refusals.note("t:Create", "10.54.9.9", "visitor", "opi-allowed", "its address is not in write_hosts")
         refusals.note("t:Create", "10.54.9.8", "visitor", "laptop", "its address is not in write_hosts")
@@ -248,7 +248,7 @@ def test_refused_writes_are_logged_once_a_minute_per_address(caplog):
                         "as it claims): its address is not in write_hosts")  # fmt: skip
     assert "client at 10.54.9.8" in lines[1]
     refusals.period = 0
-    with caplog.at_level(logging.WARNING, "dmagic_ioc.ioc.caserver"):
+    with caplog.at_level(logging.WARNING, "dmagic_ioc.ioc.epics.caserver"):
         refusals.note("t:Create", "10.54.9.9", "visitor", "opi-allowed", "its address is not in write_hosts")
     assert caplog.messages[-1].endswith("; 4 more writes from 10.54.9.9 refused since its last line")
 

@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any
 
 from caproto import AccessRights
 
-from .addresses import IPAddress, os_reason, parse_hosts, plain_address, resolve_host
+from ..addresses import IPAddress, os_reason, parse_hosts, plain_address, resolve_host
 
 if TYPE_CHECKING:
-    from .config import AccessSettings
+    from ..config import AccessSettings
 
 log = logging.getLogger(__name__)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from caproto import AlarmSeverity
 
-from ..domain.ports import CatalogStatus
+from ...domain.ports import CatalogStatus
+from ...usecases import BeamlineState
 from ..pvs import command, long, text, update
-from ..usecases import BeamlineState
 from .base import CommandGroup
 
 POLL_SECONDS = 0.5

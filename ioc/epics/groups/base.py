@@ -6,9 +6,9 @@ from collections.abc import Callable
 
 from caproto import AlarmSeverity, SkipWrite
 
-from ..engine import Engine
+from ...engine import Engine
+from ...usecases import Beamline, Outcome
 from ..pvs import COMMAND_STATES, GuardedPVGroup
-from ..usecases import Beamline, Outcome
 
 
 class CommandGroup(GuardedPVGroup):

@@ -13,16 +13,16 @@ from pathlib import Path
 
 from caproto import AlarmSeverity
 
+from ..engine import Engine, first_health
+from ..statefiles import disk_full, keep_aside
+from ..usecases import Beamline
 from .access import restrict_writes
-from .engine import Engine, first_health
 from .groups.catalog import CatalogGroup
 from .groups.daq import DaqGroup
 from .groups.experiment import ExperimentGroup
 from .groups.proposal import ProposalGroup
 from .groups.status import StatusGroup
 from .pvs import is_command, serve_record_fields
-from .statefiles import disk_full, keep_aside
-from .usecases import Beamline
 
 log = logging.getLogger(__name__)
 

@@ -86,9 +86,9 @@ from caproto.asyncio import server as caproto_server
 from caproto.server.common import DisconnectedCircuit, LoopExit
 from caproto.server.common import VirtualCircuit as CommonCircuit
 
+from ..config import AccessSettings
 from .access import ClientHost, WriteAccess
 from .audit import AuditLog, Write, write_of
-from .config import AccessSettings
 from .logs import Held, RateLimit, RateLimitedLog, flush_rate_limits, held_text
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ import logging
 
 from caproto import AlarmSeverity
 
-from ..domain.ports import TransferProgress, TransferState
+from ...domain.ports import TransferProgress, TransferState
 from ..pvs import COMMAND_STATES, command, double, enum, long, text, update
 from .base import CommandGroup
 

@@ -8,10 +8,10 @@ import time
 
 from caproto import AlarmSeverity, SkipWrite
 
-from ..domain.model import LIST_BYTES, TEXT_BYTES, TITLE_BYTES, UserInfo, iso, user_lists
-from ..engine import CommandFailed
+from ...domain.model import LIST_BYTES, TEXT_BYTES, TITLE_BYTES, UserInfo, iso, user_lists
+from ...engine import CommandFailed
+from ...usecases import BeamlineState
 from ..pvs import NO_YES, command, double, enum, long, string, text, update
-from ..usecases import BeamlineState
 from .base import CommandGroup
 
 log = logging.getLogger(__name__)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from caproto import AlarmSeverity
 
+from ...usecases import BeamlineState, ManualRequest
 from ..pvs import NO_YES, command, enum, long, string, text, update
-from ..usecases import BeamlineState, ManualRequest
 from .base import CommandGroup
 
 EMAIL_MODES = ("New users", "All users")  # who Email writes to

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import caproto as ca
 
-from .domain.model import printable
+from ..domain.model import printable
+from ..statefiles import PrivateRotatingFileHandler
 from .logs import Held, RateLimit, counted, held_text
 from .pvs import wire_bytes
-from .statefiles import PrivateRotatingFileHandler
 
 LOGGER = "dmagic_ioc.audit"
 log = logging.getLogger(LOGGER)
