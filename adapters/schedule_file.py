@@ -33,16 +33,14 @@ try:
 except ImportError:  # PyYAML without libyaml: the Python parser, 40 times slower (3 s for a 10 MB title)
     from yaml import SafeLoader as _SafeLoader  # type: ignore[assignment]
 
-from ..ioc.domain.model import (
-    BADGE,
-    Beamtime,
-    Person,
-    Run,
-    SchedulingError,
-    clean_beamtime,
-    parse_time,
-    printable,
-)
+from ..ioc.domain.beamtime import Beamtime, Run, clean_beamtime
+from ..ioc.domain.errors import SchedulingError
+from ..ioc.domain.esaf import Esaf
+from ..ioc.domain.naming import BADGE
+from ..ioc.domain.people import Person
+from ..ioc.domain.proposal import Proposal
+from ..ioc.domain.text import printable
+from ..ioc.domain.times import parse_time
 
 log = logging.getLogger(__name__)
 
@@ -124,17 +122,15 @@ class FileSchedule:
         start, end = self._time(entry, "start", where), self._time(entry, "end", where)
         if end <= start:
             raise SchedulingError(f"{self.path}: {where}: end is not after start")
-        beamtime = Beamtime(
+        proposal = Proposal(
             gup=self._text(entry, "gup", where, required=True),
             title=self._text(entry, "title", where),
-            proposal_type=self._text(entry, "type", where),
-            start=start,
-            end=end,
+            kind=self._text(entry, "type", where),
             people=tuple(self._person(p, f"{where}.people[{i}]") for i, p in enumerate(people)),
-            esaf=self._text(entry, "esaf", where),
             proprietary=self._flag(entry, "proprietary", where),
             mail_in=self._flag(entry, "mail_in", where),
         )
+        beamtime = Beamtime(proposal, start, end, esaf_form=Esaf.numbered(self._text(entry, "esaf", where)))
         return clean_beamtime(beamtime)  # each value on its own: one bad value affects that value alone
 
     def _person(self, entry: object, where: str) -> Person:

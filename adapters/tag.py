@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from caproto import AccessRights, CaprotoError, ChannelType
 from caproto.threading.client import PV, Context, SharedBroadcaster
 
-from ..ioc.domain.model import MissingPVs, TagError
+from ..ioc.domain.errors import MissingPVs, TagError
 
 log = logging.getLogger(__name__)
 

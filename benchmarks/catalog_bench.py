@@ -3,7 +3,7 @@
     python benchmarks/catalog_bench.py [--files 10000]
 
 Fills a transfer ledger with `--files` sent files, then times, as DaqStop runs
-them: the use case's record (the ledger's `sent_since`, the JSON written aside
+them: the Catalog handler's record (the ledger's `sent_since`, the JSON written aside
 and renamed, the SciCat dataset built and queued in SQLite) and the sending of
 the queue (login, the lookup, POST datasets, POST origdatablocks of 10,000
 files each) to tests/scicat_standin.py on 127.0.0.1, which checks every body as
@@ -22,11 +22,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests package, for the stand-in
 
-from dmagic_ioc.adapters.scicat import ScicatCatalogue, ScicatClient
+from dmagic_ioc.adapters.records import StorageRecords
+from dmagic_ioc.adapters.scicat.catalogue import ScicatCatalogue
+from dmagic_ioc.adapters.scicat.client import ScicatClient
 from dmagic_ioc.adapters.transfer.local import LocalTransfer
-from dmagic_ioc.ioc.config import BeamlineSettings, DMSettings, IocSettings, ScicatSettings, Settings
-from dmagic_ioc.ioc.domain.model import Experiment, ExperimentUser
-from dmagic_ioc.ioc.usecases import Adapters, Beamline
+from dmagic_ioc.ioc.app.commands import HANDLERS
+from dmagic_ioc.ioc.app.handling import handle
+from dmagic_ioc.ioc.app.messages import Catalog, ReadSelection
+from dmagic_ioc.ioc.app.services import Adapters, Services
+from dmagic_ioc.ioc.app.state import BeamlineState
+from dmagic_ioc.ioc.domain.experiment import Experiment, ExperimentUser
+from dmagic_ioc.ioc.settings.schema import BeamlineSettings, DMSettings, IocSettings, ScicatSettings, Settings
 
 from tests.fakes.ports import FakeDM, FakeSchedule, FakeState, FakeTag
 from tests.scicat_standin import ScicatStandIn
@@ -63,14 +69,18 @@ def main() -> int:
         state = FakeState()
         state.select("bench")
         adapters = Adapters(scheduling=FakeSchedule(), dm=dm, state=state, transfer=transfer, tag=FakeTag(),
-                            catalogue=catalogue)  # fmt: skip
-        beamline = Beamline(settings, adapters, clock=lambda: datetime.now(timezone.utc))
-        beamline.load_selection()
-        beamline.state = replace(beamline.state, experiment=experiment)
+                            catalogue=catalogue, records=StorageRecords())  # fmt: skip
+        services = Services(settings, adapters, clock=lambda: datetime.now(timezone.utc))
+        selection = handle(HANDLERS, services, BeamlineState(), ReadSelection())
+        selected = replace(selection.state, experiment=experiment)
 
         started = time.perf_counter()
-        outcome = beamline.catalog()
+        result = handle(HANDLERS, services, selected, Catalog())
         built = time.perf_counter() - started
+        if result.error is not None:
+            raise result.error
+        assert result.outcome is not None
+        outcome = result.outcome
         sent = catalogue.send_pending()
         total = time.perf_counter() - started
         (held,) = standin.datasets.values()

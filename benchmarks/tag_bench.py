@@ -5,7 +5,7 @@
 
 Starts two EPICS base IOCs (pythonSoftIOC, tests/e2e/softioc_target.py) on loopback ports of their own,
 loading tests/data/tomoscan_user_info.db, one of them with tests/data/tomoscan_esaf_doi.db too. Each
-round runs the Tag use case on the real CaTag, as the IOC's Tag command does (a PV the target lacks is
+round runs the Tag handler on the real CaTag, as the IOC's Tag command does (a PV the target lacks is
 left out, and the others are written). Reports the median and the best time of each target, and its
 ratio to the target that has every PV: what an absent PV costs. The target is a stock tomoScan under
 0.3 s.
@@ -28,8 +28,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests package: its fakes, target IOC, databases
 
 from dmagic_ioc.adapters.tag import CaTag
-from dmagic_ioc.ioc.domain.model import MissingPVs
-from dmagic_ioc.ioc.usecases import Adapters, Beamline
+from dmagic_ioc.ioc.app.commands import schedule
+from dmagic_ioc.ioc.app.handling import Step
+from dmagic_ioc.ioc.app.messages import Refresh, Tag
+from dmagic_ioc.ioc.app.services import Adapters, Services
+from dmagic_ioc.ioc.app.state import BeamlineState, Outcome
+from dmagic_ioc.ioc.domain.errors import MissingPVs
 from many_clients import free_port, loopback_env
 
 from tests.fakes.ports import NOW, fake_adapters, settings_in
@@ -83,13 +87,13 @@ def wait_ready(pv_name: str, process: subprocess.Popen) -> None:
         context.disconnect()
 
 
-def timed(tag: Callable[[], object], rounds: int) -> tuple[list[float], str]:
+def timed(tag: Callable[[], Outcome], rounds: int) -> tuple[list[float], str]:
     """`rounds` timings of `tag()`, and what its last run said."""
     seconds, said = [], ""
     for _ in range(rounds):
         started = time.perf_counter()
         try:
-            said = tag().message  # type: ignore[attr-defined]
+            said = tag().message
         except MissingPVs as error:
             said = f"refused: {error}"
         seconds.append(time.perf_counter() - started)
@@ -116,12 +120,12 @@ def main() -> int:
             stack.enter_context(epics_base_target(prefix, port, env, name == "with ESAFDOINumber", tmp / f"{port}.log"))
         fakes = fake_adapters(tmp)
         fakes.tag = CaTag()
-        beamline = Beamline(settings_in(tmp), Adapters(**vars(fakes)), clock=lambda: NOW)
-        beamline.refresh(0.0)
+        step = Step(Services(settings_in(tmp), Adapters(**vars(fakes)), clock=lambda: NOW), BeamlineState())
+        schedule.refresh(step, Refresh(0.0))  # the proposal shown, from the fake schedule
         results = {}
         for name, prefix in targets.items():
             rounds = max(1, args.rounds // 5) if name == "nothing there" else args.rounds
-            results[name], said = timed(lambda prefix=prefix: beamline.tag(prefix), rounds)
+            results[name], said = timed(lambda prefix=prefix: schedule.tag(step, Tag(prefix)), rounds)
             print(f"{name:>18}: {said}")
     reference = statistics.median(results["with ESAFDOINumber"])
     print(f"\n{'target':>18}  {'median':>8}  {'best':>8}  {'ratio':>6}  (rounds)")

@@ -25,10 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from dmagic_ioc.adapters.dm.local import write_storage_marker
+from dmagic_ioc.adapters.dm.marker import write_storage_marker
 from dmagic_ioc.adapters.transfer.local import LocalTransfer
 from dmagic_ioc.adapters.transfer.scan import Tree
-from dmagic_ioc.ioc.domain.model import Experiment
+from dmagic_ioc.ioc.domain.experiment import Experiment
 from dmagic_ioc.ioc.domain.ports import TransferState
 
 MB = 1e6

@@ -10,28 +10,34 @@ import sys
 import tempfile
 from datetime import datetime
 from pathlib import Path
-from zoneinfo import ZoneInfoNotFoundError
 
 from caproto.server import template_arg_parser
 
-from .config import ConfigError, Settings, environment_problems, load_config, prefix_warning
+from .app.services import Adapters, Services
+from .app.supervisor import Supervisor
 from .demo import demo_folder, write_demo
-from .domain.model import DMagicError, plural
+from .domain.errors import DMagicError
+from .domain.naming import plural
 from .domain.ports import Access, DataManagement, Mailer, SchedulingSource, Transfer
 from .epics.audit import open_audit_log
-from .epics.caserver import serve
+from .epics.caserver.context import serve
+from .epics.declarations import every_pv
 from .epics.groups.status import package_version
 from .epics.logs import quiet_expected_errors
 from .epics.server import DMagicIOC, StartupProblem
+from .settings.load import ConfigError, load_config
+from .settings.preflight import preflight_problems
+from .settings.rules import prefix_warning
+from .settings.schema import Settings
 from .statefiles import PrivateRotatingFileHandler, StateDirInUse, lock_state_dir, private_dir, tighten_state
-from .usecases import Adapters, Beamline
 
 log = logging.getLogger("dmagic_ioc")
 
 
 def build_adapters(settings: Settings) -> Adapters:
     """The adapters the config selects; each backend's modules are imported only when chosen."""
-    from ..adapters.registry import Registry
+    from ..adapters.records import StorageRecords
+    from ..adapters.registry.store import Registry
     from ..adapters.tag import CaTag
 
     state_dir = settings.ioc.state_dir
@@ -89,7 +95,8 @@ def build_adapters(settings: Settings) -> Adapters:
 
     mailer: Mailer | None = None
     if settings.email.enabled:
-        from ..adapters.email import OutboxMailer, SmtpMailer, load_template
+        from ..adapters.email import OutboxMailer, SmtpMailer
+        from ..adapters.email_message import load_template
 
         e = settings.email
         template = load_template(e.template)  # a bad template is refused at start
@@ -107,14 +114,16 @@ def build_adapters(settings: Settings) -> Adapters:
 
     catalogue = None
     if settings.scicat.enabled:
-        from ..adapters.scicat import ScicatCatalogue, ScicatClient
+        from ..adapters.scicat.catalogue import ScicatCatalogue
+        from ..adapters.scicat.client import ScicatClient
 
         s = settings.scicat
         assert s.credentials is not None  # the config requires it when scicat.enabled
         catalogue = ScicatCatalogue(ScicatClient(s.url, s.credentials, s.timeout), state_dir / "catalog.sqlite")
 
     return Adapters(scheduling=scheduling, dm=dm, state=registry, transfer=transfer, tag=CaTag(),
-                    access=access, mailer=mailer, metadata=metadata, catalogue=catalogue)  # fmt: skip
+                    access=access, mailer=mailer, metadata=metadata, catalogue=catalogue,
+                    records=StorageRecords())  # fmt: skip
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -152,63 +161,6 @@ def state_problems(settings: Settings, registry) -> list[StartupProblem]:
         if empty:
             problems.append(StartupProblem(empty))
     return problems
-
-
-def preflight_problems(settings: Settings) -> list[str]:
-    """`--check` beyond the config's own checks: folders, group, secrets, the schedule file, the template."""
-    from ..adapters.hosts import is_this_host
-    from ..adapters.registry import unreadable
-
-    problems = environment_problems(settings, data_is_local=is_this_host(settings.dm.data_host))
-    registry = settings.ioc.state_dir / "registry.sqlite"
-    if why := unreadable(registry):
-        problems.append(f"ioc.state_dir: {registry} cannot be read ({why}); at start it is kept aside, "
-                        "and an empty registry started: put back a backup first")  # fmt: skip
-    try:
-        tz = settings.beamline.tz
-    except (ZoneInfoNotFoundError, ValueError):
-        tz = None  # the config's own checks name beamline.timezone; the schedule's times cannot be read without it
-    if settings.scheduling.backend == "file" and settings.scheduling.path is not None and tz is not None:
-        from ..adapters.schedule_file import FileSchedule
-
-        schedule = FileSchedule(settings.scheduling.path, tz)
-        try:
-            runs = schedule.runs()
-            if runs:
-                schedule.beamtimes(runs[0])  # reads every entry of the file
-        except DMagicError as error:
-            problems.append(f"scheduling.path: {error}")
-    if settings.email.enabled:
-        from ..adapters.email import load_template
-
-        try:
-            load_template(settings.email.template)
-        except DMagicError as error:
-            said = str(error)
-            if not said.startswith("email.template"):
-                said = f"email.template: {settings.email.template}: {said.removeprefix('email template: ')}"
-            problems.append(said)
-        if settings.email.outbox is not None:
-            from ..adapters.email import outbox_problem
-
-            if problem := outbox_problem(settings.email.outbox):
-                problems.append(f"email.outbox: {problem}")
-    problems += _scicat_account_problems(settings, problems)
-    return problems
-
-
-def _scicat_account_problems(settings: Settings, found: list[str]) -> list[str]:
-    """When scicat.enabled and its keys are sound: log in and say what the account lacks (creating datasets
-    under the IOC's pids, reading them back). Never with a config the checks refuse: its password could go
-    where it must not."""
-    from .config import scicat_problems
-
-    s = settings.scicat
-    if not s.enabled or s.credentials is None or scicat_problems(s) or any(p.startswith("scicat.") for p in found):
-        return []
-    from ..adapters.scicat import ScicatClient, account_problems
-
-    return account_problems(ScicatClient(s.url, s.credentials, s.timeout), s.access_groups, s.contact_email)
 
 
 def check(config_path: Path, prefix: str, *, demo: bool) -> int:
@@ -301,8 +253,7 @@ def run_on(args: argparse.Namespace, config_path: Path) -> int:
         print(f"dmagic-ioc: warning: {warning}", file=sys.stderr)
 
     if args.print_pvs:
-        ioc = DMagicIOC(prefix, beamline=Beamline(settings, adapters=None))
-        print("\n".join(ioc.pvdb))
+        print("\n".join(prefix + pv.name for pv in every_pv()))
         return 0
 
     state_dir = settings.ioc.state_dir
@@ -322,9 +273,10 @@ def run_on(args: argparse.Namespace, config_path: Path) -> int:
         return 1
     for failure in tighten_state(state_dir):  # files an earlier version or another umask left readable
         log.warning("state file still readable by others: %s", failure)
-    ioc = DMagicIOC(prefix, beamline=Beamline(settings, adapters), startup_problems=problems)
+    supervisor = Supervisor(Services(settings, adapters))
+    ioc = DMagicIOC(prefix, supervisor=supervisor, startup_problems=problems)
     signal.signal(signal.SIGTERM, _interrupt)  # systemd stops with SIGTERM: shut down cleanly
-    log.info("dmagic-ioc %s serving %d PVs under %s", ioc.status.version.value, len(ioc.pvdb), prefix)
+    log.info("dmagic-ioc %s serving %d PVs under %s", package_version(), len(ioc.pvdb), prefix)
     serve(ioc.pvdb, write_access=ioc.write_access, max_circuits_per_host=settings.ioc.access.max_circuits_per_host,
           startup_hook=ioc.startup, interfaces=args.interfaces, log_pv_names=args.list_pvs)  # fmt: skip
     return 0

@@ -14,7 +14,7 @@ import os
 import stat
 from pathlib import Path
 
-from .domain.model import InputError
+from .domain.errors import InputError
 
 
 def is_loopback(host: str) -> bool:

@@ -27,7 +27,8 @@ CA_TIMEOUT = 20.0
 def contract_pvs() -> list[tuple[str, str, str, str]]:
     """(name, kind, type, access) of every PV of the contract (docs/interface.md section 4)."""
     lines = CONTRACT_PVS.read_text(encoding="utf-8").splitlines()
-    return [tuple(line.split("\t")) for line in lines if line and not line.startswith("#")]
+    rows = [line.split("\t") for line in lines if line and not line.startswith("#")]
+    return [(name, kind, type_, access) for name, kind, type_, access in rows]
 
 
 def free_port() -> int:

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from ...ioc.domain.model import DMError
+from ...ioc.domain.errors import DMError
 from ..transfer.folders import FOLDER_FLAGS, shown
 
 ACCESS = "system.posix_acl_access"

@@ -14,7 +14,10 @@ from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Any
 
-from ...ioc.domain.model import DMError, Experiment, ExperimentUser, InputError, Person, check_name, year_month
+from ...ioc.domain.errors import DMError, InputError
+from ...ioc.domain.experiment import Experiment, ExperimentUser
+from ...ioc.domain.naming import check_name, year_month
+from ...ioc.domain.people import Person
 from .aps_sdk import (
     exception_named,
     import_dm,

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from datetime import date, datetime, tzinfo
 from typing import Any, TypeVar
 
-from ...ioc.domain.model import DMError
+from ...ioc.domain.errors import DMError
 
 log = logging.getLogger(__name__)
 

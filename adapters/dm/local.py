@@ -9,17 +9,9 @@ experiment, and experiments are listed from the registry, never by walking
 folders. Directories are made before the registry row, so a failure half-way
 leaves no row and a rerun completes the job. Raw data is never deleted.
 
-Storage identity: Create writes a marker, `{storage}/.dmagic-storage`, naming
-the experiment with a random id. The transfer engine (adapters/transfer/)
-records that id at DaqStart and checks it through the storage folder's file
-descriptor before each batch of copies, so it never writes into a folder
-Create did not make: a storage deleted by hand, re-made by someone else, or
-hidden by an unmounted disk (its mount point is an empty folder on another
-disk) has no marker, or another id. A marker, not the device id: a device id
-cannot tell a folder re-made on the same disk (`rm -rf`, then `mkdir`), and
-inode numbers are reused; and a marker survives a storage moved to a new
-disk with its files. Create itself never makes `storage_root` (a missing one
-is an unmounted disk, not a folder to make), never re-makes the storage of a
+Create writes the storage's marker (`marker`) and makes the folders one name
+at a time (`tree`). It never makes `storage_root` (a missing one is an
+unmounted disk, not a folder to make), never re-makes the storage of a
 registered experiment that has gone, and refuses symbolic links where its
 folders must be.
 """
@@ -28,157 +20,33 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import grp
-import json
 import logging
 import os
 import pwd
 import re
 import shutil
-import uuid
 from collections.abc import Iterator, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import NamedTuple, TypeVar
+from typing import TypeVar
 
-from ...ioc.domain.model import (
-    DEFAULT_LAYOUT,
-    DEFAULT_SUBDIRS,
-    DiskFull,
-    DMError,
-    Experiment,
-    ExperimentUser,
-    InputError,
-    PartialAccess,
-    Person,
-    check_name,
-    posix_group,
-    storage_location,
-)
+from ...ioc.domain.errors import DMError, InputError, PartialAccess
+from ...ioc.domain.experiment import Experiment, ExperimentUser
+from ...ioc.domain.naming import DEFAULT_LAYOUT, DEFAULT_SUBDIRS, check_name, posix_group, storage_location
+from ...ioc.domain.people import Person
 from ...ioc.domain.ports import RECORDS_FOLDER
-from ...ioc.statefiles import disk_full
 from ..hosts import is_this_host
-from ..registry import Registry
-from ..transfer.folders import FOLDER_FLAGS, SymlinkRefused, open_child, open_folder
+from ..registry.store import Registry
+from ..transfer.folders import open_folder
 from . import acl
+from .marker import STORAGE_MARKER, write_storage_marker
+from .tree import DIR_MODE, SHARED_DIR_MODE, Group, disk_error, make_dir, make_storage, open_top, require_root
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# rwx for owner and group, nothing for others: proposals can be proprietary, and
-# users reach their data through Globus sharing, not through local accounts.
-# The setgid bit makes files and subfolders inherit the group, so the beamline
-# group (dm.group) keeps access to whatever the transfer engine or staff write.
-DIR_MODE = 0o2770
-# With dm.posix.group, the folders above the storages (year, run...) let others through, never list them:
-# each proposal's group must reach its own storage; the storages themselves stay DIR_MODE.
-SHARED_DIR_MODE = 0o2771
-
 _YEAR_MONTH = re.compile(r"\d{4}-\d{2}")
-
-STORAGE_MARKER = ".dmagic-storage"  # in an experiment's storage folder: {"experiment", "id", "created"}
-
-
-def read_storage_marker(folder_fd: int) -> dict[str, str]:
-    """The marker of the storage folder open as `folder_fd`: {"experiment": ..., "id": ...}.
-
-    Raises FileNotFoundError when there is none, ValueError when it is not a
-    marker, OSError when it cannot be read (a symlink in its place included).
-    """
-    fd = os.open(STORAGE_MARKER, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder_fd)
-    try:
-        data = os.read(fd, 4096)
-    finally:
-        os.close(fd)
-    try:
-        marker = json.loads(data)
-        experiment, ident = marker["experiment"], marker["id"]
-    except (ValueError, KeyError, TypeError):
-        raise ValueError(f"{STORAGE_MARKER} is not a storage marker") from None
-    if not isinstance(experiment, str) or not isinstance(ident, str) or not ident:
-        raise ValueError(f"{STORAGE_MARKER} is not a storage marker")
-    return {"experiment": experiment, "id": ident}
-
-
-def write_storage_marker(storage: Path, experiment: str, *, folder_fd: int | None = None) -> str:
-    """Mark `storage` as the storage Create made for `experiment`; return the marker's id.
-
-    `folder_fd`: the storage folder, already open without following links (Create's): the marker is
-    written through it, the path never opened again (it names the folder in messages); without it the
-    folder is opened here, never through a symlink. An existing marker of the same experiment is kept
-    (Create is idempotent); one of another experiment, or one that cannot be read, is refused.
-    """
-    if folder_fd is not None:
-        return _write_marker(folder_fd, storage, experiment)
-    try:
-        folder = os.open(storage, FOLDER_FLAGS)
-    except OSError as error:
-        raise _disk_error("mark the storage folder", storage, error) from error
-    try:
-        return _write_marker(folder, storage, experiment)
-    finally:
-        os.close(folder)
-
-
-def _write_marker(folder: int, storage: Path, experiment: str) -> str:
-    """`write_storage_marker` in the folder open as `folder`: written aside (O_NOFOLLOW), renamed in it."""
-    try:
-        marker = read_storage_marker(folder)
-    except FileNotFoundError:
-        marker = None
-    except (OSError, ValueError) as error:
-        why = error.strerror if isinstance(error, OSError) else str(error)
-        raise DMError(
-            f"storage {storage}: its {STORAGE_MARKER} cannot be read ({why}); "
-            "nothing changed: find out what wrote it, remove it, and run Create again"
-        ) from None
-    if marker is not None:
-        if marker["experiment"] != experiment:
-            raise DMError(
-                f"storage {storage} belongs to experiment {marker['experiment']!r} (says its {STORAGE_MARKER}); "
-                f"not used for {experiment}"
-            )
-        return marker["id"]
-    ident = uuid.uuid4().hex
-    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    data = json.dumps({"experiment": experiment, "id": ident, "created": created}).encode()
-    part = f"{STORAGE_MARKER}.part-{ident[:8]}"
-    try:
-        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640,
-                     dir_fd=folder)  # fmt: skip
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(part, STORAGE_MARKER, src_dir_fd=folder, dst_dir_fd=folder)
-        os.fsync(folder)
-    except OSError as error:
-        with contextlib.suppress(OSError):
-            os.unlink(part, dir_fd=folder)
-        raise _disk_error("write", storage / STORAGE_MARKER, error) from error
-    return ident
-
-
-def _open_top(folder: Path) -> int:
-    """A descriptor of a folder the config names (storage_root, data_top_dir: a symlink there is the admin's)."""
-    try:
-        return os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError as error:
-        raise _disk_error("open folder", folder, error) from error
-
-
-def _disk_error(action: str, path: Path, error: OSError, place: str = "storage") -> DMError:
-    """`error` for Status: DiskFull ("storage full: ...", or the `place` it hit) when no space or quota is
-    left, else DMError."""
-    reason = error.strerror or str(error)
-    if error.errno == errno.ENOSPC:
-        reason += " (the disk is full)"
-    if disk_full(error):
-        return DiskFull(f"{place} full: cannot {action} {path}: {reason}")
-    return DMError(f"cannot {action} {path}: {reason}")
 
 
 def _id(lookup, name: str) -> int | None:
@@ -187,11 +55,6 @@ def _id(lookup, name: str) -> int | None:
         return lookup(name)[2]
     except KeyError:
         return None
-
-
-class _Group(NamedTuple):
-    gid: int
-    name: str
 
 
 def _sentences(*parts: str) -> str:
@@ -270,14 +133,16 @@ class LocalDM:
             source = existing if existing is not None and existing.year_month else experiment
             self._year_month(source)  # a bad year-month is refused before anything is made
             storage = self.storage_directory(dataclasses.replace(experiment, name=name))
-        self._require_root(self.storage_root, "dm.storage_root")
+        require_root(self.storage_root, "dm.storage_root")
         if existing is not None and existing.storage_directory and not os.path.lexists(storage):
             # The registry row is written after the folders: they were all made once, then lost.
             raise DMError(
                 f"the storage {storage} of experiment {name} is gone (deleted, or its disk not mounted?): "
                 "not made again here; mount the disk, or Delete the experiment and Create it anew"
             )
-        storage_fd = self._make_storage(storage, fixed, tree)
+        shared_mode = SHARED_DIR_MODE if self.posix_group or self.user_account or self.staff_groups else DIR_MODE
+        base = self.storage_root if self.storage_root in storage.parents else storage.parent  # root changed since
+        storage_fd = make_storage(base, storage, self.subdirs, fixed, tree, shared_mode)
         try:
             write_storage_marker(storage, name, folder_fd=storage_fd)
             missing = _sentences(missing, self._give_staff(storage_fd, storage))
@@ -288,11 +153,11 @@ class LocalDM:
         else:
             data_directory = self.data_directory(name)
         if self.raw_is_local:
-            self._require_root(self.data_top_dir, "dm.data_top_dir")
-            parent_fd = _open_top(data_directory.parent)
+            require_root(self.data_top_dir, "dm.data_top_dir")
+            parent_fd = open_top(data_directory.parent)
             try:
                 for path in (data_directory, data_directory.with_name(data_directory.name + "_rec")):
-                    os.close(self._make_dir(parent_fd, path, fixed, adopt_existing=False, place="data_top_dir"))
+                    os.close(make_dir(parent_fd, path, fixed, adopt_existing=False, place="data_top_dir"))
             finally:
                 os.close(parent_fd)
 
@@ -389,7 +254,7 @@ class LocalDM:
             try:
                 shutil.rmtree(storage)
             except OSError as error:
-                raise _disk_error("delete", Path(error.filename or storage), error) from error
+                raise disk_error("delete", Path(error.filename or storage), error) from error
             removed = f"storage {storage} ({_plural(files, 'file')})"
         self.registry.delete_experiment(name)
         sentence = f"deleted experiment {name}: registry entry and {removed}; raw data in {raw} kept"
@@ -411,18 +276,18 @@ class LocalDM:
             raise InputError(f"experiment {experiment.name}: year-month {year_month!r} is not YYYY-MM; nothing created")
         return year_month
 
-    def _group_id(self) -> _Group | None:
+    def _group_id(self) -> Group | None:
         """dm.group: its group, refused when it does not exist."""
         if self.group is None:
             return None
         try:
-            return _Group(grp.getgrnam(self.group).gr_gid, self.group)
+            return Group(grp.getgrnam(self.group).gr_gid, self.group)
         except KeyError:
             raise DMError(
                 f"dm.group: unix group {self.group!r} does not exist on this host; create it or set dm.group: null"
             ) from None
 
-    def _tree_group(self, experiment: Experiment, fixed: _Group | None) -> tuple[_Group | None, str]:
+    def _tree_group(self, experiment: Experiment, fixed: Group | None) -> tuple[Group | None, str]:
         """The group of the experiment tree (dm.posix.group, else dm.group) and a warning naming a group
         that does not exist: the tree is made without it and everything else proceeds."""
         if self.posix_group is None:
@@ -432,7 +297,7 @@ class LocalDM:
         except InputError as error:
             return None, f"{error}: its storage is not given to a group"
         try:
-            return _Group(grp.getgrnam(name).gr_gid, name), ""
+            return Group(grp.getgrnam(name).gr_gid, name), ""
         except KeyError:
             return None, (
                 f"dm.posix.group: unix group {name!r} does not exist on this host, so the storage of "
@@ -467,99 +332,11 @@ class LocalDM:
         try:
             fd = open_folder(str(storage), str(self.storage_root) if inside else None)
         except OSError as error:
-            raise _disk_error("open the storage", storage, error) from error
+            raise disk_error("open the storage", storage, error) from error
         try:
             yield fd
         finally:
             os.close(fd)
-
-    @staticmethod
-    def _require_root(root: Path, key: str) -> None:
-        # Creating a missing root would write onto the system disk under an unmounted share.
-        if not root.is_dir():
-            raise DMError(f"{key}: {root} does not exist or is not a folder (is the disk mounted?); nothing created")
-
-    def _make_storage(self, storage: Path, fixed: _Group | None, tree: _Group | None) -> int:
-        """Make what is missing of `storage` and its subdirs, one name at a time from storage_root's
-        descriptor, never through a symlink; return the storage folder's descriptor.
-
-        The folders between storage_root and the storage (year-month, year, run...) are shared with other
-        experiments: made if missing, else left as they are.
-        """
-        shared_mode = SHARED_DIR_MODE if self.posix_group or self.user_account or self.staff_groups else DIR_MODE
-        base = self.storage_root if self.storage_root in storage.parents else storage.parent  # root changed since
-        fd = _open_top(base)
-        try:
-            path = base
-            for name in storage.relative_to(base).parts[:-1]:
-                path = path / name
-                child = self._make_dir(fd, path, fixed, mode=shared_mode, adopt_existing=False)
-                os.close(fd)
-                fd = child
-            child = self._make_dir(fd, storage, tree)
-            os.close(fd)
-            fd = child
-            for sub in self.subdirs:
-                os.close(self._make_dir(fd, storage / sub, tree))
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
-
-    @staticmethod
-    def _make_dir(
-        parent_fd: int,
-        path: Path,
-        group: _Group | None,
-        *,
-        mode: int = DIR_MODE,
-        adopt_existing: bool = True,
-        place: str = "storage",
-    ) -> int:
-        """Create folder `path` (its name, in the folder open as `parent_fd`) with `mode` and the group; an
-        existing folder is fixed up when `adopt_existing`. Returns its descriptor; `place` (storage,
-        data_top_dir) names the disk when it is full.
-
-        A symbolic link where the folder must be is refused (a chmod through it would change its target).
-        """
-        try:
-            os.mkdir(path.name, 0o700, dir_fd=parent_fd)  # 0700 until its group and mode are set
-            made = True
-        except FileExistsError:
-            made = False
-        except OSError as error:
-            raise _disk_error("create folder", path, error, place) from error
-        try:
-            fd = open_child(parent_fd, path.name, str(path))
-        except SymlinkRefused:
-            raise DMError(
-                f"{path} is a symbolic link, not a folder: refused (an experiment's folders must be real "
-                "folders); remove it and run Create again"
-            ) from None
-        except NotADirectoryError:
-            raise DMError(f"cannot create folder {path}: a file of that name is in the way") from None
-        except OSError as error:
-            raise _disk_error("open folder", path, error, place) from error
-        if not made and not adopt_existing:
-            return fd
-        try:
-            if group is not None:
-                try:
-                    os.fchown(fd, -1, group.gid)
-                except OSError as error:
-                    raise DMError(
-                        f"cannot give {path} to group {group.name!r}: {error.strerror} "
-                        f"(the IOC's user must be a member of {group.name!r})"
-                    ) from error
-            try:
-                # fchmod, not mkdir's mode: mkdir applies the umask and may drop the setgid bit.
-                os.fchmod(fd, mode)
-            except OSError as error:
-                raise _disk_error("set permissions on", path, error, place) from error
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
 
     def _check_inside_storage_root(self, storage: Path) -> None:
         root = self.storage_root.resolve()

@@ -10,7 +10,8 @@ from pathlib import Path, PurePosixPath
 
 import globus_sdk
 
-from ...ioc.domain.model import Experiment, ExperimentUser, GlobusError
+from ...ioc.domain.errors import GlobusError
+from ...ioc.domain.experiment import Experiment, ExperimentUser
 from .client import Clients, collection_path, describe_error
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ import globus_sdk
 from globus_sdk.scopes import AuthScopes, TransferScopes
 from globus_sdk.transport import RequestsTransport, RetryCheckResult, RetryConfig, RetryContext
 
-from ...ioc.domain.model import GlobusError, InputError
+from ...ioc.domain.errors import GlobusError, InputError
 from ...ioc.secrets import read_secret
 from ..http import MB, BoundedAdapter, BoundedCallFailed, NotReached
 

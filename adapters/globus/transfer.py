@@ -3,45 +3,27 @@ returns at once; a background thread follows the task."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 import logging
-import os
 import re
-import stat
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import globus_sdk
 
-from ...ioc.domain.model import Experiment, GlobusError
+from ...ioc.domain.errors import GlobusError
+from ...ioc.domain.experiment import Experiment
 from ...ioc.domain.ports import SentFile, TransferProgress, TransferState
-from ...ioc.statefiles import disk_full, private_file
-from ..transfer.folders import Folders, SymlinkRefused, shown
 from .access import GlobusAccess
 from .client import Clients, collection_path, describe_error, is_permanent
+from .job import Job, JobFile
+from .sent import ended_at, files_sent
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class _Job:
-    """One transfer the IOC asked for; what the state file keeps."""
-
-    experiment: str
-    items: list[tuple[str, str]]  # (source folder on the data host, destination folder on the collection)
-    once: bool
-    task_ids: list[str] = field(default_factory=list)
-    ended_ids: list[str] = field(default_factory=list)  # tasks whose end (and bytes) is counted
-    bytes_before: float = 0.0  # bytes moved by the ended tasks of this job
-    submission_id: str = ""  # of the pass being submitted: a retry after a lost answer cannot make a second task
-    sent: list[tuple[str, float]] = field(default_factory=list)  # (task, its end) of ended tasks that moved files
 
 
 @dataclass
@@ -88,7 +70,7 @@ class GlobusTransfer:
         self.source_collection_id = source_collection_id
         self.collection_id = access.collection_id
         self.storage_root = access.storage_root
-        self.state_path = state_path
+        self._state = JobFile(state_path)
         self.poll_interval = poll_interval
         self.resubmit_interval = resubmit_interval
         # its own clients (own HTTP session): this thread never shares a session with Access calls
@@ -102,7 +84,7 @@ class GlobusTransfer:
         self._start_lock = threading.Lock()  # one start/resume at a time
         self._lock = threading.Lock()  # guards the fields below
         self._progress = TransferProgress()
-        self._job: _Job | None = None
+        self._job: Job | None = None
         self._thread: threading.Thread | None = None
         self._control = _Control()
 
@@ -119,7 +101,7 @@ class GlobusTransfer:
             running = self._running_job()
             if running is not None:
                 return f"Globus transfer of {running} is already running"
-            self._launch(_Job(experiment.name, items, once))
+            self._launch(Job(experiment.name, items, once))
         mode = "one pass" if once else "continuous"
         return f"Globus transfer of {experiment.name} started ({mode}, {len(items)} folder(s))"
 
@@ -140,11 +122,11 @@ class GlobusTransfer:
 
     def resume(self) -> str | None:
         """Pick up the job recorded in `state_path`, if any: a sentence, or None."""
-        job = self._load_state()
+        job = self._state.load()
         if job is None:
             return None
         if job.once and job.task_ids and job.task_ids[-1] in job.ended_ids:
-            self._forget_state()  # the upload had ended; only the clean-up was missed
+            self._state.forget()  # the upload had ended; only the clean-up was missed
             return None
         with self._start_lock:
             if self._running_job() is not None:
@@ -174,32 +156,19 @@ class GlobusTransfer:
         if stopping and thread is not None:
             thread.join(STOP_WAIT)  # bounded: the cancel of the last task is under way
         prefix = collection_path(self.storage_root, storage)
-        folders = _open_storage_root(str(self.storage_root))
         try:
             self._note_last_task(job)
             with self._lock:
                 tasks = [(task_id, ended) for task_id, ended in job.sent if ended > mark]
-            sent, missing = [], 0
-            for task_id, ended in tasks:
-                for item in self._clients.transfer().paginated.task_successful_transfers(task_id).items():
-                    destination = str(item.get("destination_path") or "")
-                    if not destination.startswith(prefix):
-                        continue
-                    found = self._stat(folders, destination, ended)
-                    missing += found is None
-                    if found is not None:
-                        sent.append(found)
+            sent, missing = files_sent(self._clients, tasks, str(self.storage_root), prefix)
         except (globus_sdk.GlobusAPIError, globus_sdk.NetworkError) as error:
             raise GlobusError(f"Globus: listing the files sent for {job.experiment}: {describe_error(error)}") from None
-        finally:
-            if folders is not None:
-                folders.close()
         if missing:
             log.warning("Globus transfer of %s: %s file(s) sent are gone from %s (or not regular files there)",
                         job.experiment, missing, storage)  # fmt: skip
         return sent
 
-    def _note_last_task(self, job: _Job) -> None:
+    def _note_last_task(self, job: Job) -> None:
         """The job's last task, when it ended after the thread stopped following it (a cancel at `stop()`)."""
         if not job.task_ids:
             return
@@ -216,36 +185,13 @@ class GlobusTransfer:
             log.info("Globus transfer of %s: task %s still runs; its files go in a later dataset", job.experiment,
                      task_id)  # fmt: skip
 
-    def _note_sent(self, job: _Job, task_id: str, task: Mapping[str, Any] | globus_sdk.GlobusHTTPResponse) -> None:
+    def _note_sent(self, job: Job, task_id: str, task: Mapping[str, Any] | globus_sdk.GlobusHTTPResponse) -> None:
         """Keep an ended task that moved files, with when it ended, for `sent_since` (the caller saves the job)."""
         if int(task.get("files_transferred") or 0) <= 0:
             return
         with self._lock:
             if all(task_id != sent for sent, _ in job.sent):
-                job.sent.append((task_id, _epoch(task.get("completion_time"))))
-
-    def _stat(self, folders: Folders | None, destination: str, sent_at: float) -> SentFile | None:
-        """A file Globus put at `destination` (a path on the guest collection), as it is in storage now:
-        reached from storage_root (`folders`) one name at a time, never through a symbolic link; None when
-        gone, or not a regular file (a link planted in the storage would put an outside file's size and
-        time in the record: skipped with a warning)."""
-        relative = os.path.normpath(destination.lstrip("/"))
-        path = os.path.join(self.storage_root, relative)
-        if folders is None or relative == os.curdir or relative.split(os.sep)[0] == os.pardir:
-            return None
-        folder, _, name = relative.rpartition(os.sep)
-        try:
-            status = os.stat(name, dir_fd=folders.get(folder), follow_symlinks=False)
-        except SymlinkRefused as error:
-            log.warning("Globus transfer: %s is reached through a symbolic link (%s): not in the dataset",
-                        shown(path), shown(os.fsdecode(error.filename)))  # fmt: skip
-            return None
-        except OSError:
-            return None
-        if not stat.S_ISREG(status.st_mode):
-            log.warning("Globus transfer: %s is not a regular file (a symbolic link?): not in the dataset", shown(path))
-            return None
-        return SentFile(path=path, size=status.st_size, mtime=status.st_mtime, sent_at=sent_at)
+                job.sent.append((task_id, ended_at(task.get("completion_time"))))
 
     # ---- extras
 
@@ -271,7 +217,7 @@ class GlobusTransfer:
                 return self._job.experiment if self._job else ""
             return None
 
-    def _launch(self, job: _Job) -> None:
+    def _launch(self, job: Job) -> None:
         control = _Control()
         thread = threading.Thread(
             target=self._run, args=(job, control), name=f"globus-transfer-{job.experiment}", daemon=True
@@ -279,10 +225,10 @@ class GlobusTransfer:
         with self._lock:
             self._job, self._control, self._thread = job, control, thread
             self._progress = TransferProgress(state=TransferState.RUNNING)
-        self._save_state(job)
+        self._state.save(job)
         thread.start()
 
-    def _run(self, job: _Job, control: _Control) -> None:
+    def _run(self, job: Job, control: _Control) -> None:
         stop = control.stop
         task_id = job.task_ids[-1] if job.task_ids and job.task_ids[-1] not in job.ended_ids else None
         last_submit = time.monotonic() if task_id else None
@@ -321,7 +267,7 @@ class GlobusTransfer:
         self._wind_up(job, control, task_id, finished=finished)
         log.info("Globus transfer of %s: thread ends", job.experiment)
 
-    def _wind_up(self, job: _Job, control: _Control, task_id: str | None, *, finished: bool) -> None:
+    def _wind_up(self, job: Job, control: _Control, task_id: str | None, *, finished: bool) -> None:
         """After the loop: cancel the task when asked to; forget the job when it ended and is still the current one."""
         if control.cancel:
             self._cancel_task(job, task_id)
@@ -329,9 +275,9 @@ class GlobusTransfer:
             with self._lock:
                 current = self._job is job
             if current:
-                self._forget_state()
+                self._state.forget()
 
-    def _submit(self, job: _Job) -> str | None:
+    def _submit(self, job: Job) -> str | None:
         """Submit one pass over the source folders that exist; None when none does."""
         transfer = self._clients.transfer()
         items = [(source, destination) for source, destination in job.items if self._exists(transfer, source)]
@@ -340,7 +286,7 @@ class GlobusTransfer:
             return None
         if not job.submission_id:
             job.submission_id = str(transfer.get_submission_id()["value"])
-            self._save_state(job)
+            self._state.save(job)
         data = globus_sdk.TransferData(
             submission_id=job.submission_id,
             source_endpoint=self.source_collection_id,
@@ -356,7 +302,7 @@ class GlobusTransfer:
         task_id = str(response["task_id"])
         job.task_ids.append(task_id)
         job.submission_id = ""
-        self._save_state(job)
+        self._state.save(job)
         log.info("Globus transfer of %s: submitted task %s", job.experiment, task_id)
         return task_id
 
@@ -371,7 +317,7 @@ class GlobusTransfer:
         return True
 
     def _record(
-        self, job: _Job, task_id: str, task: Mapping[str, Any] | globus_sdk.GlobusHTTPResponse, control: _Control
+        self, job: Job, task_id: str, task: Mapping[str, Any] | globus_sdk.GlobusHTTPResponse, control: _Control
     ) -> tuple[bool, bool]:
         """Publish the task's state; return (task ended, job ended)."""
         status = task.get("status", "")
@@ -383,7 +329,7 @@ class GlobusTransfer:
             job.bytes_before += task_bytes
             job.ended_ids.append(task_id)
             self._note_sent(job, task_id, task)
-            self._save_state(job)
+            self._state.save(job)
             counts["bytes_done"] = job.bytes_before
         else:
             counts["bytes_done"] = job.bytes_before + task_bytes
@@ -412,7 +358,7 @@ class GlobusTransfer:
         self._set(control, state=TransferState.RUNNING, rate_mb_s=rate, message="", **counts)
         return False, False
 
-    def _cancel_task(self, job: _Job, task_id: str | None) -> None:
+    def _cancel_task(self, job: Job, task_id: str | None) -> None:
         if task_id is None:
             return
         try:
@@ -428,77 +374,9 @@ class GlobusTransfer:
             if self._control is control and not control.cancel:
                 self._progress = dataclasses.replace(self._progress, **changes)
 
-    # ---- the state file
-
-    def _save_state(self, job: _Job) -> None:
-        """Write the job to the state file: 0600 whatever the umask (it names folders and tasks), written
-        aside, made durable, then renamed over the last one, so that a crash leaves one whole."""
-        if self.state_path is None:
-            return
-        aside = self.state_path.with_name(self.state_path.name + ".tmp")
-        try:
-            self.state_path.parent.mkdir(parents=True, exist_ok=True)
-            private_file(aside)
-            fd = os.open(aside, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)
-            with open(fd, "w", encoding="utf-8") as file:
-                file.write(json.dumps(dataclasses.asdict(job), indent=1))
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(aside, self.state_path)
-        except OSError as error:
-            reason = f"state_dir full ({error.strerror})" if disk_full(error) else str(error)
-            log.warning("Globus transfer: cannot write %s: %s", self.state_path, reason)
-            with contextlib.suppress(OSError):
-                aside.unlink(missing_ok=True)
-
-    def _load_state(self) -> _Job | None:
-        if self.state_path is None or not self.state_path.exists():
-            return None
-        try:
-            state = json.loads(self.state_path.read_text(encoding="utf-8"))
-            return _Job(
-                experiment=str(state["experiment"]),
-                items=[(str(src), str(dest)) for src, dest in state["items"]],
-                once=bool(state["once"]),
-                task_ids=[str(task) for task in state["task_ids"]],
-                ended_ids=[str(task) for task in state.get("ended_ids", [])],
-                bytes_before=float(state.get("bytes_before", 0.0)),
-                submission_id=str(state.get("submission_id", "")),
-                sent=[(str(task), float(ended)) for task, ended in state.get("sent", [])],
-            )
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            log.warning("Globus transfer: ignoring unreadable state file %s: %s", self.state_path, error)
-            return None
-
-    def _forget_state(self) -> None:
-        if self.state_path is None:
-            return
-        try:
-            self.state_path.unlink(missing_ok=True)
-        except OSError as error:
-            log.warning("Globus transfer: cannot remove %s: %s", self.state_path, error)
-
 
 _LABEL_UNSAFE = re.compile(r"[^A-Za-z0-9 _,-]")
 STOP_WAIT = 5.0  # seconds sent_since waits for a stopping transfer to cancel its task
-
-
-def _open_storage_root(storage_root: str) -> Folders | None:
-    """storage_root's folders, to reach the files sent without following a link; None when it cannot be
-    opened (its disk not mounted): every file sent is then gone. A symlink at storage_root is the admin's."""
-    try:
-        return Folders(storage_root, os.open(storage_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), make=False)
-    except OSError as error:
-        log.warning("Globus transfer: cannot open dm.storage_root %s: %s", storage_root, error.strerror)
-        return None
-
-
-def _epoch(text: Any) -> float:
-    """A task's `completion_time` (ISO 8601) in seconds since the epoch; now when Globus gives none."""
-    try:
-        return datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return time.time()
 
 
 def _source_path(source: str) -> str:

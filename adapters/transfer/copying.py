@@ -2,33 +2,24 @@
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import functools
-import hashlib
 import logging
 import os
 import random
 import re
 import stat
-import sys
 import threading
-import time
 from collections.abc import Callable, Sequence
 
 from ...ioc.statefiles import disk_full
+from .bytecopy import SYNCFS_WORKS, Cancelled, Written, copy_data, digest_of, syncfs
 from .folders import Folders, SymlinkRefused, open_folder, reason_for, shown
 from .storage import StorageUnavailable
 
 log = logging.getLogger(__name__)
 
-COPY_CHUNK = 64 * 1024 * 1024  # most bytes per copy_file_range call; progress and a stop are seen between calls
-FIRST_COPY_STEP = 8 * 1024 * 1024  # the first call's bytes; then sized to take about COPY_STEP_SECONDS
-MIN_COPY_STEP = 1024 * 1024
-COPY_STEP_SECONDS = 0.25
-BUFFER_SIZE = 4 * 1024 * 1024  # userspace copy and checksum buffer
 PART_NAME = re.compile(r"^\..*\.part-[0-9a-f]{8}$", re.DOTALL)
-_NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF, errno.EPERM}
 # A source file: never through a symlink; O_NONBLOCK so that a FIFO put in its place cannot block the open.
 SOURCE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 # A copy keeps the source's rwx bits, never its setuid, setgid or sticky bit: whoever may write a detector
@@ -40,72 +31,10 @@ COPIED, CHANGED, VANISHED, CANCELLED, FAILED = "copied", "changed", "vanished", 
 NO_STORAGE = "no storage"  # the storage is not the one Create made: nothing written, the file waits
 
 
-class _Cancelled(Exception):
-    pass
-
-
-class Written:
-    """The bytes a batch of copies has written so far, for the progress while a big file is copied.
-
-    Counted by the one worker that copies the batch and read by the engine's thread, without a lock:
-    a single writer, and an int attribute is replaced whole.
-    """
-
-    __slots__ = ("bytes",)
-
-    def __init__(self) -> None:
-        self.bytes = 0
-
-
 def part_name(name: str) -> str:
     """The temporary name a copy of `name` is written under, in the same folder."""
     stem = os.fsdecode(os.fsencode(name)[:200])
     return f".{stem}.part-{random.getrandbits(32):08x}"
-
-
-def _load_syncfs() -> Callable[[int], int] | None:
-    """libc's syncfs(2), if it reports writeback errors (Linux >= 5.8); else None (fsync per file)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        release = re.match(r"(\d+)\.(\d+)", os.uname().release)
-        if release is None or (int(release[1]), int(release[2])) < (5, 8):
-            return None  # older kernels' syncfs returns 0 even when writeback failed
-        function = ctypes.CDLL(None, use_errno=True).syncfs
-    except (AttributeError, OSError):
-        return None
-    function.argtypes, function.restype = [ctypes.c_int], ctypes.c_int
-    return function
-
-
-_SYNCFS = _load_syncfs()
-
-
-def syncfs(fd: int) -> None:
-    """Write back and flush everything dirty on `fd`'s filesystem; raise the writeback errors since `fd` was opened."""
-    if _SYNCFS is None:
-        raise OSError(errno.ENOSYS, "syncfs is not available")
-    if _SYNCFS(fd) != 0:  # ctypes releases the GIL for the call
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code))
-
-
-def copy_file(
-    src: str,
-    dst: str,
-    expected: tuple[int, int],
-    *,
-    checksum: bool = False,
-    cancel: threading.Event | None = None,
-) -> str:
-    """Copy one file into an existing folder; see `copy_files`. Returns its outcome; a failure raises OSError."""
-    (src_folder, name), dst_folder = os.path.split(src), os.path.dirname(dst)
-    if os.path.basename(dst) != name:
-        raise ValueError(f"copy_file keeps the name: {src} -> {dst}")
-    outcome, reason = copy_files(src_folder, dst_folder, [(name, expected)], checksum=checksum, cancel=cancel)[0]
-    if outcome == FAILED:
-        raise OSError(errno.EIO, reason)
-    return outcome
 
 
 def copy_files(
@@ -118,6 +47,7 @@ def copy_files(
     open_source: Callable[[], int] | None = None,
     open_dest: Callable[[], int] | None = None,
     written: Written | None = None,
+    checksums: dict[str, str] | None = None,
 ) -> list[tuple[str, str]]:
     """Copy each (relpath, expected (size, mtime_ns)) from folder `source` to the same relpath under `dest`,
     through a durable, verified temporary file and a rename.
@@ -127,7 +57,9 @@ def copy_files(
     them, never through a symlink. Folders missing below `dest` are made, never
     `dest` itself. `open_dest` may raise StorageUnavailable: every item is then
     NO_STORAGE with its message, nothing written. `written` counts the bytes
-    written as they are written (whatever becomes of the copies).
+    written as they are written (whatever becomes of the copies). With
+    `checksum`, `checksums` gets the source's digest of each copy renamed
+    into place, the one the copy was verified against: {relpath: "blake2b:<hex>"}.
 
     Returns an (outcome, reason) per item: COPIED, CHANGED (the source is not
     `expected` or changed during the copy: nothing written), VANISHED (gone, or
@@ -160,6 +92,8 @@ def copy_files(
         aside = batch.write_aside(checksum, cancel, written)
         if aside and not (cancel is not None and cancel.is_set()) and batch.flush():
             batch.rename()
+        if checksums is not None:
+            checksums.update(batch.checksums())
         return batch.results
     finally:
         batch.close()
@@ -204,7 +138,8 @@ class _Batch:
         self.results: list[tuple[str, str]] = [(CANCELLED, "")] * len(items)
         self.written: list[tuple[int, str]] = []  # (index, temporary name) after phase 1; "" once renamed
         self.inodes: dict[int, tuple[int, int]] = {}  # index -> (st_dev, st_ino) of the copy written aside
-        self.per_file = len(items) == 1 or _SYNCFS is None
+        self.digests: dict[int, str] = {}  # index -> "blake2b:<hex>" of the source, when hashed
+        self.per_file = len(items) == 1 or not SYNCFS_WORKS
         self.sync_fds: dict[int, int] = {}  # st_dev -> fd for syncfs
 
     def write_aside(self, checksum: bool, cancel: threading.Event | None, written: Written | None) -> bool:
@@ -213,9 +148,10 @@ class _Batch:
             if cancel is not None and cancel.is_set():
                 return False
             try:
-                outcome, tmp, inode = _write_aside(self.sources, self.dests, rel, expected, checksum, cancel,
-                                                   None if self.per_file else self.sync_fds, written)  # fmt: skip
-            except _Cancelled:
+                sync_fds = None if self.per_file else self.sync_fds
+                outcome, tmp, inode, digest = _write_aside(self.sources, self.dests, rel, expected, checksum, cancel,
+                                                           sync_fds, written)  # fmt: skip
+            except Cancelled:
                 return False
             except OSError as error:
                 self.results[index] = _failure(error, self.source, self.dest, rel)
@@ -223,6 +159,8 @@ class _Batch:
             if tmp:
                 self.written.append((index, tmp))  # CANCELLED until renamed
                 self.inodes[index] = inode
+                if digest:
+                    self.digests[index] = digest
             else:
                 self.results[index] = (outcome, "")
         return True
@@ -264,6 +202,10 @@ class _Batch:
                 self.results[index] = (COPIED, "")
             except OSError as error:
                 self.results[index] = _failure(error, self.source, self.dest, rel)
+
+    def checksums(self) -> dict[str, str]:
+        """{relpath: the source's digest} of the copies renamed into place that were hashed."""
+        return {self.items[i][0]: digest for i, digest in self.digests.items() if self.results[i][0] == COPIED}
 
     def close(self) -> None:
         """Close every descriptor; remove the copies not renamed."""
@@ -312,9 +254,9 @@ def _write_aside(
     cancel: threading.Event | None,
     sync_fds: dict[int, int] | None,
     written: Written | None = None,
-) -> tuple[str, str, tuple[int, int]]:
-    """Phase 1 of `copy_files`: (COPIED, temporary name in rel's destination folder, its (st_dev, st_ino)),
-    or (CHANGED, "", (0, 0)).
+) -> tuple[str, str, tuple[int, int], str]:
+    """Phase 1 of `copy_files`: (COPIED, temporary name in rel's destination folder, its (st_dev, st_ino),
+    "blake2b:<hex>" of the source with `checksum` else ""), or (CHANGED, "", (0, 0), "").
 
     With `sync_fds` None the copy is fsync'ed here; otherwise its filesystem's
     fd is added to `sync_fds` for one syncfs later. The copy is checked through
@@ -330,7 +272,7 @@ def _write_aside(
         if not stat.S_ISREG(before.st_mode):
             raise _SourceError(FileNotFoundError(errno.ENOENT, "no longer a regular file", rel))
         if (before.st_size, before.st_mtime_ns) != expected:
-            return CHANGED, "", (0, 0)
+            return CHANGED, "", (0, 0), ""
         folder_fd = dests.get(folder)
         tmp = part_name(name)
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=folder_fd)
@@ -340,119 +282,26 @@ def _write_aside(
                     device = os.fstat(fd).st_dev
                     if device not in sync_fds:
                         sync_fds[device] = os.dup(fd)  # before this batch's data is written: see copy_files
-                copied, source_digest = _copy_data(src_fd, fd, before.st_size, checksum, cancel, written)
+                copied, source_digest = copy_data(src_fd, fd, before.st_size, checksum, cancel, written)
                 os.fchmod(fd, before.st_mode & COPIED_MODE_BITS)
                 os.utime(fd, ns=(before.st_atime_ns, before.st_mtime_ns))
                 if sync_fds is None:
                     os.fsync(fd)
                 if copied != before.st_size:
                     raise OSError(errno.EIO, f"copy has {copied} bytes, source {before.st_size}")
-                if source_digest is not None and _digest(fd) != source_digest:
+                if source_digest is not None and digest_of(fd) != source_digest:
                     raise OSError(errno.EIO, "checksum of the copy differs from the source")
                 copy = os.fstat(fd)
             finally:
                 os.close(fd)
             done, tmp = tmp, ""
-            return COPIED, done, (copy.st_dev, copy.st_ino)
+            digest = "blake2b:" + source_digest.hex() if source_digest is not None else ""
+            return COPIED, done, (copy.st_dev, copy.st_ino), digest
         finally:
             if tmp:
                 _unlink_quietly(folder_fd, tmp)
     finally:
         os.close(src_fd)
-
-
-def _copy_data(
-    src_fd: int,
-    dst_fd: int,
-    size: int,
-    checksum: bool,
-    cancel: threading.Event | None,
-    written: Written | None = None,
-) -> tuple[int, bytes | None]:
-    """Copy up to `size` bytes in the kernel when possible; with `checksum`, through a buffer, hashing.
-    The bytes are added to `written` as they are copied.
-
-    Returns (bytes copied, fewer if the source shrank; the source's digest or None).
-    """
-    if not checksum:
-        copied = _copy_in_kernel(src_fd, dst_fd, size, cancel, written)
-        if copied is not None:
-            return copied, None
-    return _copy_through_buffer(src_fd, dst_fd, size, checksum, cancel, written)
-
-
-def _copy_in_kernel(
-    src_fd: int, dst_fd: int, size: int, cancel: threading.Event | None, written: Written | None
-) -> int | None:
-    """copy_file_range in steps of about COPY_STEP_SECONDS: the bytes copied (fewer if the source shrank),
-    or None, nothing copied, where the kernel cannot copy between these files."""
-    offset, step = 0, min(FIRST_COPY_STEP, COPY_CHUNK)
-    try:
-        while offset < size:
-            if cancel is not None and cancel.is_set():
-                raise _Cancelled
-            started = time.monotonic()
-            count = os.copy_file_range(src_fd, dst_fd, min(step, size - offset), offset, offset)
-            if count == 0:
-                break  # the source shrank: the size check refuses the copy
-            offset += count
-            if written is not None:
-                written.bytes += count
-            step = _next_step(step, time.monotonic() - started)
-    except OSError as error:
-        if offset or error.errno not in _NO_KERNEL_COPY:
-            raise
-        log.debug("copy_file_range unavailable (%s); copying through a buffer", error)
-        return None
-    return offset
-
-
-def _copy_through_buffer(
-    src_fd: int, dst_fd: int, size: int, checksum: bool, cancel: threading.Event | None, written: Written | None
-) -> tuple[int, bytes | None]:
-    """Read and write BUFFER_SIZE at a time from the start, hashing with `checksum`: see `_copy_data`."""
-    hasher = hashlib.blake2b() if checksum else None
-    view = memoryview(bytearray(BUFFER_SIZE))
-    os.lseek(src_fd, 0, os.SEEK_SET)
-    os.lseek(dst_fd, 0, os.SEEK_SET)
-    offset = 0
-    while offset < size:
-        if cancel is not None and cancel.is_set():
-            raise _Cancelled
-        count = os.readv(src_fd, [view[: min(BUFFER_SIZE, size - offset)]])
-        if count == 0:
-            break
-        chunk = view[:count]
-        if hasher is not None:
-            hasher.update(chunk)
-        while chunk:
-            chunk = chunk[os.write(dst_fd, chunk) :]
-        offset += count
-        if written is not None:
-            written.bytes += count
-    return offset, hasher.digest() if hasher is not None else None
-
-
-def _next_step(step: int, seconds: float) -> int:
-    """The next copy_file_range size, from the last one's duration: about COPY_STEP_SECONDS a call, so
-    that progress and a stop are seen several times a second on slow disks and the calls stay few on
-    fast ones (MIN_COPY_STEP to COPY_CHUNK)."""
-    if seconds < COPY_STEP_SECONDS / 4:
-        return min(step * 2, COPY_CHUNK)
-    if seconds > COPY_STEP_SECONDS:
-        return max(step // 2, min(MIN_COPY_STEP, COPY_CHUNK))
-    return step
-
-
-def _digest(fd: int) -> bytes:
-    """The blake2b of the file open as `fd`, read with pread from its start (its offset is left alone)."""
-    hasher = hashlib.blake2b()
-    view = memoryview(bytearray(BUFFER_SIZE))
-    offset = 0
-    while count := os.preadv(fd, [view], offset):
-        hasher.update(view[:count])
-        offset += count
-    return hasher.digest()
 
 
 def _unlink_quietly(folder_fd: int, name: str) -> None:

@@ -12,10 +12,10 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
-from ...ioc.domain.model import DiskFull, DMError
+from ...ioc.domain.errors import DiskFull, DMError
 from ...ioc.statefiles import disk_full, private_file, write_transaction
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SQLITE_HEADER = b"SQLite format 3\x00"
 LEDGER_COMPANIONS = ("-wal", "-shm")  # files beside the ledger that hold part of it
 _UNREADABLE = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
@@ -47,7 +47,8 @@ class Ledger:
     `BATCH_SECONDS`); a lost batch costs nothing since a destination file with
     the source's size and mtime counts as sent (one stat each at resume), so
     the batches are large: each costs a commit and folder fsyncs. Thread-safe.
-    Relative paths are stored as their bytes (a name need not be UTF-8).
+    Relative paths are stored as their bytes (a name need not be UTF-8); a file's checksum is the one its
+    copy was verified against (dm.checksum), '' when none.
     Raises LedgerUnreadable when the file is not a readable ledger.
     """
 
@@ -58,7 +59,7 @@ class Ledger:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._rows: list[tuple[str, str, int, int, str, float]] = []
+        self._rows: list[tuple[str, str, int, int, str, float, str]] = []
         self._last_commit = time.monotonic()
         _check_header(self.path)
         private_file(self.path)  # a new one 0600 before SQLite writes it: its -wal and -shm follow
@@ -72,7 +73,7 @@ class Ledger:
                 raise LedgerUnreadable(f"integrity check: {said[:120]}")
             self._migrate()
             try:
-                self._db.execute("SELECT root, relpath, size, mtime_ns, dest, sent_at FROM files LIMIT 0")
+                self._db.execute("SELECT root, relpath, size, mtime_ns, dest, sent_at, checksum FROM files LIMIT 0")
                 self._db.execute("SELECT experiment, sources, once, started_at, storage, marker FROM running LIMIT 0")
             except sqlite3.OperationalError as error:
                 raise LedgerUnreadable(f"not a transfer ledger: {error}") from None
@@ -97,17 +98,20 @@ class Ledger:
                 self._db.execute(
                     "CREATE TABLE IF NOT EXISTS files (root TEXT NOT NULL, relpath BLOB NOT NULL,"
                     " size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, dest TEXT NOT NULL,"
-                    " sent_at REAL NOT NULL, PRIMARY KEY (root, relpath)) WITHOUT ROWID"
+                    " sent_at REAL NOT NULL, checksum TEXT NOT NULL DEFAULT '', PRIMARY KEY (root, relpath))"
+                    " WITHOUT ROWID"
                 )
                 self._db.execute(
                     "CREATE TABLE IF NOT EXISTS running (id INTEGER PRIMARY KEY CHECK (id = 1),"
                     " experiment TEXT NOT NULL, sources TEXT NOT NULL, once INTEGER NOT NULL,"
                     " started_at REAL NOT NULL, storage TEXT NOT NULL DEFAULT '', marker TEXT NOT NULL DEFAULT '')"
                 )
-            else:  # 1 -> 2: relative paths as bytes; the storage and its marker id in the running row
+            if version == 1:  # 1 -> 2: relative paths as bytes; the storage and its marker id in the running row
                 self._db.execute("UPDATE files SET relpath = CAST(relpath AS BLOB) WHERE typeof(relpath) = 'text'")
                 self._db.execute("ALTER TABLE running ADD COLUMN storage TEXT NOT NULL DEFAULT ''")
                 self._db.execute("ALTER TABLE running ADD COLUMN marker TEXT NOT NULL DEFAULT ''")
+            if 1 <= version < 3:  # 2 -> 3: each file's checksum (none for the files sent before)
+                self._db.execute("ALTER TABLE files ADD COLUMN checksum TEXT NOT NULL DEFAULT ''")
             self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextlib.contextmanager
@@ -175,26 +179,27 @@ class Ledger:
             self._rows = [row for row in self._rows if (row[0], row[4]) not in pairs]
         return removed
 
-    def sent_since(self, mark: float, storage: str) -> list[tuple[str, int, int, float]]:
+    def sent_since(self, mark: float, storage: str) -> list[tuple[str, int, int, float, str]]:
         """Files sent after `mark` into `storage` or a folder under it, the buffered ones committed first:
-        [(absolute path in storage, size, mtime_ns, sent_at)], oldest first."""
+        [(absolute path in storage, size, mtime_ns, sent_at, checksum or '')], oldest first."""
         self.commit()
         storage = os.path.normpath(storage)
         with self._lock:
             rows = self._db.execute(
-                "SELECT dest, relpath, size, mtime_ns, sent_at FROM files WHERE sent_at > ? ORDER BY sent_at", (mark,)
+                "SELECT dest, relpath, size, mtime_ns, sent_at, checksum FROM files WHERE sent_at > ? ORDER BY sent_at",
+                (mark,),
             ).fetchall()
         inside = storage.rstrip("/") + "/"
         return [
-            (os.path.join(dest, os.fsdecode(relpath)), size, mtime_ns, sent_at)
-            for dest, relpath, size, mtime_ns, sent_at in rows
+            (os.path.join(dest, os.fsdecode(relpath)), size, mtime_ns, sent_at, checksum)
+            for dest, relpath, size, mtime_ns, sent_at, checksum in rows
             if dest == storage or dest.startswith(inside)
         ]
 
-    def add(self, root: str, relpath: str, size: int, mtime_ns: int, dest: str) -> None:
-        """Buffer one sent file; `commit_if_due` or `commit` writes it."""
+    def add(self, root: str, relpath: str, size: int, mtime_ns: int, dest: str, checksum: str = "") -> None:
+        """Buffer one sent file, with the checksum its copy was verified against ('' if none); `commit` writes it."""
         with self._lock:
-            self._rows.append((root, relpath, size, mtime_ns, dest, time.time()))
+            self._rows.append((root, relpath, size, mtime_ns, dest, time.time(), checksum))
 
     def buffered(self) -> int:
         """The rows added and not committed yet."""
@@ -215,10 +220,11 @@ class Ledger:
                 return 0
             with self._transaction():
                 self._db.executemany(
-                    "INSERT INTO files (root, relpath, size, mtime_ns, dest, sent_at) VALUES (?, ?, ?, ?, ?, ?)"
-                    " ON CONFLICT (root, relpath) DO UPDATE SET size = excluded.size,"
-                    " mtime_ns = excluded.mtime_ns, dest = excluded.dest, sent_at = excluded.sent_at",
-                    [(root, os.fsencode(rel), size, mtime, dest, at) for root, rel, size, mtime, dest, at in rows],
+                    "INSERT INTO files (root, relpath, size, mtime_ns, dest, sent_at, checksum)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (root, relpath) DO UPDATE SET size = excluded.size,"
+                    " mtime_ns = excluded.mtime_ns, dest = excluded.dest, sent_at = excluded.sent_at,"
+                    " checksum = excluded.checksum",
+                    [(root, os.fsencode(rel), *rest) for root, rel, *rest in rows],
                 )
             self._rows = []
             return len(rows)

@@ -11,12 +11,13 @@ import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from ...ioc.domain.model import DMError, Experiment, InputError
+from ...ioc.domain.errors import DMError, InputError
+from ...ioc.domain.experiment import Experiment
 from ...ioc.domain.ports import SentFile, TransferProgress, TransferState
 from ...ioc.statefiles import keep_aside
-from .engine import Run
 from .folders import SymlinkRefused, is_inside, open_folder, reason_for, shown
 from .ledger import LEDGER_COMPANIONS, Ledger, LedgerUnreadable
+from .run import Run
 from .storage import Storage, StorageUnavailable
 
 log = logging.getLogger(__name__)
@@ -246,10 +247,12 @@ class LocalTransfer:
         log.info("transfer ledger: forgot %s files sent from %s", removed, ", ".join(sources))
 
     def sent_since(self, mark: float, storage: str) -> list[SentFile]:
-        """The files the ledger records as sent into `storage` after `mark`."""
+        """The files the ledger records as sent into `storage` after `mark`, each with the checksum its copy
+        was verified against (dm.checksum; none for a file found already there)."""
         with self._ledger_errors():
             rows = self.ledger.sent_since(mark, storage)
-        return [SentFile(path, size, mtime_ns / 1e9, sent_at) for path, size, mtime_ns, sent_at in rows]
+        return [SentFile(path, size, mtime_ns / 1e9, sent_at, checksum)
+                for path, size, mtime_ns, sent_at, checksum in rows]  # fmt: skip
 
     def progress(self) -> TransferProgress:
         """The latest snapshot; cheap and thread-safe."""

@@ -6,8 +6,9 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from ...ioc.domain.model import Experiment, InputError
-from ..dm.local import STORAGE_MARKER, read_storage_marker
+from ...ioc.domain.errors import InputError
+from ...ioc.domain.experiment import Experiment
+from ..dm.marker import STORAGE_MARKER, read_storage_marker
 from .folders import is_inside, open_child, open_folder, reason_for, shown
 
 

@@ -1,11 +1,12 @@
 """Bluesky on the IOC: devices, a path provider, run metadata and plan stubs (`pip install "dmagic-ioc[bluesky]"`).
 
-- `DataManagement(prefix)`: the ophyd-async device; `dmagic_ioc.bluesky.classic.DataManagement` is the
-  classic ophyd one, with the same attributes;
+- `DataManagement(prefix)`: the ophyd-async device, a signal for every PV of the IOC;
+  `dmagic_ioc.bluesky.classic.DataManagement` is the classic ophyd one, with the same attributes;
 - `ExperimentPathProvider(dm)`: ophyd-async detectors write into the selected experiment's DataDirectory;
 - `run_metadata`, `read_run_metadata`, `with_run_metadata`, `run_metadata_decorator`: proposal, ESAF, PI,
   experiment and storage in every run's start document;
-- `dmagic_ioc.bluesky.plans`: create, select, daq_start, daq_stop, upload_and_wait, tag.
+- `dmagic_ioc.bluesky.plans`: create, create_manual, select, add_users, remove_users, email, delete,
+  daq_start, daq_stop, upload_and_wait, catalog, tag.
 
 A client of the IOC over Channel Access: nothing here imports the IOC itself.
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 try:
     from .commands import CommandFailed, TransferFailed
-    from .devices import Command, DaqState, DataManagement, Health
+    from .devices import Command, DaqState, DataManagement, EmailMode, Health
     from .metadata import read_run_metadata, run_metadata, run_metadata_decorator, with_run_metadata
     from .paths import ExperimentPathProvider
 except ImportError as error:  # the base install has none of the Bluesky stack
@@ -26,6 +27,7 @@ __all__ = [
     "CommandFailed",
     "DaqState",
     "DataManagement",
+    "EmailMode",
     "ExperimentPathProvider",
     "Health",
     "TransferFailed",

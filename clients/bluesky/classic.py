@@ -1,8 +1,8 @@
 """The IOC as a classic ophyd `Device` (pyepics), with the attributes and kinds of the ophyd-async device.
 
-`DataManagement(prefix, name="dm")`: the proposal and experiment are configuration, the status, health
-and transfer progress are read at every event, and each command is a `CommandSignal` whose `set(1)`
-completes when the IOC has done it.
+`DataManagement(prefix, name="dm")` has a signal for every PV of the IOC: the proposal and experiment are
+configuration, the status, health and the progress of the transfer and the catalogue are read at every
+event, and each command is a `CommandSignal` whose `set(1)` completes when the IOC has done it.
 
 pyepics needs two corrections here. It reads a char waveform's bytes as Latin-1 and writes non-ASCII
 text as garbage: `Utf8Text`/`Utf8TextRW` read and write the bytes and decode or encode UTF-8 themselves.
@@ -110,60 +110,127 @@ class CommandSignal(EpicsSignal):
             return error
 
 
-def _config(pv: str) -> Cpt:
-    return Cpt(EpicsSignalRO, pv, string=True, auto_monitor=False, kind="config")
+# Components by what a run does with them: config (read once per run), normal (at every event), omitted
+# (what a plan reads or writes itself). Each reads the IOC, not a monitor.
+def _config(pv: str, **kwargs: Any) -> Cpt:
+    kwargs.setdefault("string", True)
+    return Cpt(EpicsSignalRO, pv, auto_monitor=False, kind="config", **kwargs)
 
 
 def _reading(pv: str, **kwargs: Any) -> Cpt:
     return Cpt(EpicsSignalRO, pv, auto_monitor=False, kind="normal", **kwargs)
 
 
+def _looked_at(pv: str, **kwargs: Any) -> Cpt:
+    return Cpt(EpicsSignalRO, pv, auto_monitor=False, kind="omitted", **kwargs)
+
+
+def _setting(pv: str, **kwargs: Any) -> Cpt:
+    return Cpt(EpicsSignal, pv, auto_monitor=False, put_complete=True, kind="omitted", **kwargs)
+
+
+def _text(pv: str, kind: str = "omitted") -> Cpt:
+    return Cpt(Utf8Text, pv, kind=kind)
+
+
+def _text_setting(pv: str) -> Cpt:
+    return Cpt(Utf8TextRW, pv, kind="omitted")
+
+
+def _command(pv: str) -> Cpt:
+    return Cpt(CommandSignal, pv, kind="omitted")
+
+
 class DataManagement(Device):
-    """The IOC's PVs under `prefix` (e.g. `2bmb:DM:`), shaped like the ophyd-async `DataManagement`."""
+    """Every PV of the IOC under `prefix` (e.g. `2bmb:DM:`), shaped like the ophyd-async `DataManagement`."""
 
     # The proposal and the selected experiment: read once per run, into the event descriptor.
+    version = _config("Version")
     beamline = _config("Beamline")
     run_cycle = _config("Run")
     proposal_number = _config("ProposalNumber")
-    proposal_title = Cpt(Utf8Text, "ProposalTitle", kind="config")
+    proposal_title = _text("ProposalTitle", "config")
+    proposal_type = _text("ProposalType", "config")
+    proposal_start = _config("ProposalStart")
+    proposal_end = _config("ProposalEnd")
+    proprietary = _config("Proprietary", string=False)  # No/Yes as 0/1, as truthy as the ophyd-async bool
+    mail_in = _config("MailIn", string=False)
     esaf_number = _config("ESAFNumber")
-    user_name = Cpt(Utf8Text, "UserName", kind="config")
-    user_last_name = Cpt(Utf8Text, "UserLastName", kind="config")
-    user_email = Cpt(Utf8Text, "UserEmail", kind="config")
-    user_institution = Cpt(Utf8Text, "UserInstitution", kind="config")
+    esaf_doi = _text("ESAFDOINumber", "config")
+    user_name = _text("UserName", "config")
+    user_last_name = _text("UserLastName", "config")
+    user_email = _text("UserEmail", "config")
+    user_institution = _text("UserInstitution", "config")
     user_badge = _config("UserBadge")
-    experiment_name = Cpt(Utf8Text, "ExperimentName", kind="config")
-    data_directory = Cpt(Utf8Text, "DataDirectory", kind="config")
-    storage_directory = Cpt(Utf8Text, "StorageDirectory", kind="config")
-    # Status, health and the transfer: read at every event.
-    status = Cpt(Utf8Text, "Status", kind="normal")
+    user_info_update = _config("UserInfoUpdate")
+    experiment_name = _text("ExperimentName", "config")
+    experiment_exists = _config("ExperimentExists", string=False)
+    experiment_year_month = _config("ExperimentYearMonth")
+    data_directory = _text("DataDirectory", "config")
+    storage_directory = _text("StorageDirectory", "config")
+    globus_url = _text("GlobusURL", "config")
+    # Status, health, the transfer and the catalogue: read at every event.
+    status = _text("Status", "normal")
     scheduling_health = _reading("Scheduling:Health", string=True)
     dm_health = _reading("DM:Health", string=True)
     globus_health = _reading("Globus:Health", string=True)
     email_health = _reading("Email:Health", string=True)
+    catalog_health = _reading("Catalog:Health", string=True)
     daq_state = _reading("DaqState", string=True)
     daq_files_done = _reading("Daq:FilesDone")
     daq_files_total = _reading("Daq:FilesTotal")
     daq_bytes = _reading("Daq:Bytes")
     daq_percent = _reading("Daq:Percent")
     daq_rate = _reading("Daq:Rate")
-    daq_last_file = Cpt(Utf8Text, "Daq:LastFile", kind="normal")
-    # Not read in runs: what a plan looks at or writes.
-    status_severity = Cpt(EpicsSignalRO, "Status.SEVR", auto_monitor=False, kind="omitted")
-    busy = Cpt(EpicsSignalRO, "Busy", auto_monitor=False, kind="omitted")
-    last_command = Cpt(EpicsSignalRO, "LastCommand", string=True, auto_monitor=False, kind="omitted")
-    last_error = Cpt(Utf8Text, "LastError", kind="omitted")
-    select_name = Cpt(Utf8TextRW, "SelectName", kind="omitted")
-    badges = Cpt(Utf8TextRW, "Badges", kind="omitted")
-    tag_prefix = Cpt(Utf8TextRW, "TagPrefix", kind="omitted")
+    daq_last_file = _text("Daq:LastFile", "normal")
+    catalog_pending = _reading("Catalog:Pending")
+    catalog_last_dataset = _text("Catalog:LastDataset", "normal")
+    # Not read in runs: what a plan looks at.
+    status_severity = _looked_at("Status.SEVR")  # how a command learns that it failed
+    busy = _looked_at("Busy")
+    last_command = _looked_at("LastCommand", string=True)
+    last_error = _text("LastError")
+    heartbeat = _looked_at("Heartbeat")
+    proposal_active = _looked_at("ProposalActive")
+    schedule_proposal_number = _looked_at("Schedule:ProposalNumber", string=True)
+    schedule_pi = _text("Schedule:PI")
+    schedule_differs = _looked_at("Schedule:Differs")
+    users_count = _looked_at("Users:Count")
+    users_names = _text("Users:Names")
+    users_badges = _text("Users:Badges")
+    users_emails = _text("Users:Emails")
+    experiment_users = _text("ExperimentUsers")
+    experiments = _text("Experiments")
+    emailed_users = _text("EmailedUsers")
+    metadata_last = _text("Metadata:Last")  # JSON
+    # Not read in runs: the settings, and the arguments a command reads when it runs.
+    time_offset_days = _setting("TimeOffsetDays")
+    refresh_period = _setting("RefreshPeriod")
+    tag_prefix = _text_setting("TagPrefix")
+    select_name = _text_setting("SelectName")
+    badges = _text_setting("Badges")
+    email_mode = _setting("EmailMode", string=True)
+    delete_confirm = _text_setting("DeleteConfirm")
+    manual_last_name = _text_setting("Manual:LastName")
+    manual_first_name = _text_setting("Manual:FirstName")
+    manual_institution = _text_setting("Manual:Institution")
+    manual_email = _text_setting("Manual:Email")
+    manual_title = _text_setting("Manual:Title")
+    manual_gup = _setting("Manual:GUP")
+    manual_badges = _text_setting("Manual:Badges")
+    manual_start = _setting("Manual:Start", string=True)
+    manual_end = _setting("Manual:End", string=True)
     # The commands: set(1) runs one and completes when it ends.
-    refresh = Cpt(CommandSignal, "Refresh", kind="omitted")
-    create = Cpt(CommandSignal, "Create", kind="omitted")
-    select = Cpt(CommandSignal, "Select", kind="omitted")
-    add_user = Cpt(CommandSignal, "AddUser", kind="omitted")
-    remove_user = Cpt(CommandSignal, "RemoveUser", kind="omitted")
-    email = Cpt(CommandSignal, "Email", kind="omitted")
-    daq_start = Cpt(CommandSignal, "DaqStart", kind="omitted")
-    daq_stop = Cpt(CommandSignal, "DaqStop", kind="omitted")
-    upload = Cpt(CommandSignal, "Upload", kind="omitted")
-    tag = Cpt(CommandSignal, "Tag", kind="omitted")
+    refresh = _command("Refresh")
+    tag = _command("Tag")
+    create = _command("Create")
+    create_manual = _command("CreateManual")
+    select = _command("Select")
+    add_user = _command("AddUser")
+    remove_user = _command("RemoveUser")
+    email = _command("Email")
+    delete = _command("Delete")  # runs only when DeleteConfirm is ExperimentName
+    daq_start = _command("DaqStart")
+    daq_stop = _command("DaqStop")
+    upload = _command("Upload")
+    catalog = _command("Catalog")

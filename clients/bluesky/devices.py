@@ -1,7 +1,8 @@
 """The IOC as an ophyd-async device: proposal and experiment as configuration, status and transfer as readings.
 
-`DataManagement(prefix)` reads the proposal and experiment once per run (configuration), the status,
-the health of each outside system and the transfer's progress at every event, and runs the commands:
+`DataManagement(prefix)` has a signal for every PV of the IOC. It reads the proposal and experiment once
+per run (configuration), the status, the health of each outside system and the progress of the transfer
+and the catalogue at every event, and runs the commands:
 `await dm.create.set(1)` (or `bps.mv(dm.create, 1)`) completes when the IOC has done it, and fails
 with `CommandFailed` carrying the IOC's `Status` text when the IOC could not.
 
@@ -39,6 +40,11 @@ class Health(StrictEnum):
     DISABLED = "Disabled"
 
 
+class EmailMode(StrictEnum):
+    NEW_USERS = "New users"
+    ALL_USERS = "All users"
+
+
 class Command(Device, Movable[int], Triggerable):
     """One command PV (a bo Done/Busy): `set(1)` or `trigger()` runs it and completes when the command ends.
 
@@ -71,31 +77,48 @@ class Command(Device, Movable[int], Triggerable):
 
 
 class DataManagement(StandardReadable):
-    """The IOC's PVs under `prefix` (e.g. `2bmb:DM:`), with the attribute names the classic device has too."""
+    """Every PV of the IOC under `prefix` (e.g. `2bmb:DM:`), with the attribute names the classic device has too.
+
+    Configuration (read once per run) describes the proposal and the selected experiment; readings (at every
+    event) are the status, health and progress that change during a run; the rest is what a plan reads or
+    writes itself: the commands, their arguments, the settings and the longer lists.
+    """
 
     def __init__(self, prefix: str, name: str = "") -> None:
         # The proposal and the selected experiment: read once per run, into the event descriptor.
         with self.add_children_as_readables(StandardReadableFormat.CONFIG_SIGNAL):
+            self.version = epics_signal_r(str, prefix + "Version")
             self.beamline = epics_signal_r(str, prefix + "Beamline")
             self.run_cycle = epics_signal_r(str, prefix + "Run")
             self.proposal_number = epics_signal_r(str, prefix + "ProposalNumber")
             self.proposal_title = epics_signal_r(str, prefix + "ProposalTitle")
+            self.proposal_type = epics_signal_r(str, prefix + "ProposalType")
+            self.proposal_start = epics_signal_r(str, prefix + "ProposalStart")
+            self.proposal_end = epics_signal_r(str, prefix + "ProposalEnd")
+            self.proprietary = epics_signal_r(bool, prefix + "Proprietary")
+            self.mail_in = epics_signal_r(bool, prefix + "MailIn")
             self.esaf_number = epics_signal_r(str, prefix + "ESAFNumber")
+            self.esaf_doi = epics_signal_r(str, prefix + "ESAFDOINumber")
             self.user_name = epics_signal_r(str, prefix + "UserName")
             self.user_last_name = epics_signal_r(str, prefix + "UserLastName")
             self.user_email = epics_signal_r(str, prefix + "UserEmail")
             self.user_institution = epics_signal_r(str, prefix + "UserInstitution")
             self.user_badge = epics_signal_r(str, prefix + "UserBadge")
+            self.user_info_update = epics_signal_r(str, prefix + "UserInfoUpdate")
             self.experiment_name = epics_signal_r(str, prefix + "ExperimentName")
+            self.experiment_exists = epics_signal_r(bool, prefix + "ExperimentExists")
+            self.experiment_year_month = epics_signal_r(str, prefix + "ExperimentYearMonth")
             self.data_directory = epics_signal_r(str, prefix + "DataDirectory")
             self.storage_directory = epics_signal_r(str, prefix + "StorageDirectory")
-        # Status, health and the transfer: read fresh at every event.
+            self.globus_url = epics_signal_r(str, prefix + "GlobusURL")
+        # Status, health, the transfer and the catalogue: read fresh at every event.
         with self.add_children_as_readables(StandardReadableFormat.UNCACHED_SIGNAL):
             self.status = epics_signal_r(str, prefix + "Status")
             self.scheduling_health = epics_signal_r(Health, prefix + "Scheduling:Health")
             self.dm_health = epics_signal_r(Health, prefix + "DM:Health")
             self.globus_health = epics_signal_r(Health, prefix + "Globus:Health")
             self.email_health = epics_signal_r(Health, prefix + "Email:Health")
+            self.catalog_health = epics_signal_r(Health, prefix + "Catalog:Health")
             self.daq_state = epics_signal_r(DaqState, prefix + "DaqState")
             self.daq_files_done = epics_signal_r(int, prefix + "Daq:FilesDone")
             self.daq_files_total = epics_signal_r(int, prefix + "Daq:FilesTotal")
@@ -103,22 +126,54 @@ class DataManagement(StandardReadable):
             self.daq_percent = epics_signal_r(float, prefix + "Daq:Percent")
             self.daq_rate = epics_signal_r(float, prefix + "Daq:Rate")
             self.daq_last_file = epics_signal_r(str, prefix + "Daq:LastFile")
-        # Not read in runs: what a plan looks at or writes.
+            self.catalog_pending = epics_signal_r(int, prefix + "Catalog:Pending")
+            self.catalog_last_dataset = epics_signal_r(str, prefix + "Catalog:LastDataset")
+        # Not read in runs: what a plan looks at.
         self.busy = epics_signal_r(bool, prefix + "Busy")
         self.last_command = epics_signal_r(str, prefix + "LastCommand")
         self.last_error = epics_signal_r(str, prefix + "LastError")
+        self.heartbeat = epics_signal_r(int, prefix + "Heartbeat")
+        self.proposal_active = epics_signal_r(bool, prefix + "ProposalActive")
+        self.schedule_proposal_number = epics_signal_r(str, prefix + "Schedule:ProposalNumber")
+        self.schedule_pi = epics_signal_r(str, prefix + "Schedule:PI")
+        self.schedule_differs = epics_signal_r(bool, prefix + "Schedule:Differs")
+        self.users_count = epics_signal_r(int, prefix + "Users:Count")
+        self.users_names = epics_signal_r(str, prefix + "Users:Names")
+        self.users_badges = epics_signal_r(str, prefix + "Users:Badges")
+        self.users_emails = epics_signal_r(str, prefix + "Users:Emails")
+        self.experiment_users = epics_signal_r(str, prefix + "ExperimentUsers")
+        self.experiments = epics_signal_r(str, prefix + "Experiments")
+        self.emailed_users = epics_signal_r(str, prefix + "EmailedUsers")
+        self.metadata_last = epics_signal_r(str, prefix + "Metadata:Last")  # JSON
+        # Not read in runs: the settings, and the arguments a command reads when it runs.
+        self.time_offset_days = epics_signal_rw(float, prefix + "TimeOffsetDays")
+        self.refresh_period = epics_signal_rw(float, prefix + "RefreshPeriod")
+        self.tag_prefix = epics_signal_rw(str, prefix + "TagPrefix")
         self.select_name = epics_signal_rw(str, prefix + "SelectName")
         self.badges = epics_signal_rw(str, prefix + "Badges")
-        self.tag_prefix = epics_signal_rw(str, prefix + "TagPrefix")
+        self.email_mode = epics_signal_rw(EmailMode, prefix + "EmailMode")
+        self.delete_confirm = epics_signal_rw(str, prefix + "DeleteConfirm")
+        self.manual_last_name = epics_signal_rw(str, prefix + "Manual:LastName")
+        self.manual_first_name = epics_signal_rw(str, prefix + "Manual:FirstName")
+        self.manual_institution = epics_signal_rw(str, prefix + "Manual:Institution")
+        self.manual_email = epics_signal_rw(str, prefix + "Manual:Email")
+        self.manual_title = epics_signal_rw(str, prefix + "Manual:Title")
+        self.manual_gup = epics_signal_rw(int, prefix + "Manual:GUP")
+        self.manual_badges = epics_signal_rw(str, prefix + "Manual:Badges")
+        self.manual_start = epics_signal_rw(str, prefix + "Manual:Start")
+        self.manual_end = epics_signal_rw(str, prefix + "Manual:End")
         # The commands: set(1) runs one and completes when it ends.
         self.refresh = Command(prefix + "Refresh", self.status)
+        self.tag = Command(prefix + "Tag", self.status)
         self.create = Command(prefix + "Create", self.status)
+        self.create_manual = Command(prefix + "CreateManual", self.status)
         self.select = Command(prefix + "Select", self.status)
         self.add_user = Command(prefix + "AddUser", self.status)
         self.remove_user = Command(prefix + "RemoveUser", self.status)
         self.email = Command(prefix + "Email", self.status)
+        self.delete = Command(prefix + "Delete", self.status)  # runs only when DeleteConfirm is ExperimentName
         self.daq_start = Command(prefix + "DaqStart", self.status)
         self.daq_stop = Command(prefix + "DaqStop", self.status)
         self.upload = Command(prefix + "Upload", self.status)
-        self.tag = Command(prefix + "Tag", self.status)
+        self.catalog = Command(prefix + "Catalog", self.status)
         super().__init__(name=name)

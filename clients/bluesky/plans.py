@@ -2,12 +2,14 @@
 
 Each command completes when the IOC has done it (put completion). A command the IOC fails raises
 `CommandFailed` with the IOC's `Status` text, in the plan (which may catch it) and out of the RunEngine.
-`run_command(dm.refresh)` runs any command the same way.
+A stub that takes arguments writes them to their PVs first and reads them back. `run_command(dm.refresh)`
+runs any command the same way.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import bluesky.plan_stubs as bps
@@ -36,10 +38,76 @@ def create(dm: Any) -> Plan:
     yield from run_command(dm.create)
 
 
+def create_manual(
+    dm: Any,
+    *,
+    last_name: str = "",
+    first_name: str = "",
+    institution: str = "",
+    email: str = "",
+    title: str = "",
+    gup: int = 0,
+    badges: str | Iterable[int | str] = "",
+    start: str = "",
+    end: str = "",
+) -> Plan:
+    """Create an experiment outside the schedule (staff time, a test) and select it.
+
+    Every `Manual:*` PV is written, so nothing of an earlier manual experiment is reused; an empty value
+    takes the IOC's default (last name Staff, no GUP, start the first of this month, end 14 days later).
+    `start` and `end` are YYYY-MM-DD; `badges` lists the users, the first being this person.
+    """
+    arguments = [
+        (dm.manual_last_name, last_name),
+        (dm.manual_first_name, first_name),
+        (dm.manual_institution, institution),
+        (dm.manual_email, email),
+        (dm.manual_title, title),
+        (dm.manual_gup, gup),
+        (dm.manual_badges, badges_text(badges)),
+        (dm.manual_start, start),
+        (dm.manual_end, end),
+    ]
+    for signal, value in arguments:
+        yield from _write(dm, signal, value)
+    yield from run_command(dm.create_manual)
+
+
 def select(dm: Any, name: str) -> Plan:
     """Select the existing experiment `name`; the proposal PVs then show its proposal."""
-    yield from _write_text(dm, dm.select_name, name)
+    yield from _write(dm, dm.select_name, name)
     yield from run_command(dm.select)
+
+
+def add_users(dm: Any, badges: str | Iterable[int | str]) -> Plan:
+    """Give the people with these badges access to the selected experiment."""
+    yield from _write(dm, dm.badges, badges_text(badges))
+    yield from run_command(dm.add_user)
+
+
+def remove_users(dm: Any, badges: str | Iterable[int | str]) -> Plan:
+    """Take access to the selected experiment from the people with these badges."""
+    yield from _write(dm, dm.badges, badges_text(badges))
+    yield from run_command(dm.remove_user)
+
+
+def email(dm: Any, all_users: bool = False) -> Plan:
+    """Send the data-access message to the users of the selected experiment not e-mailed yet, or to all."""
+    yield from _write(dm, dm.email_mode, "All users" if all_users else "New users")
+    yield from run_command(dm.email)
+
+
+def delete(dm: Any, name: str | None = None) -> Plan:
+    """Delete the selected experiment: its DM experiment, its Globus rules and what the IOC knows of it.
+
+    The IOC deletes only when DeleteConfirm equals ExperimentName, and clears DeleteConfirm after each
+    attempt. With `name`, DeleteConfirm is written first (a name that is not the selected experiment's
+    deletes nothing); without, DeleteConfirm is used as an operator typed it. ExperimentName is never read
+    to fill it in: a plan deletes only the experiment it names.
+    """
+    if name is not None:
+        yield from _write(dm, dm.delete_confirm, name)
+    yield from run_command(dm.delete)
 
 
 def daq_start(dm: Any) -> Plan:
@@ -80,16 +148,26 @@ def _next_status(dm: Any, before: str) -> Plan:
     return status
 
 
+def catalog(dm: Any) -> Plan:
+    """Make a dataset now of the files sent since the last one (the IOC makes one at each DaqStop or Upload)."""
+    yield from run_command(dm.catalog)
+
+
 def tag(dm: Any, prefix: str | None = None) -> Plan:
     """Write the user-info PVs into the IOC at `prefix` (by default the IOC's TagPrefix, as it is)."""
     if prefix is not None:
-        yield from _write_text(dm, dm.tag_prefix, prefix)
+        yield from _write(dm, dm.tag_prefix, prefix)
     yield from run_command(dm.tag)
 
 
-def _write_text(dm: Any, signal: Any, text: str) -> Plan:
+def badges_text(badges: str | Iterable[int | str]) -> str:
+    """Badges as the IOC reads them: comma-separated (a text is taken as it is)."""
+    return badges if isinstance(badges, str) else ",".join(str(badge) for badge in badges)
+
+
+def _write(dm: Any, signal: Any, value: Any) -> Plan:
     """Write a command's argument and read it back: neither pyepics nor ophyd-async's `set` report a refused
     put, and a command must not run on the value that was there before."""
-    yield from bps.mv(signal, text)
-    if (yield from bps.rd(signal)) != text:
+    yield from bps.mv(signal, value)
+    if (yield from bps.rd(signal)) != value:
         raise CommandFailed(signal.name, (yield from bps.rd(dm.status)))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from .model import email_problem
+from .text import email_problem
 
 _NAME_BYTES = 64  # an address's part before the @
 _HOST_CHARS = 253

@@ -13,9 +13,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
+from pathlib import Path
 from typing import Protocol
 
-from .model import Beamtime, Experiment, ExperimentUser, Person, Run
+from .beamtime import Beamtime, Run
+from .experiment import Experiment, ExperimentUser
+from .people import Person
 
 
 class SchedulingSource(Protocol):
@@ -131,7 +134,8 @@ class SentFile:
     size: int
     mtime: float  # seconds since the epoch
     sent_at: float  # seconds since the epoch
-    checksum: str = ""  # "md5:<hex>" where the transfer's record has one (the APS DM file catalogue)
+    checksum: str = ""  # "<algorithm>:<hex>" where the transfer has one: the APS DM file catalogue's md5, the
+    # built-in engine's blake2b that each copy was verified against (dm.checksum); Globus gives none
 
 
 class Transfer(Protocol):
@@ -163,7 +167,7 @@ class Transfer(Protocol):
 
 class StateStore(Protocol):
     """The IOC's own durable state, whatever the DM backend: the selection,
-    who was e-mailed, the Globus rule ids (adapters/registry.py, SQLite)."""
+    who was e-mailed, the Globus rule ids (adapters/registry/, SQLite)."""
 
     def selected(self) -> str:
         """The selected experiment's name, '' when none."""
@@ -193,7 +197,7 @@ class StateStore(Protocol):
     def mark_followed(self, key: str) -> None: ...
 
     def forget_experiment(self, experiment: str) -> None:
-        """Drop everything kept about `experiment` (after Delete)."""
+        """Drop everything kept about `experiment` (after Delete), the selection too when it is that one."""
 
 
 class Access(Protocol):
@@ -225,7 +229,8 @@ class Delivery:
 class Mailer(Protocol):
     def send(self, recipients: Sequence[tuple[str, str]], values: Mapping[str, str]) -> Delivery:
         """Render the data-access message with `values` (experiment, title, pi, beamline, globus_url,
-        storage_directory) and send it to each (username, address) on its own."""
+        storage_directory) and send it to each (username, address) on its own: one without an address is
+        skipped, one the server refuses fails alone (`Delivery`); a server that does not answer: EmailError."""
 
 
 class TagTarget(Protocol):
@@ -248,10 +253,57 @@ class CatalogFile:
     path: str
     size: int
     mtime: str  # ISO 8601
-    checksum: str = ""  # "<algorithm>:<hex>" (md5 from the APS DM, blake2b computed here)
+    checksum: str = ""  # "<algorithm>:<hex>", the transfer's (SentFile.checksum)
 
 
 RECORDS_FOLDER = "metadata"  # in an experiment's storage: the acquisitions' records, written by the IOC alone
+
+
+@dataclass(frozen=True)
+class RecordHead:
+    """The first line of an acquisition's record: all that is read of it."""
+
+    n: int  # its number, as in its name `{experiment}-{n}.json`
+    mark: float  # the newest `sent_at` of its files: the next acquisition's file list starts after it
+    ended: str  # when its file list was taken, as written (ISO 8601)
+
+
+class RecordsFolder(Protocol):
+    """An experiment's folder of acquisition records (RECORDS_FOLDER in its storage), open for one record.
+
+    A record is written aside, then put in place: it is there whole or not at all. Disk failures raise
+    OSError. The folder stays open (reached once, never again by name) until `close`.
+    """
+
+    path: Path
+
+    def newest(self, experiment: str, latest: float) -> tuple[RecordHead | None, list[str]]:
+        """The head of the newest record of `experiment` the IOC wrote, None if none; and the newer files
+        skipped, each with why (not the IOC's alone, or a mark after `latest`, seconds since the epoch)."""
+
+    def next_number(self, experiment: str) -> int:
+        """The number after the highest of `experiment`'s records, skipped ones too: none is replaced."""
+
+    def write_aside(self, record: Mapping[str, object]) -> str:
+        """Write `record` (with the keys of its head: n, mark, ended) to a new hidden file of the folder,
+        on disk; its name."""
+
+    def put_in_place(self, aside: str, experiment: str, number: int) -> Path:
+        """Rename the file written aside to the record `{experiment}-{number}.json`; its path."""
+
+    def discard(self, aside: str) -> None:
+        """Remove a file written aside and not put in place (quietly)."""
+
+    def close(self) -> None: ...
+
+
+class Records(Protocol):
+    """The acquisitions' records, each in its experiment's storage, written by the IOC alone."""
+
+    def open(self, storage: str) -> RecordsFolder:
+        """The folder of records of the experiment storage `storage` (a folder), made when missing. OSError
+        when the storage cannot be reached; a DMagicError when something other than the IOC's folder of
+        records is there (nothing is read or written there)."""
 
 
 @dataclass(frozen=True)

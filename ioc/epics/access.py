@@ -29,7 +29,7 @@ from caproto import AccessRights
 from ..addresses import IPAddress, os_reason, parse_hosts, plain_address, resolve_host
 
 if TYPE_CHECKING:
-    from ..config import AccessSettings
+    from ..settings.schema import AccessSettings
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import caproto as ca
 
-from ..domain.model import printable
+from ..domain.text import printable
 from ..statefiles import PrivateRotatingFileHandler
 from .logs import Held, RateLimit, counted, held_text
 from .pvs import wire_bytes

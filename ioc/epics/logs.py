@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 
 from caproto import Forbidden
 
-from ..engine import CommandFailed
+from ..app.reporting import CommandFailed
 from .pvs import PutRefused
 
 log = logging.getLogger(__name__)

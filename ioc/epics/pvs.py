@@ -1,4 +1,4 @@
-"""pvproperty factories for the contract's PV kinds, with the caproto pitfalls handled once.
+"""The declared PVs served by caproto, with the caproto pitfalls handled once.
 
 Every PV gets its own alarm (`alarm_group` = its name), so a MAJOR `Status`
 never drags its siblings into alarm; every text PV is UTF-8; DBR_STRING PVs
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from caproto import AccessRights, AlarmSeverity, AlarmStatus, CaprotoValueError, ChannelType, native_type
@@ -21,11 +22,9 @@ from caproto.server.server import (
     PvpropertyString,
 )
 
-log = logging.getLogger(__name__)
+from .declarations import PV
 
-COMMAND_STATES = ("Done", "Busy")
-NO_YES = ("No", "Yes")
-HEALTH_STATES = ("OK", "Error", "Disabled")
+log = logging.getLogger(__name__)
 
 # mbbi/mbbo state fields, in order: ZRST/ZRVL, ONST/ONVL, ...
 MBB_FIELDS = ("ZR", "ON", "TW", "TH", "FR", "FV", "SX", "SV", "EI", "NI", "TE", "EL", "TV", "TT", "FT", "FF")
@@ -180,7 +179,59 @@ class CheckedLong(GuardedNumber, PvpropertyInteger):
     """A writable long within its limits."""
 
 
-class GuardedPVGroup(PVGroup):
+def served(pv: PV) -> pvproperty:
+    """The caproto pvproperty of a declared PV: its own alarm, and the record fields (`.DESC`, `.RTYP`, ...)
+    of its record type."""
+    kwargs: dict = {}
+    if pv.kind == "text":
+        kwargs = {"dtype": ChannelType.CHAR, "max_length": pv.length, "string_encoding": "utf-8"}
+    elif pv.kind == "string":
+        kwargs = {"dtype": ChannelType.STRING, "string_encoding": "utf-8"}
+    elif pv.kind in ("enum", "command"):
+        kwargs = {"dtype": ChannelType.ENUM, "enum_strings": pv.states}
+    elif pv.kind == "long":
+        kwargs = {"dtype": ChannelType.LONG}
+    else:
+        kwargs = {"dtype": ChannelType.DOUBLE, "precision": pv.precision, "units": pv.units}
+    if pv.kind in ("long", "double"):
+        kwargs.update(lower_ctrl_limit=pv.limits[0], upper_ctrl_limit=pv.limits[1])
+    return pvproperty(name=pv.name, value=pv.value, read_only=not pv.rw, alarm_group=pv.name, doc=pv.doc,
+                      record=pv.record, **kwargs)  # fmt: skip
+
+
+class DeclaredGroupMeta(type(PVGroup)):  # type: ignore[misc]
+    """Builds a PV group's pvproperties from its table of declarations (`class G(Base, pvs=TABLE)`).
+
+    The group's methods named after an attribute hook it: `put_<attribute>` is the putter of a
+    setting, `startup_<attribute>` a startup hook; a command PV's putter is the group's `put_command`.
+    """
+
+    @classmethod
+    def __prepare__(mcls, name, bases, **kwargs):
+        return super().__prepare__(name, bases)
+
+    def __init__(cls, name, bases, namespace, **kwargs):
+        super().__init__(name, bases, namespace)
+
+    def __new__(mcls, name, bases, namespace, pvs: Mapping[str, PV] | None = None):
+        for attribute, pv in (pvs or {}).items():
+            prop = served(pv)
+            if pv.kind == "command":
+                prop = prop.putter(_put_command)
+            elif f"put_{attribute}" in namespace:
+                prop = prop.putter(namespace[f"put_{attribute}"])
+            if f"startup_{attribute}" in namespace:
+                prop = prop.startup(namespace[f"startup_{attribute}"])
+            namespace[attribute] = prop
+        return super().__new__(mcls, name, bases, namespace)
+
+
+async def _put_command(group, instance, value):
+    """A put on a command PV: the group submits its command."""
+    return await group.put_command(instance, value)
+
+
+class GuardedPVGroup(PVGroup, metaclass=DeclaredGroupMeta):
     """A PVGroup whose writable PVs refuse what makes no sense, before anything changes."""
 
     type_map = {
@@ -194,78 +245,6 @@ class GuardedPVGroup(PVGroup):
 
     async def put_refused(self, message: str) -> None:
         """A client's write was refused: say so where people look (the command groups show it on Status)."""
-
-
-# Record types of the same PVs in EPICS: what `db_templates/` declares and `PV.RTYP` answers.
-# EmailMode is an mbbo although it has two states today (room for more modes).
-INTERFACE_RECORD_TYPES = {"EmailMode": "mbbo"}
-_RECORDS = {  # kind -> (record type when read-only, when clients may write)
-    "string": ("stringin", "stringout"),
-    "text": ("waveform", "waveform"),
-    "long": ("longin", "longout"),
-    "double": ("ai", "ao"),
-}
-
-
-def record_type(kind: str, states: tuple[str, ...], writable: bool, name: str = "") -> str:
-    """The EPICS record type for a PV of `kind`: enums by their number of states, commands are bo."""
-    if name in INTERFACE_RECORD_TYPES:
-        return INTERFACE_RECORD_TYPES[name]
-    if kind == "command":
-        return "bo"
-    if kind == "enum":
-        base = "b" if len(states) == 2 else "mbb"
-        return base + ("o" if writable else "i")
-    return _RECORDS[kind][writable]
-
-
-def _pv(name: str, kind: str, doc: str, *, rw: bool, states: tuple[str, ...] = (), **kwargs) -> pvproperty:
-    """A pvproperty with its own alarm and the record fields (`.DESC`, `.RTYP`, ...) of its record type."""
-    return pvproperty(
-        name=name,
-        read_only=not rw,
-        alarm_group=name,
-        doc=doc,
-        record=record_type(kind, states, rw, name),
-        **({"enum_strings": states} if states else {}),
-        **kwargs,
-    )
-
-
-def text(name: str, length: int, doc: str, *, rw: bool = False) -> pvproperty:
-    """A char waveform read as a string (`caget -S`), UTF-8, up to `length` bytes."""
-    return _pv(name, "text", doc, rw=rw, value="", dtype=ChannelType.CHAR, max_length=length, string_encoding="utf-8")
-
-
-def string(name: str, doc: str, *, rw: bool = False, value: str = "") -> pvproperty:
-    """A DBR_STRING PV (40 bytes)."""
-    return _pv(name, "string", doc, rw=rw, value=value, dtype=ChannelType.STRING, string_encoding="utf-8")
-
-
-def enum(name: str, states: tuple[str, ...], doc: str, *, rw: bool = False, value: int = 0) -> pvproperty:
-    return _pv(name, "enum", doc, rw=rw, states=states, value=states[value], dtype=ChannelType.ENUM)
-
-
-def long(name: str, doc: str, *, rw: bool = False, value: int = 0, limits: tuple[int, int] = (0, 0)) -> pvproperty:
-    """A long; a writable one takes only whole numbers within `limits` (low, high)."""
-    low, high = limits
-    return _pv(name, "long", doc, rw=rw, value=value, dtype=ChannelType.LONG,
-               lower_ctrl_limit=low, upper_ctrl_limit=high)  # fmt: skip
-
-
-def double(
-    name: str, doc: str, *, rw: bool = False, value: float = 0.0, precision: int = 2, units: str = "",
-    limits: tuple[float, float] = (0.0, 0.0),
-) -> pvproperty:  # fmt: skip
-    """A double; a writable one takes only finite numbers within `limits` (low, high)."""
-    low, high = limits
-    return _pv(name, "double", doc, rw=rw, value=value, dtype=ChannelType.DOUBLE, precision=precision, units=units,
-               lower_ctrl_limit=low, upper_ctrl_limit=high)  # fmt: skip
-
-
-def command(name: str, doc: str) -> pvproperty:
-    """A bo Done/Busy command PV: write 1 to run it; it reads 1 while it runs."""
-    return _pv(name, "command", doc, rw=True, states=COMMAND_STATES, value=COMMAND_STATES[0], dtype=ChannelType.ENUM)
 
 
 async def serve_record_fields(pvdb: dict) -> None:
@@ -298,10 +277,6 @@ async def serve_record_fields(pvdb: dict) -> None:
 
 def _read_only(hostname: str, username: str) -> AccessRights:
     return AccessRights.READ
-
-
-def is_command(channel) -> bool:
-    return tuple(getattr(channel, "enum_strings", ()) or ()) == COMMAND_STATES
 
 
 SEVERITY_STATUS = {

@@ -1,99 +1,25 @@
-"""The IOC: the concerns' PV groups under one prefix, built around one engine; autosave; write access."""
+"""The IOC: the concerns' PV groups under one prefix, showing what the supervisor publishes; autosave; access."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
-import os
-import tempfile
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from caproto import AlarmSeverity
 
-from ..engine import Engine, first_health
-from ..statefiles import disk_full, keep_aside
-from ..usecases import Beamline
+from ..app.reporting import Severity
+from ..app.supervisor import Inputs, Supervisor
 from .access import restrict_writes
+from .autosave import Autosave, settings_channels
 from .groups.catalog import CatalogGroup
 from .groups.daq import DaqGroup
 from .groups.experiment import ExperimentGroup
 from .groups.proposal import ProposalGroup
-from .groups.status import StatusGroup
-from .pvs import is_command, serve_record_fields
+from .groups.status import StatusGroup, package_version
+from .pvs import serve_record_fields, update
 
 log = logging.getLogger(__name__)
-
-AUTOSAVE_SECONDS = 0.5
-
-
-class DMagicIOC:
-    """dmagic-ioc: the beamline's scheduling and data management on PVs.
-
-    The status group first, then the engine that writes it, then the groups
-    whose commands run through the engine; `pvdb` holds them all, in that order.
-    """
-
-    def __init__(self, prefix: str, *, beamline: Beamline, startup_problems: Sequence[StartupProblem] = ()):
-        self.beamline = beamline
-        self.startup_problems = tuple(startup_problems)
-        health = first_health(beamline.settings)
-        self.status = StatusGroup(prefix, health=health)
-        self.engine = Engine(beamline, self.status, health)
-        self.engine.show = self.show
-        self.proposal = ProposalGroup(prefix, engine=self.engine, beamline=beamline)
-        self.experiment = ExperimentGroup(prefix, engine=self.engine, beamline=beamline)
-        self.daq = DaqGroup(prefix, engine=self.engine, beamline=beamline)
-        self.catalog = CatalogGroup(prefix, engine=self.engine, beamline=beamline)
-        self.pvdb = {**self.status.pvdb, **self.proposal.pvdb, **self.experiment.pvdb, **self.daq.pvdb,
-                     **self.catalog.pvdb}  # fmt: skip
-        self.autosave = Autosave(beamline.settings.ioc.state_dir / "autosave.json", settings_channels(self.pvdb),
-                                 say=self.engine.notify)  # fmt: skip
-        self.write_access = restrict_writes(self.pvdb, beamline.settings.ioc.access)  # None: anyone may write
-
-    async def show(self) -> None:
-        """Every group shows what the use cases changed: proposal, experiment, transfer state, health."""
-        state = self.beamline.state
-        await self.proposal.show(state)
-        await self.experiment.show(state)
-        await self.catalog.show(state)
-        progress = await self.engine.query("reading the transfer's progress", self.beamline.transfer_progress)
-        if progress is not None:
-            await self.daq.show(progress)
-        await self.status.show()
-
-    async def startup(self, async_lib) -> None:
-        """Config defaults, then autosaved values, then the selected experiment; then autosave runs.
-
-        State that could not be read (a registry or autosave file kept aside) makes the startup
-        Status MAJOR, saying what was done; the IOC serves on.
-        """
-        settings = self.beamline.settings
-        await serve_record_fields(self.pvdb)
-        await self.proposal.refresh_period.write(settings.scheduling.refresh_period, verify_value=False)
-        await self.proposal.tag_prefix.write(settings.tag.prefix, verify_value=False)
-        problems = list(self.startup_problems)  # found before serving: a registry kept aside, say
-        kept = await self.autosave.restore()
-        if kept:
-            problems.append(StartupProblem(kept))
-        for problem in problems:
-            log.error("%s", problem.message)
-            if problem.system:
-                self.engine.hold_error(problem.system)
-        failure = await self.engine.background("reading the selected experiment", self.beamline.read_selection,
-                                               say_failure=False)  # fmt: skip
-        if failure:
-            problems.append(StartupProblem(failure))
-        started = f"dmagic-ioc {self.status.version.value} started"
-        if problems:
-            message = f"{started}, but {'; '.join(p.message for p in problems)}"
-            await self.engine.report(message, AlarmSeverity.MAJOR_ALARM)
-        else:
-            await self.engine.report(started, AlarmSeverity.NO_ALARM)
-        self.engine.ready.set()
-        await self.autosave.run(async_lib)
 
 
 @dataclass(frozen=True)
@@ -104,158 +30,57 @@ class StartupProblem:
     system: str = ""  # a system whose Health PV then stays at Error until restart ("DM" for the registry)
 
 
-NOT_AUTOSAVED = {"DeleteConfirm"}  # a confirmation is for one attempt, never for after a restart
+class DMagicIOC:
+    """dmagic-ioc: the beamline's scheduling and data management on PVs.
 
-
-def settings_channels(pvdb: dict) -> dict:
-    """The RW PVs that are settings (not commands, not confirmations): what autosave keeps."""
-    return {
-        name: ch
-        for name, ch in pvdb.items()
-        if not ch.pvspec.read_only and not is_command(ch) and ch.pvspec.name not in NOT_AUTOSAVED
-    }
-
-
-class Autosave:
-    """RW PVs survive a restart: their values in a JSON file, written aside and renamed.
-
-    A file that cannot be read is kept aside (`autosave.json.corrupt-<time>`),
-    never overwritten: the PVs start from their defaults and `restore` returns
-    a sentence for Status. When it cannot even be renamed, nothing is saved
-    until the next start. A save that fails (a full state_dir) is said with
-    `say` (MAJOR) once, and again only after a save worked in between; it is
-    tried again at each change meanwhile.
+    Each group subscribes to what the supervisor publishes (the status group last: Busy goes Idle after
+    the rest shows the outcome); `pvdb` holds them all.
     """
 
-    def __init__(self, path: Path, channels: dict, say: Callable[[str, AlarmSeverity], Awaitable[bool]] | None = None):
-        self.path = path
-        self.channels = channels  # full PV name -> channel
-        self._saved: dict | None = None
-        self.enabled = True
-        self._say = say  # shows a sentence on Status; False when it could not now (a command runs)
-        self._failure = ""  # why saving fails, since it began to ('' while it works)
-        self._failure_said = False
+    def __init__(self, prefix: str, *, supervisor: Supervisor, startup_problems: Sequence[StartupProblem] = ()):
+        self.supervisor = supervisor
+        self.startup_problems = tuple(startup_problems)
+        self.status = StatusGroup(prefix)
+        self.proposal = ProposalGroup(prefix, supervisor=supervisor)
+        self.experiment = ExperimentGroup(prefix, supervisor=supervisor)
+        self.daq = DaqGroup(prefix, supervisor=supervisor)
+        self.catalog = CatalogGroup(prefix, supervisor=supervisor)
+        for group in (self.proposal, self.experiment, self.catalog, self.daq, self.status):
+            supervisor.subscribe(group.show)
+        supervisor.inputs = self.inputs
+        self.pvdb = {**self.status.pvdb, **self.proposal.pvdb, **self.experiment.pvdb, **self.daq.pvdb,
+                     **self.catalog.pvdb}  # fmt: skip
+        settings = supervisor.services.settings
+        self.autosave = Autosave(settings.ioc.state_dir / "autosave.json", settings_channels(self.pvdb),
+                                 say=self.say)  # fmt: skip
+        self.write_access = restrict_writes(self.pvdb, settings.ioc.access)  # None: anyone may write
 
-    def snapshot(self) -> dict:
-        # Keyed without the prefix: an IOC started under a new prefix keeps its settings.
-        return {ch.pvspec.name: _plain(ch.value) for ch in self.channels.values()}
+    def inputs(self) -> Inputs:
+        """The settings PVs the supervisor's timers read."""
+        return Inputs(self.proposal.time_offset_days.value, self.proposal.refresh_period.value)
 
-    async def restore(self) -> str:
-        """Write the saved values into their PVs; '' or, when the file could not be read, what was done."""
-        try:
-            saved = await asyncio.to_thread(self._read)
-        except (OSError, ValueError, RecursionError) as error:
-            problem = await asyncio.to_thread(self._keep_aside, _reason(error))
-            self._saved = self.snapshot()
-            return problem
-        for channel in self.channels.values():
-            key = channel.pvspec.name
-            if key in saved:
-                try:  # the same checks as a client's write, putters included: a saved NaN stays out
-                    await channel.write(channel.checked(saved[key]))
-                except Exception as error:  # a stale or odd value: keep the default
-                    log.warning("autosave: %s not restored from %r: %s", key, saved[key], error)
-        self._saved = self.snapshot()
-        return ""
+    async def say(self, message: str, severity: AlarmSeverity) -> bool:
+        return await self.supervisor.tell(message, Severity(int(severity)))
 
-    def _read(self) -> dict:
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return {}
-        values = json.loads(data.decode("utf-8"))
-        if not isinstance(values, dict):
-            raise ValueError(f"it holds a JSON {type(values).__name__}, not an object of PV values")
-        return values
+    async def startup(self, async_lib) -> None:
+        """Config defaults, then autosaved values; then the supervisor reads the selection and runs, and
+        autosave runs.
 
-    def _keep_aside(self, reason: str) -> str:
-        """Rename the unreadable file; if even that fails, stop saving so it is never overwritten."""
-        try:
-            aside = keep_aside(self.path)
-        except OSError as error:
-            self.enabled = False
-            return (
-                f"autosave {self.path} could not be read ({reason}) nor kept aside ({error.strerror}): "
-                "RW PVs start from defaults and are not saved until the next start"
-            )
-        return f"autosave {self.path} could not be read ({reason}): kept it as {aside.name}; RW PVs start from defaults"
-
-    async def run(self, async_lib) -> None:
-        """Save whenever a setting changed; once more on the way out."""
-        if not self.enabled:
-            return
-        try:
-            while True:
-                await async_lib.library.sleep(AUTOSAVE_SECONDS)
-                await self.save()
-        finally:
-            if self.snapshot() != self._saved:
-                try:
-                    self._write(self.snapshot())
-                except OSError as error:
-                    log.error("autosave to %s failed on the way out: %s", self.path, self._why(error))
-
-    async def save(self) -> None:
-        """Write the settings if they changed; a failure is said, never raised (the IOC serves on)."""
-        snapshot = self.snapshot()
-        if not self.enabled or snapshot == self._saved:
-            return
-        try:
-            await asyncio.to_thread(self._write, snapshot)
-        except Exception as error:
-            await self._failed(error)
-            return
-        self._saved = snapshot
-        if self._failure:
-            log.info("autosave to %s works again", self.path)
-            self._failure, self._failure_said = "", False
-
-    async def _failed(self, error: Exception) -> None:
-        """Log and say a failed save once; say it later if a command holds Status now."""
-        if not self._failure:
-            self._failure = (
-                f"autosave to {self.path} failed: {self._why(error)}; "
-                "RW PV changes are saved when it works again (a restart now would lose them)"
-            )
-            if isinstance(error, OSError):
-                log.error("%s", self._failure)
-            else:  # a bug
-                log.exception("%s", self._failure)
-        if not self._failure_said and self._say is not None:
-            self._failure_said = await self._say(self._failure, AlarmSeverity.MAJOR_ALARM)
-
-    @staticmethod
-    def _why(error: Exception) -> str:
-        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-        return f"state_dir full ({reason})" if disk_full(error) else reason
-
-    def _write(self, values: dict) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(prefix=".autosave-", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as file:
-                json.dump(values, file, indent=1, ensure_ascii=False)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, self.path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-
-
-def _reason(error: Exception) -> str:
-    """Why a state file could not be read, in a few words (never its content)."""
-    if isinstance(error, OSError):
-        return error.strerror or type(error).__name__
-    if isinstance(error, UnicodeDecodeError):
-        return "not UTF-8 text"
-    if isinstance(error, RecursionError):
-        return "nested too deeply"
-    if isinstance(error, json.JSONDecodeError):
-        return f"not valid JSON: {error.msg} at line {error.lineno} column {error.colno}"
-    return str(error)
-
-
-def _plain(value):
-    """caproto hands numeric values as numpy scalars; JSON wants Python ones."""
-    return value.item() if hasattr(value, "item") else value
+        State that could not be read (a registry or autosave file kept aside) makes the startup
+        Status MAJOR, saying what was done; the IOC serves on.
+        """
+        settings = self.supervisor.services.settings
+        await serve_record_fields(self.pvdb)
+        await update(self.status.version, package_version())
+        await update(self.proposal.beamline_name, settings.beamline.name)
+        await self.proposal.refresh_period.write(settings.scheduling.refresh_period, verify_value=False)
+        await self.proposal.tag_prefix.write(settings.tag.prefix, verify_value=False)
+        problems = list(self.startup_problems)  # found before serving: a registry kept aside, say
+        kept = await self.autosave.restore()
+        if kept:
+            problems.append(StartupProblem(kept))
+        started = f"dmagic-ioc {package_version()} started"
+        await async_lib.library.gather(
+            self.supervisor.run(started, [(problem.message, problem.system) for problem in problems]),
+            self.autosave.run(async_lib),
+        )

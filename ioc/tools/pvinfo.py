@@ -1,20 +1,19 @@
-"""One description per PV, read from a `DMagicIOC`'s pvdb: what the EPICS database and the docs/pvs.md table render.
+"""One description per PV, from the declarations: what the EPICS database and the docs/pvs.md table render.
 
-The IOC's pvproperty definitions are the single source; `dbgen` and `pvtable`
+The declarations (`epics/declarations.py`) are the single source; `dbgen` and `pvtable`
 only format the descriptions made here.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from caproto import ChannelType
 
-from ..epics.pvs import is_command, record_type
+from ..epics.declarations import COMMAND_STATES, PV, every_pv
 
 log = logging.getLogger(__name__)
 
@@ -58,65 +57,51 @@ class PVInfo:
         return self.kind
 
 
-def describe_channel(name: str, channel: Any) -> PVInfo:
-    """Describe one pvdb channel; `name` is the PV name after the prefix."""
-    if is_command(channel):
-        kind = "command"
-    elif channel.data_type == ChannelType.ENUM:
-        kind = "enum"
-    elif channel.data_type in _KINDS:
-        kind = _KINDS[channel.data_type]
-    else:
-        raise ValueError(f"{name}: no record type for channel type {channel.data_type!r}")
-    states = tuple(channel.enum_strings) if kind in ("enum", "command") else ()
-    writable = not channel.pvspec.read_only
+def info(pv: PV) -> PVInfo:
+    """What a client sees of declared PV `pv`."""
+    numeric = pv.kind in ("long", "double")
     return PVInfo(
-        name=name,
-        kind=kind,
-        record=record_type(kind, states, writable, name),
-        access="RW" if writable else "RO",
-        doc=" ".join((channel.pvspec.doc or "").split()),
-        length=channel.max_length if kind == "text" else 1,
-        states=states,
-        precision=channel.precision if kind == "double" else None,
-        units=getattr(channel, "units", "") or "",
-        limits=_limits(channel) if writable and kind in ("long", "double") else None,
+        name=pv.name,
+        kind=pv.kind,
+        record=pv.record,
+        access="RW" if pv.rw else "RO",
+        doc=" ".join(pv.doc.split()),
+        length=pv.length if pv.kind == "text" else 1,
+        states=pv.states,
+        precision=pv.precision if pv.kind == "double" else None,
+        units=pv.units,
+        limits=pv.limits if pv.rw and numeric and pv.limits[0] != pv.limits[1] else None,
     )
 
 
-def _limits(channel: Any) -> tuple[float, float] | None:
-    low, high = channel.lower_ctrl_limit, channel.upper_ctrl_limit
-    return (low, high) if low != high else None
+def ioc_pvs() -> list[PVInfo]:
+    """Every PV the IOC serves, from its declarations, in the order it serves them."""
+    return [info(pv) for pv in every_pv()]
 
 
-def describe(pvdb: Mapping[str, Any], prefix: str) -> list[PVInfo]:
-    """Describe every PV of `pvdb` (full name -> channel), in the IOC's order."""
+def served(pvdb: Mapping[str, Any], prefix: str) -> list[PVInfo]:
+    """What a client sees of the channels caproto serves (`pvdb`: full name -> channel): to check that
+    the server serves the declarations as they are."""
     described = []
     for full_name, channel in pvdb.items():
         if not full_name.startswith(prefix):
             raise ValueError(f"{full_name} does not start with the prefix {prefix!r}")
-        described.append(describe_channel(full_name[len(prefix) :], channel))
+        name = full_name[len(prefix) :]
+        kind = _KINDS.get(channel.data_type, "enum")
+        if kind == "enum" and tuple(channel.enum_strings) == COMMAND_STATES:
+            kind = "command"
+        writable = not channel.pvspec.read_only
+        low, high = getattr(channel, "lower_ctrl_limit", 0), getattr(channel, "upper_ctrl_limit", 0)
+        described.append(PVInfo(
+            name=name,
+            kind=kind,
+            record=channel.pvspec.record,
+            access="RW" if writable else "RO",
+            doc=" ".join((channel.pvspec.doc or "").split()),
+            length=channel.max_length if kind == "text" else 1,
+            states=tuple(channel.enum_strings) if kind in ("enum", "command") else (),
+            precision=channel.precision if kind == "double" else None,
+            units=getattr(channel, "units", "") or "",
+            limits=(low, high) if writable and kind in ("long", "double") and low != high else None,
+        ))  # fmt: skip
     return described
-
-
-@contextmanager
-def _quiet(logger_name: str) -> Iterator[None]:
-    """caproto warns (on the group's logger) about the backlog of large arrays: not news when describing PVs."""
-    logger = logging.getLogger(logger_name)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
-def ioc_pvs() -> list[PVInfo]:
-    """Describe the PVs of a `DMagicIOC` built on default settings, without adapters (nothing is contacted)."""
-    from ..config import Settings
-    from ..epics.server import DMagicIOC
-    from ..usecases import Beamline
-
-    with _quiet("dmagic_ioc.ioc.epics.groups"):
-        ioc = DMagicIOC(PREFIX_MACRO, beamline=Beamline(Settings(), adapters=None))
-    return describe(ioc.pvdb, PREFIX_MACRO)

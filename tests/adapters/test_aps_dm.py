@@ -15,7 +15,9 @@ import pytest
 from dmagic_ioc.adapters.dm.aps import ApsDM
 from dmagic_ioc.adapters.dm.aps_daq import ApsDaq
 from dmagic_ioc.adapters.dm.aps_sdk import parse_sdk_date, sdk_date, sdk_field
-from dmagic_ioc.ioc.domain.model import DMError, Experiment, ExperimentUser, InputError, Person
+from dmagic_ioc.ioc.domain.errors import DMError, InputError
+from dmagic_ioc.ioc.domain.experiment import Experiment, ExperimentUser
+from dmagic_ioc.ioc.domain.people import Person
 from dmagic_ioc.ioc.domain.ports import SentFile, TransferProgress, TransferState
 
 FAKES = Path(__file__).resolve().parents[1] / "fakes"

@@ -15,7 +15,8 @@ from zoneinfo import ZoneInfo
 import pytest
 import requests
 from dmagic_ioc.adapters.aps_scheduling import ApsScheduling
-from dmagic_ioc.ioc.domain.model import Run, SchedulingError
+from dmagic_ioc.ioc.domain.beamtime import Run
+from dmagic_ioc.ioc.domain.errors import SchedulingError
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 

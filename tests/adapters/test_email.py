@@ -12,17 +12,15 @@ from pathlib import Path
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
-from dmagic_ioc.adapters.email import (
-    OUTBOX_MODE,
+from dmagic_ioc.adapters.email import OUTBOX_MODE, OutboxMailer, SmtpMailer
+from dmagic_ioc.adapters.email_message import (
     PLACEHOLDERS,
-    OutboxMailer,
-    SmtpMailer,
     build_message,
     check_template,
     default_template,
     load_template,
 )
-from dmagic_ioc.ioc.domain.model import EmailError, InputError
+from dmagic_ioc.ioc.domain.errors import EmailError, InputError
 
 from ..helpers import free_port
 

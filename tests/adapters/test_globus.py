@@ -26,7 +26,8 @@ from dmagic_ioc.adapters.globus.access import GlobusAccess
 from dmagic_ioc.adapters.globus.client import collection_path
 from dmagic_ioc.adapters.globus.transfer import GlobusTransfer
 from dmagic_ioc.adapters.http import MB
-from dmagic_ioc.ioc.domain.model import Experiment, ExperimentUser, GlobusError
+from dmagic_ioc.ioc.domain.errors import GlobusError
+from dmagic_ioc.ioc.domain.experiment import Experiment, ExperimentUser
 from dmagic_ioc.ioc.domain.ports import TransferState
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response

@@ -15,11 +15,14 @@ from pathlib import Path
 
 import pytest
 from dmagic_ioc.adapters.dm import local as local_dm
-from dmagic_ioc.adapters.dm.local import DIR_MODE, LocalDM
+from dmagic_ioc.adapters.dm.local import LocalDM
+from dmagic_ioc.adapters.dm.marker import STORAGE_MARKER, read_storage_marker, write_storage_marker
+from dmagic_ioc.adapters.dm.tree import DIR_MODE, SHARED_DIR_MODE
 from dmagic_ioc.adapters.hosts import is_this_host
-from dmagic_ioc.adapters.registry import Registry
-from dmagic_ioc.ioc.config import acl_support_problem
-from dmagic_ioc.ioc.domain.model import DMError, Experiment, ExperimentUser, InputError
+from dmagic_ioc.adapters.registry.store import Registry
+from dmagic_ioc.ioc.domain.errors import DMError, InputError
+from dmagic_ioc.ioc.domain.experiment import Experiment, ExperimentUser
+from dmagic_ioc.ioc.settings.preflight import acl_support_problem
 
 from ..accounts import (
     as_user,
@@ -348,40 +351,40 @@ def test_esaf_is_empty(dm):
 def test_create_marks_the_storage_and_a_rerun_keeps_the_mark(dm):
     created, _ = dm.create_experiment(experiment())
     storage = Path(created.storage_directory)
-    marker = json.loads((storage / local_dm.STORAGE_MARKER).read_text())
+    marker = json.loads((storage / STORAGE_MARKER).read_text())
     assert marker["experiment"] == NAME and len(marker["id"]) == 32
 
     dm.create_experiment(experiment())
 
-    assert json.loads((storage / local_dm.STORAGE_MARKER).read_text())["id"] == marker["id"]
-    assert sorted(p.name for p in storage.iterdir()) == sorted([local_dm.STORAGE_MARKER, "analysis", "data"])
+    assert json.loads((storage / STORAGE_MARKER).read_text())["id"] == marker["id"]
+    assert sorted(p.name for p in storage.iterdir()) == sorted([STORAGE_MARKER, "analysis", "data"])
 
 
 def test_the_marker_goes_into_the_folder_create_made_even_if_its_path_is_swapped(dm, roots, monkeypatch):
     """The storage's path is swapped for another folder right after Create made (and opened) it: the marker
     is written through Create's descriptor, in the folder Create made; the swapped-in one gets nothing."""
-    real_make_storage = LocalDM._make_storage
+    real_make_storage = local_dm.make_storage
     storage = roots[0] / "2026-10" / NAME
     made = roots[0] / "2026-10" / "made-by-create"
 
-    def make_storage(self, *args):
-        fd = real_make_storage(self, *args)
+    def make_storage(*args):
+        fd = real_make_storage(*args)
         storage.rename(made)
         storage.mkdir()  # someone's folder at the storage's name
         return fd
 
-    monkeypatch.setattr(LocalDM, "_make_storage", make_storage)
+    monkeypatch.setattr(local_dm, "make_storage", make_storage)
 
     dm.create_experiment(experiment())
 
-    assert json.loads((made / local_dm.STORAGE_MARKER).read_text())["experiment"] == NAME
+    assert json.loads((made / STORAGE_MARKER).read_text())["experiment"] == NAME
     assert list(storage.iterdir()) == []
 
 
 def test_a_storage_marked_for_another_experiment_is_refused(dm, roots):
     storage = roots[0] / "2026-10" / NAME
     storage.mkdir(parents=True)
-    local_dm.write_storage_marker(storage, "2026-10-Other-1")
+    write_storage_marker(storage, "2026-10-Other-1")
 
     with pytest.raises(DMError, match="belongs to experiment '2026-10-Other-1'"):
         dm.create_experiment(experiment())
@@ -399,7 +402,7 @@ def test_the_storage_of_a_registered_experiment_that_went_is_not_made_again(dm):
 
     dm.delete_experiment(NAME)  # the way to make it anew
     created, is_new = dm.create_experiment(experiment())
-    assert is_new and (storage / local_dm.STORAGE_MARKER).is_file()
+    assert is_new and (storage / STORAGE_MARKER).is_file()
 
 
 @pytest.mark.parametrize("where", ["data", "raw_rec"])
@@ -425,11 +428,11 @@ def test_the_storage_marker_is_read_through_a_folder_descriptor(dm):
     created, _ = dm.create_experiment(experiment())
     fd = os.open(created.storage_directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        assert local_dm.read_storage_marker(fd)["experiment"] == NAME
-        os.unlink(local_dm.STORAGE_MARKER, dir_fd=fd)
-        os.symlink("/etc/hostname", local_dm.STORAGE_MARKER, dir_fd=fd)
+        assert read_storage_marker(fd)["experiment"] == NAME
+        os.unlink(STORAGE_MARKER, dir_fd=fd)
+        os.symlink("/etc/hostname", STORAGE_MARKER, dir_fd=fd)
         with pytest.raises(OSError):  # never through a symlink
-            local_dm.read_storage_marker(fd)
+            read_storage_marker(fd)
     finally:
         os.close(fd)
 
@@ -451,10 +454,10 @@ def test_a_year_and_proposal_layout_places_the_storage_and_makes_the_subdirs(reg
     created, is_new = dm.create_experiment(experiment())
     storage = roots[0] / "2026" / "1234"
     assert is_new and created.storage_directory == str(storage)
-    assert sorted(p.name for p in storage.iterdir()) == sorted((*subdirs, local_dm.STORAGE_MARKER))
+    assert sorted(p.name for p in storage.iterdir()) == sorted((*subdirs, STORAGE_MARKER))
     for path in (storage.parent, storage, *(storage / sub for sub in subdirs)):
         assert mode(path) == DIR_MODE
-    assert json.loads((storage / local_dm.STORAGE_MARKER).read_text())["experiment"] == NAME
+    assert json.loads((storage / STORAGE_MARKER).read_text())["experiment"] == NAME
     assert dm.get_experiment(NAME) == created
 
 
@@ -463,7 +466,7 @@ def test_the_nsls_ii_layout_takes_the_storage_the_use_case_placed_by_run(registr
     placed = roots[0] / "2026-3" / "pass-1234"
     created, _ = dm.create_experiment(experiment(storage_directory=str(placed)))
     assert created.storage_directory == str(placed)
-    assert sorted(p.name for p in placed.iterdir()) == sorted(("data", "analysis", local_dm.STORAGE_MARKER))
+    assert sorted(p.name for p in placed.iterdir()) == sorted(("data", "analysis", STORAGE_MARKER))
 
 
 def test_a_layout_value_the_record_lacks_is_refused_before_anything_is_made(registry, roots):
@@ -534,7 +537,7 @@ def test_the_experiment_tree_is_owned_by_the_proposals_group_with_setgid(registr
         (storage / "data" / "later.h5").write_bytes(b"x")  # as the transfer writes, later
         assert (storage / "data" / "later.h5").stat().st_gid == gid  # inherited through setgid
         year = storage.parent
-        assert year.stat().st_gid != gid and mode(year) == local_dm.SHARED_DIR_MODE  # others pass, never list
+        assert year.stat().st_gid != gid and mode(year) == SHARED_DIR_MODE  # others pass, never list
         assert (roots[1] / NAME).stat().st_gid != gid  # the raw folders are the detectors', not the proposal's
 
 

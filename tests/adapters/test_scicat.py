@@ -8,17 +8,12 @@ import sqlite3
 
 import pytest
 import requests
-from dmagic_ioc.adapters.scicat import (
-    CatalogQueue,
-    QueueFull,
-    ScicatCatalogue,
-    ScicatClient,
-    Unreachable,
-    account_problems,
-    scicat_datablocks,
-    scicat_dataset,
-)
-from dmagic_ioc.ioc.domain.model import CatalogError
+from dmagic_ioc.adapters.scicat.account import account_problems
+from dmagic_ioc.adapters.scicat.bodies import scicat_datablocks, scicat_dataset
+from dmagic_ioc.adapters.scicat.catalogue import ScicatCatalogue
+from dmagic_ioc.adapters.scicat.client import ScicatClient, Unreachable
+from dmagic_ioc.adapters.scicat.queue import CatalogQueue, QueueFull
+from dmagic_ioc.ioc.domain.errors import CatalogError
 from dmagic_ioc.ioc.domain.ports import CatalogFile, Dataset
 
 from ..helpers import wait_for

@@ -27,7 +27,7 @@ from caproto.server import PVGroup, pvproperty
 from caproto.threading.client import Context, ContextDisconnectedError, SharedBroadcaster
 from dmagic_ioc.adapters import tag as tag_module
 from dmagic_ioc.adapters.tag import CaTag, Payload, encode_for, fit_utf8
-from dmagic_ioc.ioc.domain.model import MissingPVs, TagError
+from dmagic_ioc.ioc.domain.errors import MissingPVs, TagError
 
 # --------------------------------------------------------------------------
 # The caproto look-alike, run as `python test_tag.py --prefix P` (kept above the test imports' use)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import shutil
@@ -17,14 +18,15 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from dmagic_ioc.adapters.dm.local import STORAGE_MARKER, write_storage_marker
-from dmagic_ioc.adapters.transfer import copying
+from dmagic_ioc.adapters.dm.marker import STORAGE_MARKER, write_storage_marker
+from dmagic_ioc.adapters.transfer import bytecopy, copying
 from dmagic_ioc.adapters.transfer.copying import PART_NAME
 from dmagic_ioc.adapters.transfer.files import QUEUED
 from dmagic_ioc.adapters.transfer.ledger import SCHEMA_VERSION, Definition, Ledger, LedgerFull
 from dmagic_ioc.adapters.transfer.local import LocalTransfer
 from dmagic_ioc.adapters.transfer.scan import Tree
-from dmagic_ioc.ioc.domain.model import DMError, Experiment, InputError
+from dmagic_ioc.ioc.domain.errors import DMError, InputError
+from dmagic_ioc.ioc.domain.experiment import Experiment
 from dmagic_ioc.ioc.domain.ports import RecentRate, TransferProgress, TransferState
 
 from .. import helpers
@@ -285,7 +287,7 @@ def test_stop_abandons_copies_without_leaving_a_temporary_file(engine, paths, mo
         time.sleep(0.02)
         return real_copy_file_range(*args)
 
-    monkeypatch.setattr(copying, "COPY_CHUNK", 64 * 1024)
+    monkeypatch.setattr(bytecopy, "COPY_CHUNK", 64 * 1024)
     monkeypatch.setattr(os, "copy_file_range", slow_copy_file_range)
     engine.start(EXPERIMENT, sources(paths), once=False)
     wait_for(lambda: part_files(paths["dest"]) if paths["dest"].exists() else [], what="a copy under way")
@@ -324,7 +326,7 @@ def test_a_blocked_destination_shows_error_then_recovers(engine, paths):
 
 def test_a_full_disk_shows_error_then_recovers(engine, paths, monkeypatch):
     write(paths["src"] / "proj.h5", b"projection")
-    real_copy_data = copying._copy_data
+    real_copy_data = copying.copy_data
     disk_full = threading.Event()
     disk_full.set()
 
@@ -333,7 +335,7 @@ def test_a_full_disk_shows_error_then_recovers(engine, paths, monkeypatch):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_copy_data(*args)
 
-    monkeypatch.setattr(copying, "_copy_data", copy_data)
+    monkeypatch.setattr(copying, "copy_data", copy_data)
     engine.start(EXPERIMENT, sources(paths), once=False)
 
     wait_for(lambda: engine.progress().state == TransferState.ERROR, what="Error state")
@@ -351,11 +353,30 @@ def test_a_full_disk_shows_error_then_recovers(engine, paths, monkeypatch):
 def test_checksum_verification_copies_identically(paths):
     engine = LocalTransfer(paths["ledger"], settle_time=0.0, checksum=True, poll_interval=POLL, source_top=paths["top"])
     try:
-        data = os.urandom(3 * copying.BUFFER_SIZE + 123)
+        data = os.urandom(3 * bytecopy.BUFFER_SIZE + 123)
         write(paths["src"] / "big.h5", data)
         engine.start(EXPERIMENT, sources(paths), once=True)
         wait_for(lambda: engine.progress().state == TransferState.STOPPED, what="the upload to end")
         assert (paths["dest"] / "big.h5").read_bytes() == data
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("checksum", [True, False])
+def test_the_files_sent_carry_the_checksum_their_copy_was_verified_against_with_dm_checksum(paths, checksum):
+    """The dataset's checksums come from the transfer: the source's blake2b, hashed once, as it was copied."""
+    engine = LocalTransfer(paths["ledger"], settle_time=0.0, checksum=checksum, poll_interval=POLL,
+                           source_top=paths["top"])  # fmt: skip
+    try:
+        write(paths["src"] / "scan" / "a.h5", b"frames")
+        write(paths["rec"] / "r.tiff", b"recon")
+        engine.start(EXPERIMENT, sources(paths), once=True)
+        wait_for(lambda: engine.progress().state == TransferState.STOPPED, what="the upload to end")
+        files = engine.sent_since(0.0, str(paths["storage"]))
+        sent = {os.path.relpath(f.path, paths["storage"]): f.checksum for f in files}
+        expected = {"data/scan/a.h5": b"frames", "analysis/r.tiff": b"recon"}
+        assert sent == {rel: "blake2b:" + hashlib.blake2b(data).hexdigest() if checksum else ""
+                        for rel, data in expected.items()}  # fmt: skip
     finally:
         engine.close()
 
@@ -485,12 +506,12 @@ def test_percent_is_by_bytes_where_the_total_is_known_else_by_files():
 
 
 def test_copy_steps_take_about_a_quarter_second_whatever_the_disk():
-    step = copying.FIRST_COPY_STEP
-    assert copying._next_step(step, 0.01) == 2 * step  # fast disk: fewer, larger calls
-    assert copying._next_step(copying.COPY_CHUNK, 0.01) == copying.COPY_CHUNK
-    assert copying._next_step(step, 0.1) == step
-    assert copying._next_step(step, 2.0) == step // 2  # slow disk: progress still shown several times a second
-    assert copying._next_step(copying.MIN_COPY_STEP, 2.0) == copying.MIN_COPY_STEP
+    step = bytecopy.FIRST_COPY_STEP
+    assert bytecopy._next_step(step, 0.01) == 2 * step  # fast disk: fewer, larger calls
+    assert bytecopy._next_step(bytecopy.COPY_CHUNK, 0.01) == bytecopy.COPY_CHUNK
+    assert bytecopy._next_step(step, 0.1) == step
+    assert bytecopy._next_step(step, 2.0) == step // 2  # slow disk: progress still shown several times a second
+    assert bytecopy._next_step(bytecopy.MIN_COPY_STEP, 2.0) == bytecopy.MIN_COPY_STEP
 
 
 def test_scan_lists_only_changed_folders(tmp_path):
@@ -523,14 +544,14 @@ import sys, time, os
 from pathlib import Path
 from dmagic_ioc.adapters.transfer import copying
 from dmagic_ioc.adapters.transfer.local import LocalTransfer
-from dmagic_ioc.ioc.domain.model import Experiment
+from dmagic_ioc.ioc.domain.experiment import Experiment
 from dmagic_ioc.ioc.domain.ports import RecentRate, TransferProgress, TransferState
 
-real_copy_data = copying._copy_data
+real_copy_data = copying.copy_data
 def slow_copy_data(*args):
     time.sleep(0.01)  # so that the kill lands mid-transfer
     return real_copy_data(*args)
-copying._copy_data = slow_copy_data
+copying.copy_data = slow_copy_data
 
 command, ledger, src, dest = sys.argv[1:]
 engine = LocalTransfer(Path(ledger), settle_time=0.1, workers=4, poll_interval=0.1)
@@ -633,7 +654,7 @@ def test_a_chunk_of_files_is_copied_with_one_flush_and_each_checked(tmp_path, mo
     outcomes = [outcome for outcome, _ in copying.copy_files(str(src), str(dest), items)]
 
     assert outcomes == ["copied", "copied", "changed", "copied", "copied", "vanished"]
-    if copying._SYNCFS is not None:
+    if bytecopy.SYNCFS_WORKS:
         assert len(flushes) == 1 and fsyncs == []
     assert tree_files(dest) == {rel: files[rel] for rel in ("d/f0", "d/f1", "d/f3", "d/f4")}
     assert (dest / "d/f0").stat().st_mtime_ns == expected["d/f0"][1]
@@ -646,9 +667,9 @@ def test_a_fifo_renamed_over_the_temporary_copy_neither_blocks_the_copy_nor_land
     nothing blocks) and the replaced name is not renamed into place; the retry copies the file."""
     src, dest = tmp_path / "src", tmp_path / "dest"
     dest.mkdir()
-    data = os.urandom(copying.BUFFER_SIZE + 7)
+    data = os.urandom(bytecopy.BUFFER_SIZE + 7)
     st = write(src / "proj.h5", data).stat()
-    real_copy_data = copying._copy_data
+    real_copy_data = copying.copy_data
     planted = []
 
     def copy_data(*args):
@@ -660,7 +681,7 @@ def test_a_fifo_renamed_over_the_temporary_copy_neither_blocks_the_copy_nor_land
             planted.append(part)
         return result
 
-    monkeypatch.setattr(copying, "_copy_data", copy_data)
+    monkeypatch.setattr(copying, "copy_data", copy_data)
     items = [("proj.h5", (st.st_size, st.st_mtime_ns))]
     outcomes = []
     worker = threading.Thread(

@@ -22,6 +22,14 @@ MANUAL = {  # a manual experiment whose person is not ASCII: the text PVs must r
     "Manual:Start": "2026-11-02",
 }
 MANUAL_EXPERIMENT = "2026-11-MullerLukasiewicz-77"
+MANUAL_ARGUMENTS = {  # the same experiment, as `plans.create_manual` takes it
+    "first_name": MANUAL["Manual:FirstName"],
+    "last_name": MANUAL["Manual:LastName"],
+    "institution": MANUAL["Manual:Institution"],
+    "title": MANUAL["Manual:Title"],
+    "gup": MANUAL["Manual:GUP"],
+    "start": MANUAL["Manual:Start"],
+}
 
 
 @pytest.fixture

@@ -19,7 +19,14 @@ from dmagic_ioc.bluesky import plans as dm_plans
 from dmagic_ioc.bluesky.classic import DataManagement
 from ophyd.sim import det
 
-from .conftest import MANUAL_EXPERIMENT, PROPOSAL_EXPERIMENT, create_manual, look_at_second_beamtime
+from .conftest import (
+    MANUAL,
+    MANUAL_ARGUMENTS,
+    MANUAL_EXPERIMENT,
+    PROPOSAL_EXPERIMENT,
+    create_manual,
+    look_at_second_beamtime,
+)
 
 pytestmark = [
     pytest.mark.e2e,
@@ -89,3 +96,26 @@ def test_tag_writes_the_prefix_and_a_missing_target_raises(ioc, RE, dm):
     with pytest.raises(CommandFailed, match="no PV under nothere:Tomo: answered"):
         RE(dm_plans.tag(dm, prefix="nothere:Tomo:"))  # the IOC waits 3 s for the target's PVs
     assert ioc.get("TagPrefix") == "nothere:Tomo:" and ioc.severity("Status") == MAJOR
+
+
+def test_plans_make_a_manual_experiment_give_access_and_delete_it_by_its_name(ioc, RE, dm):
+    RE(dm_plans.create_manual(dm, **MANUAL_ARGUMENTS, badges=[310010, 310012], end="2026-11-05"))
+    assert ioc.get("ExperimentName") == MANUAL_EXPERIMENT and ioc.severity("Status") == 0
+    assert {name: ioc.get(name) for name in MANUAL} == MANUAL  # non-ASCII written as UTF-8 through pyepics
+    assert ioc.get("Manual:Badges") == "310010,310012" and ioc.get("Manual:End") == "2026-11-05"
+    assert dm.experiment_exists.get() == 1 and dm.proposal_title.get() == MANUAL["Manual:Title"]
+
+    RE(dm_plans.add_users(dm, "310011"))
+    assert "d310011" in ioc.get("ExperimentUsers").split(",")
+    RE(dm_plans.remove_users(dm, [310011]))
+    assert "d310011" not in ioc.get("ExperimentUsers").split(",")
+    with pytest.raises(CommandFailed, match="not enabled"):  # the harness's IOC has no e-mail
+        RE(dm_plans.email(dm, all_users=True))
+    assert ioc.get("EmailMode") == "All users"
+
+    with pytest.raises(CommandFailed, match="DeleteConfirm must equal ExperimentName"):
+        RE(dm_plans.delete(dm, PROPOSAL_EXPERIMENT))  # a name other than the selected one deletes nothing
+    assert ioc.get("ExperimentName") == MANUAL_EXPERIMENT and ioc.get("DeleteConfirm") == ""
+    RE(dm_plans.delete(dm, MANUAL_EXPERIMENT))
+    assert ioc.get("ExperimentName") == "" and MANUAL_EXPERIMENT not in ioc.get("Experiments").split("\n")
+    assert ioc.severity("Status") == 0 and dm.experiment_exists.get() == 0

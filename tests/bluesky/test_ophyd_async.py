@@ -6,6 +6,7 @@ and ophyd-async's simulated detector, which writes its HDF5 files where the path
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from functools import partial
@@ -30,7 +31,15 @@ from ophyd_async.core import init_devices
 from ophyd_async.sim import SimBlobDetector
 
 from ..e2e.fixtures import BETWEEN
-from .conftest import MANUAL, MANUAL_EXPERIMENT, PROPOSAL_EXPERIMENT, create_manual, look_at_second_beamtime
+from ..helpers import wait_for
+from .conftest import (
+    MANUAL,
+    MANUAL_ARGUMENTS,
+    MANUAL_EXPERIMENT,
+    PROPOSAL_EXPERIMENT,
+    create_manual,
+    look_at_second_beamtime,
+)
 
 pytestmark = [
     pytest.mark.e2e,
@@ -163,3 +172,38 @@ def test_the_path_provider_follows_a_select(ioc, RE, tmp_path):
     assert str(provider().directory_path) == str(tmp_path / "data" / PROPOSAL_EXPERIMENT)
     assert list((tmp_path / "data" / PROPOSAL_EXPERIMENT).glob("*.h5"))
     assert not list((tmp_path / "data" / MANUAL_EXPERIMENT).glob("*.h5"))
+
+
+def test_plans_make_a_manual_experiment_catalogue_its_files_and_delete_it_only_by_its_name(ioc, RE, tmp_path):
+    dm, _ = connect(ioc.prefix)
+    RE(dm_plans.create_manual(dm, **MANUAL_ARGUMENTS))
+    assert ioc.get("ExperimentName") == MANUAL_EXPERIMENT and ioc.get("Manual:Badges") == ""
+    assert {name: ioc.get(name) for name in MANUAL} == MANUAL  # non-ASCII written as UTF-8 through aioca
+
+    RE(dm_plans.daq_start(dm))
+    raw = tmp_path / "data" / MANUAL_EXPERIMENT
+    raw.mkdir(parents=True, exist_ok=True)
+    (raw / "proj_0.h5").write_bytes(os.urandom(2000))
+    wait_for(lambda: ioc.get("Daq:FilesDone") == 1, timeout=15, what="the file sent")
+    read: dict[str, object] = {}
+
+    def catalog_then_read():
+        yield from dm_plans.catalog(dm)
+        for name in ("status", "metadata_last", "catalog_pending", "catalog_health"):
+            read[name] = yield from bps.rd(getattr(dm, name))
+        yield from dm_plans.daq_stop(dm)
+
+    RE(catalog_then_read())
+    assert f"dataset {MANUAL_EXPERIMENT}-1.json: 1 file, 2000 bytes" in str(read["status"]), read["status"]
+    storage = tmp_path / "storage" / "2026-11" / MANUAL_EXPERIMENT
+    assert (storage / "metadata" / f"{MANUAL_EXPERIMENT}-1.json").is_file()
+    assert read["metadata_last"] == ioc.get("Metadata:Last")
+    assert {"start", "end"} <= set(json.loads(str(read["metadata_last"])))  # the acquisition's two snapshots
+    assert read["catalog_pending"] == 0 and read["catalog_health"] == "Disabled"  # scicat.enabled: false
+
+    with pytest.raises(CommandFailed, match="DeleteConfirm must equal ExperimentName"):
+        RE(dm_plans.delete(dm))  # DeleteConfirm is empty: the plan never fills it in from ExperimentName
+    assert ioc.get("ExperimentName") == MANUAL_EXPERIMENT
+    RE(dm_plans.delete(dm, MANUAL_EXPERIMENT))
+    assert ioc.get("ExperimentName") == "" and ioc.get("DeleteConfirm") == "" and ioc.severity("Status") == 0
+    assert MANUAL_EXPERIMENT not in ioc.get("Experiments").split("\n")

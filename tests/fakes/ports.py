@@ -10,17 +10,37 @@ and fails on demand. `settings_in` and `fake_adapters` build the beamline of the
 from __future__ import annotations
 
 import copy
+import shutil
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from types import SimpleNamespace
+from typing import Any
 from zoneinfo import ZoneInfo
 
-from dmagic_ioc.ioc.config import BeamlineSettings, DMSettings, GlobusSettings, IocSettings, Settings
-from dmagic_ioc.ioc.domain.model import Beamtime, Experiment, GlobusError, Person, Run, SchedulingError, parse_time
-from dmagic_ioc.ioc.domain.ports import Delivery, SentFile, TransferProgress, TransferState
+from dmagic_ioc.adapters.records import StorageRecords
+from dmagic_ioc.ioc.domain.beamtime import Beamtime, Run
+from dmagic_ioc.ioc.domain.errors import GlobusError, InputError, SchedulingError
+from dmagic_ioc.ioc.domain.esaf import Esaf
+from dmagic_ioc.ioc.domain.experiment import Experiment, ExperimentUser
+from dmagic_ioc.ioc.domain.people import Person
+from dmagic_ioc.ioc.domain.ports import (
+    Access,
+    DataManagement,
+    Delivery,
+    Mailer,
+    SchedulingSource,
+    SentFile,
+    StateStore,
+    TagTarget,
+    Transfer,
+    TransferProgress,
+    TransferState,
+)
+from dmagic_ioc.ioc.domain.proposal import Proposal
+from dmagic_ioc.ioc.domain.times import parse_time
+from dmagic_ioc.ioc.settings.schema import BeamlineSettings, DMSettings, GlobusSettings, IocSettings, Settings
 
 CHICAGO = ZoneInfo("America/Chicago")
 NOW = datetime(2026, 10, 15, 15, 0, tzinfo=timezone.utc)  # 10:00 CDT, inside beamtime 1012039
@@ -36,21 +56,15 @@ BO = Person("310002", "Bo", "Li", "bo@example.org", "UChicago")
 ESAF_PERSON = Person("310009", "Eva", "Sá", "eva@example.org", "Argonne")
 RUN = Run("2026-3", parse_time("2026-09-29 08:00", CHICAGO), parse_time("2026-12-22 08:00", CHICAGO))
 BEAMTIME = Beamtime(
-    gup="1012039",
-    title=TITLE,
+    Proposal("1012039", TITLE, people=(BO, MEI), kind="General User", mail_in=True),  # the PI is listed second
     start=parse_time("2026-10-14 08:00", CHICAGO),
     end=parse_time("2026-10-17 08:00", CHICAGO),
-    people=(BO, MEI),  # the PI is listed second
-    proposal_type="General User",
-    esaf="281001",
-    mail_in=True,
+    esaf_form=Esaf("281001"),
 )
 LATER = Beamtime(
-    gup="1012040",
-    title="Later proposal",
+    Proposal("1012040", "Later proposal", people=(Person("310003", "Cy", "Ngo", "cy@example.org", "MIT"),)),
     start=parse_time("2026-10-20 08:00", CHICAGO),
     end=parse_time("2026-10-22 08:00", CHICAGO),
-    people=(Person("310003", "Cy", "Ngo", "cy@example.org", "MIT"),),
 )
 EXPERIMENT = "2026-10-MullerLukasiewicz-1012039"  # the experiment Create makes of BEAMTIME
 ESAF_DOI = "10.11578/esaf/281001"
@@ -59,8 +73,10 @@ ESAF_DOI = "10.11578/esaf/281001"
 # --------------------------------------------------------------------------- scheduling
 
 
-class FakeSchedule:
-    def __init__(self, runs=(RUN,), beamtimes=(BEAMTIME, LATER)):
+class FakeSchedule(SchedulingSource):
+    """The beamline above, or the runs and beamtimes given, returned as given; `calls` counts the reads of runs."""
+
+    def __init__(self, runs: Sequence[Run] = (RUN,), beamtimes: Sequence[Beamtime] = (BEAMTIME, LATER)) -> None:
         self._runs, self._beamtimes = list(runs), list(beamtimes)
         self.calls = 0
 
@@ -72,22 +88,22 @@ class FakeSchedule:
         return [b for b in self._beamtimes if run.start <= b.start < run.end]
 
 
-class FailingSchedule:
-    def runs(self):
+class FailingSchedule(SchedulingSource):
+    def runs(self) -> list[Run]:
         raise SchedulingError("the scheduling service answered 503 Service Unavailable")
 
-    def beamtimes(self, run):
+    def beamtimes(self, run: Run) -> list[Beamtime]:
         raise SchedulingError("the scheduling service answered 503 Service Unavailable")
 
 
 class BlockingSchedule(FakeSchedule):
     """`runs()` waits until the test releases it, so a command stays running."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self.entered, self.release = threading.Event(), threading.Event()
 
-    def runs(self):
+    def runs(self) -> list[Run]:
         self.entered.set()
         self.release.wait(BLOCKING_SECONDS)
         return super().runs()
@@ -96,14 +112,21 @@ class BlockingSchedule(FakeSchedule):
 # --------------------------------------------------------------------------- data management
 
 
-class FakeDM:
-    def __init__(self, storage_root: Path):
+def _no_experiment(name: str, nothing: str) -> InputError:
+    """What the local DM says of an experiment it does not have."""
+    return InputError(f"no experiment named {name!r} in the registry; nothing {nothing}")
+
+
+class FakeDM(DataManagement):
+    """A DM system in memory (the ESAF data of the APS one); makes and deletes the storage folder as the local DM."""
+
+    def __init__(self, storage_root: Path) -> None:
         self.storage_root = storage_root
         self.experiments: dict[str, Experiment] = {}
         self.fail: Exception | None = None  # raised by the next call that lists or changes experiments
         self.esaf_calls: list[str] = []
 
-    def _check(self):
+    def _check(self) -> None:
         if self.fail is not None:
             error, self.fail = self.fail, None
             raise error
@@ -132,16 +155,24 @@ class FakeDM:
         self._check()
         return list(reversed(self.experiments.values()))
 
-    def add_users(self, name, users) -> list[str]:
+    def add_users(self, name: str, users: Sequence[ExperimentUser]) -> list[str]:
         self._check()
+        if name not in self.experiments:
+            raise _no_experiment(name, "changed")
         experiment = self.experiments[name]
         have = set(experiment.usernames)
-        new = [u for u in users if u.username not in have]
+        new: list[ExperimentUser] = []
+        for user in users:
+            if user.username not in have:
+                have.add(user.username)
+                new.append(user)
         self.experiments[name] = replace(experiment, users=experiment.users + tuple(new))
         return [u.username for u in new]
 
-    def remove_users(self, name, usernames) -> list[str]:
+    def remove_users(self, name: str, usernames: Sequence[str]) -> list[str]:
         self._check()
+        if name not in self.experiments:
+            raise _no_experiment(name, "changed")
         experiment = self.experiments[name]
         removed = [u for u in experiment.usernames if u in usernames]
         self.experiments[name] = replace(
@@ -151,10 +182,15 @@ class FakeDM:
 
     def delete_experiment(self, name: str) -> str:
         self._check()
-        del self.experiments[name]
+        experiment = self.experiments.pop(name, None)
+        if experiment is None:
+            raise _no_experiment(name, "deleted")
+        storage = Path(experiment.storage_directory)
+        if self.storage_root in storage.parents:  # one this DM made; never a folder elsewhere a test named
+            shutil.rmtree(storage, ignore_errors=True)
         return f"deleted experiment {name}"
 
-    def esaf(self, esaf: str):
+    def esaf(self, esaf: str) -> tuple[list[Person], str]:
         self.esaf_calls.append(esaf)
         return [ESAF_PERSON, BO], ESAF_DOI
 
@@ -163,11 +199,11 @@ class FakeDM:
 
 
 @dataclass
-class FakeState:
+class FakeState(StateStore):
     selection: str = ""
-    emailed_users: dict = field(default_factory=dict)
-    rule_ids: dict = field(default_factory=dict)
-    proposals: dict = field(default_factory=dict)
+    emailed_users: dict[str, list[str]] = field(default_factory=dict)
+    rule_ids: dict[str, dict[str, str]] = field(default_factory=dict)
+    proposals: dict[str, Beamtime] = field(default_factory=dict)
     followed_key: str = ""
 
     def selected(self) -> str:
@@ -176,108 +212,138 @@ class FakeState:
     def select(self, name: str) -> None:
         self.selection = name
 
-    def emailed(self, experiment):
+    def emailed(self, experiment: str) -> list[str]:
         return list(self.emailed_users.get(experiment, []))
 
-    def mark_emailed(self, experiment, usernames):
-        self.emailed_users.setdefault(experiment, []).extend(usernames)
+    def mark_emailed(self, experiment: str, usernames: Sequence[str]) -> None:
+        emailed = self.emailed_users.setdefault(experiment, [])
+        emailed += [username for username in dict.fromkeys(usernames) if username not in emailed]
 
-    def rules(self, experiment):
+    def rules(self, experiment: str) -> dict[str, str]:
         return dict(self.rule_ids.get(experiment, {}))
 
-    def record_rules(self, experiment, rules):
+    def record_rules(self, experiment: str, rules: Mapping[str, str]) -> None:
         self.rule_ids.setdefault(experiment, {}).update(rules)
 
-    def forget_rules(self, experiment, usernames):
+    def forget_rules(self, experiment: str, usernames: Sequence[str]) -> None:
         for username in usernames:
             self.rule_ids.get(experiment, {}).pop(username, None)
 
-    def proposal(self, experiment):
+    def proposal(self, experiment: str) -> Beamtime | None:
         return self.proposals.get(experiment)
 
-    def keep_proposal(self, experiment, proposal):
+    def keep_proposal(self, experiment: str, proposal: Beamtime) -> None:
         self.proposals[experiment] = proposal
 
-    def followed(self):
+    def followed(self) -> str:
         return self.followed_key
 
-    def mark_followed(self, key):
+    def mark_followed(self, key: str) -> None:
         self.followed_key = key
 
-    def forget_experiment(self, experiment):
+    def forget_experiment(self, experiment: str) -> None:
         self.rule_ids.pop(experiment, None)
         self.emailed_users.pop(experiment, None)
         self.proposals.pop(experiment, None)
+        if self.selection == experiment:
+            self.selection = ""
 
 
 # --------------------------------------------------------------------------- transfer, tag, access, e-mail
 
 
-class FakeTransfer:
-    def __init__(self):
+class FakeTransfer(Transfer):
+    """Copies nothing: a test sets `state` (an upload's end, an error) and puts in `sent` what the transfer's
+    record holds (`forget` drops the files sent into those destinations). While it runs (`state` not Stopped),
+    it refuses a start for another experiment and a `forget` of the sources it sends, as the built-in engine does."""
+
+    def __init__(self) -> None:
         self.state = TransferProgress()
-        self.starts: list[tuple] = []
-        self.forgotten: list[dict] = []
+        self.starts: list[tuple[str, dict[str, str], bool]] = []  # (experiment, sources, once) of each start
+        self.forgotten: list[dict[str, str]] = []
         self.sent: list[SentFile] = []  # what the ledger would hold
 
-    def start(self, experiment, sources, *, once):
+    @property
+    def running(self) -> bool:
+        """Running, or retrying after an error: anything but Stopped."""
+        return self.state.state != TransferState.STOPPED
+
+    def start(self, experiment: Experiment, sources: Mapping[str, str], *, once: bool) -> str:
+        if self.running and self.starts:
+            name, sending, sending_once = self.starts[-1]
+            kind = "upload" if sending_once else "transfer"
+            if name != experiment.name:
+                raise InputError(f"a {kind} of {name} is running; stop it (DaqStop) before starting one for "
+                                 f"{experiment.name}")  # fmt: skip
+            if (sending, sending_once) == (dict(sources), once):
+                return f"the {kind} of {name} is already running"
         self.starts.append((experiment.name, dict(sources), once))
         self.state = TransferProgress(state=TransferState.RUNNING)
         return f"transfer of {experiment.name} started"
 
-    def stop(self):
+    def stop(self) -> str:
+        if not self.running:
+            return "no transfer is running"
         self.state = TransferProgress(state=TransferState.STOPPED)
         return "transfer stopped"
 
-    def progress(self):
+    def progress(self) -> TransferProgress:
         return self.state
 
-    def resume(self):
+    def resume(self) -> str | None:
         return None
 
-    def forget(self, sources):
+    def forget(self, sources: Mapping[str, str]) -> None:
+        sending = self.starts[-1][1] if self.running and self.starts else {}
+        busy = [root for root in sources if root in sending]
+        if busy:
+            raise InputError(f"the transfer from {', '.join(busy)} is running (or still finishing): stop it "
+                             "(DaqStop) first; its sent files not forgotten")  # fmt: skip
         self.forgotten.append(dict(sources))
+        into = tuple(dest.rstrip("/") + "/" for dest in sources.values())
+        self.sent = [f for f in self.sent if not f.path.startswith(into)]
 
-    def sent_since(self, mark, storage):
-        return [f for f in self.sent if f.sent_at > mark and f.path.startswith(storage.rstrip("/") + "/")]
+    def sent_since(self, mark: float, storage: str) -> list[SentFile]:
+        inside = storage.rstrip("/") + "/"
+        return sorted((f for f in self.sent if f.sent_at > mark and f.path.startswith(inside)), key=lambda f: f.sent_at)
 
 
-class FakeTag:
-    def __init__(self):
-        self.writes: list[tuple[str, dict]] = []
+class FakeTag(TagTarget):
+    def __init__(self) -> None:
+        self.writes: list[tuple[str, dict[str, str]]] = []
         self.cut: list[str] = []
 
-    def write(self, prefix, values):
+    def write(self, prefix: str, values: Mapping[str, str]) -> list[str]:
         self.writes.append((prefix, dict(values)))
         return list(self.cut)
 
 
-class FakeAccess:
-    def __init__(self):
+class FakeAccess(Access):
+    def __init__(self) -> None:
         self.grants: list[tuple[str, str]] = []
         self.revoked: list[tuple[str, str]] = []
 
-    def grant(self, experiment, users):
+    def grant(self, experiment: Experiment, users: Sequence[ExperimentUser]) -> dict[str, str]:
         rules = {u.username: f"rule-{u.username}" for u in users if u.email}
         self.grants += [(experiment.name, username) for username in rules]
         return rules
 
-    def revoke(self, experiment, rules):
+    def revoke(self, experiment: Experiment, rules: Mapping[str, str]) -> list[str]:
         self.revoked += [(experiment.name, username) for username in rules]
         return list(rules)
 
-    def url(self, experiment):
+    def url(self, experiment: Experiment) -> str:
         return f"https://app.globus.org/file-manager?path=/{experiment.name}/"
 
 
 class FlakyAccess(FakeAccess):
     """Globus that fails for the users in `failing`, after making the others' rules."""
 
-    def __init__(self, failing: set[str]):
+    def __init__(self, failing: set[str]) -> None:
         super().__init__()
         self.failing = failing
 
-    def grant(self, experiment, users):
+    def grant(self, experiment: Experiment, users: Sequence[ExperimentUser]) -> dict[str, str]:
         made = super().grant(experiment, [u for u in users if u.username not in self.failing])
         failed = [u.username for u in users if u.username in self.failing and u.email]
         if failed:
@@ -285,10 +351,11 @@ class FlakyAccess(FakeAccess):
         return made
 
 
-class FakeMailer:
-    """Sends to everyone but the usernames in `refused` (username -> why); `fail` is raised by the next send."""
+class FakeMailer(Mailer):
+    """Sends to everyone with an address but the usernames in `refused` (username -> why); `fail` is raised by
+    the next send."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.sent: list[tuple[list[tuple[str, str]], dict[str, str]]] = []  # (recipients, values) per send
         self.refused: dict[str, str] = {}
         self.fail: Exception | None = None
@@ -298,15 +365,35 @@ class FakeMailer:
             error, self.fail = self.fail, None
             raise error
         self.sent.append((list(recipients), dict(values)))
-        delivered = tuple(username for username, _ in recipients if username not in self.refused)
-        failed = {username: self.refused[username] for username, _ in recipients if username in self.refused}
-        return Delivery(delivered=delivered, failed=failed or None)
+        addressed = [username for username, address in recipients if address.strip()]
+        return Delivery(
+            delivered=tuple(username for username in addressed if username not in self.refused),
+            skipped=tuple(username for username, address in recipients if not address.strip()),
+            failed={username: self.refused[username] for username in addressed if username in self.refused},
+        )
 
 
 # --------------------------------------------------------------------------- the beamline on fakes
 
 
-def settings_in(tmp: Path, **sections) -> Settings:
+@dataclass
+class FakeAdapters:
+    """One fake per port, named as `Adapters` names them (`Adapters(**vars(fakes))`); e-mail is off by default.
+
+    A test may put another implementation in a field (a failing schedule, the APS DM adapter on a fake SDK).
+    """
+
+    scheduling: FakeSchedule
+    dm: FakeDM
+    state: FakeState
+    transfer: FakeTransfer
+    tag: FakeTag
+    access: FakeAccess
+    mailer: FakeMailer | None = None
+    records: StorageRecords = field(default_factory=StorageRecords)  # the real one: it runs on the temp folder
+
+
+def settings_in(tmp: Path, **sections: Any) -> Settings:
     """The beamline's settings with its folders under `tmp`; `sections` replace whole sections (e.g. `email=`)."""
     settings = Settings(
         ioc=IocSettings(prefix="test:", state_dir=tmp / "state"),
@@ -317,14 +404,14 @@ def settings_in(tmp: Path, **sections) -> Settings:
     return replace(settings, **sections)
 
 
-def recorded(fakes: SimpleNamespace) -> dict[str, dict]:
+def recorded(fakes: FakeAdapters) -> dict[str, dict[str, Any]]:
     """A deep copy of everything the fakes hold and were told: equal before and after a call that changed nothing."""
-    return {name: copy.deepcopy(vars(fake)) for name, fake in vars(fakes).items()}
+    return {name: copy.deepcopy(vars(fake)) for name, fake in vars(fakes).items() if fake is not None}
 
 
-def fake_adapters(tmp: Path) -> SimpleNamespace:
-    """One fake per port but the mailer (e-mail is off by default), named as `Adapters` names them."""
-    return SimpleNamespace(
+def fake_adapters(tmp: Path) -> FakeAdapters:
+    """One fake per port but the mailer (e-mail is off by default)."""
+    return FakeAdapters(
         scheduling=FakeSchedule(),
         dm=FakeDM(tmp / "storage"),
         state=FakeState(),

@@ -26,7 +26,7 @@ from caproto import AccessRights, ChannelType
 from caproto.server import PVGroup, pvproperty
 from caproto.threading.client import Context, SharedBroadcaster
 from dmagic_ioc.ioc.epics.access import WriteAccess
-from dmagic_ioc.ioc.epics.caserver import Context as IocServer
+from dmagic_ioc.ioc.epics.caserver.context import Context as IocServer
 
 from ..e2e.harness import IOC
 from ..helpers import CA_TIMEOUT, free_port, wait_for

@@ -23,19 +23,13 @@ import caproto as ca
 import epics
 import pytest
 from caproto.server import PVGroup, pvproperty
-from dmagic_ioc.ioc.config import AccessSettings, ConfigError, settings_from_dict
 from dmagic_ioc.ioc.epics.access import restrict_writes
-from dmagic_ioc.ioc.epics.caserver import (
-    SUBSCRIPTIONS_PER_CIRCUIT,
-    UPDATE_BACKLOG,
-    Backlogs,
-    CircuitLimits,
-    Context,
-    UpdateQueue,
-    Verdict,
-    circuit_budget,
-)
+from dmagic_ioc.ioc.epics.caserver.backlog import UPDATE_BACKLOG, Backlogs, UpdateQueue
+from dmagic_ioc.ioc.epics.caserver.context import Context
+from dmagic_ioc.ioc.epics.caserver.limits import SUBSCRIPTIONS_PER_CIRCUIT, CircuitLimits, Verdict, circuit_budget
 from dmagic_ioc.ioc.epics.logs import CircuitChatter, RateLimitedLog
+from dmagic_ioc.ioc.settings.load import ConfigError, settings_from_dict
+from dmagic_ioc.ioc.settings.schema import AccessSettings
 
 from ..e2e.fixtures import IN_SECOND
 from ..e2e.harness import IOC
@@ -109,7 +103,7 @@ def log_lines(ioc: IOC, text: str) -> list[str]:
 
 def client_lines(ioc: IOC) -> list[str]:
     """What the server said about clients (its warnings)."""
-    return log_lines(ioc, " WARNING dmagic_ioc.ioc.epics.caserver: ")
+    return log_lines(ioc, " WARNING dmagic_ioc.ioc.epics.caserver.")  # any of its modules
 
 
 @pytest.fixture

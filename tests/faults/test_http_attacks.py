@@ -23,8 +23,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from dmagic_ioc.adapters.aps_scheduling import ApsScheduling
 from dmagic_ioc.adapters.http import MB
-from dmagic_ioc.adapters.scicat import ScicatClient
-from dmagic_ioc.ioc.domain.model import ServiceError
+from dmagic_ioc.adapters.scicat.client import ScicatClient
+from dmagic_ioc.ioc.domain.errors import ServiceError
 
 from ..helpers import wait_for
 
@@ -200,8 +200,8 @@ def test_a_huge_answer_is_refused_at_the_cap_and_the_connection_closed(client, d
 RSS_PROBE = """
 import json, resource, sys
 from pathlib import Path
-from dmagic_ioc.adapters.scicat import ScicatClient
-from dmagic_ioc.ioc.domain.model import CatalogError
+from dmagic_ioc.adapters.scicat.client import ScicatClient
+from dmagic_ioc.ioc.domain.errors import CatalogError
 
 def peak_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 from dmagic_ioc.adapters.dm import acl
 from dmagic_ioc.adapters.dm.local import LocalDM
-from dmagic_ioc.adapters.registry import Registry
-from dmagic_ioc.ioc.domain.model import ExperimentUser, PartialAccess
+from dmagic_ioc.adapters.registry.store import Registry
+from dmagic_ioc.ioc.domain.errors import PartialAccess
+from dmagic_ioc.ioc.domain.experiment import ExperimentUser
 
 from ..accounts import as_user, needs_acl, open_folder, throwaway_group, throwaway_user, unique_prefix
 from ..adapters.test_local_dm import MAX_IV, NAME, experiment

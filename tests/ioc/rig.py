@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 from caproto import AlarmSeverity
-from dmagic_ioc.ioc.engine import CommandFailed
+from dmagic_ioc.ioc.app.reporting import CommandFailed
 
 from ..fakes.ports import EXPERIMENT, BlockingSchedule
 
@@ -20,7 +20,7 @@ def blocking_schedule(rig) -> BlockingSchedule:
     """Put a schedule that holds the next command in its worker thread until the test releases it."""
     schedule = BlockingSchedule()
     rig.released.append(schedule.release)
-    rig.beamline.adapters.scheduling = schedule
+    rig.services.adapters.scheduling = schedule
     return schedule
 
 

@@ -11,7 +11,8 @@ import asyncio
 from dataclasses import replace
 
 import pytest
-from dmagic_ioc.ioc.domain.model import DMError, Experiment
+from dmagic_ioc.ioc.domain.errors import DMError
+from dmagic_ioc.ioc.domain.experiment import Experiment
 from dmagic_ioc.ioc.domain.ports import TransferProgress, TransferState
 
 from ..fakes.ports import EXPERIMENT, LATER, TITLE, FailingSchedule, FakeSchedule
@@ -109,13 +110,13 @@ async def test_unexpected_exception_is_reported_and_the_ioc_goes_on(rig):
         def runs(self):
             raise KeyError("oops")
 
-    rig.beamline.adapters.scheduling = Broken()
+    rig.services.adapters.scheduling = Broken()
     await fails(rig.ioc.proposal.refresh)
     message, severity = status(rig)
     assert severity == MAJOR
     assert "internal error" in message and "KeyError" in message
     assert_idle(rig, rig.ioc.proposal.refresh)
-    rig.beamline.adapters.scheduling = FakeSchedule()
+    rig.services.adapters.scheduling = FakeSchedule()
     await run(rig.ioc.proposal.refresh)
     assert status(rig)[1] == NO
 
@@ -223,7 +224,7 @@ async def test_time_offset_looks_ahead(rig):
 async def test_scheduling_failure_keeps_the_last_proposal(rig):
     ioc = rig.ioc
     await run(ioc.proposal.refresh)
-    rig.beamline.adapters.scheduling = FailingSchedule()
+    rig.services.adapters.scheduling = FailingSchedule()
     error = await fails(ioc.proposal.refresh)
     assert "503" in error
     assert status(rig) == (error, MAJOR)
@@ -232,20 +233,18 @@ async def test_scheduling_failure_keeps_the_last_proposal(rig):
     assert ioc.proposal.proposal_title.value == TITLE
     assert ioc.proposal.proposal_active.value == "Yes"
     assert ioc.proposal.users_names.value == "Mei Müller-Łukasiewicz,Bo Li"
-    await ioc.status.show()
     assert ioc.status.scheduling_health.value == "Error"
     assert ioc.status.scheduling_health.alarm.severity == MAJOR
     assert ioc.status.dm_health.value == "OK"
 
-    rig.beamline.adapters.scheduling = FakeSchedule()  # the service is back: the next refresh recovers
+    rig.services.adapters.scheduling = FakeSchedule()  # the service is back: the next refresh recovers
     await run(ioc.proposal.refresh)
-    await ioc.status.show()
     assert ioc.status.scheduling_health.value == "OK"
     assert ioc.status.scheduling_health.alarm.severity == NO
 
 
 async def test_scheduling_failure_before_any_proposal(rig):
-    rig.beamline.adapters.scheduling = FailingSchedule()
+    rig.services.adapters.scheduling = FailingSchedule()
     await fails(rig.ioc.proposal.refresh)
     assert rig.ioc.proposal.proposal_number.value == ""
     assert rig.ioc.status.scheduling_health.value == "Error"
@@ -526,11 +525,12 @@ async def test_daq_start_and_progress(rig):
     ]
     progress = TransferProgress(state=TransferState.RUNNING, files_done=1, files_total=4, bytes_done=2e6, rate_mb_s=1.5,
                                 last_file="a.h5")  # fmt: skip
-    await ioc.daq.show(progress)
+    rig.fakes.transfer.state = progress
+    await rig.supervisor.poll_transfer()
     assert (ioc.daq.daq_state.value, ioc.daq.files_done.value, ioc.daq.percent.value) == ("Running", 1, 25.0)
     failed = replace(progress, state=TransferState.ERROR, message="copy of b.h5 failed: disk full")
-    await ioc.daq.show(failed)
-    await ioc.daq.tell(failed)
-    assert ioc.daq.said == failed.message
+    rig.fakes.transfer.state = failed
+    await rig.supervisor.poll_transfer()
+    assert status(rig) == (failed.message, MAJOR)
     assert ioc.daq.daq_state.alarm.severity == MAJOR
     assert status(rig) == ("copy of b.h5 failed: disk full", MAJOR)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from dmagic_ioc.ioc.domain.model import DMError
+from dmagic_ioc.ioc.domain.errors import DMError
 from dmagic_ioc.ioc.domain.ports import TransferProgress, TransferState
 
 from ..fakes.ports import EXPERIMENT, FlakyAccess
@@ -14,26 +14,26 @@ from .rig import MAJOR, MINOR, NO, fails, run, status
 
 async def test_globus_failing_half_way_records_the_rules_made_and_a_rerun_completes(rig):
     access = FlakyAccess(failing={"d310002"})
-    rig.beamline.adapters.access = access
+    rig.services.adapters.access = access
     await run(rig.ioc.proposal.refresh)
     error = await fails(rig.ioc.experiment.create)
     assert "no Globus identity for d310002" in error and status(rig)[1] == MAJOR
     # the experiment exists and is selected; the rules that were made are recorded for RemoveUser/Delete
     assert rig.ioc.experiment.experiment_name.value == EXPERIMENT
     assert set(rig.fakes.state.rules(EXPERIMENT)) == {"d310001", "d310009"}
-    assert rig.ioc.engine.health["Globus"] == "Error"
+    assert rig.supervisor.report.health["Globus"] == "Error"
 
     access.failing.clear()
     await run(rig.ioc.experiment.create)
     assert set(rig.fakes.state.rules(EXPERIMENT)) == {"d310001", "d310002", "d310009"}
-    assert rig.ioc.engine.health["Globus"] == "OK"
+    assert rig.supervisor.report.health["Globus"] == "OK"
 
 
 async def test_add_user_rerun_after_a_globus_failure_grants_access(rig):
     await run(rig.ioc.proposal.refresh)
     await run(rig.ioc.experiment.create)
     access = FlakyAccess(failing={"d310002"})
-    rig.beamline.adapters.access = access
+    rig.services.adapters.access = access
     rig.fakes.state.forget_rules(EXPERIMENT, ["d310002"])
     await rig.ioc.experiment.badges.write("310002")
     await fails(rig.ioc.experiment.add_user)  # DM already has the user; Globus fails
@@ -79,7 +79,7 @@ async def test_delete_is_refused_while_a_transfer_retries_and_forgets_the_transf
 async def test_a_selection_dm_could_not_read_at_startup_is_read_when_needed(rig):
     await run(rig.ioc.proposal.refresh)
     await run(rig.ioc.experiment.create)
-    rig.beamline.state = replace(rig.beamline.state, experiment=None)  # as after a startup with DM unreachable
+    rig.supervisor.state = replace(rig.supervisor.state, experiment=None)  # as after a startup with DM unreachable
     await run(rig.ioc.daq.daq_start)
     assert rig.fakes.transfer.starts[-1][0] == EXPERIMENT
 
@@ -89,8 +89,9 @@ async def test_an_unreadable_transfer_status_is_an_error_not_a_crash(rig):
         raise DMError("DM service did not answer within 10 s")
 
     rig.fakes.transfer.progress = broken
-    settings = rig.beamline.settings  # the APS DM backend's DAQ: reading its status is a contact with DM
-    rig.beamline.settings = replace(settings, dm=replace(settings.dm, backend="aps"))
-    progress = await rig.ioc.engine.query("reading the transfer's progress", rig.beamline.transfer_progress)
+    settings = rig.services.settings  # the APS DM backend's DAQ: reading its status is a contact with DM
+    rig.services.settings = replace(settings, dm=replace(settings.dm, backend="aps"))
+    await rig.supervisor.poll_transfer()
+    progress = rig.supervisor.progress
     assert progress.state == TransferState.ERROR and "did not answer" in progress.message
-    assert rig.ioc.engine.health["DM"] == "Error"
+    assert rig.supervisor.report.health["DM"] == "Error"

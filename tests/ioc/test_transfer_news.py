@@ -8,6 +8,7 @@ import asyncio
 import logging
 import threading
 
+from dmagic_ioc.ioc.app.messages import Delete, RefreshAutomatic, ResumeTransfer
 from dmagic_ioc.ioc.domain.ports import SentFile, TransferProgress, TransferState
 
 from ..fakes.ports import EXPERIMENT
@@ -48,11 +49,11 @@ class EndsDuringTheStartSnapshot:
 async def test_an_upload_that_ends_while_its_command_runs_keeps_the_warning_and_says_the_dataset(rig):
     ioc = rig.ioc
     await refreshed_and_created(rig)
-    with_metadata(rig.beamline, rig.fakes, {"energy": ENERGY, "gone": GONE})
-    metadata = rig.beamline.adapters.metadata = EndsDuringTheStartSnapshot(rig)
+    with_metadata(rig, rig.fakes, {"energy": ENERGY, "gone": GONE})
+    metadata = rig.services.adapters.metadata = EndsDuringTheStartSnapshot(rig)
     upload = asyncio.create_task(run(ioc.daq.upload))
     await until(metadata.reading.is_set, WAIT_SECONDS, what="the start snapshot")
-    poll = asyncio.create_task(ioc.daq.poll())  # the transfer has ended; the Upload still runs
+    poll = asyncio.create_task(rig.supervisor.poll_transfer())  # the transfer has ended; the Upload still runs
     await until(lambda: ioc.daq.daq_state.value == "Stopped", WAIT_SECONDS, what="the end shown")
     metadata.release.set()
     await upload
@@ -61,32 +62,32 @@ async def test_an_upload_that_ends_while_its_command_runs_keeps_the_warning_and_
     assert said[1] == MINOR and said[0].startswith(SUMMARY), said
     assert MISSING in said[0] and DATASET in said[0]
     for _ in range(3):  # the next polls say nothing more: the summary was said with its dataset
-        await ioc.daq.poll()
+        await rig.supervisor.poll_transfer()
     assert status(rig) == said
 
 
 async def test_the_end_of_an_upload_never_lowers_the_warning_of_its_upload(rig):
     ioc = rig.ioc
     await refreshed_and_created(rig)
-    metadata = with_metadata(rig.beamline, rig.fakes, {"energy": ENERGY, "gone": GONE})
+    metadata = with_metadata(rig, rig.fakes, {"energy": ENERGY, "gone": GONE})
     await run(ioc.daq.upload)
     assert status(rig)[1] == MINOR and "bl:Gone" in status(rig)[0]
     metadata.answers["gone"] = ENERGY  # it answers at the end: the dataset still names it (missing at the start)
     upload_finished(rig)
-    await ioc.daq.poll()
+    await rig.supervisor.poll_transfer()
     assert status(rig) == (f"{SUMMARY}; {DATASET}; {MISSING}", MINOR)
 
 
 async def test_after_another_command_the_end_of_an_upload_says_its_own_severity(rig):
     ioc = rig.ioc
     await refreshed_and_created(rig)
-    metadata = with_metadata(rig.beamline, rig.fakes, {"energy": ENERGY, "gone": GONE})
+    metadata = with_metadata(rig, rig.fakes, {"energy": ENERGY, "gone": GONE})
     await run(ioc.daq.upload)
     await run(ioc.proposal.refresh)  # the next command says otherwise
     assert status(rig)[1] == NO
     metadata.answers["gone"] = ENERGY
     upload_finished(rig)
-    await ioc.daq.poll()
+    await rig.supervisor.poll_transfer()
     assert status(rig) == (f"{SUMMARY}; {DATASET}; {MISSING}", MINOR)  # its dataset's own warning
 
 
@@ -99,7 +100,7 @@ async def test_the_quiet_end_of_an_earlier_upload_never_replaces_a_later_command
     said = status(rig)
     assert said[1] == NO and said[0].startswith("proposal "), said
     upload_finished(rig)
-    await ioc.daq.poll()
+    await rig.supervisor.poll_transfer()
     assert status(rig) == said
     assert ioc.daq.daq_state.value == "Stopped"  # the end shows where it belongs
 
@@ -109,7 +110,7 @@ async def test_an_upload_that_ends_in_error_says_it_major_with_its_dataset(rig):
     await refreshed_and_created(rig)
     await run(ioc.daq.upload)
     upload_finished(rig, TransferState.ERROR, "copy of b.h5 failed: Permission denied")
-    await ioc.daq.poll()
+    await rig.supervisor.poll_transfer()
     text, severity = status(rig)
     assert severity == MAJOR and text.startswith("copy of b.h5 failed: Permission denied") and DATASET in text
     assert ioc.daq.daq_state.value == "Error"
@@ -118,20 +119,20 @@ async def test_an_upload_that_ends_in_error_says_it_major_with_its_dataset(rig):
 async def test_daq_stop_keeps_its_warning_and_dataset_and_a_later_error_is_still_said(rig):
     ioc = rig.ioc
     await refreshed_and_created(rig)
-    with_metadata(rig.beamline, rig.fakes, {"energy": ENERGY, "gone": GONE})
+    with_metadata(rig, rig.fakes, {"energy": ENERGY, "gone": GONE})
     await run(ioc.daq.daq_start)
     assert status(rig)[1] == MINOR
-    await ioc.daq.poll()
+    await rig.supervisor.poll_transfer()
     upload_finished(rig, TransferState.RUNNING, "")
     await run(ioc.daq.daq_stop)
     stopped = status(rig)
     assert stopped[1] == MINOR and MISSING in stopped[0] and DATASET in stopped[0], stopped
     rig.fakes.transfer.state = TransferProgress(message="transfer stopped")  # the stop, as the transfer shows it
-    await ioc.daq.poll()
+    await rig.supervisor.poll_transfer()
     assert status(rig) == stopped  # DaqStop's outcome said it already
     await run(ioc.daq.daq_start)
     rig.fakes.transfer.state = TransferProgress(state=TransferState.ERROR, message="storage gone")
-    await ioc.daq.poll()
+    await rig.supervisor.poll_transfer()
     assert status(rig) == ("storage gone", MAJOR)  # news raises a warning, never lowers it
 
 
@@ -140,18 +141,18 @@ async def test_an_upload_whose_experiment_is_deleted_before_its_end_is_seen_says
     await refreshed_and_created(rig)
     await run(ioc.daq.upload)
     upload_finished(rig)
-    rig.beamline.delete(EXPERIMENT)  # a Delete that lands before the poll that sees the upload's end
-    await ioc.daq.poll()
+    await rig.supervisor.work(Delete(EXPERIMENT), shown=False)  # a Delete before the poll that sees the end
+    await rig.supervisor.poll_transfer()
     said = status(rig)
     assert said == (f"{SUMMARY}; experiment {EXPERIMENT} was deleted before its upload was catalogued: no dataset "
                     "made", MINOR)  # fmt: skip
     for _ in range(3):  # the next polls say nothing more (no "cataloguing the upload failed" twice a second)
-        await ioc.daq.poll()
-    assert status(rig) == said and not rig.beamline.uploading
+        await rig.supervisor.poll_transfer()
+    assert status(rig) == said and not rig.supervisor.state.uploading
 
 
 async def test_background_work_with_nothing_to_say_logs_nothing(rig, caplog):
-    with caplog.at_level(logging.INFO, "dmagic_ioc.ioc.engine"):
-        assert await rig.ioc.engine.background("resuming the transfer", rig.beamline.resume_transfer) == ""
-        await rig.ioc.engine.background("automatic Refresh", rig.beamline.refresh_automatic, 0.0)
+    with caplog.at_level(logging.INFO, "dmagic_ioc.ioc.app.supervisor"):
+        assert (await rig.supervisor.work(ResumeTransfer(), shown=False)).failure == ""
+        await rig.supervisor.work(RefreshAutomatic(0.0), shown=False)
     assert not [m for m in caplog.messages if m.endswith(": ")], caplog.messages

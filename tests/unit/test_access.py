@@ -12,9 +12,12 @@ import pytest
 from caproto import AccessRights, ChannelType
 from caproto.server import PVGroup, pvproperty
 from dmagic_ioc.ioc.addresses import host_problems, parse_hosts, plain_address, resolution_problems
-from dmagic_ioc.ioc.config import AccessSettings, ConfigError, settings_from_dict
 from dmagic_ioc.ioc.epics.access import ClientHost, WriteAccess, restrict_writes
-from dmagic_ioc.ioc.epics.caserver import RefusalLog, SearchSocket, _write_notify_failure
+from dmagic_ioc.ioc.epics.caserver.circuit import _write_notify_failure
+from dmagic_ioc.ioc.epics.caserver.refusals import RefusalLog
+from dmagic_ioc.ioc.epics.caserver.search import SearchSocket
+from dmagic_ioc.ioc.settings.load import ConfigError, settings_from_dict
+from dmagic_ioc.ioc.settings.schema import AccessSettings
 
 WRITE = AccessRights.READ | AccessRights.WRITE
 READ = AccessRights.READ
@@ -238,7 +241,7 @@ def test_a_failed_put_with_completion_also_gets_its_write_notify_reply():
 
 def test_refused_writes_are_logged_once_a_minute_per_address(caplog):
     refusals = RefusalLog(period=60)
-    with caplog.at_level(logging.WARNING, "dmagic_ioc.ioc.epics.caserver"):
+    with caplog.at_level(logging.WARNING, "dmagic_ioc.ioc.epics.caserver.refusals"):
         for _ in range(5):
             refusals.note("t:Create", "10.54.9.9", "visitor", "opi-allowed", "its address is not in write_hosts")
         refusals.note("t:Create", "10.54.9.8", "visitor", "laptop", "its address is not in write_hosts")
@@ -248,7 +251,7 @@ def test_refused_writes_are_logged_once_a_minute_per_address(caplog):
                         "as it claims): its address is not in write_hosts")  # fmt: skip
     assert "client at 10.54.9.8" in lines[1]
     refusals.period = 0
-    with caplog.at_level(logging.WARNING, "dmagic_ioc.ioc.epics.caserver"):
+    with caplog.at_level(logging.WARNING, "dmagic_ioc.ioc.epics.caserver.refusals"):
         refusals.note("t:Create", "10.54.9.9", "visitor", "opi-allowed", "its address is not in write_hosts")
     assert caplog.messages[-1].endswith("; 4 more writes from 10.54.9.9 refused since its last line")
 

@@ -10,16 +10,10 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from dmagic_ioc.adapters.aps_scheduling import parse_activities, parse_activity, parse_runs, parse_schedule
-from dmagic_ioc.ioc.domain.model import (
-    TEXT_BYTES,
-    TITLE_BYTES,
-    Beamtime,
-    SchedulingError,
-    email_problem,
-    find_beamtime,
-    select_beamtime,
-)
+from dmagic_ioc.adapters.aps_scheduling_replies import parse_activities, parse_activity, parse_runs, parse_schedule
+from dmagic_ioc.ioc.domain.beamtime import Beamtime, find_beamtime, select_beamtime
+from dmagic_ioc.ioc.domain.errors import SchedulingError
+from dmagic_ioc.ioc.domain.text import TEXT_BYTES, TITLE_BYTES, email_problem
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -9,17 +9,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
-from dmagic_ioc.ioc.config import (
-    ConfigError,
-    Settings,
-    environment_problems,
-    is_loopback,
-    load_config,
-    read_credentials,
-    read_secret,
-    settings_from_dict,
-)
-from dmagic_ioc.ioc.domain.model import InputError
+from dmagic_ioc.ioc.domain.errors import InputError
+from dmagic_ioc.ioc.secrets import is_loopback, read_credentials, read_secret
+from dmagic_ioc.ioc.settings.load import ConfigError, load_config, settings_from_dict
+from dmagic_ioc.ioc.settings.preflight import environment_problems
+from dmagic_ioc.ioc.settings.schema import Settings
 
 CHICAGO = ZoneInfo("America/Chicago")
 
@@ -563,7 +557,7 @@ def test_adapters_refuse_clear_credentials_on_their_own(tmp_path):
     """Even when built without the config's checks, the adapters never log in over a plain connection."""
     from dmagic_ioc.adapters.aps_scheduling import ApsScheduling
     from dmagic_ioc.adapters.email import SmtpMailer
-    from dmagic_ioc.ioc.domain.model import EmailError, SchedulingError
+    from dmagic_ioc.ioc.domain.errors import EmailError, SchedulingError
 
     creds = secret(tmp_path / "creds", "user|password\n")
     with pytest.raises(SchedulingError, match="in clear"):
@@ -583,7 +577,7 @@ def test_an_smtp_reply_never_carries_the_password_into_status(tmp_path, monkeypa
     import smtplib
 
     from dmagic_ioc.adapters import email as email_module
-    from dmagic_ioc.ioc.domain.model import EmailError
+    from dmagic_ioc.ioc.domain.errors import EmailError
 
     plain = base64.b64encode(b"\0beamline\0s3cr3t").decode()
     login = base64.b64encode(b"s3cr3t").decode()
@@ -657,12 +651,12 @@ def test_a_file_where_a_folder_belongs(folders):
 
 def test_unwritable_folders_are_named(folders, monkeypatch):
     """Root writes everywhere: the permission answer is stubbed, as a service user would get it."""
-    import dmagic_ioc.ioc.config as config_module
+    import dmagic_ioc.ioc.settings.preflight as preflight_module
 
     locked = {folders / "storage", folders / "state"}
     real_access = os.access
     monkeypatch.setattr(
-        config_module.os, "access",
+        preflight_module.os, "access",
         lambda path, mode: real_access(path, mode) and not (Path(path) in locked and mode & os.W_OK),
     )  # fmt: skip
     problems = environment_of(local(), folders)
@@ -671,11 +665,11 @@ def test_unwritable_folders_are_named(folders, monkeypatch):
 
 
 def test_data_top_dir_must_be_writable_only_where_the_detectors_write(folders, monkeypatch):
-    import dmagic_ioc.ioc.config as config_module
+    import dmagic_ioc.ioc.settings.preflight as preflight_module
 
     real_access = os.access
     monkeypatch.setattr(
-        config_module.os, "access",
+        preflight_module.os, "access",
         lambda path, mode: real_access(path, mode) and not (Path(path) == folders / "data" and mode & os.W_OK),
     )  # fmt: skip
     assert [p.split(":")[0] for p in environment_of(local(), folders)] == ["dm.data_top_dir"]
@@ -687,11 +681,11 @@ def test_a_missing_state_dir_is_fine_when_it_can_be_made(folders, monkeypatch):
     assert environment_of(raw, folders) == []
     assert not (folders / "new").exists()  # checking made nothing
 
-    import dmagic_ioc.ioc.config as config_module
+    import dmagic_ioc.ioc.settings.preflight as preflight_module
 
     real_access = os.access
     monkeypatch.setattr(
-        config_module.os, "access",
+        preflight_module.os, "access",
         lambda path, mode: real_access(path, mode) and not (Path(path) == folders and mode & os.W_OK),
     )  # fmt: skip
     (problem,) = environment_of(raw, folders)
@@ -699,13 +693,13 @@ def test_a_missing_state_dir_is_fine_when_it_can_be_made(folders, monkeypatch):
 
 
 def test_a_state_file_that_cannot_be_written_is_named(folders, monkeypatch):
-    import dmagic_ioc.ioc.config as config_module
+    import dmagic_ioc.ioc.settings.preflight as preflight_module
 
     registry = folders / "state" / "registry.sqlite"
     registry.write_bytes(b"")
     real_access = os.access
     monkeypatch.setattr(
-        config_module.os, "access", lambda path, mode: real_access(path, mode) and Path(path) != registry
+        preflight_module.os, "access", lambda path, mode: real_access(path, mode) and Path(path) != registry
     )
     (problem,) = environment_of(local(), folders)
     assert problem.startswith("ioc.state_dir:") and "registry.sqlite" in problem
@@ -719,12 +713,12 @@ def test_an_unknown_group_is_named(folders):
 def test_a_group_the_user_is_not_in(folders, monkeypatch):
     import grp
 
-    import dmagic_ioc.ioc.config as config_module
+    import dmagic_ioc.ioc.settings.preflight as preflight_module
 
     other = next((g for g in grp.getgrall() if g.gr_gid not in os.getgroups() and g.gr_gid != os.getegid()), None)
     if other is None:
         pytest.skip("no group this user is outside of")
-    monkeypatch.setattr(config_module.os, "geteuid", lambda: 4242)  # not root
+    monkeypatch.setattr(preflight_module.os, "geteuid", lambda: 4242)  # not root
     (problem,) = environment_of(local(group=other.gr_name), folders)
     assert problem.startswith("dm.group:") and "not a member" in problem
 
@@ -835,17 +829,17 @@ def test_bad_accounts_and_staff_groups_are_named(base, posix, key, words):
 
 
 def test_check_names_a_filesystem_without_acls(folders, monkeypatch):
-    import dmagic_ioc.ioc.config as config_module
+    import dmagic_ioc.ioc.settings.preflight as preflight_module
 
     raw = local(posix={"user_account": "d{badge}"})
-    if config_module.acl_support_problem(folders / "storage") == "":
+    if preflight_module.acl_support_problem(folders / "storage") == "":
         assert environment_of(raw, folders) == []  # this host: a filesystem with ACLs (no setfacl needed)
     assert [p.name for p in (folders / "storage").iterdir()] == []  # the probe's file is gone
 
     def no_acls(target, name, value, *args, **kwargs):
         raise OSError(errno.EOPNOTSUPP, "Operation not supported")
 
-    monkeypatch.setattr(config_module.os, "setxattr", no_acls)
+    monkeypatch.setattr(preflight_module.os, "setxattr", no_acls)
     (problem,) = environment_of(raw, folders)
     assert problem.startswith("dm.posix:") and "no POSIX ACL support" in problem and str(folders / "storage") in problem
     (problem,) = environment_of(local(posix={"staff_groups": ["root"]}), folders)

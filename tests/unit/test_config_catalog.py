@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from dmagic_ioc.ioc.config import ConfigError, MetadataSettings, ScicatSettings, settings_from_dict
+from dmagic_ioc.ioc.settings.load import ConfigError, settings_from_dict
+from dmagic_ioc.ioc.settings.schema import MetadataSettings, ScicatSettings
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from dmagic_ioc.ioc.config import ConfigError, settings_from_dict
+from dmagic_ioc.ioc.settings.load import ConfigError, settings_from_dict
 
 from ..helpers import REPO
 

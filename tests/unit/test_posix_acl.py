@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from dmagic_ioc.adapters.dm import acl
-from dmagic_ioc.ioc.config import acl_support_problem
+from dmagic_ioc.ioc.settings.preflight import acl_support_problem
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

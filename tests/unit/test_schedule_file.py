@@ -10,15 +10,10 @@ from zoneinfo import ZoneInfo
 import pytest
 import yaml
 from dmagic_ioc.adapters.schedule_file import FileSchedule
-from dmagic_ioc.ioc.domain.model import (
-    TEXT_BYTES,
-    TITLE_BYTES,
-    Person,
-    SchedulingError,
-    email_problem,
-    select_beamtime,
-    select_run,
-)
+from dmagic_ioc.ioc.domain.beamtime import select_beamtime, select_run
+from dmagic_ioc.ioc.domain.errors import SchedulingError
+from dmagic_ioc.ioc.domain.people import Person
+from dmagic_ioc.ioc.domain.text import TEXT_BYTES, TITLE_BYTES, email_problem
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -369,8 +364,8 @@ def test_a_schedule_this_user_cannot_reach_is_a_config_problem_not_a_traceback(t
     and the start name it in one line. Root enters every folder, so the refusal is played here."""
     from pathlib import Path
 
-    from dmagic_ioc.ioc.__main__ import preflight_problems
-    from dmagic_ioc.ioc.config import ConfigError, settings_from_dict
+    from dmagic_ioc.ioc.settings.load import ConfigError, settings_from_dict
+    from dmagic_ioc.ioc.settings.preflight import preflight_problems
 
     locked = tmp_path / "locked"
     real_stat = Path.stat

@@ -12,16 +12,16 @@ import math
 import string
 from datetime import datetime
 
-from dmagic_ioc.adapters.scicat import MAX_BLOCK_FILES, scicat_datablocks, scicat_dataset, scicat_time
-from dmagic_ioc.ioc.config import ConfigError, settings_from_dict
+from dmagic_ioc.adapters.scicat.bodies import MAX_BLOCK_FILES, scicat_datablocks, scicat_dataset, scicat_time
 from dmagic_ioc.ioc.domain.catalog_values import (
     catalog_email_problem,
     email_list_problem,
     host_name_problem,
     source_host_problem,
 )
-from dmagic_ioc.ioc.domain.model import email_problem
 from dmagic_ioc.ioc.domain.ports import CatalogFile, Dataset
+from dmagic_ioc.ioc.domain.text import email_problem
+from dmagic_ioc.ioc.settings.load import ConfigError, settings_from_dict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -1,4 +1,4 @@
-"""Tag's rules without a network: `tag.fields` in the config, and what the Tag use case makes of a target's answers."""
+"""Tag's rules without a network: `tag.fields` in the config, and what the Tag handler makes of a target's answers."""
 
 from __future__ import annotations
 
@@ -6,9 +6,19 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from dmagic_ioc.ioc.config import TAG_FIELDS, ConfigError, TagSettings, settings_from_dict
-from dmagic_ioc.ioc.domain.model import Beamtime, CurrentProposal, MissingPVs, Person, TagError, UserInfo
-from dmagic_ioc.ioc.usecases import Adapters, Beamline, BeamlineState
+from dmagic_ioc.ioc.app.commands import schedule
+from dmagic_ioc.ioc.app.handling import Step
+from dmagic_ioc.ioc.app.messages import Tag
+from dmagic_ioc.ioc.app.services import Adapters, Services
+from dmagic_ioc.ioc.app.state import BeamlineState, Outcome
+from dmagic_ioc.ioc.domain.beamtime import Beamtime, CurrentProposal, UserInfo
+from dmagic_ioc.ioc.domain.errors import MissingPVs, TagError
+from dmagic_ioc.ioc.domain.esaf import Esaf
+from dmagic_ioc.ioc.domain.people import Person
+from dmagic_ioc.ioc.domain.proposal import Proposal
+from dmagic_ioc.ioc.domain.tag import TAG_FIELDS
+from dmagic_ioc.ioc.settings.load import ConfigError, settings_from_dict
+from dmagic_ioc.ioc.settings.schema import TagSettings
 
 MOMENT = datetime(2026, 11, 20, 18, 0, tzinfo=timezone.utc)
 PREFIX = "2bmb:TomoScan:"
@@ -80,7 +90,8 @@ def test_bad_fields_are_refused(base, fields, expected):
 
 
 def test_every_tag_field_takes_a_user_info_value():
-    beamtime = Beamtime("1013377", "Title", MOMENT, MOMENT + timedelta(days=3), people=(Person("310010", is_pi=True),))
+    proposal = Proposal("1013377", "Title", people=(Person("310010", is_pi=True),))
+    beamtime = Beamtime(proposal, MOMENT, MOMENT + timedelta(days=3))
     info = UserInfo.of(CurrentProposal(None, beamtime, MOMENT))
     values = {name: getattr(info, attribute) for name, attribute in TAG_FIELDS.items()}
     assert values["ProposalNumber"] == "1013377" and values["UserBadge"] == "310010"
@@ -88,7 +99,7 @@ def test_every_tag_field_takes_a_user_info_value():
 
 
 # --------------------------------------------------------------------------
-# The Tag use case against a scripted target
+# The Tag handler against a scripted target
 
 
 class ScriptedTarget:
@@ -109,32 +120,34 @@ class ScriptedTarget:
         return [name for name in values if name in self.cut]
 
 
-def beamline(base: Path, target: ScriptedTarget, fields: dict | None = None) -> Beamline:
+def tagged(base: Path, target: ScriptedTarget, fields: dict | None = None) -> Outcome:
+    """Tag at PREFIX with `target` as the only adapter, a proposal shown."""
     settings = settings_with(base, {"fields": fields or {}})
-    app = Beamline(settings, Adapters(scheduling=None, dm=None, state=None, transfer=None, tag=target))
+    services = Services(settings, Adapters(scheduling=None, dm=None, state=None, transfer=None, tag=target))
     pi = Person("310010", "Zoë", "Müller-Łukasiewicz", "zoe@example.de", "Universität Beispielstadt", is_pi=True)
-    beamtime = Beamtime("1013377", "Foam", MOMENT, MOMENT + timedelta(days=3), people=(pi,), esaf="281002")
-    app.state = BeamlineState(scheduled=CurrentProposal(None, beamtime, MOMENT))
-    return app
+    proposal = Proposal("1013377", "Foam", people=(pi,))
+    beamtime = Beamtime(proposal, MOMENT, MOMENT + timedelta(days=3), esaf_form=Esaf("281002"))
+    state = BeamlineState(scheduled=CurrentProposal(None, beamtime, MOMENT))
+    return schedule.tag(Step(services, state), Tag(PREFIX))
 
 
 def test_everything_present_is_written_once(base):
     target = ScriptedTarget(set(TAG_FIELDS))
-    outcome = beamline(base, target).tag(PREFIX)
+    outcome = tagged(base, target)
     assert (outcome.message, outcome.warning) == (f"tagged {PREFIX} with proposal 1013377", False)
     assert len(target.attempts) == 1 and set(target.written[0]) == set(TAG_FIELDS)
 
 
 def test_a_stock_tomoscan_gets_the_rest_without_a_warning(base):
     target = ScriptedTarget(set(TAG_FIELDS) - {"ESAFDOINumber"})
-    outcome = beamline(base, target).tag(PREFIX)
+    outcome = tagged(base, target)
     assert (outcome.message, outcome.warning) == (f"tagged {PREFIX} with proposal 1013377", False)
     assert set(target.written[0]) == set(TAG_FIELDS) - {"ESAFDOINumber"}
 
 
 def test_missing_required_pvs_are_named_and_the_rest_written(base):
     target = ScriptedTarget(set(TAG_FIELDS) - {"ESAFDOINumber", "UserBadge", "ExperimentYearMonth"}, cut=("UserName",))
-    outcome = beamline(base, target).tag(PREFIX)
+    outcome = tagged(base, target)
     assert outcome.warning
     assert outcome.message == (
         f"tagged {PREFIX} with proposal 1013377; not written, no such PV: {PREFIX}UserBadge, "
@@ -145,7 +158,7 @@ def test_missing_required_pvs_are_named_and_the_rest_written(base):
 
 def test_renamed_fields_are_written_under_their_names(base):
     target = ScriptedTarget({"PIName", *TAG_FIELDS} - {"UserName"})
-    outcome = beamline(base, target, {"UserName": "PIName", "ESAFNumber": None}).tag(PREFIX)
+    outcome = tagged(base, target, {"UserName": "PIName", "ESAFNumber": None})
     assert not outcome.warning
     (written,) = target.written
     assert written["PIName"] == "Zoë" and "UserName" not in written and "ESAFNumber" not in written
@@ -154,7 +167,7 @@ def test_renamed_fields_are_written_under_their_names(base):
 def test_no_pv_answering_fails_with_nothing_written(base):
     target = ScriptedTarget(set())
     with pytest.raises(MissingPVs):
-        beamline(base, target).tag(PREFIX)
+        tagged(base, target)
     assert len(target.attempts) == 1 and target.written == []
 
 
@@ -166,7 +179,7 @@ def test_other_tag_errors_are_not_retried(base):
 
     target = Refusing(set(TAG_FIELDS))
     with pytest.raises(TagError, match="no write access"):
-        beamline(base, target).tag(PREFIX)
+        tagged(base, target)
     assert len(target.attempts) == 1
 
 

@@ -11,13 +11,18 @@ from dataclasses import replace
 from datetime import timedelta
 
 import pytest
-from dmagic_ioc.ioc.config import MetadataSettings, ScicatSettings
-from dmagic_ioc.ioc.domain.model import DiskFull
+from dmagic_ioc.adapters.dm.marker import write_storage_marker
+from dmagic_ioc.adapters.records import RecordsRefused
+from dmagic_ioc.adapters.transfer.local import LocalTransfer
+from dmagic_ioc.ioc.app.messages import Catalog, CreateManual, DaqStart, DaqStop, Delete, Upload, UploadEnded
+from dmagic_ioc.ioc.app.queries import Queries
+from dmagic_ioc.ioc.app.state import ManualRequest, Outcome
+from dmagic_ioc.ioc.domain.errors import DiskFull
 from dmagic_ioc.ioc.domain.ports import CatalogStatus, SentFile, TransferProgress, TransferState
-from dmagic_ioc.ioc.usecases import ManualRequest, Outcome
-from dmagic_ioc.ioc.usecases.catalog import RecordsRefused
+from dmagic_ioc.ioc.settings.schema import MetadataSettings, ScicatSettings
 
 from ..fakes.ports import EXPERIMENT, NOW
+from ..helpers import wait_for
 
 ENERGY = {"pv": "bl:Energy", "value": 25.5, "units": "keV", "severity": "NO", "timestamp": "2026-10-15T15:00:00+00:00"}
 GONE = {"pv": "bl:Gone", "missing": True, "why": "no answer within 2 s"}
@@ -37,7 +42,7 @@ def with_metadata(beamline, fakes, answers: dict[str, dict]) -> FakeMetadata:
     metadata = FakeMetadata(answers)
     beamline.adapters.metadata = metadata
     pvs = {key: entry["pv"] for key, entry in answers.items()}
-    beamline.settings = replace(beamline.settings, metadata=MetadataSettings(pvs=pvs))
+    beamline.services.settings = replace(beamline.settings, metadata=MetadataSettings(pvs=pvs))
     return metadata
 
 
@@ -57,11 +62,11 @@ def storage_of(tmp_path):
 def test_daq_start_and_stop_write_both_snapshots_the_proposal_and_the_files_sent(created, fakes, tmp_path):
     metadata = with_metadata(created, fakes, {"energy": ENERGY})
     storage = storage_of(tmp_path)
-    assert created.daq_start() == Outcome(f"transfer of {EXPERIMENT} started")
+    assert created.run(DaqStart()) == Outcome(f"transfer of {EXPERIMENT} started")
     sent(fakes, storage, "data/scan1/proj_000.h5", 100, 10.0)
     sent(fakes, storage, "analysis/recon.tiff", 23, 11.0)
     sent(fakes, tmp_path / "storage" / "elsewhere", "data/x.h5", 5, 11.0)  # another experiment's: not listed
-    outcome = created.daq_stop()
+    outcome = created.run(DaqStop())
     assert outcome == Outcome(f"transfer stopped; dataset {EXPERIMENT}-1.json: 2 files, 123 bytes")
     assert len(metadata.reads) == 2  # at the start and at the end
     (record,) = records(storage)
@@ -79,47 +84,47 @@ def test_daq_start_and_stop_write_both_snapshots_the_proposal_and_the_files_sent
 
 def test_the_next_dataset_lists_only_the_files_sent_since_the_last(created, fakes, tmp_path):
     storage = storage_of(tmp_path)
-    created.daq_start()
+    created.run(DaqStart())
     sent(fakes, storage, "data/a.h5", 1, 10.0)
-    created.daq_stop()
-    assert created.catalog() == Outcome("no file was sent since the last dataset: no dataset made")
+    created.run(DaqStop())
+    assert created.run(Catalog()) == Outcome("no file was sent since the last dataset: no dataset made")
     sent(fakes, storage, "data/b.h5", 2, 20.0)
-    assert created.catalog() == Outcome(f"dataset {EXPERIMENT}-2.json: 1 file, 2 bytes")
+    assert created.run(Catalog()) == Outcome(f"dataset {EXPERIMENT}-2.json: 1 file, 2 bytes")
     assert [[f["path"] for f in r["files"]] for r in records(storage)] == [["data/a.h5"], ["data/b.h5"]]
     assert records(storage)[1]["snapshots"] == {"start": None, "end": None}  # metadata.pvs names none
 
 
 def test_a_pv_that_does_not_answer_is_recorded_missing_with_a_warning_and_the_dataset_is_made(created, fakes, tmp_path):
     with_metadata(created, fakes, {"energy": ENERGY, "gone": GONE})
-    start = created.daq_start()
+    start = created.run(DaqStart())
     assert start.warning and "bl:Gone" in start.message
     sent(fakes, storage_of(tmp_path), "data/a.h5", 1, 10.0)
-    stop = created.daq_stop()
+    stop = created.run(DaqStop())
     assert stop.warning and "metadata: bl:Gone did not answer, recorded as missing" in stop.message
     (record,) = records(storage_of(tmp_path))
     assert record["snapshots"]["end"]["pvs"]["gone"] == GONE
 
 
 def test_an_upload_is_catalogued_when_it_has_ended_and_only_once(created, fakes, tmp_path):
-    created.upload()
-    assert created.uploading
-    assert created.upload_ended() == Outcome("")  # still running: nothing yet
+    created.run(Upload())
+    assert created.state.uploading
+    assert created.run(UploadEnded()) == Outcome("")  # still running: nothing yet
     sent(fakes, storage_of(tmp_path), "data/a.h5", 7, 10.0)
     fakes.transfer.state = TransferProgress(state=TransferState.STOPPED)
-    assert created.upload_ended() == Outcome(f"upload catalogued: dataset {EXPERIMENT}-1.json: 1 file, 7 bytes")
-    assert created.upload_ended() == Outcome("")
+    assert created.run(UploadEnded()) == Outcome(f"upload catalogued: dataset {EXPERIMENT}-1.json: 1 file, 7 bytes")
+    assert created.run(UploadEnded()) == Outcome("")
     assert len(records(storage_of(tmp_path))) == 1
 
 
 def test_a_storage_that_is_gone_is_a_warning_and_its_files_go_into_the_next_dataset(created, fakes, tmp_path):
     storage = storage_of(tmp_path)
-    created.daq_start()
+    created.run(DaqStart())
     sent(fakes, storage, "data/a.h5", 1, 10.0)
     storage.rename(storage.with_name("unmounted"))
-    outcome = created.daq_stop()
+    outcome = created.run(DaqStop())
     assert outcome.warning and f"metadata record not written in {storage}/metadata: No such file" in outcome.message
     storage.with_name("unmounted").rename(storage)
-    assert created.catalog().message == f"dataset {EXPERIMENT}-1.json: 1 file, 1 bytes"
+    assert created.run(Catalog()).message == f"dataset {EXPERIMENT}-1.json: 1 file, 1 bytes"
 
 
 def test_the_records_are_the_iocs_alone_readable_as_the_data_and_their_first_line_is_their_head(
@@ -128,7 +133,7 @@ def test_the_records_are_the_iocs_alone_readable_as_the_data_and_their_first_lin
     storage = storage_of(tmp_path)
     storage.chmod(0o2770)  # as the DM makes it: the proposal group writes it
     sent(fakes, storage, "data/a.h5", 1, 10.0)
-    created.catalog()
+    created.run(Catalog())
     folder, record = storage / "metadata", storage / "metadata" / f"{EXPERIMENT}-1.json"
     assert stat.S_IMODE(folder.stat().st_mode) == 0o2750 and stat.S_IMODE(record.stat().st_mode) == 0o640
     assert folder.stat().st_gid == record.stat().st_gid == storage.stat().st_gid
@@ -152,7 +157,7 @@ def plant(folder, name: str, mark: float, *, mode: int = 0o640, uid: int | None 
 def test_what_the_iocs_user_did_not_write_alone_is_skipped_named_and_never_hides_a_file(created, fakes, tmp_path):
     storage = storage_of(tmp_path)
     sent(fakes, storage, "data/a.h5", 1, 10.0)
-    created.catalog()
+    created.run(Catalog())
     folder = storage / "metadata"
     os.mkfifo(folder / f"{EXPERIMENT}-9.json")  # would hang a read
     (folder / f"{EXPERIMENT}-8.json").symlink_to("/proc/self/environ")
@@ -163,13 +168,13 @@ def test_what_the_iocs_user_did_not_write_alone_is_skipped_named_and_never_hides
     (folder / f"{EXPERIMENT}-3.json").write_text(json.dumps({"n": 3, "mark": 1e18}))  # no head line
     sent(fakes, storage, "data/b.h5", 2, 20.0)
     finished = threading.Event()
-    worker = threading.Thread(target=lambda: (created.catalog(), finished.set()), daemon=True)
+    worker = threading.Thread(target=lambda: (created.run(Catalog()), finished.set()), daemon=True)
     worker.start()
     assert finished.wait(30), "the FIFO planted as a record hung the command"
     record = json.loads((folder / f"{EXPERIMENT}-10.json").read_text())  # not records(): a FIFO is among them
     assert [f["path"] for f in record["files"]] == ["data/b.h5"]  # since record 1, the last the IOC wrote
     sent(fakes, storage, "data/c.h5", 3, 30.0)
-    outcome = created.catalog()
+    outcome = created.run(Catalog())
     assert outcome == Outcome(f"dataset {EXPERIMENT}-11.json: 1 file, 3 bytes")  # the planted ones said once
 
 
@@ -181,7 +186,7 @@ def test_the_skipped_records_are_named_on_status_with_why(created, fakes, tmp_pa
     plant(storage / "metadata", f"{EXPERIMENT}-2.json", 1e18, uid=54321)
     plant(storage / "metadata", f"{EXPERIMENT}-1.json", 1e18, mode=0o620)
     sent(fakes, storage, "data/a.h5", 1, 10.0)
-    outcome = created.catalog()
+    outcome = created.run(Catalog())
     assert outcome.warning and outcome.message == (
         f"dataset {EXPERIMENT}-4.json: 1 file, 1 bytes; metadata: skipped in {storage}/metadata, not records of the "
         f"IOC: {EXPERIMENT}-3.json (not a regular file); {EXPERIMENT}-2.json (owned by uid 54321); "
@@ -199,7 +204,7 @@ def test_a_record_an_earlier_version_wrote_keeps_its_mark_after_an_upgrade(creat
     earlier.chmod(0o600)
     sent(fakes, storage, "data/a.h5", 1, 10.0)
     sent(fakes, storage, "data/b.h5", 2, 20.0)
-    outcome = created.catalog()
+    outcome = created.run(Catalog())
     assert outcome == Outcome(f"dataset {EXPERIMENT}-2.json: 1 file, 2 bytes"), outcome
     assert [f["path"] for f in json.loads((storage / "metadata" / f"{EXPERIMENT}-2.json").read_text())["files"]] == [
         "data/b.h5"
@@ -212,7 +217,7 @@ def test_an_earlier_versions_folder_writable_by_the_group_is_made_the_iocs_alone
     (storage / "metadata").chmod(0o2770)
     plant(storage / "metadata", f"{EXPERIMENT}-1.json", 10.0, mode=0o660)  # as the earlier version wrote it
     sent(fakes, storage, "data/a.h5", 1, 10.0)
-    outcome = created.catalog()
+    outcome = created.run(Catalog())
     assert outcome.warning and f"{EXPERIMENT}-1.json (writable by its group or others)" in outcome.message
     assert f"dataset {EXPERIMENT}-2.json: 1 file" in outcome.message  # not trusted: its files listed again
     assert stat.S_IMODE((storage / "metadata").stat().st_mode) == 0o2750
@@ -234,17 +239,17 @@ def test_a_metadata_that_is_not_the_iocs_folder_is_refused_naming_it_and_nothing
         (storage / "metadata").mkdir()
         os.chown(storage / "metadata", 54321, -1)
     catalogue = with_scicat(created)
-    created.daq_start()
+    created.run(DaqStart())
     sent(fakes, storage, "data/a.h5", 1, 10.0)
     with pytest.raises(RecordsRefused) as refused:
-        created.daq_stop()
+        created.run(DaqStop())
     why = {"symlink": "is a symbolic link, not followed", "file": "is not a folder",
            "foreign": "is not the IOC's folder of records (owned by uid 54321"}[planted]  # fmt: skip
     assert f"metadata record not written: {storage}/metadata {why}" in str(refused.value)
     assert catalogue.submitted == [] and list(elsewhere.iterdir()) == []
     if planted != "file":
         assert not list((storage / "metadata").iterdir())
-    assert not created.uploading and created._acquisition is None  # said once: the acquisition is over
+    assert not created.state.uploading and created.state.acquisition is None  # said once: the acquisition is over
 
 
 class FakeCatalogue:
@@ -267,21 +272,22 @@ def with_scicat(beamline, **changes) -> FakeCatalogue:
     beamline.adapters.catalogue = catalogue
     scicat = ScicatSettings(enabled=True, owner_group="p{gup}", access_groups=("staff",), creation_location="APS/2-BM",
                             contact_email="2bm@aps.anl.gov", source_folder_host="data.aps.anl.gov")  # fmt: skip
-    beamline.settings = replace(beamline.settings, scicat=replace(scicat, **changes))
+    beamline.services.settings = replace(beamline.settings, scicat=replace(scicat, **changes))
     return catalogue
 
 
 def with_pi_email(beamline, email: str) -> None:
     proposal = beamline.state.proposal
     people = tuple(replace(p, email=email) if p.is_pi else p for p in proposal.people)
-    beamline.state = replace(beamline.state, proposal=replace(proposal, people=people))
+    kept = replace(proposal, proposal=replace(proposal.proposal, people=people))
+    beamline.state = replace(beamline.state, proposal=kept)
 
 
 def test_with_scicat_each_dataset_is_queued_once_with_the_proposals_group_and_the_pi(created, fakes, tmp_path):
     catalogue = with_scicat(created)
-    created.daq_start()
+    created.run(DaqStart())
     sent(fakes, storage_of(tmp_path), "data/a.h5", 5, 10.0)
-    outcome = created.daq_stop()
+    outcome = created.run(DaqStop())
     (dataset,) = catalogue.submitted
     assert f"queued for SciCat as {dataset.pid}" in outcome.message
     assert dataset.owner_group == "p1012039" and dataset.access_groups == ("staff",)
@@ -296,7 +302,7 @@ def test_a_pi_without_an_address_scicat_takes_has_the_beamlines_as_contact_and_n
     catalogue = with_scicat(created)
     for email in ("", "mei@localhost", "Mei <mei@example.edu>", "mei@example.edu; pi@example.edu"):
         with_pi_email(created, email)
-        assert created.daq_start().message and not created.daq_stop().warning
+        assert created.run(DaqStart()).message and not created.run(DaqStop()).warning
         assert (catalogue.submitted[-1].contact_email, catalogue.submitted[-1].owner_email) == ("2bm@aps.anl.gov", "")
     assert len(catalogue.submitted) == 4  # a DaqStop without files is a dataset too: complete once created
 
@@ -304,53 +310,85 @@ def test_a_pi_without_an_address_scicat_takes_has_the_beamlines_as_contact_and_n
 def test_a_dataset_scicat_would_refuse_whatever_is_retried_is_not_queued_and_says_why(created, fakes, tmp_path):
     catalogue = with_scicat(created, contact_email="")  # the config refuses that; a test can make it
     with_pi_email(created, "")
-    created.daq_start()
-    outcome = created.daq_stop()
+    created.run(DaqStart())
+    outcome = created.run(DaqStop())
     assert outcome.warning and outcome.message.endswith(
         "not sent to SciCat: no contact: the PI has no e-mail address SciCat takes, and scicat.contact_email is not set"
     )
     with_scicat(created, owner_group="{gup}")
     created.state = replace(created.state, experiment=replace(created.state.experiment, gup=""))
     catalogue = created.adapters.catalogue
-    created.daq_start()
-    outcome = created.daq_stop()
+    created.run(DaqStart())
+    outcome = created.run(DaqStop())
     assert outcome.warning and "not sent to SciCat: scicat.owner_group '{gup}' names no group" in outcome.message
     assert catalogue.submitted == [] and len(records(storage_of(tmp_path))) == 2  # the records are written
 
 
-def test_a_checksum_the_transfer_has_is_used_else_one_is_computed_when_dm_checksum(created, fakes, tmp_path):
+def test_each_files_checksum_is_the_one_the_transfer_has_never_computed_again(created, fakes, tmp_path):
+    """The APS DM's md5; the built-in engine's blake2b of the source its copy was verified against
+    (dm.checksum): the file in storage, which holds other bytes by now, is not read."""
     catalogue = with_scicat(created)
-    created.settings = replace(created.settings, dm=replace(created.settings.dm, checksum=True))
+    created.services.settings = replace(created.settings, dm=replace(created.settings.dm, checksum=True))
     storage = storage_of(tmp_path)
     (storage / "data").mkdir(parents=True, exist_ok=True)
-    (storage / "data" / "b.h5").write_bytes(b"frames")
-    created.daq_start()
+    (storage / "data" / "b.h5").write_bytes(b"rewritten since")
+    created.run(DaqStart())
     fakes.transfer.sent.append(SentFile(f"{storage}/data/a.h5", 5, 1_760_000_000.0, 10.0, "md5:" + "0" * 32))
-    sent(fakes, storage, "data/b.h5", 6, 11.0)
-    created.daq_stop()
+    blake2b = "blake2b:" + hashlib.blake2b(b"frames").hexdigest()
+    fakes.transfer.sent.append(SentFile(f"{storage}/data/b.h5", 6, 1_760_000_000.0, 11.0, blake2b))
+    created.run(DaqStop())
     (dataset,) = catalogue.submitted
     assert [f.checksum for f in dataset.files] == [
         "md5:" + "0" * 32,
         "blake2b:" + hashlib.blake2b(b"frames").hexdigest(),
+    ]
+    assert [f["checksum"] for f in records(storage)[0]["files"]] == ["md5:" + "0" * 32, blake2b]
+
+
+def test_an_upload_by_the_built_in_transfer_lists_the_checksum_each_copy_was_verified_against(created, tmp_path):
+    """The real engine and records end to end: Upload, its end, its dataset with the engine's blake2b."""
+    storage = storage_of(tmp_path)
+    for subdir in ("data", "analysis"):  # as the local DM makes them at Create, with the storage's marker
+        (storage / subdir).mkdir()
+    write_storage_marker(storage, EXPERIMENT)
+    raw = tmp_path / "data" / EXPERIMENT / "scan"
+    raw.mkdir(parents=True)
+    (raw / "a.h5").write_bytes(b"frames")
+    created.services.settings = replace(created.settings, dm=replace(created.settings.dm, checksum=True))
+    transfer = LocalTransfer(tmp_path / "state" / "transfers.sqlite", settle_time=0.0, checksum=True,
+                             poll_interval=0.05, source_top=tmp_path / "data")  # fmt: skip
+    created.adapters.transfer = transfer
+    try:
+        created.run(Upload())
+        wait_for(lambda: transfer.progress().state == TransferState.STOPPED, what="the upload to end")
+        outcome = created.run(UploadEnded())
+    finally:
+        transfer.close()
+    assert outcome.message.endswith(f"dataset {EXPERIMENT}-1.json: 1 file, 6 bytes"), outcome
+    (record,) = records(storage)
+    assert [(f["path"], f["checksum"]) for f in record["files"]] == [
+        ("data/scan/a.h5", "blake2b:" + hashlib.blake2b(b"frames").hexdigest())
     ]
 
 
 def test_the_catalogues_last_contact_goes_to_its_health(created):
     catalogue = FakeCatalogue()
     created.adapters.catalogue = catalogue
-    assert created.catalog_status() == CatalogStatus() and created.contacts() == []  # no attempt yet
+    queries = Queries(created.services)
+    assert queries.catalog_status() == CatalogStatus() and created.contacts() == []  # no attempt yet
     catalogue.answer = CatalogStatus(pending=1, answered=False, message="SciCat at x did not answer")
-    assert created.catalog_status().pending == 1
+    assert queries.catalog_status().pending == 1
     assert created.contacts() == [("Catalog", False)]
 
 
 def test_a_dataset_waiting_past_stuck_after_is_an_error_naming_it_however_scicat_answers(created, caplog):
     catalogue = FakeCatalogue()
     created.adapters.catalogue = catalogue
-    created.settings = replace(created.settings, scicat=ScicatSettings(enabled=True, stuck_after=900))
+    queries = Queries(created.services)
+    created.services.settings = replace(created.settings, scicat=ScicatSettings(enabled=True, stuck_after=900))
     waiting = CatalogStatus(pending=2, answered=True, oldest_pid="p-1", waiting_since=NOW - timedelta(seconds=900))
     catalogue.answer = waiting
-    assert created.catalog_status() == waiting and created.contacts() == [("Catalog", True)]  # not yet
+    assert queries.catalog_status() == waiting and created.contacts() == [("Catalog", True)]  # not yet
 
     since = "since 2026-10-15 09:44 CDT, scicat.stuck_after"
     down = "SciCat at x did not answer within 10 s"
@@ -360,28 +398,28 @@ def test_a_dataset_waiting_past_stuck_after_is_an_error_naming_it_however_scicat
         catalogue.answer = replace(
             waiting, answered=answered, message=message, waiting_since=NOW - timedelta(seconds=901)
         )
-        status = created.catalog_status()
+        status = queries.catalog_status()
         assert status.answered is False and created.contacts() == [("Catalog", False)]
         assert status.message == f"dataset p-1 and 1 other waiting for SciCat for more than 15 min ({since}): {why}"
         assert status.pending == 2 and status.oldest_pid == "p-1"
     assert caplog.text.count("waiting for SciCat for more than 15 min") == 1  # polled twice a second: logged once
 
-    created.settings = replace(created.settings, scicat=ScicatSettings(enabled=True, stuck_after=3 * 3600))
+    created.services.settings = replace(created.settings, scicat=ScicatSettings(enabled=True, stuck_after=3 * 3600))
     catalogue.answer = replace(waiting, pending=1, waiting_since=NOW - timedelta(hours=3, minutes=1))
-    assert "dataset p-1 waiting for SciCat for more than 3 h (" in created.catalog_status().message
+    assert "dataset p-1 waiting for SciCat for more than 3 h (" in queries.catalog_status().message
 
 
 def test_a_dataset_the_queue_cannot_take_writes_no_record_and_its_files_go_into_the_next(created, fakes, tmp_path):
     catalogue = with_scicat(created)
     storage = storage_of(tmp_path)
-    created.daq_start()
+    created.run(DaqStart())
     sent(fakes, storage, "data/a.h5", 1, 10.0)
     catalogue.full = True
     with pytest.raises(DiskFull, match=f"state_dir full: dataset {EXPERIMENT}-1 not queued for SciCat"):
-        created.daq_stop()
+        created.run(DaqStop())
     assert records(storage) == [] and not list((storage / "metadata").iterdir())  # nor the one written aside
     catalogue.full = False  # space is back
-    outcome = created.catalog()
+    outcome = created.run(Catalog())
     (dataset,) = catalogue.submitted
     assert outcome.message.startswith(f"dataset {EXPERIMENT}-1.json: 1 file, 1 bytes; queued for SciCat as ")
     assert [f.path for f in dataset.files] == ["data/a.h5"] and dataset.name == f"{EXPERIMENT}-1"
@@ -389,24 +427,24 @@ def test_a_dataset_the_queue_cannot_take_writes_no_record_and_its_files_go_into_
 
 
 def test_an_upload_whose_experiment_is_deleted_before_it_is_catalogued_says_so_once(created, fakes, tmp_path):
-    created.upload()
+    created.run(Upload())
     sent(fakes, storage_of(tmp_path), "data/a.h5", 7, 10.0)
     fakes.transfer.state = TransferProgress(state=TransferState.STOPPED, message="upload finished")
-    created.delete(EXPERIMENT)  # lands before the poll that sees the upload's end
-    outcome = created.upload_ended()
+    created.run(Delete(EXPERIMENT))  # lands before the poll that sees the upload's end
+    outcome = created.run(UploadEnded())
     assert outcome == Outcome(f"upload finished; experiment {EXPERIMENT} was deleted before its upload was "
                               "catalogued: no dataset made", warning=True)  # fmt: skip
-    assert created.upload_ended() == Outcome("") and not created.uploading
+    assert created.run(UploadEnded()) == Outcome("") and not created.state.uploading
 
 
 def test_an_upload_is_catalogued_under_its_experiment_whatever_was_selected_since(created, fakes, tmp_path):
     storage = storage_of(tmp_path)
-    created.upload()
+    created.run(Upload())
     sent(fakes, storage, "data/a.h5", 7, 10.0)
     fakes.transfer.state = TransferProgress(state=TransferState.STOPPED)
-    created.create_manual(ManualRequest())  # another experiment selected before the upload's end is seen
+    created.run(CreateManual(ManualRequest()))  # another experiment selected before the upload's end is seen
     assert created.state.experiment.name != EXPERIMENT
-    assert created.upload_ended().message == f"upload catalogued: dataset {EXPERIMENT}-1.json: 1 file, 7 bytes"
+    assert created.run(UploadEnded()).message == f"upload catalogued: dataset {EXPERIMENT}-1.json: 1 file, 7 bytes"
     (record,) = records(storage)
     assert record["experiment"] == EXPERIMENT and record["proposal"]["gup"] == "1012039"
     assert record["proposal"]["pi"]["email"] == "mei@example.edu"
@@ -414,7 +452,8 @@ def test_an_upload_is_catalogued_under_its_experiment_whatever_was_selected_sinc
 
 @pytest.mark.parametrize("swapped", ["fifo", "symlink", "grown"])
 def test_a_data_file_swapped_after_it_was_sent_gets_no_checksum_and_never_hangs(created, fakes, tmp_path, swapped):
-    created.settings = replace(created.settings, dm=replace(created.settings.dm, checksum=True))
+    """A file the transfer gave no checksum gets none, whatever dm.checksum says: the command opens no data file."""
+    created.services.settings = replace(created.settings, dm=replace(created.settings.dm, checksum=True))
     storage = storage_of(tmp_path)
     (storage / "data").mkdir()
     target = storage / "data" / "b.h5"
@@ -427,7 +466,7 @@ def test_a_data_file_swapped_after_it_was_sent_gets_no_checksum_and_never_hangs(
         target.write_bytes(b"frames and more")
     sent(fakes, storage, "data/b.h5", 6, 11.0)
     finished = threading.Event()
-    worker = threading.Thread(target=lambda: (created.catalog(), finished.set()), daemon=True)
+    worker = threading.Thread(target=lambda: (created.run(Catalog()), finished.set()), daemon=True)
     worker.start()
     assert finished.wait(30), "a FIFO swapped in for a data file hung the command"
     (record,) = records(storage)

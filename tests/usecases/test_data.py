@@ -5,11 +5,15 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from dmagic_ioc.ioc.domain.model import DMError, EmailError, Experiment
+from dmagic_ioc.ioc.app.messages import CreateManual, DaqStart, DaqStop, Email, ResumeTransfer, Select, Upload
+from dmagic_ioc.ioc.app.queries import Queries
+from dmagic_ioc.ioc.app.state import ManualRequest, Outcome
+from dmagic_ioc.ioc.domain.errors import DMError, EmailError
+from dmagic_ioc.ioc.domain.experiment import Experiment
 from dmagic_ioc.ioc.domain.ports import TransferProgress, TransferState
-from dmagic_ioc.ioc.usecases import Beamline, ManualRequest, Outcome
 
 from ..fakes.ports import EXPERIMENT, TITLE
+from .conftest import Beamline
 
 ADDRESSES = [("d310001", "mei@example.edu"), ("d310002", "bo@example.org"), ("d310009", "eva@example.org")]
 EMAILED = Outcome(f"e-mailed 3 users of {EXPERIMENT}; no address: d100001", warning=True)  # the contact has none
@@ -17,7 +21,7 @@ EMAILED = Outcome(f"e-mailed 3 users of {EXPERIMENT}; no address: d100001", warn
 
 def with_dm(beamline: Beamline, **dm) -> Beamline:
     """`beamline` with these `dm` settings (the backend, the transfer) changed."""
-    beamline.settings = replace(beamline.settings, dm=replace(beamline.settings.dm, **dm))
+    beamline.services.settings = replace(beamline.settings, dm=replace(beamline.settings.dm, **dm))
     return beamline
 
 
@@ -25,7 +29,7 @@ def with_dm(beamline: Beamline, **dm) -> Beamline:
 
 
 def test_email_sends_each_user_with_an_address_the_experiments_values_and_remembers_them(created, fakes, tmp_path):
-    assert created.email(everyone=False) == EMAILED
+    assert created.run(Email(everyone=False)) == EMAILED
     assert fakes.mailer.sent == [(ADDRESSES, {
         "experiment": EXPERIMENT,
         "title": TITLE,
@@ -40,21 +44,21 @@ def test_email_sends_each_user_with_an_address_the_experiments_values_and_rememb
 
 
 def test_email_again_sends_nothing_and_everyone_sends_to_all_again(created, fakes):
-    created.email(everyone=False)
+    created.run(Email(everyone=False))
     created.contacts()
-    assert created.email(everyone=False) == Outcome(
+    assert created.run(Email(everyone=False)) == Outcome(
         "e-mail: nothing sent, everyone with an address was already e-mailed; no address: d100001"
     )
     assert len(fakes.mailer.sent) == 1
     assert created.contacts() == []  # the mail server was not contacted
 
-    assert created.email(everyone=True) == EMAILED
+    assert created.run(Email(everyone=True)) == EMAILED
     assert [recipients for recipients, _ in fakes.mailer.sent] == [ADDRESSES, ADDRESSES]
 
 
 def test_email_with_nobody_having_an_address_sends_nothing(beamline, fakes):
-    beamline.create_manual(ManualRequest())
-    assert beamline.email(everyone=False) == Outcome(
+    beamline.run(CreateManual(ManualRequest()))
+    assert beamline.run(Email(everyone=False)) == Outcome(
         "e-mail: nothing sent, nobody has an e-mail address; no address: d100001"
     )
     assert fakes.mailer.sent == []
@@ -62,14 +66,14 @@ def test_email_with_nobody_having_an_address_sends_nothing(beamline, fakes):
 
 def test_email_refused_for_some_is_a_warning_and_a_rerun_sends_only_to_them(created, fakes):
     fakes.mailer.refused = {"d310002": "550 mailbox unavailable"}
-    assert created.email(everyone=False) == Outcome(
+    assert created.run(Email(everyone=False)) == Outcome(
         f"e-mailed 2 users of {EXPERIMENT}; no address: d100001; failed: d310002 (550 mailbox unavailable)",
         warning=True,
     )
     assert fakes.state.emailed(EXPERIMENT) == ["d310001", "d310009"]
 
     fakes.mailer.refused = {}
-    assert created.email(everyone=False) == Outcome(f"e-mailed 1 user of {EXPERIMENT}; no address: d100001",
+    assert created.run(Email(everyone=False)) == Outcome(f"e-mailed 1 user of {EXPERIMENT}; no address: d100001",
                                                     warning=True)  # fmt: skip
     assert fakes.mailer.sent[-1][0] == [("d310002", "bo@example.org")]
     assert sorted(fakes.state.emailed(EXPERIMENT)) == ["d310001", "d310002", "d310009"]
@@ -78,7 +82,7 @@ def test_email_refused_for_some_is_a_warning_and_a_rerun_sends_only_to_them(crea
 def test_email_refused_for_everyone_fails_and_marks_nobody(created, fakes):
     fakes.mailer.refused = {username: "550 mailbox unavailable" for username, _ in ADDRESSES}
     with pytest.raises(EmailError) as failed:
-        created.email(everyone=False)
+        created.run(Email(everyone=False))
     assert str(failed.value) == (
         f"e-mailed 0 users of {EXPERIMENT}; no address: d100001; failed: d310001 (550 mailbox unavailable), "
         "d310002 (550 mailbox unavailable), d310009 (550 mailbox unavailable)"
@@ -89,11 +93,11 @@ def test_email_refused_for_everyone_fails_and_marks_nobody(created, fakes):
 def test_email_with_the_mail_server_down_fails_and_a_rerun_sends(created, fakes):
     fakes.mailer.fail = EmailError("SMTP server localhost:25 refused the connection")
     with pytest.raises(EmailError, match="refused the connection"):
-        created.email(everyone=False)
+        created.run(Email(everyone=False))
     assert fakes.state.emailed_users == {}
     assert created.contacts() == [("Email", False)]
 
-    assert created.email(everyone=False) == EMAILED
+    assert created.run(Email(everyone=False)) == EMAILED
 
 
 # --------------------------------------------------------------------------- transfer
@@ -102,20 +106,20 @@ def test_email_with_the_mail_server_down_fails_and_a_rerun_sends(created, fakes)
 def test_daq_start_upload_and_stop_move_the_raw_and_rec_folders_into_storage(created, fakes, tmp_path):
     raw, storage = str(tmp_path / "data" / EXPERIMENT), tmp_path / "storage" / "2026-10" / EXPERIMENT
     sources = {raw: str(storage / "data"), f"{raw}_rec": str(storage / "analysis")}
-    assert created.daq_start() == Outcome(f"transfer of {EXPERIMENT} started")
-    assert created.upload() == Outcome(f"transfer of {EXPERIMENT} started")
+    assert created.run(DaqStart()) == Outcome(f"transfer of {EXPERIMENT} started")
+    assert created.run(Upload()) == Outcome(f"transfer of {EXPERIMENT} started")
     assert fakes.transfer.starts == [(EXPERIMENT, sources, False), (EXPERIMENT, sources, True)]  # upload: once
     dataset = f"dataset {EXPERIMENT}-1.json: 0 files, 0 bytes"  # the fake transfer sent nothing
-    assert created.daq_stop() == Outcome(f"transfer stopped; {dataset}")
-    assert created.transfer_progress() == TransferProgress(state=TransferState.STOPPED)
+    assert created.run(DaqStop()) == Outcome(f"transfer stopped; {dataset}")
+    assert Queries(created.services).transfer_progress() == TransferProgress(state=TransferState.STOPPED)
     assert created.contacts() == []  # the built-in engine is no outside system
 
 
 def test_an_experiment_dm_has_without_a_data_directory_is_transferred_from_data_top_dir(created, fakes, tmp_path):
     name = "2026-10-Ngo-1012040"
     fakes.dm.experiments[name] = Experiment(name, storage_directory="/gdata/dm/2BM/2026-10/" + name)  # as APS DM has it
-    created.select(name)
-    created.daq_start()
+    created.run(Select(name))
+    created.run(DaqStart())
     raw = str(tmp_path / "data" / name)
     assert fakes.transfer.starts[-1][1] == {raw: f"/gdata/dm/2BM/2026-10/{name}/data",
                                             f"{raw}_rec": f"/gdata/dm/2BM/2026-10/{name}/analysis"}  # fmt: skip
@@ -132,33 +136,34 @@ def test_an_experiment_dm_has_without_a_data_directory_is_transferred_from_data_
 )
 def test_each_transfer_call_is_a_contact_of_the_system_doing_the_transfer(created, dm, system):
     with_dm(created, **dm)
-    created.daq_start()
-    created.transfer_progress()
-    created.daq_stop()
-    created.resume_transfer()
+    created.run(DaqStart())
+    Queries(created.services).transfer_progress()
+    created.run(DaqStop())
+    created.run(ResumeTransfer())
     assert created.contacts() == ([(system, True)] * 5 if system else [])  # DaqStop reads the files sent, too
 
 
 def test_an_unreadable_progress_is_the_last_one_in_error_saying_why_and_the_next_read_recovers(created, fakes):
     with_dm(created, backend="aps")
+    queries = Queries(created.services)
     running = TransferProgress(state=TransferState.RUNNING, files_done=3, files_total=10, last_file="c.h5")
     fakes.transfer.state = running
-    assert created.transfer_progress() == running
+    assert queries.transfer_progress() == running
 
     def unreachable():
         raise DMError("DM service did not answer within 10 s")
 
     fakes.transfer.progress = unreachable
-    assert created.transfer_progress() == replace(
+    assert queries.transfer_progress() == replace(
         running, state=TransferState.ERROR, message="transfer status not read: DM service did not answer within 10 s"
     )
     assert created.contacts() == [("DM", True), ("DM", False)]
 
     del fakes.transfer.progress  # the class's method again
-    assert created.transfer_progress() == running
+    assert queries.transfer_progress() == running
 
 
 def test_resume_says_what_it_resumed_or_nothing(created, fakes):
-    assert created.resume_transfer() == Outcome("")
+    assert created.run(ResumeTransfer()) == Outcome("")
     fakes.transfer.resume = lambda: f"transfer of {EXPERIMENT} resumed"
-    assert created.resume_transfer() == Outcome(f"transfer of {EXPERIMENT} resumed")
+    assert created.run(ResumeTransfer()) == Outcome(f"transfer of {EXPERIMENT} resumed")

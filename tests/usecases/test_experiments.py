@@ -1,5 +1,6 @@
-"""Create, CreateManual, Select, AddUser, RemoveUser, Delete: what each changes in DM, Globus and the
-IOC's own state, what it says, and how a failure half-way leaves things for a rerun to complete."""
+"""Create (by hand and following the schedule), CreateManual, Select, AddUser, RemoveUser, Delete: what
+each changes in DM, Globus and the IOC's own state, what it says, and how a failure half-way leaves things for a
+rerun to complete."""
 
 from __future__ import annotations
 
@@ -8,8 +9,22 @@ from datetime import datetime
 
 import pytest
 from dmagic_ioc.adapters.dm.aps import ApsDM
-from dmagic_ioc.ioc.domain.model import DMError, Experiment, ExperimentUser, GlobusError
-from dmagic_ioc.ioc.usecases import Adapters, Beamline, ManualRequest, Outcome
+from dmagic_ioc.ioc.app.messages import (
+    AddUser,
+    Create,
+    CreateManual,
+    Delete,
+    FollowSchedule,
+    Refresh,
+    RemoveUser,
+    Select,
+)
+from dmagic_ioc.ioc.app.services import Adapters, Services
+from dmagic_ioc.ioc.app.state import ManualRequest, Outcome
+from dmagic_ioc.ioc.domain.beamtime import beamtime_key
+from dmagic_ioc.ioc.domain.errors import DMError, GlobusError
+from dmagic_ioc.ioc.domain.experiment import Experiment, ExperimentUser
+from dmagic_ioc.ioc.domain.ports import TransferProgress, TransferState
 
 from ..fakes import dm as fake_sdk
 from ..fakes.ports import (
@@ -26,6 +41,7 @@ from ..fakes.ports import (
     FlakyAccess,
     settings_in,
 )
+from .conftest import Beamline
 
 OTHER = "2026-10-Ngo-1012040"  # an experiment of proposal LATER, made elsewhere
 URL = f"https://app.globus.org/file-manager?path=/{EXPERIMENT}/"
@@ -72,9 +88,9 @@ def add_other(fakes, **fields) -> None:
 
 
 def test_create_makes_the_experiment_selects_it_and_gives_the_proposals_people_access(beamline, fakes, tmp_path):
-    beamline.refresh(0.0)
+    beamline.run(Refresh(0.0))
     beamline.contacts()
-    assert beamline.create() == Outcome(created_message(tmp_path))
+    assert beamline.run(Create()) == Outcome(created_message(tmp_path))
     stored = fakes.dm.experiments[EXPERIMENT]
     assert (stored.title, stored.gup, stored.esaf, stored.start, stored.end) == (
         TITLE, "1012039", "281001", BEAMTIME.start, BEAMTIME.end)  # fmt: skip
@@ -95,7 +111,7 @@ def test_create_makes_the_experiment_selects_it_and_gives_the_proposals_people_a
 
 def test_create_again_adds_only_whom_dm_lost_and_duplicates_nothing(created, fakes):
     fakes.dm.remove_users(EXPERIMENT, ["d310002"])
-    assert created.create() == Outcome(
+    assert created.run(Create()) == Outcome(
         f"experiment {EXPERIMENT} exists: selected it; users added: d310002; Globus access for 3 users"
     )
     assert list(fakes.dm.experiments) == [EXPERIMENT]
@@ -103,31 +119,31 @@ def test_create_again_adds_only_whom_dm_lost_and_duplicates_nothing(created, fak
 
 
 def test_create_with_dm_down_changes_nothing_and_a_rerun_creates(beamline, fakes, tmp_path):
-    beamline.refresh(0.0)
+    beamline.run(Refresh(0.0))
     beamline.contacts()
     fakes.dm.fail = DMError("DM service unreachable")
     with pytest.raises(DMError, match="DM service unreachable"):
-        beamline.create()
+        beamline.run(Create())
     assert fakes.dm.experiments == {} and fakes.state.selection == "" and fakes.access.grants == []
     assert beamline.state.experiment is None
     assert beamline.contacts() == [("DM", False)]
 
-    assert beamline.create() == Outcome(created_message(tmp_path))
+    assert beamline.run(Create()) == Outcome(created_message(tmp_path))
 
 
 def test_create_failing_after_the_experiment_exists_keeps_it_selected_and_a_rerun_adds_the_users(beamline, fakes):
-    beamline.refresh(0.0)
+    beamline.run(Refresh(0.0))
     beamline.contacts()
     failing_once(fakes, "add_users", DMError("DM service did not answer within 10 s"))
     with pytest.raises(DMError):
-        beamline.create()
+        beamline.run(Create())
     assert fakes.dm.experiments[EXPERIMENT].users == ()
     assert fakes.state.selection == EXPERIMENT  # selected before the users: a rerun completes
     assert beamline.state.experiment.name == EXPERIMENT  # the selection is read again whatever happens
     assert fakes.access.grants == []
     assert beamline.contacts() == [("DM", True), ("DM", True), ("DM", False), ("DM", True), ("DM", True)]
 
-    assert beamline.create() == Outcome(
+    assert beamline.run(Create()) == Outcome(
         f"experiment {EXPERIMENT} exists: selected it; "
         "users added: d310001, d310002, d310009, d100001; Globus access for 3 users"
     )
@@ -136,16 +152,16 @@ def test_create_failing_after_the_experiment_exists_keeps_it_selected_and_a_reru
 def test_create_with_globus_failing_half_way_records_the_rules_made_and_a_rerun_completes(beamline, fakes):
     access = FlakyAccess(failing={"d310002"})
     beamline.adapters.access = access
-    beamline.refresh(0.0)
+    beamline.run(Refresh(0.0))
     beamline.contacts()
     with pytest.raises(GlobusError, match="no Globus identity for d310002"):
-        beamline.create()
+        beamline.run(Create())
     assert len(fakes.dm.experiments[EXPERIMENT].users) == 4  # DM access for everyone
     assert fakes.state.rule_ids == {EXPERIMENT: {"d310001": "rule-d310001", "d310009": "rule-d310009"}}
     assert beamline.contacts()[-3:] == [("Globus", False), ("DM", True), ("DM", True)]
 
     access.failing.clear()
-    outcome = beamline.create()
+    outcome = beamline.run(Create())
     assert outcome == Outcome(
         f"experiment {EXPERIMENT} exists: selected it; users added: none; Globus access for 3 users"
     )
@@ -160,11 +176,43 @@ def test_users_dm_refuses_are_a_warning_after_the_globus_access_of_the_others(be
         raise DMError("d310009 is not a DM user", done=added)
 
     fakes.dm.add_users = add_users_refusing_one
-    beamline.refresh(0.0)
-    outcome = beamline.create()
+    beamline.run(Refresh(0.0))
+    outcome = beamline.run(Create())
     assert outcome == Outcome(f"{created_message(tmp_path, globus=2)}; not all users added: d310009 is not a DM user",
                               warning=True)  # fmt: skip
     assert set(fakes.state.rules(EXPERIMENT)) == {"d310001", "d310002"}
+
+
+# --------------------------------------------------------------------------- FollowSchedule (dm.follow_schedule)
+
+STILL_RUNS = f"; the transfer started for {EXPERIMENT} still runs: DaqStop it, then DaqStart for the new experiment"
+
+
+def test_follow_schedule_creates_as_create_does_and_marks_the_beamtime_followed(beamline, fakes, tmp_path):
+    beamline.run(Refresh(0.0))
+    key = beamtime_key(BEAMTIME)
+    assert beamline.run(FollowSchedule(key)) == Outcome(created_message(tmp_path))
+    assert fakes.state.selection == EXPERIMENT and fakes.state.followed_key == key
+    assert beamline.events == ()
+
+
+def test_follow_schedule_failing_leaves_the_beamtime_to_follow_next_time(beamline, fakes):
+    beamline.run(Refresh(0.0))
+    fakes.dm.fail = DMError("DM service unreachable")
+    with pytest.raises(DMError):
+        beamline.run(FollowSchedule(beamtime_key(BEAMTIME)))
+    assert fakes.state.followed_key == "" and fakes.state.selection == ""
+
+
+@pytest.mark.parametrize(("state", "said"), [(TransferState.RUNNING, STILL_RUNS), (TransferState.STOPPED, "")])
+def test_follow_schedule_leaves_the_previous_experiments_transfer_alone_and_says_it_runs(created, fakes, state, said):
+    fakes.transfer.state = TransferProgress(state=state)
+    created.run(Refresh(5.0))  # the next beamtime, LATER
+    outcome = created.run(FollowSchedule(beamtime_key(LATER)))
+    assert outcome.message.startswith(f"created experiment {OTHER} for the beamtime of 2026-10-20")
+    assert outcome.message.endswith(f"Globus access for 1 user{said}") and outcome.warning == bool(said)
+    assert fakes.state.selection == OTHER and fakes.state.followed_key == beamtime_key(LATER)
+    assert fakes.transfer.starts == [] and fakes.transfer.state.state == state  # neither stopped nor started
 
 
 # --------------------------------------------------------------------------- CreateManual
@@ -172,7 +220,7 @@ def test_users_dm_refuses_are_a_warning_after_the_globus_access_of_the_others(be
 
 def test_create_manual_without_input_makes_a_staff_experiment_from_the_first_of_the_month(beamline, fakes, tmp_path):
     name = "2026-10-Staff-0"
-    outcome = beamline.create_manual(ManualRequest())
+    outcome = beamline.run(CreateManual(ManualRequest()))
     assert outcome == Outcome(f"created experiment {name} with 1 user; storage {storage(tmp_path, name)}")
     stored = fakes.dm.experiments[name]
     assert (stored.title, stored.gup, stored.year_month) == ("Staff manual experiment", "", "2026-10")
@@ -187,7 +235,7 @@ def test_create_manual_makes_the_first_badge_the_manual_person(beamline, fakes, 
                             email="sven@example.se", title="Detector commissioning", gup=77,
                             badges="310012, 310050", start="2026-12-01", end="2026-12-04")  # fmt: skip
     name = "2026-12-Oberg-77"
-    outcome = beamline.create_manual(request)
+    outcome = beamline.run(CreateManual(request))
     where = storage(tmp_path, name, "2026-12")
     assert outcome == Outcome(f"created experiment {name} with 3 users; storage {where}; Globus access for 1 user")
     stored = fakes.dm.experiments[name]
@@ -204,10 +252,10 @@ def test_create_manual_makes_the_first_badge_the_manual_person(beamline, fakes, 
 def test_create_manual_without_a_gup_keeps_the_number_in_the_name_and_shows_no_proposal(beamline, fakes):
     """Manual:GUP 0 is "no proposal": the name ends in -0 (as documented), the DM record and the proposal PVs
     hold no GUP, and the other badges take the names and e-mails the schedule has for them."""
-    beamline.refresh(0.0)
+    beamline.run(Refresh(0.0))
     request = ManualRequest(last_name="Müller-Łukasiewicz", first_name="Zoë", badges=" 310009, 310002, ")
     name = "2026-10-MullerLukasiewicz-0"
-    assert beamline.create_manual(request).message.startswith(f"created experiment {name} with 3 users")
+    assert beamline.run(CreateManual(request)).message.startswith(f"created experiment {name} with 3 users")
     assert fakes.dm.experiments[name].gup == ""
     shown = beamline.state.shown.beamtime
     assert shown.gup == "" and [p.full_name for p in shown.people_pi_first] == ["Zoë Müller-Łukasiewicz", "Bo Li"]
@@ -216,10 +264,10 @@ def test_create_manual_without_a_gup_keeps_the_number_in_the_name_and_shows_no_p
 
 
 def test_a_badge_known_only_by_number_never_hides_the_name_the_schedule_has(beamline, fakes):
-    beamline.create_manual(ManualRequest(badges="310009, 310002"))  # no schedule read yet: 310002 by number alone
+    beamline.run(CreateManual(ManualRequest(badges="310009, 310002")))  # no schedule read yet: 310002 by number alone
     assert beamline.state.shown.beamtime.people[1].full_name == ""
-    beamline.refresh(0.0)  # the schedule knows 310002: Bo Li
-    beamline.create_manual(ManualRequest(badges="310009, 310002", gup=2))
+    beamline.run(Refresh(0.0))  # the schedule knows 310002: Bo Li
+    beamline.run(CreateManual(ManualRequest(badges="310009, 310002", gup=2)))
     assert beamline.state.shown.beamtime.people[1].full_name == "Bo Li"
 
 
@@ -227,18 +275,18 @@ def test_a_badge_known_only_by_number_never_hides_the_name_the_schedule_has(beam
 
 
 def test_create_with_an_offset_says_which_beamtime_it_made_and_why(beamline, fakes):
-    beamline.refresh(5.0)  # TimeOffsetDays 5: LATER, 2026-10-20, instead of the beamtime running now
-    outcome = beamline.create()
+    beamline.run(Refresh(5.0))  # TimeOffsetDays 5: LATER, 2026-10-20, instead of the beamtime running now
+    outcome = beamline.run(Create())
     assert outcome.message.startswith(f"created experiment {OTHER} for the beamtime of 2026-10-20 (TimeOffsetDays 5) "
                                       "with 2 users")  # fmt: skip
-    again = beamline.create()
+    again = beamline.run(Create())
     assert again.message.startswith(f"experiment {OTHER} exists: selected it for the beamtime of 2026-10-20 "
                                     "(TimeOffsetDays 5); users added: none")  # fmt: skip
 
 
 def test_create_at_now_says_nothing_of_an_offset(beamline):
-    beamline.refresh(0.0)
-    assert "TimeOffsetDays" not in beamline.create().message
+    beamline.run(Refresh(0.0))
+    assert "TimeOffsetDays" not in beamline.run(Create()).message
 
 
 # --------------------------------------------------------------------------- Select
@@ -246,7 +294,7 @@ def test_create_at_now_says_nothing_of_an_offset(beamline):
 
 def test_select_shows_the_proposal_the_experiment_was_made_for_and_keeps_it(created, fakes):
     add_other(fakes)
-    assert created.select(f" {OTHER} ") == Outcome(f"selected {OTHER}; the proposal PVs show its proposal 1012040")
+    assert created.run(Select(f" {OTHER} ")) == Outcome(f"selected {OTHER}; the proposal PVs show its proposal 1012040")
     state = created.state
     assert state.proposal == LATER and fakes.state.proposal(OTHER) == LATER  # read from the schedule, then kept
     assert (state.shown.run, state.shown.beamtime) == (RUN, LATER)
@@ -259,9 +307,11 @@ def test_select_shows_the_proposal_the_experiment_was_made_for_and_keeps_it(crea
 def test_select_back_shows_the_kept_proposal_without_asking_the_schedule(created, fakes):
     made_for = created.state.proposal
     add_other(fakes)
-    created.select(OTHER)
+    created.run(Select(OTHER))
     asked = fakes.scheduling.calls
-    assert created.select(EXPERIMENT) == Outcome(f"selected {EXPERIMENT}; the proposal PVs show its proposal 1012039")
+    assert created.run(Select(EXPERIMENT)) == Outcome(
+        f"selected {EXPERIMENT}; the proposal PVs show its proposal 1012039"
+    )
     assert created.state.proposal == made_for and made_for.esaf_people == (ESAF_PERSON,)  # as Create kept it
     assert fakes.scheduling.calls == asked
 
@@ -275,7 +325,7 @@ def test_select_back_shows_the_kept_proposal_without_asking_the_schedule(created
 )
 def test_select_of_an_experiment_the_schedule_lacks_shows_its_dm_record(created, fakes, gup, said):
     add_other(fakes, gup=gup)
-    assert created.select(OTHER) == Outcome(said, warning=bool(gup))
+    assert created.run(Select(OTHER)) == Outcome(said, warning=bool(gup))
     assert created.state.experiment.name == OTHER and fakes.state.selection == OTHER
     assert (created.state.proposal.gup, created.state.proposal.title) == (gup, "Later proposal")
     assert created.state.scheduled.beamtime.gup == "1012039"
@@ -284,7 +334,7 @@ def test_select_of_an_experiment_the_schedule_lacks_shows_its_dm_record(created,
 def test_select_with_the_schedule_unreachable_selects_and_warns(created, fakes):
     add_other(fakes)
     created.adapters.scheduling = FailingSchedule()
-    outcome = created.select(OTHER)
+    outcome = created.run(Select(OTHER))
     assert outcome == Outcome(
         f"selected {OTHER}; the proposal PVs show its proposal 1012040; "
         "its proposal 1012040 was not read: the scheduling service answered 503 Service Unavailable",
@@ -298,10 +348,10 @@ def test_select_with_the_schedule_unreachable_selects_and_warns(created, fakes):
 
 
 def test_add_users_takes_the_details_of_people_the_proposal_or_esaf_knows(beamline, fakes):
-    beamline.refresh(0.0)
-    beamline.create_manual(ManualRequest())
+    beamline.run(Refresh(0.0))
+    beamline.run(CreateManual(ManualRequest()))
     name = "2026-10-Staff-0"
-    outcome = beamline.add_users("310009, 310077")
+    outcome = beamline.run(AddUser("310009, 310077"))
     assert outcome == Outcome(f"gave d310009, d310077 access to {name}; Globus access for 1 user")
     assert fakes.dm.experiments[name].users[-2:] == (
         ExperimentUser("d310009", "Eva Sá", "eva@example.org", "Argonne", "added"),  # on the ESAF
@@ -313,31 +363,31 @@ def test_add_users_takes_the_details_of_people_the_proposal_or_esaf_knows(beamli
 
 def test_add_users_already_there_asks_globus_again_and_changes_nothing_in_dm(created, fakes):
     users = fakes.dm.experiments[EXPERIMENT].users
-    assert created.add_users("310001,310001") == Outcome(
+    assert created.run(AddUser("310001,310001")) == Outcome(
         f"d310001 already had access to {EXPERIMENT}; Globus access for 1 user"
     )
     assert fakes.dm.experiments[EXPERIMENT].users == users
 
 
 def test_add_users_with_globus_failing_keeps_the_dm_access_and_a_rerun_grants(beamline, fakes):
-    beamline.refresh(0.0)
-    beamline.create_manual(ManualRequest())
+    beamline.run(Refresh(0.0))
+    beamline.run(CreateManual(ManualRequest()))
     name = "2026-10-Staff-0"
     access = FlakyAccess(failing={"d310001"})
     beamline.adapters.access = access
     with pytest.raises(GlobusError):
-        beamline.add_users("310001")
+        beamline.run(AddUser("310001"))
     assert "d310001" in fakes.dm.experiments[name].usernames
     assert "d310001" in shown_users(beamline)  # shown, though the command failed
     assert fakes.state.rules(name) == {}
 
     access.failing.clear()
-    assert beamline.add_users("310001") == Outcome(f"d310001 already had access to {name}; Globus access for 1 user")
+    assert beamline.run(AddUser("310001")) == Outcome(f"d310001 already had access to {name}; Globus access for 1 user")
     assert fakes.state.rules(name) == {"d310001": "rule-d310001"}
 
 
 def test_remove_users_revokes_their_globus_rules_then_their_dm_access(created, fakes):
-    outcome = created.remove_users("310002")
+    outcome = created.run(RemoveUser("310002"))
     assert outcome == Outcome(f"removed access of d310002 from {EXPERIMENT}; 1 Globus rules deleted")
     assert fakes.access.revoked == [(EXPERIMENT, "d310002")]
     assert fakes.state.rules(EXPERIMENT) == {"d310001": "rule-d310001", "d310009": "rule-d310009"}
@@ -345,7 +395,7 @@ def test_remove_users_revokes_their_globus_rules_then_their_dm_access(created, f
 
 
 def test_remove_a_user_without_a_globus_rule_asks_only_dm(created, fakes):
-    assert created.remove_users("100001") == Outcome(f"removed access of d100001 from {EXPERIMENT}")
+    assert created.run(RemoveUser("100001")) == Outcome(f"removed access of d100001 from {EXPERIMENT}")
     assert fakes.access.revoked == []
     assert {system for system, _ in created.contacts()} == {"DM"}
 
@@ -353,12 +403,12 @@ def test_remove_a_user_without_a_globus_rule_asks_only_dm(created, fakes):
 def test_remove_users_with_dm_failing_after_globus_forgets_the_rule_and_a_rerun_completes(created, fakes):
     fakes.dm.fail = DMError("DM service unreachable")
     with pytest.raises(DMError):
-        created.remove_users("310002")
+        created.run(RemoveUser("310002"))
     assert fakes.access.revoked == [(EXPERIMENT, "d310002")]
     assert "d310002" not in fakes.state.rules(EXPERIMENT)
     assert "d310002" in fakes.dm.experiments[EXPERIMENT].usernames
 
-    assert created.remove_users("310002") == Outcome(f"removed access of d310002 from {EXPERIMENT}")
+    assert created.run(RemoveUser("310002")) == Outcome(f"removed access of d310002 from {EXPERIMENT}")
     assert fakes.access.revoked == [(EXPERIMENT, "d310002")]  # not asked twice
     assert "d310002" not in fakes.dm.experiments[EXPERIMENT].usernames
 
@@ -370,7 +420,7 @@ def test_remove_users_with_globus_failing_leaves_dm_and_the_rules_as_they_were(c
     created.adapters.access.revoke = unreachable
     users = fakes.dm.experiments[EXPERIMENT].users
     with pytest.raises(GlobusError):
-        created.remove_users("310002")
+        created.run(RemoveUser("310002"))
     assert fakes.dm.experiments[EXPERIMENT].users == users
     assert fakes.state.rules(EXPERIMENT) == RULES
     assert created.contacts() == [("Globus", False)]
@@ -381,7 +431,7 @@ def test_remove_users_with_globus_failing_leaves_dm_and_the_rules_as_they_were(c
 
 def test_delete_removes_the_experiment_its_rules_its_records_and_the_selection(created, fakes, tmp_path):
     fakes.state.mark_emailed(EXPERIMENT, ["d310001"])
-    assert created.delete(f" {EXPERIMENT} ") == Outcome(f"deleted experiment {EXPERIMENT}; 3 Globus rules deleted")
+    assert created.run(Delete(f" {EXPERIMENT} ")) == Outcome(f"deleted experiment {EXPERIMENT}; 3 Globus rules deleted")
     assert fakes.dm.experiments == {}
     assert sorted(user for _, user in fakes.access.revoked) == ["d310001", "d310002", "d310009"]
     assert (fakes.state.selection, fakes.state.rule_ids, fakes.state.emailed_users) == ("", {}, {})
@@ -397,26 +447,23 @@ def test_delete_removes_the_experiment_its_rules_its_records_and_the_selection(c
 def test_delete_with_dm_failing_after_globus_keeps_the_experiment_and_a_rerun_completes(created, fakes):
     fakes.dm.fail = DMError("DM service unreachable")
     with pytest.raises(DMError):
-        created.delete(EXPERIMENT)
+        created.run(Delete(EXPERIMENT))
     assert len(fakes.access.revoked) == 3 and fakes.state.rules(EXPERIMENT) == {}
     assert EXPERIMENT in fakes.dm.experiments and fakes.state.selection == EXPERIMENT
     assert fakes.transfer.forgotten == []  # its files are still the experiment's
 
-    assert created.delete(EXPERIMENT) == Outcome(f"deleted experiment {EXPERIMENT}")
+    assert created.run(Delete(EXPERIMENT)) == Outcome(f"deleted experiment {EXPERIMENT}")
     assert len(fakes.access.revoked) == 3  # no rule revoked twice
     assert fakes.dm.experiments == {} and len(fakes.transfer.forgotten) == 1
 
 
 def test_a_pi_who_is_also_a_beamline_contact_stays_first_with_the_proposal(tmp_path, fakes):
-    from dmagic_ioc.ioc.config import BeamlineSettings
-    from dmagic_ioc.ioc.usecases import Adapters, Beamline
-
-    from ..fakes.ports import NOW, settings_in
+    from dmagic_ioc.ioc.settings.schema import BeamlineSettings
 
     settings = settings_in(tmp_path, beamline=BeamlineSettings(name="2-BM-A,B", contacts=("310001", "100001")))
-    beamline = Beamline(settings, Adapters(**vars(fakes)), clock=lambda: NOW)
-    beamline.refresh(0.0)
-    beamline.create()
+    beamline = Beamline(Services(settings, Adapters(**vars(fakes)), clock=lambda: NOW))
+    beamline.run(Refresh(0.0))
+    beamline.run(Create())
     users = beamline.state.experiment.users
     assert [u.username for u in users][:2] == ["d310001", "d310002"] and users[0].source == "proposal"
     assert [u.username for u in users][-1] == "d100001"
@@ -438,13 +485,13 @@ def test_create_reuses_the_experiment_dmagic_made_for_the_beamtime_and_a_rerun_r
                       storage_directory="/s/" + DMAGIC, data_directory="/data/" + DMAGIC)  # fmt: skip
     fakes.dm.experiments[DMAGIC] = made
     add_other(fakes)  # the next proposal's, in the same run and month
-    beamline.refresh(0.0)
+    beamline.run(Refresh(0.0))
 
-    assert beamline.create() == Outcome(reused_message())
+    assert beamline.run(Create()) == Outcome(reused_message())
     assert EXPERIMENT not in fakes.dm.experiments and fakes.state.selection == DMAGIC
     assert beamline.state.experiment.data_directory == "/data/" + DMAGIC  # its raw folder, as DMagic named it
     assert fakes.state.proposal(DMAGIC) == beamline.state.scheduled.beamtime
-    assert beamline.create() == Outcome(reused_message(added="users added: none; Globus access for 3 users"))
+    assert beamline.run(Create()) == Outcome(reused_message(added="users added: none; Globus access for 3 users"))
     assert sorted(fakes.dm.experiments) == [DMAGIC, OTHER]
 
 
@@ -467,9 +514,9 @@ def test_create_reuses_the_experiment_dmagic_made_for_the_beamtime_and_a_rerun_r
 def test_create_reuses_only_an_experiment_of_the_same_proposal_and_beamtime(beamline, fakes, made, reused):
     fields = {"name": DMAGIC, "start": datetime(2026, 10, 14, tzinfo=CHICAGO), "year_month": "2026-10"} | made
     fakes.dm.experiments[fields["name"]] = Experiment(**fields)
-    beamline.refresh(0.0)
+    beamline.run(Refresh(0.0))
 
-    outcome = beamline.create()
+    outcome = beamline.run(Create())
 
     assert fakes.state.selection == (fields["name"] if reused else EXPERIMENT)
     assert outcome.message.startswith("reused experiment" if reused else "created experiment")
@@ -481,9 +528,9 @@ def test_create_never_reuses_an_experiment_by_its_title_alone_and_names_it(beaml
     fakes.dm.experiments["commissioning-oct"] = Experiment(
         "commissioning-oct", title=TITLE, start=datetime(2026, 10, 14, tzinfo=CHICAGO), year_month="2026-10"
     )
-    beamline.refresh(0.0)
+    beamline.run(Refresh(0.0))
 
-    outcome = beamline.create()
+    outcome = beamline.run(Create())
 
     assert outcome == Outcome(
         f"{created_message(tmp_path)}; an experiment with this title exists: commissioning-oct; not reused "
@@ -496,7 +543,7 @@ def test_create_never_reuses_an_experiment_by_its_title_alone_and_names_it(beaml
 
 def test_an_experiment_named_as_this_ioc_names_it_is_taken_before_any_other(created, fakes):
     fakes.dm.experiments[DMAGIC] = Experiment(DMAGIC, gup="1012039", start=BEAMTIME.start, year_month="2026-10")
-    assert created.create().message.startswith(f"experiment {EXPERIMENT} exists: selected it")
+    assert created.run(Create()).message.startswith(f"experiment {EXPERIMENT} exists: selected it")
     assert fakes.state.selection == EXPERIMENT
 
 
@@ -524,8 +571,8 @@ def on_aps(tmp_path, fakes, sdk) -> Beamline:
     settings = settings_in(tmp_path)
     settings = replace(settings, dm=replace(settings.dm, backend="aps"))
     fakes.dm = ApsDM("2BM", settings.dm.data_top_dir, api=fake_sdk, tz=CHICAGO)
-    beamline = Beamline(settings, Adapters(**vars(fakes)), clock=lambda: NOW)
-    beamline.refresh(0.0)
+    beamline = Beamline(Services(settings, Adapters(**vars(fakes)), clock=lambda: NOW))
+    beamline.run(Refresh(0.0))
     return beamline
 
 
@@ -534,13 +581,13 @@ def test_create_on_aps_reuses_the_experiment_dmagic_made_and_gives_it_the_gup(on
     fake_sdk.ExperimentDsApi().addExperiment(DMAGIC, typeName="2BM", description=TITLE, rootPath="2026-10",
                                              startDate="14-Oct-26", endDate="17-Oct-26")  # fmt: skip
 
-    assert on_aps.create() == Outcome(reused_message())
+    assert on_aps.run(Create()) == Outcome(reused_message())
 
     assert sorted(sdk.experiments) == [DMAGIC] and len(sdk.called("addExperiment")) == 1  # DMagic's only
     assert (sdk.experiments[DMAGIC]["gup"], sdk.experiments[DMAGIC]["esaf"]) == ("1012039", "281001")
     assert sdk.experiments[DMAGIC]["experimentUsernameList"] == ["d310001", "d310002", "d310009", "d100001"]
     assert fakes.state.selection == DMAGIC
-    assert on_aps.create() == Outcome(reused_message(added="users added: none; Globus access for 3 users"))
+    assert on_aps.run(Create()) == Outcome(reused_message(added="users added: none; Globus access for 3 users"))
     assert sorted(sdk.experiments) == [DMAGIC]
 
 
@@ -548,11 +595,11 @@ def test_create_on_aps_half_made_is_completed_by_a_rerun_never_duplicated(on_aps
     sdk.fail["upsertExperimentMetadata"] = fake_sdk.DmException("metadata service unavailable")
 
     with pytest.raises(DMError, match=f"writing metadata of {EXPERIMENT} failed: metadata service unavailable"):
-        on_aps.create()
+        on_aps.run(Create())
     assert sorted(sdk.experiments) == [EXPERIMENT]  # added, its metadata not written
     assert fakes.state.selection == ""
 
-    assert on_aps.create() == Outcome(f"experiment {EXPERIMENT} exists: selected it; {USERS_ADDED}")
+    assert on_aps.run(Create()) == Outcome(f"experiment {EXPERIMENT} exists: selected it; {USERS_ADDED}")
     assert sorted(sdk.experiments) == [EXPERIMENT] and len(sdk.called("addExperiment")) == 1
     assert (sdk.experiments[EXPERIMENT]["gup"], sdk.experiments[EXPERIMENT]["esaf"]) == ("1012039", "281001")
     assert fakes.state.selection == EXPERIMENT

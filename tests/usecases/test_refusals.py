@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 import pytest
-from dmagic_ioc.ioc.domain.model import InputError
+from dmagic_ioc.ioc.app.messages import (
+    AddUser,
+    Create,
+    CreateManual,
+    DaqStart,
+    Delete,
+    Email,
+    Refresh,
+    RemoveUser,
+    Select,
+    Tag,
+    Upload,
+)
+from dmagic_ioc.ioc.app.state import ManualRequest
+from dmagic_ioc.ioc.domain.errors import InputError
 from dmagic_ioc.ioc.domain.ports import TransferProgress, TransferState
-from dmagic_ioc.ioc.usecases import ManualRequest
 
 from ..fakes.ports import EXPERIMENT, recorded
 
@@ -19,16 +32,16 @@ def nothing_run(beamline) -> None:
 
 
 def refreshed(beamline) -> None:
-    beamline.refresh(0.0)
+    beamline.run(Refresh(0.0))
 
 
 def nothing_scheduled(beamline) -> None:
-    beamline.refresh(-10.0)
+    beamline.run(Refresh(-10.0))
 
 
 def created(beamline) -> None:
-    beamline.refresh(0.0)
-    beamline.create()
+    beamline.run(Refresh(0.0))
+    beamline.run(Create())
 
 
 def transferring(state: TransferState):
@@ -45,15 +58,15 @@ def email_off(beamline) -> None:
 
 
 def manual(**fields):
-    return lambda beamline: beamline.create_manual(ManualRequest(**fields))
+    return lambda beamline: beamline.run(CreateManual(ManualRequest(**fields)))
 
 
 REFUSALS = {  # what ran before, the command, its refusal
-    "create-before-refresh": (nothing_run, lambda b: b.create(), NO_PROPOSAL),
-    "create-with-nothing-scheduled": (nothing_scheduled, lambda b: b.create(), NO_PROPOSAL),
-    "tag-before-refresh": (nothing_run, lambda b: b.tag("2bmb:TomoScan:"),
+    "create-before-refresh": (nothing_run, lambda b: b.run(Create()), NO_PROPOSAL),
+    "create-with-nothing-scheduled": (nothing_scheduled, lambda b: b.run(Create()), NO_PROPOSAL),
+    "tag-before-refresh": (nothing_run, lambda b: b.run(Tag("2bmb:TomoScan:")),
                            "no proposal is shown to tag: Refresh, Create, CreateManual or Select first"),
-    "tag-blank-prefix": (refreshed, lambda b: b.tag(" \t"),
+    "tag-blank-prefix": (refreshed, lambda b: b.run(Tag(" \t")),
                          "TagPrefix is empty: set it to the target IOC's prefix, e.g. 2bmb:TomoScan:"),
     "manual-start-not-iso": (refreshed, manual(start="14/10/2026"),
                              "Manual:Start '14/10/2026' is not a date YYYY-MM-DD"),
@@ -63,29 +76,30 @@ REFUSALS = {  # what ran before, the command, its refusal
     "manual-end-at-start": (refreshed, manual(start="2026-10-05", end="2026-10-05"),
                             "Manual:End 2026-10-05 is not after Manual:Start 2026-10-05"),
     "manual-bad-badge": (refreshed, manual(badges="310012,d1"), f"Manual:Badges {NOT_BADGES}: 'd1'; nothing changed"),
-    "select-empty": (created, lambda b: b.select(""), "SelectName is empty"),
-    "select-escaping": (created, lambda b: b.select("../etc"),
+    "select-empty": (created, lambda b: b.run(Select("")), "SelectName is empty"),
+    "select-escaping": (created, lambda b: b.run(Select("../etc")),
                         "SelectName '../etc' could escape its folder ('/', '\\', '..' or a leading '.')"),
-    "select-unknown": (created, lambda b: b.select("2026-01-Nobody-0"),
+    "select-unknown": (created, lambda b: b.run(Select("2026-01-Nobody-0")),
                        "no experiment named 2026-01-Nobody-0: Experiments lists the station's experiments"),
-    "add-letters": (created, lambda b: b.add_users("12a"), f"Badges {NOT_BADGES}: '12a'; nothing changed"),
-    "add-arabic-digits": (created, lambda b: b.add_users("٣١٠٠١١"), f"Badges {NOT_BADGES}: '٣١٠٠١١'; nothing changed"),
-    "add-blank": (created, lambda b: b.add_users(" , "),
+    "add-letters": (created, lambda b: b.run(AddUser("12a")), f"Badges {NOT_BADGES}: '12a'; nothing changed"),
+    "add-arabic-digits": (created, lambda b: b.run(AddUser("٣١٠٠١١")),
+                          f"Badges {NOT_BADGES}: '٣١٠٠١١'; nothing changed"),
+    "add-blank": (created, lambda b: b.run(AddUser(" , ")),
                   "Badges is empty: write comma-separated badge numbers, e.g. 310011,310012"),
-    "remove-one-bad": (created, lambda b: b.remove_users("310002,x"), f"Badges {NOT_BADGES}: 'x'; nothing changed"),
-    "add-no-selection": (refreshed, lambda b: b.add_users("310011"), NO_SELECTION),
-    "remove-no-selection": (refreshed, lambda b: b.remove_users("310011"), NO_SELECTION),
-    "delete-no-selection": (refreshed, lambda b: b.delete(""), NO_SELECTION),
-    "email-no-selection": (refreshed, lambda b: b.email(everyone=False), NO_SELECTION),
-    "daq-start-no-selection": (refreshed, lambda b: b.daq_start(), NO_SELECTION),
-    "upload-no-selection": (refreshed, lambda b: b.upload(), NO_SELECTION),
-    "delete-unconfirmed": (created, lambda b: b.delete(EXPERIMENT.lower()),
+    "remove-one-bad": (created, lambda b: b.run(RemoveUser("310002,x")), f"Badges {NOT_BADGES}: 'x'; nothing changed"),
+    "add-no-selection": (refreshed, lambda b: b.run(AddUser("310011")), NO_SELECTION),
+    "remove-no-selection": (refreshed, lambda b: b.run(RemoveUser("310011")), NO_SELECTION),
+    "delete-no-selection": (refreshed, lambda b: b.run(Delete("")), NO_SELECTION),
+    "email-no-selection": (refreshed, lambda b: b.run(Email(everyone=False)), NO_SELECTION),
+    "daq-start-no-selection": (refreshed, lambda b: b.run(DaqStart()), NO_SELECTION),
+    "upload-no-selection": (refreshed, lambda b: b.run(Upload()), NO_SELECTION),
+    "delete-unconfirmed": (created, lambda b: b.run(Delete(EXPERIMENT.lower())),
                            f"DeleteConfirm must equal ExperimentName ({EXPERIMENT}) to delete it; nothing deleted"),
-    "delete-transfer-running": (transferring(TransferState.RUNNING), lambda b: b.delete(EXPERIMENT),
+    "delete-transfer-running": (transferring(TransferState.RUNNING), lambda b: b.run(Delete(EXPERIMENT)),
                                 "a transfer is running (or retrying after an error): DaqStop first; nothing deleted"),
-    "delete-transfer-retrying": (transferring(TransferState.ERROR), lambda b: b.delete(EXPERIMENT),
+    "delete-transfer-retrying": (transferring(TransferState.ERROR), lambda b: b.run(Delete(EXPERIMENT)),
                                  "a transfer is running (or retrying after an error): DaqStop first; nothing deleted"),
-    "email-disabled": (email_off, lambda b: b.email(everyone=True),
+    "email-disabled": (email_off, lambda b: b.run(Email(everyone=True)),
                        "e-mail is not enabled (email.enabled: false in the config)"),
 }  # fmt: skip
 

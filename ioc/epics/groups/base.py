@@ -1,30 +1,52 @@
-"""What every concern's PV group shares: the engine and the use cases, given when it is built."""
+"""What every concern's PV group shares: the supervisor its command PVs submit to."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from caproto import AlarmSeverity, SkipWrite
 
-from ...engine import Engine
-from ...usecases import Beamline, Outcome
-from ..pvs import COMMAND_STATES, GuardedPVGroup
+from ...app.messages import Command
+from ...app.reporting import Severity
+from ...app.supervisor import Supervisor
+from ..declarations import COMMAND_STATES
+from ..pvs import GuardedPVGroup
+
+
+def alarm(severity: Severity) -> AlarmSeverity:
+    return AlarmSeverity(int(severity))
 
 
 class CommandGroup(GuardedPVGroup):
-    """A PV group of one concern, whose command PVs run use cases of `beamline` through `engine`."""
+    """A PV group of one concern: its declared PVs, and command PVs that submit a command to `supervisor`."""
 
-    def __init__(self, prefix: str, *, engine: Engine, beamline: Beamline, **kwargs):
-        self.engine = engine
-        self.beamline = beamline
+    def __init__(self, prefix: str, *, supervisor: Supervisor, **kwargs):
+        self.supervisor = supervisor
         super().__init__(prefix, **kwargs)
 
     async def put_refused(self, message: str) -> None:
-        await self.engine.report(message, AlarmSeverity.MAJOR_ALARM)
+        await self.supervisor.say(message, Severity.MAJOR)
 
-    async def run_command(self, instance, value, use_case: Callable[..., Outcome], *args):
-        """The whole body of a command putter: 1 runs `use_case(*args)`, 0 does nothing."""
+    def command(self, name: str) -> Command:
+        """The command a put of 1 on command PV `name` submits, with its argument PVs as they are now."""
+        raise NotImplementedError(name)
+
+    async def put_command(self, instance, value):
+        """1 submits the PV's command (the put completes when it ends; it fails when the command does),
+        the PV reading Busy meanwhile; 0 does nothing."""
         if value != COMMAND_STATES[1]:
             return value
-        await self.engine.command(instance.pvspec.name, instance, use_case, *args)
+        await self.submit(instance, self.command(instance.pvspec.name))
         return SkipWrite
+
+    async def submit(self, instance, command: Command) -> None:
+        accepted = False
+
+        async def started() -> None:
+            nonlocal accepted
+            accepted = True
+            await instance.write(COMMAND_STATES[1], verify_value=False, status=0, severity=AlarmSeverity.NO_ALARM)
+
+        try:
+            await self.supervisor.submit(command, started)
+        finally:
+            if accepted:
+                await instance.write(COMMAND_STATES[0], verify_value=False)

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
 
-from caproto import AlarmSeverity
+from ...app.reporting import HEALTH_SEVERITY
+from ...app.supervisor import View
+from ..declarations import STATUS
+from ..pvs import GuardedPVGroup, update
+from .base import alarm
 
-from ..pvs import HEALTH_STATES, GuardedPVGroup, enum, long, string, text, update
-
-HEALTH_SEVERITY = {"OK": AlarmSeverity.NO_ALARM, "Error": AlarmSeverity.MAJOR_ALARM, "Disabled": AlarmSeverity.NO_ALARM}
 HEALTH_PVS = {"Scheduling": "scheduling_health", "DM": "dm_health", "Globus": "globus_health", "Email": "email_health",
               "Catalog": "catalog_health"}  # fmt: skip
 
@@ -22,40 +22,30 @@ def package_version() -> str:
         return "unknown"
 
 
-class StatusGroup(GuardedPVGroup):
-    """What the last command did, whether one runs, and whether the outside systems answer.
+class StatusGroup(GuardedPVGroup, pvs=STATUS):
+    """What the last command did, whether one runs, and whether the outside systems answer (the
+    supervisor's report, shown), and a heartbeat."""
 
-    The engine writes these PVs; `health` is its record of each system's last contact, shown here.
-    """
+    _said = -1  # the report's count of what Status said, as last shown
+    _started = -1  # its count of commands started
 
-    def __init__(self, prefix: str, *, health: Mapping[str, str], **kwargs):
-        self.health = health
-        super().__init__(prefix, **kwargs)
-
-    status = text("Status", 512, "Last human-readable result; MINOR on warning, MAJOR on failure")
-    busy = enum("Busy", ("Idle", "Busy"), "A command is running")
-    last_command = string("LastCommand", "Name of the last command started")
-    last_error = text("LastError", 512, "Last failure message, kept until the next failure")
-    heartbeat = long("Heartbeat", "+1 every second while the IOC lives")
-    version = string("Version", "Package version", value=package_version())
-    scheduling_health = enum("Scheduling:Health", HEALTH_STATES, "Last contact with the scheduling system")
-    dm_health = enum("DM:Health", HEALTH_STATES, "Last contact with data management")
-    globus_health = enum("Globus:Health", HEALTH_STATES, "Last contact with Globus")
-    email_health = enum("Email:Health", HEALTH_STATES, "Last contact with the SMTP server")
-    catalog_health = enum("Catalog:Health", HEALTH_STATES, "Last contact with SciCat; Disabled when scicat is off")
-
-    @heartbeat.startup
-    async def heartbeat(self, instance, async_lib):
-        """Tick once a second on a fixed schedule (no drift), and show health changes."""
+    async def startup_heartbeat(self, instance, async_lib):
+        """Tick once a second on a fixed schedule (no drift)."""
         next_tick = time.monotonic()
         while True:
             next_tick += 1.0
             await async_lib.library.sleep(max(0.0, next_tick - time.monotonic()))
             await instance.write(instance.value + 1)
-            await self.show()
 
-    async def show(self) -> None:
-        """Show each system's Health from its last contact."""
+    async def show(self, view: View) -> None:
+        """Show the report: a sentence said again is written again (monitors see it), as is LastCommand."""
+        report = view.report
+        await update(self.last_command, report.last_command, force=report.started != self._started)
+        self._started = report.started
+        await update(self.status, report.status, alarm(report.severity), force=report.said != self._said)
+        self._said = report.said
+        await update(self.last_error, report.last_error)
+        await update(self.busy, ("Idle", "Busy")[report.busy])  # after Status: Idle means the outcome is there
         for system, attribute in HEALTH_PVS.items():
-            state = self.health.get(system, "OK")
-            await update(getattr(self, attribute), state, HEALTH_SEVERITY[state])
+            state = report.health.get(system, "OK")
+            await update(getattr(self, attribute), state, alarm(HEALTH_SEVERITY[state]))
