@@ -31,7 +31,7 @@ from dmagic_ioc.adapters.tag import CaTag
 from dmagic_ioc.ioc.app.commands import schedule
 from dmagic_ioc.ioc.app.handling import Step
 from dmagic_ioc.ioc.app.messages import Refresh, Tag
-from dmagic_ioc.ioc.app.services import Adapters, Services
+from dmagic_ioc.ioc.app.services import Services
 from dmagic_ioc.ioc.app.state import BeamlineState, Outcome
 from dmagic_ioc.ioc.domain.errors import MissingPVs
 from many_clients import free_port, loopback_env
@@ -120,7 +120,7 @@ def main() -> int:
             stack.enter_context(epics_base_target(prefix, port, env, name == "with ESAFDOINumber", tmp / f"{port}.log"))
         fakes = fake_adapters(tmp)
         fakes.tag = CaTag()
-        step = Step(Services(settings_in(tmp), Adapters(**vars(fakes)), clock=lambda: NOW), BeamlineState())
+        step = Step(Services(settings_in(tmp), fakes.ports(), clock=lambda: NOW), BeamlineState())
         schedule.refresh(step, Refresh(0.0))  # the proposal shown, from the fake schedule
         results = {}
         for name, prefix in targets.items():

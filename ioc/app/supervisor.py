@@ -18,13 +18,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
-from enum import Enum
+from dataclasses import replace
 from typing import TypeVar
 
 from ..domain.ports import CatalogStatus, TransferProgress, TransferState
 from .commands import HANDLERS
 from .handling import Handler, handle
+from .jobs import CommandRefused, Done, Inputs, Job, Phase, View
 from .messages import (
     BeamtimeToFollow,
     Command,
@@ -51,62 +51,6 @@ POLL_SECONDS = 0.5  # the transfer's progress and the catalogue's queue are read
 FIRST_RETRY = 10.0  # after a failed automatic refresh: 10 s, 20 s, 40 s, ... up to RefreshPeriod
 TRANSFER_SEVERITY = {TransferState.STOPPED: Severity.NO_ALARM, TransferState.RUNNING: Severity.NO_ALARM,
                      TransferState.ERROR: Severity.MAJOR}  # fmt: skip
-
-
-class Phase(Enum):
-    STARTING = "Starting"  # until the selection is read and the start said
-    IDLE = "Idle"
-    RUNNING = "Running"  # a command runs (a client's, or the IOC's own Create)
-    WORKING = "Working"  # the IOC's own background work runs
-
-
-class CommandRefused(CommandFailed):
-    """A command put while another runs: refused, nothing done."""
-
-
-@dataclass(frozen=True)
-class View:
-    """What the PVs show, published after every change."""
-
-    state: BeamlineState
-    report: Report
-    progress: TransferProgress | None
-    catalog: CatalogStatus | None
-    phase: Phase
-
-
-@dataclass(frozen=True)
-class Inputs:
-    """The settings PVs the timers read (clients change them at any time)."""
-
-    offset_days: float = 0.0
-    refresh_period: float = 0.0
-
-
-@dataclass
-class Job:
-    """A command in the queue, and how its outcome is said.
-
-    `shown`: a command (Busy, LastCommand, its outcome on Status, refuses a client's command meanwhile);
-    else background work, whose failure is said when `say_failure` and outcome when `say_outcome` (with
-    at least `at_least`), as news (`Report.news`, `of_command`)."""
-
-    command: Command
-    shown: bool
-    say_failure: bool = True
-    say_outcome: bool = False
-    of_command: str = ""
-    at_least: Severity = Severity.NO_ALARM
-    submitted: bool = False  # a client's command: `submit` has said it started
-    done: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
-
-
-@dataclass(frozen=True)
-class Done:
-    """What a job ended with: its outcome, or why it failed."""
-
-    outcome: Outcome | None
-    failure: str = ""
 
 
 def retry_delay(period: float, failures: int) -> float:

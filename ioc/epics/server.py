@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 from caproto import AlarmSeverity
 
+from ..app.jobs import Inputs
 from ..app.reporting import Severity
-from ..app.supervisor import Inputs, Supervisor
+from ..app.supervisor import Supervisor
 from .access import restrict_writes
 from .autosave import Autosave, settings_channels
 from .groups.catalog import CatalogGroup

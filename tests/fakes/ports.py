@@ -20,6 +20,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from dmagic_ioc.adapters.records import StorageRecords
+from dmagic_ioc.ioc.app.services import Adapters
 from dmagic_ioc.ioc.domain.beamtime import Beamtime, Run
 from dmagic_ioc.ioc.domain.errors import GlobusError, InputError, SchedulingError
 from dmagic_ioc.ioc.domain.esaf import Esaf
@@ -272,11 +273,10 @@ class FakeTransfer(Transfer):
         if self.running and self.starts:
             name, sending, sending_once = self.starts[-1]
             kind = "upload" if sending_once else "transfer"
-            if name != experiment.name:
-                raise InputError(f"a {kind} of {name} is running; stop it (DaqStop) before starting one for "
-                                 f"{experiment.name}")  # fmt: skip
-            if (sending, sending_once) == (dict(sources), once):
+            if (name, sending, sending_once) == (experiment.name, dict(sources), once):
                 return f"the {kind} of {name} is already running"
+            raise InputError(f"a {kind} of {name} is running; stop it (DaqStop) before starting one for "
+                             f"{experiment.name}")  # fmt: skip
         self.starts.append((experiment.name, dict(sources), once))
         self.state = TransferProgress(state=TransferState.RUNNING)
         return f"transfer of {experiment.name} started"
@@ -378,7 +378,7 @@ class FakeMailer(Mailer):
 
 @dataclass
 class FakeAdapters:
-    """One fake per port, named as `Adapters` names them (`Adapters(**vars(fakes))`); e-mail is off by default.
+    """One fake per port, named as `Adapters` names them (`ports()`); e-mail is off by default.
 
     A test may put another implementation in a field (a failing schedule, the APS DM adapter on a fake SDK).
     """
@@ -391,6 +391,11 @@ class FakeAdapters:
     access: FakeAccess
     mailer: FakeMailer | None = None
     records: StorageRecords = field(default_factory=StorageRecords)  # the real one: it runs on the temp folder
+
+    def ports(self) -> Adapters:
+        """The fakes as the handlers get them (mypy checks each one against its port here)."""
+        return Adapters(scheduling=self.scheduling, dm=self.dm, state=self.state, transfer=self.transfer, tag=self.tag,
+                        access=self.access, mailer=self.mailer, records=self.records)  # fmt: skip
 
 
 def settings_in(tmp: Path, **sections: Any) -> Settings:

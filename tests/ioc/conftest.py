@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 from dmagic_ioc.ioc.app.messages import ReadSelection
-from dmagic_ioc.ioc.app.services import Adapters, Services
+from dmagic_ioc.ioc.app.services import Services
 from dmagic_ioc.ioc.app.supervisor import Supervisor
 from dmagic_ioc.ioc.epics.server import DMagicIOC
 
@@ -20,7 +20,7 @@ async def rig(tmp_path):
     without a server, timers or autosave loop (tests poll with `supervisor.poll_transfer()`)."""
     settings = settings_in(tmp_path)
     fakes = fake_adapters(tmp_path)
-    services = Services(settings, Adapters(**vars(fakes)), clock=lambda: NOW)
+    services = Services(settings, fakes.ports(), clock=lambda: NOW)
     supervisor = Supervisor(services)
     ioc = DMagicIOC("test:", supervisor=supervisor)
     assert (await supervisor.work(ReadSelection(), shown=False)).failure == ""

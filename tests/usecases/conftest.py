@@ -57,7 +57,7 @@ def fakes(tmp_path) -> SimpleNamespace:
 def beamline(tmp_path, fakes) -> Beamline:
     """A beamline at NOW (inside proposal 1012039) that nothing has run on yet."""
     settings = settings_in(tmp_path, email=EmailSettings(enabled=True, sender="2-BM <tomo@example.gov>"))
-    return Beamline(Services(settings, Adapters(**vars(fakes)), clock=lambda: NOW))
+    return Beamline(Services(settings, fakes.ports(), clock=lambda: NOW))
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 from dmagic_ioc.ioc.app.messages import CreateManual, DaqStart, DaqStop, Email, ResumeTransfer, Select, Upload
 from dmagic_ioc.ioc.app.queries import Queries
 from dmagic_ioc.ioc.app.state import ManualRequest, Outcome
-from dmagic_ioc.ioc.domain.errors import DMError, EmailError
+from dmagic_ioc.ioc.domain.errors import DMError, EmailError, InputError
 from dmagic_ioc.ioc.domain.experiment import Experiment
 from dmagic_ioc.ioc.domain.ports import TransferProgress, TransferState
 
@@ -107,11 +107,13 @@ def test_daq_start_upload_and_stop_move_the_raw_and_rec_folders_into_storage(cre
     raw, storage = str(tmp_path / "data" / EXPERIMENT), tmp_path / "storage" / "2026-10" / EXPERIMENT
     sources = {raw: str(storage / "data"), f"{raw}_rec": str(storage / "analysis")}
     assert created.run(DaqStart()) == Outcome(f"transfer of {EXPERIMENT} started")
-    assert created.run(Upload()) == Outcome(f"transfer of {EXPERIMENT} started")
-    assert fakes.transfer.starts == [(EXPERIMENT, sources, False), (EXPERIMENT, sources, True)]  # upload: once
+    with pytest.raises(InputError, match="a transfer of .* is running; stop it"):  # as the built-in engine
+        created.run(Upload())
     dataset = f"dataset {EXPERIMENT}-1.json: 0 files, 0 bytes"  # the fake transfer sent nothing
     assert created.run(DaqStop()) == Outcome(f"transfer stopped; {dataset}")
     assert Queries(created.services).transfer_progress() == TransferProgress(state=TransferState.STOPPED)
+    assert created.run(Upload()) == Outcome(f"transfer of {EXPERIMENT} started")
+    assert fakes.transfer.starts == [(EXPERIMENT, sources, False), (EXPERIMENT, sources, True)]  # upload: once
     assert created.contacts() == []  # the built-in engine is no outside system
 
 

@@ -19,7 +19,7 @@ from dmagic_ioc.ioc.app.messages import (
     RemoveUser,
     Select,
 )
-from dmagic_ioc.ioc.app.services import Adapters, Services
+from dmagic_ioc.ioc.app.services import Services
 from dmagic_ioc.ioc.app.state import ManualRequest, Outcome
 from dmagic_ioc.ioc.domain.beamtime import beamtime_key
 from dmagic_ioc.ioc.domain.errors import DMError, GlobusError
@@ -461,7 +461,7 @@ def test_a_pi_who_is_also_a_beamline_contact_stays_first_with_the_proposal(tmp_p
     from dmagic_ioc.ioc.settings.schema import BeamlineSettings
 
     settings = settings_in(tmp_path, beamline=BeamlineSettings(name="2-BM-A,B", contacts=("310001", "100001")))
-    beamline = Beamline(Services(settings, Adapters(**vars(fakes)), clock=lambda: NOW))
+    beamline = Beamline(Services(settings, fakes.ports(), clock=lambda: NOW))
     beamline.run(Refresh(0.0))
     beamline.run(Create())
     users = beamline.state.experiment.users
@@ -571,7 +571,7 @@ def on_aps(tmp_path, fakes, sdk) -> Beamline:
     settings = settings_in(tmp_path)
     settings = replace(settings, dm=replace(settings.dm, backend="aps"))
     fakes.dm = ApsDM("2BM", settings.dm.data_top_dir, api=fake_sdk, tz=CHICAGO)
-    beamline = Beamline(Services(settings, Adapters(**vars(fakes)), clock=lambda: NOW))
+    beamline = Beamline(Services(settings, fakes.ports(), clock=lambda: NOW))
     beamline.run(Refresh(0.0))
     return beamline
 

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 from dmagic_ioc.ioc.app.messages import AddUser, Create, CreateManual, DaqStart, Refresh, Upload
-from dmagic_ioc.ioc.app.services import Adapters, Services
+from dmagic_ioc.ioc.app.services import Services
 from dmagic_ioc.ioc.app.state import ManualRequest
 from dmagic_ioc.ioc.domain.errors import InputError, PartialAccess
 
@@ -17,7 +17,7 @@ from .conftest import Beamline
 def beamline_with(tmp_path, fakes, **dm) -> Beamline:
     settings = settings_in(tmp_path)
     settings = replace(settings, dm=replace(settings.dm, **dm))
-    return Beamline(Services(settings, Adapters(**vars(fakes)), clock=lambda: NOW))
+    return Beamline(Services(settings, fakes.ports(), clock=lambda: NOW))
 
 
 def test_create_places_the_storage_by_the_schedules_run(tmp_path, fakes):

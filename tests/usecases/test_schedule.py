@@ -17,7 +17,7 @@ from dmagic_ioc.ioc.app.messages import (
     Select,
     Tag,
 )
-from dmagic_ioc.ioc.app.services import Adapters, Services
+from dmagic_ioc.ioc.app.services import Services
 from dmagic_ioc.ioc.app.state import ManualRequest, Outcome
 from dmagic_ioc.ioc.domain.beamtime import beamtime_key, clean_beamtime
 from dmagic_ioc.ioc.domain.errors import DMError, SchedulingError
@@ -217,7 +217,7 @@ def following(tmp_path, fakes) -> Beamline:
     """A beamline with dm.follow_schedule on, that nothing has run on yet."""
     settings = settings_in(tmp_path)
     settings = replace(settings, dm=replace(settings.dm, follow_schedule=True))
-    return Beamline(Services(settings, Adapters(**vars(fakes)), clock=lambda: NOW))
+    return Beamline(Services(settings, fakes.ports(), clock=lambda: NOW))
 
 
 def test_a_refresh_raises_the_beamtime_to_follow_until_it_is_followed(following, fakes):

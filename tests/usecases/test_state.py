@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 from dmagic_ioc.ioc.app.messages import Create, DaqStart, Email, ReadSelection, Refresh
-from dmagic_ioc.ioc.app.services import Adapters, Services
+from dmagic_ioc.ioc.app.services import Services
 from dmagic_ioc.ioc.app.state import BeamlineState, Outcome
 from dmagic_ioc.ioc.domain.errors import DMError, InputError
 
@@ -17,7 +17,7 @@ from .conftest import Beamline
 
 def restarted(beamline: Beamline, fakes) -> Beamline:
     """A new Beamline on the same fakes, as after an IOC restart."""
-    return Beamline(Services(beamline.settings, Adapters(**vars(fakes)), clock=lambda: NOW))
+    return Beamline(Services(beamline.settings, fakes.ports(), clock=lambda: NOW))
 
 
 def test_read_selection_with_nothing_selected_reads_the_stations_list(beamline):

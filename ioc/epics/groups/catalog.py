@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from ...app.jobs import View
 from ...app.messages import Catalog, Command
-from ...app.supervisor import View
 from ..declarations import CATALOG
 from ..pvs import update
 from .base import CommandGroup

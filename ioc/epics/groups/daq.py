@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from ...app.jobs import View
 from ...app.messages import Command, DaqStart, DaqStop, Upload
-from ...app.supervisor import TRANSFER_SEVERITY, View
+from ...app.supervisor import TRANSFER_SEVERITY
 from ..declarations import DAQ
 from ..pvs import update
 from .base import CommandGroup, alarm

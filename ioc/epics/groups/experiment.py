@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from caproto import AlarmSeverity
 
+from ...app.jobs import CommandRefused, View
 from ...app.messages import AddUser, Command, Create, CreateManual, Delete, Email, RemoveUser, Select
 from ...app.state import ManualRequest
-from ...app.supervisor import CommandRefused, View
 from ..declarations import EMAIL_MODES, EXPERIMENT, NO_YES
 from ..pvs import update
 from .base import CommandGroup

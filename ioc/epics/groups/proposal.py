@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from caproto import AlarmSeverity
 
+from ...app.jobs import View
 from ...app.messages import Command, Refresh, Tag
-from ...app.supervisor import View
 from ...domain.beamtime import UserInfo
 from ...domain.people import user_lists
 from ...domain.times import iso

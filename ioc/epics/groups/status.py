@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from importlib.metadata import PackageNotFoundError, version
 
+from ...app.jobs import View
 from ...app.reporting import HEALTH_SEVERITY
-from ...app.supervisor import View
 from ..declarations import STATUS
 from ..pvs import GuardedPVGroup, update
 from .base import alarm
