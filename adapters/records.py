@@ -3,6 +3,12 @@
 A record is written aside (a hidden file, on disk) and renamed into place. Its
 first line is its head (number, mark, end): the newest record's `mark` is where
 the next acquisition's file list starts, so that is all that is read of it.
+It is written as its files come, one a line, a million never in memory at once;
+the head, known last (its mark is the newest file's), goes into room kept for it
+at the start, the rest of that room spaces on the second line. Its `format` is 2:
+one JSON document, its fields those of format 1 (the head line, then the other
+fields indented, the file list last) with the totals after the file list; an
+earlier version's record has no head line and is read whole.
 
 Whoever writes the storage (the proposal group) must not steer that list: a record
 planted or rewritten there could hide every later file (a mark far ahead) or hang
@@ -20,17 +26,19 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import json
 import logging
 import os
 import re
 import stat
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from json.encoder import encode_basestring  # a str as JSON text (in C)
 from pathlib import Path
 
+from ..ioc.domain.catalog_ports import RECORDS_FOLDER, CatalogFile, RecordHead
 from ..ioc.domain.errors import DMagicError
-from ..ioc.domain.ports import RECORDS_FOLDER, RecordHead
 from ..ioc.statefiles import FOLDER_FLAGS, READ_FLAGS
 
 log = logging.getLogger(__name__)
@@ -38,6 +46,9 @@ log = logging.getLogger(__name__)
 RECORDS = RECORDS_FOLDER  # the folder of the records, in the experiment's storage
 HEAD = ("n", "mark", "ended")  # a record's first line: all that is read of it
 HEAD_BYTES = 4096  # at most read of a record
+RECORD_FORMAT = 2  # one file a line, the totals after them (1: indented, the totals before the files)
+MARK_ROOM = 24  # characters kept for the head's mark: the longest float in JSON ("-2.2250738585072014e-308")
+WRITE_BUFFER = 1 << 20
 EARLIER_RECORD_BYTES = 64 << 20  # at most read of a record an earlier version wrote (no head line: read whole)
 _WRITTEN_BY_OTHERS = stat.S_IWGRP | stat.S_IWOTH
 
@@ -58,6 +69,7 @@ class RecordsFolder:
 
     def __init__(self, path: Path, fd: int, storage: os.stat_result):
         self.path, self.fd, self.storage = path, fd, storage
+        self._asides: dict[str, AsideRecord] = {}  # the records being written aside, by name
 
     @classmethod
     def open(cls, storage: str) -> RecordsFolder:
@@ -158,35 +170,95 @@ class RecordsFolder:
             os.close(fd)
         return _head_of(first, number, latest)
 
-    def write_aside(self, record: Mapping[str, object]) -> str:
-        """Write `record` to a new hidden file of the folder, on disk, readable as the data is; its name."""
-        aside = f".record-{uuid.uuid4().hex[:8]}"
-        fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+    def begin_aside(self, fields: Mapping[str, object]) -> AsideRecord:
+        """A record in a new hidden file of the folder, readable as the data is, its `fields` known before its
+        files written; its files and the rest come through the AsideRecord."""
+        name = f".record-{uuid.uuid4().hex[:8]}"
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                      dir_fd=self.fd)  # fmt: skip
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as file:
-                if self._give_group(fd):
-                    os.fchmod(fd, stat.S_IRUSR | stat.S_IWUSR | self.storage.st_mode & 0o044)
-                file.write(_record_text(record))
-                file.flush()
-                os.fsync(fd)
+            file = os.fdopen(fd, "w", encoding="utf-8", buffering=WRITE_BUFFER)
         except BaseException:
-            self.discard(aside)
+            os.close(fd)
+            self.discard(name)
+            raise
+        aside = AsideRecord(name, file, fields)
+        self._asides[name] = aside
+        try:
+            if self._give_group(fd):
+                os.fchmod(fd, stat.S_IRUSR | stat.S_IWUSR | self.storage.st_mode & 0o044)
+            aside.begin()
+        except BaseException:
+            self.discard(name)
             raise
         return aside
 
     def put_in_place(self, aside: str, experiment: str, number: int) -> Path:
         name = f"{experiment}-{number}.json"
+        self._asides.pop(aside, None)
         os.replace(aside, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
         os.fsync(self.fd)
         return self.path / name
 
     def discard(self, aside: str) -> None:
+        """Remove the file written aside as `aside` (closed first, finished or not), quietly."""
+        writing = self._asides.pop(aside, None)
+        if writing is not None:
+            writing.close()
         with contextlib.suppress(OSError):
             os.unlink(aside, dir_fd=self.fd)
 
     def close(self) -> None:
+        for aside in list(self._asides.values()):
+            aside.close()
+        self._asides.clear()
         os.close(self.fd)
+
+
+class AsideRecord:
+    """`ports.AsideRecord`: a record written into its hidden file as its files come; room kept at the start
+    for the head, written last."""
+
+    def __init__(self, name: str, file: io.TextIOWrapper, fields: Mapping[str, object]):
+        self.name, self._file, self._fields = name, file, dict(fields)
+        self._room = 0  # bytes kept for the head line (its end of line included)
+        self._separator = "\n"  # before the next file's line
+
+    def begin(self) -> None:
+        """The room for the head, and the fields known before the files."""
+        self._room = len(_head_line({**self._fields, "mark": 0}).encode()) + MARK_ROOM
+        rest = _fields_text({"format": RECORD_FORMAT, **self._fields})
+        self._file.write(" " * self._room + rest + ',\n "files": [')
+
+    def add(self, files: Iterable[CatalogFile]) -> None:
+        """The next files, a line each."""
+        text = encode_basestring
+        lines = ",\n".join([
+            f'  {{"path": {text(file.path)}, "size": {file.size:d}, "mtime": {text(file.mtime)}'
+            + (f', "checksum": {text(file.checksum)}}}' if file.checksum else "}")
+            for file in files
+        ])  # fmt: skip
+        if lines:
+            self._file.write(self._separator + lines)
+            self._separator = ",\n"
+
+    def finish(self, fields: Mapping[str, object]) -> None:
+        """The fields known last and the head: the record whole, on disk, and closed."""
+        self._fields.update(fields)
+        closing = _fields_text(fields)
+        self._file.write(f"\n ],\n{closing}\n}}\n" if closing else "\n ]\n}\n")
+        self._file.flush()
+        head = _head_line(self._fields).encode()
+        if len(head) >= self._room:  # a mark no float is
+            raise ValueError(f"record head {head[:200]!r} longer than the room kept for it")
+        fd = self._file.fileno()
+        os.pwrite(fd, head + b"\n" + b" " * (self._room - len(head) - 1), 0)
+        os.fsync(fd)
+        self.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._file.close()
 
 
 def _made(storage_fd: int) -> bool:
@@ -204,11 +276,15 @@ def _record_number(name: str, experiment: str) -> int | None:
     return int(found.group(1)) if found else None
 
 
-def _record_text(record: Mapping[str, object]) -> str:
-    """`record` as JSON whose first line is its head (n, mark, ended): all the next acquisition reads of it."""
-    head = json.dumps({key: record[key] for key in HEAD}, ensure_ascii=False)
-    rest = json.dumps({key: value for key, value in record.items() if key not in HEAD}, indent=1, ensure_ascii=False)
-    return f"{head[:-1]},{rest[1:]}\n"
+def _head_line(record: Mapping[str, object]) -> str:
+    """The first line of `record`: its head (n, mark, ended), all the next acquisition reads of it."""
+    return json.dumps({key: record[key] for key in HEAD}, ensure_ascii=False)[:-1] + ","
+
+
+def _fields_text(fields: Mapping[str, object]) -> str:
+    """`fields` but the head's, one a line, indented as in a record (no comma after the last)."""
+    text = json.dumps({key: value for key, value in fields.items() if key not in HEAD}, indent=1, ensure_ascii=False)
+    return text[2:-2]
 
 
 def _read_up_to(fd: int, limit: int) -> bytes:

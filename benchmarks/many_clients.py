@@ -51,15 +51,25 @@ def free_port() -> int:
     raise RuntimeError("no free port")
 
 
-def loopback_env(port: int, beacon_port: int) -> dict[str, str]:
-    """Every EPICS address variable on 127.0.0.1; beacons and repeater registrations to `beacon_port`."""
-    return {
+def loopback_env(port: int, beacon_port: int, pva_port: int = 0) -> dict[str, str]:
+    """Every EPICS address variable on 127.0.0.1; beacons and repeater registrations to `beacon_port`; with
+    `pva_port`, PV Access's too (its TCP and UDP search port)."""
+    env = {
         "EPICS_CA_AUTO_ADDR_LIST": "NO", "EPICS_CA_ADDR_LIST": f"127.0.0.1:{port}",
         "EPICS_CA_SERVER_PORT": str(port), "EPICS_CAS_SERVER_PORT": str(port),
         "EPICS_CA_REPEATER_PORT": str(beacon_port), "EPICS_CAS_BEACON_PORT": str(beacon_port),
         "EPICS_CAS_INTF_ADDR_LIST": "127.0.0.1", "EPICS_CAS_AUTO_BEACON_ADDR_LIST": "NO",
         "EPICS_CAS_BEACON_ADDR_LIST": "127.0.0.1",
     }  # fmt: skip
+    if pva_port:
+        env.update({
+            "EPICS_PVA_AUTO_ADDR_LIST": "NO", "EPICS_PVA_ADDR_LIST": f"127.0.0.1:{pva_port}",
+            "EPICS_PVA_BROADCAST_PORT": str(pva_port), "EPICS_PVA_SERVER_PORT": str(pva_port),
+            "EPICS_PVAS_INTF_ADDR_LIST": "127.0.0.1", "EPICS_PVAS_SERVER_PORT": str(pva_port),
+            "EPICS_PVAS_BROADCAST_PORT": str(pva_port), "EPICS_PVAS_AUTO_BEACON_ADDR_LIST": "NO",
+            "EPICS_PVAS_BEACON_ADDR_LIST": f"127.0.0.1:{beacon_port}",
+        })  # fmt: skip
+    return env
 
 
 def udp_socket_stats(port: int) -> tuple[int, int] | None:
@@ -174,7 +184,7 @@ def main() -> int:
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sink.bind(("127.0.0.1", 0))
     threading.Thread(target=lambda: [sink.recv(65536) for _ in iter(int, 1)], daemon=True).start()
-    os.environ.update(loopback_env(port, sink.getsockname()[1]))
+    os.environ.update(loopback_env(port, sink.getsockname()[1], free_port()))
     from caproto.sync.client import read  # after the environment is set
     from dmagic_ioc.ioc.demo import write_demo
 

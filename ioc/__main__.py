@@ -18,7 +18,7 @@ from .app.supervisor import Supervisor
 from .demo import demo_folder, write_demo
 from .domain.errors import DMagicError
 from .domain.naming import plural
-from .domain.ports import Access, DataManagement, Mailer, SchedulingSource, Transfer
+from .domain.ports import Access, DataManagement, Mailer, SchedulingSource, Transfer, Walks
 from .epics.audit import open_audit_log
 from .epics.caserver.context import serve
 from .epics.declarations import every_pv
@@ -60,6 +60,7 @@ def build_adapters(settings: Settings) -> Adapters:
 
     dm: DataManagement
     transfer: Transfer | None
+    walks: Walks | None = None
     if dm_cfg.backend == "aps":
         from ..adapters.dm.aps import ApsDM
         from ..adapters.dm.aps_daq import ApsDaq
@@ -69,11 +70,13 @@ def build_adapters(settings: Settings) -> Adapters:
                           found_record=state_dir / "dm-files.sqlite")  # fmt: skip
     else:
         from ..adapters.dm.local import LocalDM
+        from ..adapters.dm.walks import StorageWalks
 
+        walks = StorageWalks(state_dir / "walks.json")
         dm = LocalDM(registry, dm_cfg.storage_root, dm_cfg.data_top_dir, dm_cfg.data_host, dm_cfg.group,
                      layout=dm_cfg.layout, subdirs=dm_cfg.subdirs, beamline=settings.beamline.name,
                      posix_group=dm_cfg.posix.group, user_account=dm_cfg.posix.user_account,
-                     staff_groups=dm_cfg.posix.staff_groups)  # fmt: skip
+                     staff_groups=dm_cfg.posix.staff_groups, walks=walks)  # fmt: skip
         transfer = None
 
     access: Access | None = None
@@ -123,7 +126,7 @@ def build_adapters(settings: Settings) -> Adapters:
 
     return Adapters(scheduling=scheduling, dm=dm, state=registry, transfer=transfer, tag=CaTag(),
                     access=access, mailer=mailer, metadata=metadata, catalogue=catalogue,
-                    records=StorageRecords())  # fmt: skip
+                    records=StorageRecords(), walks=walks)  # fmt: skip
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -278,8 +281,31 @@ def run_on(args: argparse.Namespace, config_path: Path) -> int:
     signal.signal(signal.SIGTERM, _interrupt)  # systemd stops with SIGTERM: shut down cleanly
     log.info("dmagic-ioc %s serving %d PVs under %s", package_version(), len(ioc.pvdb), prefix)
     serve(ioc.pvdb, write_access=ioc.write_access, max_circuits_per_host=settings.ioc.access.max_circuits_per_host,
-          startup_hook=ioc.startup, interfaces=args.interfaces, log_pv_names=args.list_pvs)  # fmt: skip
+          startup_hook=with_pva(ioc, settings), interfaces=args.interfaces, log_pv_names=args.list_pvs)  # fmt: skip
     return 0
+
+
+def with_pva(ioc: DMagicIOC, settings: Settings):
+    """The IOC's startup hook, serving its PVs over PV Access too (on caproto's event loop) while the IOC runs,
+    when `pva.enabled`; without p4p that is one log line and Channel Access alone."""
+    if not settings.pva.enabled:
+        return ioc.startup
+    try:
+        from .epics.pvaserver import PvaServer
+    except ImportError as error:
+        log.warning("PV Access not served: %s (pip install 'dmagic-ioc[pva]', or pva.enabled: false); "
+                    "Channel Access only", error)  # fmt: skip
+        return ioc.startup
+    pva = PvaServer(ioc.pvdb, write_access=ioc.write_access)
+
+    async def startup(async_lib) -> None:
+        await pva.start()
+        try:
+            await ioc.startup(async_lib)
+        finally:
+            pva.stop()
+
+    return startup
 
 
 def _interrupt(signum, frame):

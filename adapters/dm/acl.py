@@ -14,8 +14,9 @@ to r-- by the file's group bits (its ACL mask) unless the file is executable; fi
 get r-- itself. The mask is recomputed as setfacl does (the union of the group class). No setfacl, no
 pylibacl (no wheel: it compiles against libacl's headers): the xattr format is the kernel's
 (include/uapi/linux/posix_acl_xattr.h). A change is worked out once per distinct ACL in a tree, so
-100,000 files take about 1.1 s here (ext4; find and setfacl: 1.3 s), in the command's own
-worker thread.
+100,000 files take about 1.1 s here (ext4; find and setfacl: 1.3 s). The top folder and what is below it
+can be changed apart (`top`, `below`): a command changes the top folder at once (access starts or ends
+there), the walks of adapters/dm/walks.py the rest in the background, said through `progress`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ...ioc.domain.errors import DMError
-from ..transfer.folders import FOLDER_FLAGS, shown
+from ..transfer.folders import FOLDER_FLAGS
+from .tree import Count, Progress, Tally
 
 ACCESS = "system.posix_acl_access"
 DEFAULT = "system.posix_acl_default"
@@ -150,44 +152,43 @@ class _Change:
 # ------------------------------------------------------------------ the walk
 
 
-class _Skipped:
-    """What the walk left alone, by reason: how many and one of them, for one sentence."""
-
-    def __init__(self) -> None:
-        self.reasons: dict[tuple[str, str], tuple[int, str]] = {}
-
-    def add(self, path: str, one: str, many: str) -> None:
-        """One more left alone: `path`, said as `one` (one of them) or `many`."""
-        count, example = self.reasons.get((one, many), (0, path))
-        self.reasons[(one, many)] = (count + 1, example)
-
-    def sentence(self, tree: Path, verb: str) -> str:
-        parts = [f"{count} {one if count == 1 else many} (e.g. {shown(example)})"
-                 for (one, many), (count, example) in self.reasons.items()]  # fmt: skip
-        return f"ACLs of {tree}: {verb} {', '.join(parts)}" if parts else ""
-
-
 class _Walk:
-    """One walk of a storage tree applying `change` to each folder and regular file, by descriptor."""
+    """One walk of a storage tree applying `change` to each folder and regular file, by descriptor; `progress`
+    is told the files walked so far every TICK files and folders (it may raise to stop the walk), and at the
+    end."""
 
-    def __init__(self, tree: Path, change: _Change, leave: frozenset[str] = frozenset()):
-        self.tree, self.change, self.skipped = tree, change, _Skipped()
+    def __init__(self, tree: Path, change: _Change, leave: frozenset[str] = frozenset(),
+                 progress: Progress | None = None):  # fmt: skip
+        self.tree, self.change, self.skipped = tree, change, Tally()
         self.leave = leave  # names in the top folder left alone, with all below them
+        self.count = Count(progress)
         self.device = -1
 
-    def run(self, top_fd: int) -> None:
-        """Change the folder open as `top_fd` (a failure there raises DMError), then everything below it."""
+    def run(self, top_fd: int, *, top: bool = True, below: bool = True) -> None:
+        """Change the folder open as `top_fd` (a failure there raises DMError), then everything below it;
+        `top` or `below` False leaves that part alone."""
         fd = os.dup(top_fd)  # the walk closes its descriptors; the caller keeps its own
-        stack: list[tuple[int, str, list[tuple[str, bool]]]] = []
         try:
             info = os.fstat(fd)
             self.device = info.st_dev
-            try:
-                self._apply(fd, info, folder=True)
-            except OSError as error:
-                raise _top_error(self.tree, error) from None
-            stack.append((fd, "", self._listing(fd, "")))
-            fd = -1
+            if top:
+                try:
+                    self._apply(fd, info, folder=True)
+                except OSError as error:
+                    raise _top_error(self.tree, error) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        if below:
+            self._below(fd)
+        else:
+            os.close(fd)
+
+    def _below(self, top_fd: int) -> None:
+        """Change everything below the folder open as `top_fd`, depth first; its descriptor closed at the end."""
+        stack: list[tuple[int, str, list[tuple[str, bool]]]] = [(top_fd, "", [])]
+        try:
+            stack[0] = (top_fd, "", self._listing(top_fd, ""))
             while stack:
                 folder_fd, rel, names = stack[-1]
                 if not names:
@@ -204,9 +205,9 @@ class _Walk:
                         stack.append((child, path, self._listing(child, path)))
                 else:
                     self._file(folder_fd, name, path)
+                self.count.one(file=not is_folder)
+            self.count.end()
         finally:
-            if fd >= 0:
-                os.close(fd)
             for folder_fd, _, _ in stack:
                 os.close(folder_fd)
 
@@ -317,24 +318,27 @@ def _top_error(tree: Path, error: OSError) -> DMError:
 # ------------------------------------------------------------------ the two calls
 
 
-def grant(folder_fd: int, tree: Path, entries: Sequence[Entry], *, leave: Iterable[str] = ()) -> str:
+def grant(folder_fd: int, tree: Path, entries: Sequence[Entry], *, leave: Iterable[str] = (), top: bool = True,
+          below: bool = True, progress: Progress | None = None) -> str:  # fmt: skip
     """Give `entries` on every folder of the tree open as `folder_fd` (`tree` names it), as they are and as
-    defaults, and without x on every regular file; the names in `leave` of its top folder are left alone.
-    Returns a sentence naming what got none ('' when everything did); DMError when the top folder cannot
-    take them."""
+    defaults, and without x on every regular file; the names in `leave` of its top folder are left alone,
+    and the top folder itself (`top` False) or all below it (`below` False). Returns a sentence naming what
+    got none ('' when everything did); DMError when the top folder cannot take them."""
     if not entries:
         return ""
-    walk = _Walk(tree, _Change(entries, ()), frozenset(leave))
-    walk.run(folder_fd)
-    return walk.skipped.sentence(tree, "not given to")
+    walk = _Walk(tree, _Change(entries, ()), frozenset(leave), progress)
+    walk.run(folder_fd, top=top, below=below)
+    return walk.skipped.sentence(f"ACLs of {tree}: not given to")
 
 
-def revoke(folder_fd: int, tree: Path, keys: Iterable[tuple[int, int]]) -> str:
+def revoke(folder_fd: int, tree: Path, keys: Iterable[tuple[int, int]], *, top: bool = True, below: bool = True,
+           progress: Progress | None = None) -> str:  # fmt: skip
     """Take the entries of `keys` ((USER, uid), (GROUP, gid)) from the tree open as `folder_fd`, access and
-    default; the files and folders the grant leaves alone are left alone. Returns a sentence as `grant`."""
+    default (`top`, `below` as `grant`); the files and folders the grant leaves alone are left alone. Returns
+    a sentence as `grant`."""
     keys = frozenset(keys)
     if not keys:
         return ""
-    walk = _Walk(tree, _Change((), keys))
-    walk.run(folder_fd)
-    return walk.skipped.sentence(tree, "not taken from")
+    walk = _Walk(tree, _Change((), keys), progress=progress)
+    walk.run(folder_fd, top=top, below=below)
+    return walk.skipped.sentence(f"ACLs of {tree}: not taken from")

@@ -14,6 +14,11 @@ at a time (`tree`). It never makes `storage_root` (a missing one is an
 unmounted disk, not a folder to make), never re-makes the storage of a
 registered experiment that has gone, and refuses symbolic links where its
 folders must be.
+
+AddUser, RemoveUser and Create change the ACL of the storage folder at once,
+Delete renames the storage aside (its name is free for a new Create at once);
+the walk of the tree below, of any length, is `walks`'s: in the command when
+quick, else in the background.
 """
 
 from __future__ import annotations
@@ -25,22 +30,34 @@ import logging
 import os
 import pwd
 import re
-import shutil
+import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from ...ioc.domain.catalog_ports import RECORDS_FOLDER
 from ...ioc.domain.errors import DMError, InputError, PartialAccess
 from ...ioc.domain.experiment import Experiment, ExperimentUser
-from ...ioc.domain.naming import DEFAULT_LAYOUT, DEFAULT_SUBDIRS, check_name, posix_group, storage_location
+from ...ioc.domain.naming import DEFAULT_LAYOUT, DEFAULT_SUBDIRS, check_name, plural, posix_group, storage_location
 from ...ioc.domain.people import Person
-from ...ioc.domain.ports import RECORDS_FOLDER
 from ..hosts import is_this_host
 from ..registry.store import Registry
 from ..transfer.folders import open_folder
 from . import acl
 from .marker import STORAGE_MARKER, write_storage_marker
-from .tree import DIR_MODE, SHARED_DIR_MODE, Group, disk_error, make_dir, make_storage, open_top, require_root
+from .tree import (
+    DIR_MODE,
+    SHARED_DIR_MODE,
+    Group,
+    disk_error,
+    make_dir,
+    make_storage,
+    open_top,
+    require_root,
+    set_aside,
+)
+from .walk import GRANT, REMOVE, REVOKE, Walk
+from .walks import StorageWalks
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +79,6 @@ def _sentences(*parts: str) -> str:
     return "; ".join(part for part in parts if part)
 
 
-def _plural(count: int, word: str) -> str:
-    return f"{count} {word}{'' if count == 1 else 's'}"
-
-
 class LocalDM:
     """`ports.DataManagement` on this machine's disks, with the registry as the list of experiments."""
 
@@ -83,6 +96,7 @@ class LocalDM:
         posix_group: str | None = None,
         user_account: str | None = None,
         staff_groups: Sequence[str] = (),
+        walks: StorageWalks | None = None,
     ):
         self.registry = registry
         self.storage_root = Path(os.path.normpath(storage_root))
@@ -95,6 +109,7 @@ class LocalDM:
         self.posix_group = posix_group or None  # dm.posix.group: the experiment tree's group, a template
         self.user_account = user_account or None  # dm.posix.user_account: "d{badge}", an ACL entry per user
         self.staff_groups = tuple(staff_groups)  # dm.posix.staff_groups: rwx on every tree
+        self.walks = walks if walks is not None else StorageWalks()  # none given: every walk in the command
 
     # ------------------------------------------------------------------ paths
 
@@ -145,7 +160,7 @@ class LocalDM:
         storage_fd = make_storage(base, storage, self.subdirs, fixed, tree, shared_mode)
         try:
             write_storage_marker(storage, name, folder_fd=storage_fd)
-            missing = _sentences(missing, self._give_staff(storage_fd, storage))
+            missing = _sentences(missing, self._give_staff(name, storage_fd, storage))
         finally:
             os.close(storage_fd)
         if existing is not None and existing.data_directory:
@@ -211,8 +226,9 @@ class LocalDM:
         if experiment is not None and experiment.storage_directory and self.user_account is not None:
             accounts, missing = self._accounts([user.username for user in users])
             storage = Path(experiment.storage_directory)
+            entries = [acl.Entry(acl.USER, uid, acl.READ) for uid in accounts.values()]
             with self._storage_fd(storage) as fd:
-                skipped = acl.grant(fd, storage, [acl.Entry(acl.USER, uid, acl.READ) for uid in accounts.values()])
+                skipped = self._grant(name, fd, storage, entries, f"{', '.join(accounts)} access")
         added = self.registry.add_users(name, users)
         if missing:
             where = experiment.storage_directory if experiment else name
@@ -222,44 +238,46 @@ class LocalDM:
         return self._done(added, skipped)
 
     def remove_users(self, name: str, usernames: Sequence[str]) -> list[str]:
-        """Drop access for `usernames` (their ACL entries first, what the grant left alone logged); return
-        those that had it."""
+        """Drop access for `usernames` (their ACL entries first: on the storage folder at once, below it as
+        `walks` runs them; what the walk left alone logged); return those that had it."""
         name = check_name(name, "experiment name")
         experiment = self.registry.get_experiment(name)
         if experiment is not None and experiment.storage_directory and self.user_account is not None:
             accounts, _ = self._accounts(usernames)
             storage = Path(experiment.storage_directory)
-            if storage.is_dir():
+            keys = [(acl.USER, uid) for uid in accounts.values()]
+            if storage.is_dir() and keys:
+                walk = Walk(REVOKE, name, str(storage), self._root_of(storage), ", ".join(accounts),
+                            entries=[list(key) for key in keys])  # fmt: skip
                 with self._storage_fd(storage) as fd:
-                    left = acl.revoke(fd, storage, [(acl.USER, uid) for uid in accounts.values()])
+                    acl.revoke(fd, storage, keys, below=False)  # access ends here at once
+                    left, _ = self.walks.run(walk, fd)
                 if left:
                     log.warning("%s", left)
         return self.registry.remove_users(name, usernames)
 
     def delete_experiment(self, name: str) -> str:
-        """Remove the storage tree, then the registry row; never the raw folders on the data host."""
+        """Remove the storage tree (renamed aside first, then removed by `walks`), then the registry row;
+        never the raw folders on the data host. What the removal left: PartialAccess, the row removed."""
         name = check_name(name, "experiment name")
         experiment = self.registry.get_experiment(name)
         if experiment is None:
             raise InputError(f"no experiment named {name!r} in the registry; nothing deleted")
         storage = Path(experiment.storage_directory) if experiment.storage_directory else None
         raw = experiment.data_directory or str(self.data_directory(name))
+        left = ""
         if storage is None:
             removed = "no storage directory was recorded"
         elif not storage.exists():
             removed = f"storage {storage} was already gone"
         else:
             self._check_inside_storage_root(storage)
-            files = self._count_files(storage)
-            try:
-                shutil.rmtree(storage)
-            except OSError as error:
-                raise disk_error("delete", Path(error.filename or storage), error) from error
-            removed = f"storage {storage} ({_plural(files, 'file')})"
+            files, left = self._remove(name, storage)
+            removed = f"storage {storage} ({files})"
         self.registry.delete_experiment(name)
         sentence = f"deleted experiment {name}: registry entry and {removed}; raw data in {raw} kept"
         log.info("%s", sentence)
-        return sentence
+        return self._done(sentence, left)
 
     def esaf(self, esaf: str) -> tuple[list[Person], str]:
         """The local backend has no ESAF data."""
@@ -304,18 +322,55 @@ class LocalDM:
                 f"{experiment.name} is not given to it; create the group, then run Create again"
             )
 
-    def _give_staff(self, storage_fd: int, storage: Path) -> str:
+    def _give_staff(self, name: str, storage_fd: int, storage: Path) -> str:
         """rwx for dm.posix.staff_groups on the storage tree open as `storage_fd`; a warning naming the groups
         that do not exist, and what got no ACL."""
         gids = {group: gid for group in self.staff_groups if (gid := _id(grp.getgrnam, group)) is not None}
         # not the records' folder: what staff may write there, the catalogue may not trust (the IOC's alone)
         entries = [acl.Entry(acl.GROUP, gid, acl.WRITE) for gid in gids.values()]
-        skipped = acl.grant(storage_fd, storage, entries, leave=(RECORDS_FOLDER,))
+        what = f"the staff group{'s' if len(gids) > 1 else ''} {', '.join(gids)} rwx"
+        skipped = self._grant(name, storage_fd, storage, entries, what, leave=(RECORDS_FOLDER,))
         absent = [group for group in self.staff_groups if group not in gids]
         if absent:
             return _sentences(f"dm.posix.staff_groups: unix group {', '.join(absent)} does not exist on this host: "
                               "no access for it", skipped)  # fmt: skip
         return skipped
+
+    def _grant(self, name: str, fd: int, storage: Path, entries: Sequence[acl.Entry], what: str,
+               leave: Sequence[str] = ()) -> str:  # fmt: skip
+        """`entries` on the storage folder open as `fd` at once (access starts there), then below it as `walks`
+        runs it (`what` it gives, for Status: "d310001 access"); a sentence naming what got none."""
+        if not entries:
+            return ""
+        acl.grant(fd, storage, entries, leave=leave, below=False)
+        walk = Walk(GRANT, name, str(storage), self._root_of(storage), what,
+                    entries=[list(entry) for entry in entries], leave=list(leave))  # fmt: skip
+        return self.walks.run(walk, fd)[0]
+
+    def _remove(self, name: str, storage: Path) -> tuple[str, str]:
+        """Rename the storage aside in its folder (the name is free for a new Create at once; a walk of it
+        stops), then remove it as `walks` runs it: (its files for Status, what stayed)."""
+        self.walks.drop(str(storage))
+        aside = storage.with_name(f".{storage.name}.deleted-{uuid.uuid4().hex[:8]}")
+        root = self._root_of(storage)
+        walk = Walk(REMOVE, name, str(aside), root, str(storage))
+        try:
+            parent_fd = open_folder(str(storage.parent), root or None)
+        except OSError as error:
+            raise disk_error("delete", storage, error) from error
+        try:  # no longer a storage once aside: its marker goes at once, and its files are the data alone
+            left, files = self.walks.run(walk, parent_fd, lambda: set_aside(parent_fd, storage, aside, STORAGE_MARKER))
+        except OSError as error:  # a symlink set aside, say: refused, never followed
+            raise disk_error("delete", aside, error) from error
+        finally:
+            os.close(parent_fd)
+        if files is None:
+            return "its files are removed in the background", ""
+        return plural(files, "file"), left
+
+    def _root_of(self, storage: Path) -> str:
+        """storage_root when `storage` is inside it ('' when the config's has changed since it was made)."""
+        return str(self.storage_root) if self.storage_root in storage.parents else ""
 
     def _accounts(self, usernames: Sequence[str]) -> tuple[dict[str, int], list[str]]:
         """The unix accounts of DM usernames (`d` + badge) by dm.posix.user_account: ({existing: uid}, missing)."""
@@ -328,9 +383,8 @@ class LocalDM:
     def _storage_fd(self, storage: Path) -> Iterator[int]:
         """A descriptor of the storage folder, reached from storage_root one name at a time, never through a
         symlink (from its parent when the config's storage_root has changed since it was made)."""
-        inside = self.storage_root in storage.parents
         try:
-            fd = open_folder(str(storage), str(self.storage_root) if inside else None)
+            fd = open_folder(str(storage), self._root_of(storage) or None)
         except OSError as error:
             raise disk_error("open the storage", storage, error) from error
         try:
@@ -343,11 +397,3 @@ class LocalDM:
         resolved = storage.resolve()
         if resolved == root or root not in resolved.parents:
             raise DMError(f"refusing to delete {storage}: it is not inside dm.storage_root {self.storage_root}")
-
-    @staticmethod
-    def _count_files(top: Path) -> int:
-        """The files under `top`, its marker left out: the data a Delete removes."""
-        count = 0
-        for folder, _, files in os.walk(top):
-            count += len(files) - (folder == str(top) and STORAGE_MARKER in files)
-        return count

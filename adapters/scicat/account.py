@@ -6,8 +6,8 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime, timezone
 
+from ...ioc.domain.catalog_ports import Dataset
 from ...ioc.domain.errors import CatalogError
-from ...ioc.domain.ports import Dataset
 from .bodies import scicat_dataset
 from .client import Forbidden, ScicatClient, Unreachable
 

@@ -6,18 +6,22 @@ the raw dataset carries no `size` nor `numberOfFiles` (each origdatablock adds i
 dataset: sent with the dataset too, they would count twice), `ownerEmail` and `sourceFolderHost` only
 when SciCat takes them, times with a `T` and an offset; each origdatablock is `{size, dataFileList}`
 (plus `chkAlg` when its files have checksums; its dataset is the route's), of at most MAX_BLOCK_FILES
-files; a dataset without files has none.
+files and about MAX_BLOCK_BYTES of JSON, well within what SciCat takes of a request (16 MB by default) and
+of a document (MongoDB's 16 MB); a dataset without files has none. The origdatablocks are made as the
+files come (`Datablocks`), each as its JSON text: a million files are never in memory at once.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable
 from datetime import datetime, timezone
+from json.encoder import encode_basestring_ascii  # a str as JSON text, as requests sends it (in C)
 
+from ...ioc.domain.catalog_ports import CatalogFile, Dataset
 from ...ioc.domain.catalog_values import catalog_email_problem, source_host_problem
-from ...ioc.domain.ports import CatalogFile, Dataset
 from ..http import MB
 
 MAX_BLOCK_FILES = 10_000  # files listed by one origdatablock
@@ -55,54 +59,99 @@ def scicat_dataset(dataset: Dataset, this_host: str = "") -> dict:
     return body
 
 
-def scicat_datablocks(files: Sequence[CatalogFile], max_files: int = MAX_BLOCK_FILES,
+def scicat_datablocks(files: Iterable[CatalogFile], max_files: int = MAX_BLOCK_FILES,
                       max_bytes: int = MAX_BLOCK_BYTES) -> list[dict]:  # fmt: skip
-    """The origdatablocks listing `files` (POST datasets/{pid}/origdatablocks), in their order: the files of
+    """The origdatablocks listing `files` (POST datasets/{pid}/origdatablocks), in the order `Datablocks`
+    makes them. None for no file: SciCat refuses an empty list."""
+    blocks = Datablocks(max_files, max_bytes)
+    return [json.loads(text) for text in blocks.add(files) + blocks.rest()]
+
+
+class Datablocks:
+    """The origdatablocks of a dataset's files, made as the files come, each as its JSON text: the files of
     one checksum algorithm each (its chkAlg; none for files without a checksum), at most `max_files` files
-    and about `max_bytes` of JSON each. None for no file: SciCat refuses an empty list."""
-    by_algorithm: dict[str, list[dict]] = {}
-    for file in files:
-        algorithm, entry = _data_file(file)
-        by_algorithm.setdefault(algorithm, []).append(entry)
-    blocks = []
-    for algorithm, entries in by_algorithm.items():
-        for chunk in _chunks(entries, max_files, max_bytes):
-            block: dict[str, object] = {"size": sum(entry["size"] for entry in chunk), "dataFileList": chunk}
-            if algorithm:
-                block["chkAlg"] = algorithm
-            blocks.append(block)
-    return blocks
+    and about `max_bytes` of JSON each. `add` gives the blocks its files filled, `rest` the blocks left at
+    the end (in the order their algorithms came)."""
+
+    def __init__(self, max_files: int = MAX_BLOCK_FILES, max_bytes: int = MAX_BLOCK_BYTES):
+        self.max_files, self.max_bytes = max_files, max_bytes
+        self._open: dict[str, _Block] = {}  # the block being filled, by checksum algorithm
+
+    def add(self, files: Iterable[CatalogFile]) -> list[str]:
+        """Add `files`; the JSON text of each block they filled."""
+        full = []
+        for file in files:
+            algorithm, entry = _data_file(file)
+            block = self._open.get(algorithm)
+            if block is None:
+                block = self._open[algorithm] = _Block(algorithm)
+            elif len(block.entries) >= self.max_files or block.length + len(entry) > self.max_bytes:
+                full.append(block.text())
+                block = self._open[algorithm] = _Block(algorithm)
+            block.entries.append(entry)
+            block.length += len(entry) + 2  # and its separator
+            block.size += file.size
+        return full
+
+    def rest(self) -> list[str]:
+        """The blocks not full yet, in the order their algorithms came; no more files can be added."""
+        blocks, self._open = self._open, {}
+        return [block.text() for block in blocks.values()]
+
+
+class _Block:
+    """An origdatablock being filled: its files' entries (JSON text), their length and their bytes."""
+
+    def __init__(self, algorithm: str):
+        self.algorithm = algorithm
+        self.entries: list[str] = []
+        self.length = 0
+        self.size = 0
+
+    def text(self) -> str:
+        algorithm = f', "chkAlg": {encode_basestring_ascii(self.algorithm)}' if self.algorithm else ""
+        return f'{{"size": {self.size:d}, "dataFileList": [{", ".join(self.entries)}]{algorithm}}}'
 
 
 def scicat_time(text: str) -> str:
     """An ISO 8601 time as SciCat reads it: in UTC, with a `T` and an offset (SciCat reads a time without one
     in its own zone, and no offset with seconds, as an old zone's may have); one without is taken as UTC."""
+    if _is_utc_iso(text):  # the files' times, a million at a dataset's end: already so
+        return text
     moment = datetime.fromisoformat(text)
     return (moment.astimezone(timezone.utc) if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).isoformat()
 
 
-def _data_file(file: CatalogFile) -> tuple[str, dict]:
-    """(its checksum's algorithm, '' without one; the file as SciCat's DataFile declares it)."""
-    entry: dict[str, object] = {"path": file.path, "size": file.size, "time": scicat_time(file.mtime)}
+def _is_utc_iso(text: str) -> bool:
+    """Whether `text` is a time as `scicat_time` gives it: `datetime.isoformat()` of a time in UTC."""
+    if not text.endswith("+00:00"):
+        return False
+    if len(text) == 32:
+        fraction = text[19:26]
+        if fraction[0] != "." or not (fraction.isascii() and fraction[1:].isdigit()) or fraction == ".000000":
+            return False
+    elif len(text) != 25:
+        return False
+    return _is_iso_second(text[:19])
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_iso_second(text: str) -> bool:
+    """Whether `text` is a second as `datetime.isoformat()` writes it (YYYY-MM-DDTHH:MM:SS); many files share one."""
+    try:
+        return datetime.fromisoformat(text).isoformat() == text
+    except ValueError:
+        return False
+
+
+def _data_file(file: CatalogFile) -> tuple[str, str]:
+    """(its checksum's algorithm, '' without one; the file as SciCat's DataFile declares it, as JSON text)."""
     algorithm, _, digest = file.checksum.partition(":")
-    if not digest:
-        return "", entry
-    entry["chk"] = digest
-    return algorithm, entry
-
-
-def _chunks(entries: list[dict], max_files: int, max_bytes: int) -> Iterator[list[dict]]:
-    chunk: list[dict] = []
-    size = 0
-    for entry in entries:
-        length = len(json.dumps(entry)) + 1  # as requests sends it: ASCII, each non-ASCII character escaped
-        if chunk and (len(chunk) >= max_files or size + length > max_bytes):
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(entry)
-        size += length
-    if chunk:
-        yield chunk
+    chk = f', "chk": {encode_basestring_ascii(digest)}' if digest else ""
+    time = encode_basestring_ascii(scicat_time(file.mtime))
+    return (algorithm if digest else ""), (
+        f'{{"path": {encode_basestring_ascii(file.path)}, "size": {file.size:d}, "time": {time}{chk}}}'
+    )
 
 
 def _finite(value: object) -> object:

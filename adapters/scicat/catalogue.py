@@ -4,7 +4,8 @@ The thread sends with back-off while SciCat refuses or is down, after a restart 
 read stops no thread: it is said once and tried again with back-off. Never twice: the pid is chosen by the
 IOC once; a dataset SciCat already has (looked up before creating) is not created again; after a restart or
 a lost answer SciCat's count of the dataset's origdatablocks (one small answer, however many files they
-list) says whether the one posted last got there.
+list) says whether the one posted last got there. The origdatablocks are read from the queue one at a time,
+in order: a dataset of a million files is never in memory at once.
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ...ioc.domain.catalog_ports import CatalogStatus, Dataset
 from ...ioc.domain.catalog_values import source_host_problem
 from ...ioc.domain.errors import CatalogError
-from ...ioc.domain.ports import CatalogStatus, Dataset
 from ...ioc.statefiles import disk_full
-from .bodies import scicat_datablocks, scicat_dataset
+from .bodies import MAX_BLOCK_BYTES, MAX_BLOCK_FILES, Datablocks, scicat_dataset
 from .client import Forbidden, ScicatClient, Unreachable
-from .queue import STAGES, CatalogQueue, Queued
+from .queue import STAGES, CatalogQueue, Queued, StagedDataset
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ class ScicatCatalogue:
 
     FIRST_RETRY = 2.0  # seconds; doubled after each failed round up to LAST_RETRY
     LAST_RETRY = 300.0
+    BLOCK_FILES, BLOCK_BYTES = MAX_BLOCK_FILES, MAX_BLOCK_BYTES  # an origdatablock's files, at most; its JSON, about
 
     def __init__(self, client: ScicatClient, queue_path: Path, source_host: str = ""):
         self.client = client
@@ -51,8 +53,27 @@ class ScicatCatalogue:
         self._pending = 0  # the queue's length when last read
         self.retry = self.FIRST_RETRY
 
+    def stage(self, dataset: Dataset) -> StagedDataset:
+        """Start putting `dataset` into the queue, its files so far with it; sent once committed."""
+        staging = self.queue.stage(dataset.pid, scicat_dataset(dataset, self.source_host))
+        staged = StagedDataset(staging, Datablocks(self.BLOCK_FILES, self.BLOCK_BYTES), self._wake_sender)
+        try:
+            staged.add(dataset.files)
+        except BaseException:
+            staged.drop()
+            raise
+        return staged
+
     def submit(self, dataset: Dataset) -> None:
-        self.queue.put(dataset.pid, scicat_dataset(dataset, self.source_host), scicat_datablocks(dataset.files))
+        """Queue `dataset` and its files, all of it (or, refused, none), and have it sent."""
+        staged = self.stage(dataset)
+        try:
+            staged.commit()
+        except BaseException:
+            staged.drop()
+            raise
+
+    def _wake_sender(self) -> None:
         self._start()
         self._wake.set()
 
@@ -102,16 +123,15 @@ class ScicatCatalogue:
                     created = True
                 self.queue.advance(pid, STAGES[1])
             taken = queued.blocks_sent
-            if taken < len(blocks) and not created:
-                taken = self._taken(pid, taken, len(blocks))
-            for number in range(taken, len(blocks)):
-                self.client.create_datablock(pid, blocks[number])
+            if taken < blocks and not created:
+                taken = self._taken(pid, taken, blocks)
+            for number in range(taken, blocks):
+                self.client.create_datablock(pid, self.queue.block(pid, number))
                 self.queue.note_blocks(pid, number + 1)
         except Forbidden as refused:
             raise CatalogError(_lacking(refused, self.client.user, queued.dataset)) from None
         self.queue.done(pid)
-        files = sum(len(block["dataFileList"]) for block in blocks)
-        log.info("catalogue: dataset %s sent to SciCat (%d files in %d origdatablocks)", pid, files, len(blocks))
+        log.info("catalogue: dataset %s sent to SciCat (%d origdatablocks)", pid, blocks)
 
     def _taken(self, pid: str, noted: int, total: int) -> int:
         """How many of the `total` origdatablocks of `pid` SciCat has taken: the `noted` ones, and more when

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import os
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .folders import shown
 from .scan import Tree
 
-# File states; a file whose copy failed is copying.FAILED until its retry
-PENDING, QUEUED, DONE = "pending", "queued", "done"
+# The states of a file not sent yet; a file whose copy failed is copying.FAILED until its retry. A file
+# sent has no `File`: see Source.
+PENDING, QUEUED = "pending", "queued"
 
 
 @dataclass(slots=True)
@@ -24,26 +24,29 @@ class File:
     stable_since: float = 0.0
     attempts: int = 0
     retry_at: float = 0.0
-    audited: bool = False  # in its source's audit queue
     seen_at: float = -1.0  # the poll that last stat'ed it (no second stat in the same poll)
 
 
 @dataclass
 class Source:
-    """One source folder, its destination, and what the run knows of its files."""
+    """One source folder, its destination, and what the run knows of its files.
+
+    Only the files not sent yet have a `File` here; the tree knows every name, and a name it knows that is
+    not in `files` is sent (the ledger has its size and mtime): a million files sent cost no object each.
+    """
 
     root: str
     dest: str
     tree: Tree | None = None
-    files: dict[str, File] = field(default_factory=dict)
-    sent: dict[str, tuple[int, int]] = field(default_factory=dict)  # from the ledger, not seen yet
+    files: dict[str, File] = field(default_factory=dict)  # the files not sent yet
     pending: set[str] = field(default_factory=set)
     failed: set[str] = field(default_factory=set)
-    audit: deque[str] = field(default_factory=deque)
+    audited_to: str = ""  # the audit's place in the ledger's rows of this source ('': from the start)
+    scanned: bool = False  # listed whole at least once (no folder left for a later poll)
     error: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Job:
     """One file handed to the copy workers, with the size and mtime it had then."""
 

@@ -6,9 +6,10 @@ import contextlib
 import json
 import os
 import sqlite3
+import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
@@ -165,6 +166,43 @@ class Ledger:
             ).fetchall()
         return {os.fsdecode(relpath): (size, mtime_ns) for relpath, size, mtime_ns in rows}
 
+    LOOKUP_CHUNK = 500  # relative paths per query (SQLite's bound on parameters is 999 in old builds)
+
+    def sent_of(self, root: str, dest: str, relpaths: Iterable[str]) -> dict[str, tuple[int, int]]:
+        """Those of `relpaths` sent from `root` to `dest`, the buffered rows included: {relpath: (size,
+        mtime_ns)}. One index seek each: the cost is that of the paths asked, not of the ledger."""
+        wanted = list(dict.fromkeys(relpaths))
+        found: dict[str, tuple[int, int]] = {}
+        with self._lock:
+            for start in range(0, len(wanted), self.LOOKUP_CHUNK):
+                chunk = [os.fsencode(rel) for rel in wanted[start : start + self.LOOKUP_CHUNK]]
+                rows = self._db.execute(
+                    "SELECT relpath, size, mtime_ns FROM files WHERE root = ? AND dest = ?"
+                    f" AND relpath IN ({','.join('?' * len(chunk))})",
+                    (root, dest, *chunk),
+                )
+                found.update((os.fsdecode(relpath), (size, mtime_ns)) for relpath, size, mtime_ns in rows)
+            if self._rows:
+                asked = set(wanted)
+                for row_root, rel, size, mtime_ns, row_dest, *_ in self._rows:  # oldest first: the last one counts
+                    if row_root == root and rel in asked:
+                        if row_dest == dest:
+                            found[rel] = (size, mtime_ns)
+                        else:
+                            found.pop(rel, None)
+        return found
+
+    def sent_after(self, root: str, dest: str, after: str, limit: int) -> list[tuple[str, int, int]]:
+        """Up to `limit` files sent from `root` to `dest` whose relative path sorts after `after` (as bytes),
+        in that order: [(relpath, size, mtime_ns)]. Pages through a root's rows without holding them all."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT relpath, size, mtime_ns FROM files WHERE root = ? AND relpath > ? AND dest = ?"
+                " ORDER BY relpath LIMIT ?",
+                (root, os.fsencode(after), dest, limit),
+            ).fetchall()
+        return [(os.fsdecode(relpath), size, mtime_ns) for relpath, size, mtime_ns in rows]
+
     def forget(self, sources: Mapping[str, str]) -> int:
         """Drop the rows of files sent from each root to its destination, in one transaction; return how many.
 
@@ -179,22 +217,30 @@ class Ledger:
             self._rows = [row for row in self._rows if (row[0], row[4]) not in pairs]
         return removed
 
-    def sent_since(self, mark: float, storage: str) -> list[tuple[str, int, int, float, str]]:
+    def sent_since(self, mark: float, storage: str) -> Iterator[tuple[str, int, int, float, str]]:
         """Files sent after `mark` into `storage` or a folder under it, the buffered ones committed first:
-        [(absolute path in storage, size, mtime_ns, sent_at, checksum or '')], oldest first."""
+        (absolute path in storage, size, mtime_ns, sent_at, checksum or ''), oldest first.
+
+        Read as they are iterated, through a cursor of a connection of their own: one snapshot of the ledger
+        (the copies going on meanwhile neither seen nor held up), a million files never in memory at once."""
         self.commit()
         storage = os.path.normpath(storage)
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT dest, relpath, size, mtime_ns, sent_at, checksum FROM files WHERE sent_at > ? ORDER BY sent_at",
-                (mark,),
-            ).fetchall()
         inside = storage.rstrip("/") + "/"
-        return [
-            (os.path.join(dest, os.fsdecode(relpath)), size, mtime_ns, sent_at, checksum)
-            for dest, relpath, size, mtime_ns, sent_at, checksum in rows
-            if dest == storage or dest.startswith(inside)
-        ]
+        reader = sqlite3.connect(self.path, isolation_level=None, timeout=10)
+        try:
+            reader.execute("PRAGMA query_only = ON")
+            rows = reader.execute(
+                "SELECT dest, relpath, size, mtime_ns, sent_at, checksum FROM files WHERE sent_at > ?"
+                " AND (dest = ? OR substr(dest, 1, ?) = ?) ORDER BY sent_at",
+                (mark, storage, len(inside), inside),
+            )
+            folders: dict[str, str] = {}  # each destination as the start of its files' paths
+            encoding = sys.getfilesystemencoding()
+            for dest, relpath, size, mtime_ns, sent_at, checksum in rows:
+                folder = folders.get(dest) or folders.setdefault(dest, os.path.join(dest, ""))
+                yield folder + relpath.decode(encoding, "surrogateescape"), size, mtime_ns, sent_at, checksum
+        finally:
+            reader.close()
 
     def add(self, root: str, relpath: str, size: int, mtime_ns: int, dest: str, checksum: str = "") -> None:
         """Buffer one sent file, with the checksum its copy was verified against ('' if none); `commit` writes it."""

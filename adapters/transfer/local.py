@@ -246,13 +246,12 @@ class LocalTransfer:
                 removed = self.ledger.forget(sources)
         log.info("transfer ledger: forgot %s files sent from %s", removed, ", ".join(sources))
 
-    def sent_since(self, mark: float, storage: str) -> list[SentFile]:
+    def sent_since(self, mark: float, storage: str) -> Iterator[SentFile]:
         """The files the ledger records as sent into `storage` after `mark`, each with the checksum its copy
-        was verified against (dm.checksum; none for a file found already there)."""
+        was verified against (dm.checksum; none for a file found already there); read as they are iterated."""
         with self._ledger_errors():
-            rows = self.ledger.sent_since(mark, storage)
-        return [SentFile(path, size, mtime_ns / 1e9, sent_at, checksum)
-                for path, size, mtime_ns, sent_at, checksum in rows]  # fmt: skip
+            for path, size, mtime_ns, sent_at, checksum in self.ledger.sent_since(mark, storage):
+                yield SentFile(path, size, mtime_ns / 1e9, sent_at, checksum)
 
     def progress(self) -> TransferProgress:
         """The latest snapshot; cheap and thread-safe."""

@@ -62,7 +62,9 @@ class Run:
         self.started = time.monotonic()
         self.rate = RecentRate()
         self.rate.add(0, self.started)
-        self.poll_seconds = 0.0
+        self.poll_seconds = 0.0  # the last poll's duration, and how many polls so far (benchmarks, diagnostics)
+        self.first_poll_seconds = 0.0
+        self.polls = 0
         self.thread = threading.Thread(target=self._main, name=f"transfer-{experiment}", daemon=True)
 
     @property
@@ -77,17 +79,16 @@ class Run:
     def _main(self) -> None:
         workers = ThreadPoolExecutor(max_workers=self.owner.workers, thread_name_prefix="transfer-copy")
         try:
-            next_poll, prepared = 0.0, False
+            next_poll = 0.0
             while not self.cancel.is_set():
                 try:
-                    if not prepared:
-                        self._prepare()
-                        prepared = True
                     now = time.monotonic()
                     if now >= next_poll:
                         started = time.perf_counter()
                         self._poll(now)
                         self.poll_seconds = time.perf_counter() - started
+                        self.first_poll_seconds = self.first_poll_seconds or self.poll_seconds
+                        self.polls += 1
                         next_poll = now + self.owner.poll_interval
                     self._submit(workers)
                     if self.owner.ledger.due():
@@ -109,11 +110,6 @@ class Run:
                 self._commit()
             except Exception:
                 log.exception("transfer of %s: cannot write the ledger on exit", self.experiment)
-
-    def _prepare(self) -> None:
-        """Load what the ledger knows."""
-        for source in self.sources:
-            source.sent = self.owner.ledger.sent(source.root, source.dest)
 
     def _check_storage(self) -> None:
         """Is the storage the one Create made, with its destination folders? Once it is, remove the
@@ -323,7 +319,7 @@ class Run:
         return TransferProgress(
             state=state,
             files_done=self.tracker.done_files,
-            files_total=sum(len(source.files) for source in self.sources),
+            files_total=self.tracker.done_files + self.tracker.waiting_files(),
             bytes_done=float(self.tracker.done_bytes + copying),
             bytes_total=float(self.tracker.ready_bytes),
             rate_mb_s=rate,

@@ -14,6 +14,7 @@ T = TypeVar("T")
 
 COMMAND_TIMEOUT = 120.0  # seconds a command may run before its set stops waiting
 ECA_PUTFAIL = 160  # EPICS caerr.h: message 20 at warning severity, the reply to a put whose command failed
+PVA_NO_WRITE_ACCESS = "no write access"  # how the IOC's error to a PVA put begins when its access rules refuse it
 MAJOR = 2  # the alarm severity of Status when a command failed
 
 

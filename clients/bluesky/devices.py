@@ -8,9 +8,16 @@ with `CommandFailed` carrying the IOC's `Status` text when the IOC could not.
 
 Text PVs are UTF-8 char waveforms: signals of type `str` read them through ophyd-async's Channel
 Access backend as DBR_CHAR_STR, which aioca decodes (and encodes on writes) as UTF-8.
+
+A prefix may name the protocol, as ophyd-async's signals take it: `pva://2bmb:DM:` reads and writes every PV
+over PV Access (the IOC serves the same names there; text as UTF-8 strings; p4p, the `pva` extra), `ca://`
+or none over Channel Access.
 """
 
 from __future__ import annotations
+
+import asyncio
+import functools
 
 from aioca import CANothing, caput
 from bluesky.protocols import Movable, Triggerable
@@ -25,7 +32,9 @@ from ophyd_async.core import (
 )
 from ophyd_async.epics.core import epics_signal_r, epics_signal_rw
 
-from .commands import COMMAND_TIMEOUT, ECA_PUTFAIL, CommandFailed
+from .commands import COMMAND_TIMEOUT, ECA_PUTFAIL, PVA_NO_WRITE_ACCESS, CommandFailed
+
+CA, PVA = "ca://", "pva://"
 
 
 class DaqState(StrictEnum):
@@ -48,10 +57,11 @@ class EmailMode(StrictEnum):
 class Command(Device, Movable[int], Triggerable):
     """One command PV (a bo Done/Busy): `set(1)` or `trigger()` runs it and completes when the command ends.
 
-    The put waits for completion; when the IOC fails the command (ECA_PUTFAIL) the status fails with
-    `CommandFailed` and the text of `Status`, which the IOC has written by then. The put goes through
-    aioca itself: ophyd-async's `SignalW.set` (0.21) loses a put's failure, since aioca's CANothing is
-    false and the retry wrapper around the put takes a false exception for none.
+    The put waits for completion; when the IOC fails the command (ECA_PUTFAIL; over PVA, an error other
+    than no write access) the status fails with `CommandFailed` and the text of `Status`, which the IOC
+    has written by then. The put goes through aioca (p4p for a `pva://` name) itself: ophyd-async's
+    `SignalW.set` (0.21) loses a put's failure, since aioca's CANothing is false and the retry wrapper
+    around the put takes a false exception for none.
     """
 
     def __init__(self, pv: str, status: SignalR[str], name: str = "", timeout: float = COMMAND_TIMEOUT) -> None:
@@ -65,19 +75,43 @@ class Command(Device, Movable[int], Triggerable):
     async def set(self, value: int = 1, timeout: float | None = None) -> None:
         if value != 1:
             raise ValueError(f"{self.name}: a command runs when written 1, not {value!r}")
+        if self._pv.startswith(PVA):
+            await self._put_over_pva(timeout or self._timeout)
+            return
         try:
-            await caput(self._pv, 1, wait=True, timeout=timeout or self._timeout)
+            await caput(self._pv.removeprefix(CA), 1, wait=True, timeout=timeout or self._timeout)
         except CANothing as error:
             if error.errorcode == ECA_PUTFAIL:
                 raise CommandFailed(self._pv, await self._status().get_value(cached=False)) from error
             raise RuntimeError(str(error)) from error  # not the command's outcome: no write access, no IOC
 
+    async def _put_over_pva(self, timeout: float) -> None:
+        from p4p.client.asyncio import RemoteError
+
+        try:
+            await asyncio.wait_for(pva_context().put(self._pv.removeprefix(PVA), 1), timeout)
+        except RemoteError as error:
+            if str(error).startswith(PVA_NO_WRITE_ACCESS):
+                raise RuntimeError(str(error)) from error
+            raise CommandFailed(self._pv, await self._status().get_value(cached=False)) from error
+        except asyncio.TimeoutError as error:  # no IOC, or a command longer than the timeout
+            raise RuntimeError(f"{self._pv}: no reply in {timeout:g} s") from error
+
     def trigger(self) -> AsyncStatus:
         return self.set(1)
 
 
+@functools.cache
+def pva_context():
+    """The p4p client of the commands put over PV Access (one for the process, as ophyd-async's own)."""
+    from p4p.client.asyncio import Context
+
+    return Context("pva")
+
+
 class DataManagement(StandardReadable):
-    """Every PV of the IOC under `prefix` (e.g. `2bmb:DM:`), with the attribute names the classic device has too.
+    """Every PV of the IOC under `prefix` (e.g. `2bmb:DM:`, or `pva://2bmb:DM:` over PV Access), with the attribute
+    names the classic device has too.
 
     Configuration (read once per run) describes the proposal and the selected experiment; readings (at every
     event) are the status, health and progress that change during a run; the rest is what a plan reads or

@@ -45,9 +45,8 @@ def handle(handlers: dict[type[Command], Handler], services: Services, state: Be
            command: Command) -> Result:  # fmt: skip
     """Run the handler of `command` on `state` (blocking: the supervisor calls it in a worker thread)."""
     step = Step(services, state)
-    handler = handlers[type(command)]
     try:
-        outcome = handler(step, command)
+        outcome = handlers[type(command)](step, command)
     except Exception as error:  # the supervisor tells a DMagicError from a bug
         return Result(step.state, None, error, tuple(step.events))
     return Result(step.state, outcome, None, tuple(step.events))

@@ -6,7 +6,8 @@ import asyncio
 from dataclasses import dataclass, field
 from enum import Enum
 
-from ..domain.ports import CatalogStatus, TransferProgress
+from ..domain.catalog_ports import CatalogStatus
+from ..domain.ports import TransferProgress
 from .messages import Command
 from .reporting import CommandFailed, Report, Severity
 from .state import BeamlineState, Outcome

@@ -1,14 +1,15 @@
-"""The queries: reads of the transfer and of the catalogue's queue, which the supervisor runs beside the
-commands (the progress and catalogue polls). They change no state; they remember only their last answer."""
+"""The queries: reads of the transfer, of the catalogue's queue and of the DM backend's walks, which the
+supervisor runs beside the commands (its polls). They change no state; they remember only their last answer."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import replace
 
+from ..domain.catalog_ports import CatalogStatus
 from ..domain.errors import ServiceError
 from ..domain.naming import plural
-from ..domain.ports import CatalogStatus, TransferProgress, TransferState
+from ..domain.ports import TransferProgress, TransferState, WalkProgress
 from .services import Services
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,11 @@ class Queries:
 
     def transfer_running(self) -> bool:
         return self.services.adapters.transfer.progress().state == TransferState.RUNNING
+
+    def walk_progress(self) -> WalkProgress:
+        """The DM backend's walks of storage trees (none where it has none)."""
+        walks = self.services.adapters.walks
+        return walks.progress() if walks is not None else WalkProgress()
 
     def catalog_status(self) -> CatalogStatus:
         """The catalogue's queue; its last contact goes to Catalog:Health, and so does a dataset waiting

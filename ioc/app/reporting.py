@@ -14,6 +14,7 @@ from enum import IntEnum
 from pathlib import Path
 
 from ..domain.errors import DiskFull, DMagicError, DMError
+from ..domain.ports import TransferState
 from ..domain.text import printable
 from ..statefiles import causes, disk_full
 from .services import SYSTEMS
@@ -30,6 +31,8 @@ class Severity(IntEnum):
 
 
 HEALTH_SEVERITY = {"OK": Severity.NO_ALARM, "Error": Severity.MAJOR, "Disabled": Severity.NO_ALARM}
+TRANSFER_SEVERITY = {TransferState.STOPPED: Severity.NO_ALARM, TransferState.RUNNING: Severity.NO_ALARM,
+                     TransferState.ERROR: Severity.MAJOR}  # fmt: skip
 
 
 class CommandFailed(Exception):

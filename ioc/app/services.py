@@ -8,18 +8,18 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TypeVar
 
+from ..domain.catalog_ports import Catalogue, Records
 from ..domain.errors import ServiceError
 from ..domain.ports import (
     Access,
-    Catalogue,
     DataManagement,
     Mailer,
     MetadataSource,
-    Records,
     SchedulingSource,
     StateStore,
     TagTarget,
     Transfer,
+    Walks,
 )
 from ..settings.schema import Settings
 
@@ -42,6 +42,7 @@ class Adapters:
     metadata: MetadataSource | None = None
     catalogue: Catalogue | None = None
     records: Records | None = None  # the acquisitions' records next to their data; None: no dataset can be made
+    walks: Walks | None = None  # the DM backend's long walks of storage trees; None: it has none (they run inline)
 
 
 class Services:

@@ -21,7 +21,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import TypeVar
 
-from ..domain.ports import CatalogStatus, TransferProgress, TransferState
+from ..domain.catalog_ports import CatalogStatus
+from ..domain.ports import TransferProgress, TransferState
 from .commands import HANDLERS
 from .handling import Handler, handle
 from .jobs import CommandRefused, Done, Inputs, Job, Phase, View
@@ -30,6 +31,7 @@ from .messages import (
     Command,
     DaqStart,
     DaqStop,
+    Delete,
     Event,
     FollowSchedule,
     ReadSelection,
@@ -39,7 +41,7 @@ from .messages import (
     UploadEnded,
 )
 from .queries import Queries
-from .reporting import CommandFailed, Report, Severity, failure_text, first_health
+from .reporting import TRANSFER_SEVERITY, CommandFailed, Report, Severity, failure_text, first_health
 from .services import Services
 from .state import BeamlineState, Outcome
 
@@ -49,8 +51,9 @@ T = TypeVar("T")
 
 POLL_SECONDS = 0.5  # the transfer's progress and the catalogue's queue are read twice a second
 FIRST_RETRY = 10.0  # after a failed automatic refresh: 10 s, 20 s, 40 s, ... up to RefreshPeriod
-TRANSFER_SEVERITY = {TransferState.STOPPED: Severity.NO_ALARM, TransferState.RUNNING: Severity.NO_ALARM,
-                     TransferState.ERROR: Severity.MAJOR}  # fmt: skip
+# The commands that start, stop, resume or forget the transfer: its progress is read when they end (DaqState
+# reads Running when DaqStart's put completes); after the others the poll shows it, as it does anyway.
+MOVES_TRANSFER = (DaqStart, DaqStop, Upload, ResumeTransfer, Delete)
 
 
 def retry_delay(period: float, failures: int) -> float:
@@ -74,16 +77,25 @@ class Supervisor:
         self.report = Report(first_health(services.settings))
         self.progress: TransferProgress | None = None
         self.catalog: CatalogStatus | None = None
-        self.phase = Phase.STARTING
         self.ready = asyncio.Event()  # the selection read and the start said: the timers run
         self._queue: asyncio.Queue[Job] = asyncio.Queue()
         self._worker: asyncio.Task | None = None
         self._commanding = ""  # the command accepted and not ended: a client's command is refused meanwhile
+        self._working = False  # the IOC's own background work runs
         self._subscribers: list[Callable[[View], Awaitable[None]]] = []
         self._transfer_said = ""  # the transfer's last message said (its news are said once)
         self._transfer_by = ""  # the transfer command that ran last: the transfer's news are news of it
         self._catalog_said = ""
         self._query_failed = ""  # the last query's unexpected error (said once)
+
+    @property
+    def phase(self) -> Phase:
+        """What the supervisor does now: a command accepted (queued or running) refuses another."""
+        if self._commanding:
+            return Phase.RUNNING
+        if not self.ready.is_set():
+            return Phase.STARTING
+        return Phase.WORKING if self._working else Phase.IDLE
 
     # ------------------------------------------------------------------ ways in
 
@@ -94,7 +106,7 @@ class Supervisor:
     async def submit(self, command: Command, started: Callable[[], Awaitable[None]] | None = None) -> Outcome:
         """A client's command: refused (CommandRefused) while another runs; else `started` is awaited, it
         runs after the work queued before it, and its outcome returned (CommandFailed: Status says why)."""
-        if self._commanding:
+        if self.phase is Phase.RUNNING:
             message = f"{command.name} refused: {self._commanding} is running; try again when it ends"
             await self.say(message, Severity.MAJOR)
             raise CommandRefused(message)
@@ -154,19 +166,20 @@ class Supervisor:
             self.report.say(f"{started}, but {'; '.join(messages)}", Severity.MAJOR)
         else:
             self.report.say(started, Severity.NO_ALARM)
-        self.phase = Phase.IDLE
         await self._publish()
         self.ready.set()
-        await asyncio.gather(self._refresh_timer(), self._transfer_timer(), self._catalog_timer())
+        await asyncio.gather(self._refresh_timer(), self._transfer_timer(), self._catalog_timer(), self._walk_timer())
 
     async def _work(self) -> None:
         while True:
             job = await self._queue.get()
             try:
                 done = await self._execute(job)
-            except Exception as error:  # a bug here must not stop the worker: the job fails with it
-                log.exception("supervisor: %s failed unexpectedly", job.command.name)
-                done = Done(None, f"{job.command.name} failed: internal error ({error}); see the IOC log")
+            except Exception as error:  # a bug here must not stop the worker: the job fails, said as a bug
+                failure, _ = failure_text(job.command.name, error, self.services.settings)
+                done = Done(None, failure)
+                self._say(job, None, failure)
+                await self._publish()
             if not job.done.done():
                 job.done.set_result(done)
 
@@ -178,13 +191,13 @@ class Supervisor:
     async def _execute(self, job: Job) -> Done:
         """Run one job's handler off the loop; take its state, contacts and outcome; act on its events."""
         command, settings = job.command, self.services.settings
-        commanding = job.shown and not self._commanding  # a client's command is refused meanwhile
-        if commanding:
-            self._commanding = command.name
-        if job.shown and not job.submitted:  # the IOC's own command (a new beamtime's Create): shown as a client's
+        own_command = job.shown and not job.submitted  # the IOC's own (a new beamtime's Create): shown as a client's
+        accepted = self._commanding  # the client's command this one runs for, if any
+        if own_command:
+            self._commanding = command.name  # a client's command is refused meanwhile, naming this one
             self.report.start(command.name)
             await self._publish()
-        self.phase = Phase.RUNNING if job.shown else Phase.WORKING
+        self._working = not job.shown
         try:
             result = await asyncio.to_thread(handle, self.handlers, self.services, self.state, command)
             self.state = result.state
@@ -196,23 +209,36 @@ class Supervisor:
             self.report.take(self.services.contacts())
             if full:  # after the contacts: a DM call that worked before the disk filled says OK
                 self.report.health["DM"] = "Error"
-            progress = await self._read("reading the transfer's progress", self.queries.transfer_progress)
-            self.progress = progress or self.progress
+            if isinstance(command, MOVES_TRANSFER):
+                progress = await self._read("reading the transfer's progress", self.queries.transfer_progress)
+                self.progress = progress or self.progress
             self._say(job, result.outcome, failure)
             await self._publish()
         finally:
-            if commanding:
-                self._commanding = ""
-            self.phase = Phase.IDLE if self.ready.is_set() else Phase.STARTING
-        for follow_up in self._follow_ups(job, result.events):  # before a client's put completes
+            if own_command:
+                self._commanding = accepted
+            self._working = False
+        said = self.report.said
+        follow_ups = self._follow_ups(job, result.events)
+        if self.report.said != said:  # a follow-up refused
+            await self._publish()
+        for follow_up in follow_ups:  # before a client's put completes
             await self._execute(follow_up)
         return Done(result.outcome, failure)
 
     def _follow_ups(self, job: Job, events: Sequence[Event]) -> list[Job]:
         """What a job's end calls for: a new beamtime's experiment (dm.follow_schedule); the dataset of
         an upload that ended while the job ran."""
-        jobs = [Job(FollowSchedule(event.beamtime), shown=True) for event in events
-                if isinstance(event, BeamtimeToFollow)]  # fmt: skip
+        jobs = []
+        for event in events:
+            if not isinstance(event, BeamtimeToFollow):
+                continue
+            if self._commanding and not job.submitted:  # a client's command waits: it goes first; next refresh
+                name = FollowSchedule.name
+                self.report.say(f"{name} refused: {self._commanding} is running; try again when it ends",
+                                Severity.MAJOR)  # fmt: skip
+                continue
+            jobs.append(Job(FollowSchedule(event.beamtime), shown=True))
         progress = self.progress
         if not isinstance(job.command, UploadEnded) and progress is not None and self._upload_ended(progress):
             jobs.append(self._cataloguing(progress))
@@ -315,6 +341,39 @@ class Supervisor:
         if (not progress.message or report.shows(progress.message)
                 or report.news(progress.message, severity, of_command=self._transfer_by)):  # fmt: skip
             self._transfer_said = progress.message
+
+    WALK_NEWS_SECONDS = 5.0  # a walk's progress is said this often at most, once it has run as long
+    _walk_said, _walk_progress_at = 0, 0.0  # the number of the last walk's end said; when progress was said
+
+    async def _walk_timer(self) -> None:
+        """Resume the DM backend's walks of storage trees a restart interrupted, then say how they go."""
+        walks = self.services.adapters.walks
+        if walks is not None and (resumed := await self._read("resuming the storage walks", walks.resume)):
+            await self.tell(resumed, Severity.NO_ALARM)
+        while True:
+            await self.poll_walks()
+            await asyncio.sleep(POLL_SECONDS)
+
+    async def poll_walks(self) -> None:
+        """Say each walk's end once (failed MAJOR, files left alone MINOR): news of its command while that is
+        the last, else its own, never over a failure Status shows; while one runs, its progress now and then."""
+        progress = await self._read("reading the storage walks", self.queries.walk_progress)
+        if progress is None:
+            return
+        report, now = self.report, time.monotonic()
+        for end in (end for end in progress.ended if end.number > self._walk_said):
+            severity = Severity.MAJOR if end.failed else Severity.MINOR if end.warning else Severity.NO_ALARM
+            its_command = end.by and end.by == report.last_command
+            if not its_command and severity < Severity.MAJOR == report.severity and not report.busy:
+                log.info("%s (not on Status: it shows a failure)", end.message)
+            elif not report.news(end.message, severity, of_command=end.by if its_command else ""):
+                break  # a command runs: said when it ends
+            self._walk_said = end.number
+        if (progress.doing and progress.by == report.last_command and progress.seconds >= self.WALK_NEWS_SECONDS
+                and now - self._walk_progress_at >= self.WALK_NEWS_SECONDS):  # fmt: skip
+            report.news(progress.sentence, Severity.NO_ALARM, of_command=progress.by)
+            self._walk_progress_at = now
+        await self._publish()
 
     async def _catalog_timer(self) -> None:
         while True:

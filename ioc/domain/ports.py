@@ -9,11 +9,9 @@ with a message fit for the Status PV.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from enum import Enum
-from pathlib import Path
 from typing import Protocol
 
 from .beamtime import Beamtime, Run
@@ -126,7 +124,7 @@ class RecentRate:
         return (count - before) / (now - since) / 1e6 if now > since else 0.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: made faster (a dataset's end reads a million)
 class SentFile:
     """A file the transfer put into storage: where it is there, its size and mtime, when it was sent."""
 
@@ -158,11 +156,60 @@ class Transfer(Protocol):
     def forget(self, sources: Mapping[str, str]) -> None:
         """Forget what was transferred from these sources (their storage was deleted)."""
 
-    def sent_since(self, mark: float, storage: str) -> list[SentFile]:
+    def sent_since(self, mark: float, storage: str) -> Iterable[SentFile]:
         """The files sent into `storage` (an experiment's folder) after `mark` (seconds since the epoch),
-        from the transfer's own record (the built-in engine's ledger, the APS DM file catalogue, Globus's
-        successful transfers of its tasks): no folder is walked. Returns what the record holds now, [] when
-        nothing: it never waits for files still on their way."""
+        oldest first, from the transfer's own record (the built-in engine's ledger, the APS DM file catalogue,
+        Globus's successful transfers of its tasks): no folder is walked. What the record holds now, nothing
+        when nothing: it never waits for files still on their way. Iterated once: the built-in engine reads
+        its ledger as the files are iterated, so that a million are never in memory at once."""
+
+
+@dataclass(frozen=True)
+class WalkEnd:
+    """A walk of an experiment's storage that ended, for one sentence on Status."""
+
+    number: int  # counts the walks ended since the IOC started: each is said once
+    message: str  # what it did (how many files, how long) and what it left alone
+    failed: bool = False  # it stopped on an error: MAJOR
+    warning: bool = False  # it left files alone: MINOR
+    by: str = ""  # the command that started it; '' after a restart
+
+
+@dataclass(frozen=True)
+class WalkProgress:
+    """The DM backend's walks now: the one running, how far it is, how many wait, the last few that ended."""
+
+    doing: str = ""  # the walk running, e.g. "giving d310001 access to the files of 2026-10-Smith-1234"; '' none
+    by: str = ""  # the command that started it
+    files_done: int = 0
+    files_total: int = 0  # an estimate (what the last walk of its tree found); 0 when none is known
+    seconds: float = 0.0  # how long it has run
+    waiting: int = 0  # walks queued behind it
+    ended: tuple[WalkEnd, ...] = ()  # the last few that ended, oldest first
+
+    @property
+    def sentence(self) -> str:
+        """How far the running walk is, for Status: '...: 40000 files of about 100000; 1 more waiting'."""
+        known = f"of about {self.files_total}" if self.files_total > self.files_done else "so far"
+        waiting = f"; {self.waiting} more waiting" if self.waiting else ""
+        return f"{self.doing}: {self.files_done} files {known}{waiting}"
+
+
+class Walks(Protocol):
+    """Walks of an experiment's storage too long for a command (ACLs given or taken on every file, the storage
+    of a deleted experiment removed): the DM backend does the quick part in the command (the storage folder's
+    own ACL, so access starts or ends at once) and queues the rest, run in the background one at a time in the
+    order queued, and resumed after a restart."""
+
+    def claim(self, by: str) -> int:
+        """How many walks went to the background since the last call (ended or not); their ends are news of
+        command `by`, whose handler queued them."""
+
+    def progress(self) -> WalkProgress:
+        """Now; cheap and thread-safe."""
+
+    def resume(self) -> str | None:
+        """At start: run the walks a restart interrupted; a sentence naming them, or None when there are none."""
 
 
 class StateStore(Protocol):
@@ -244,109 +291,3 @@ class MetadataSource(Protocol):
     def read(self, pvs: Mapping[str, str]) -> dict[str, dict]:
         """{key: {"pv", "value", "units", "severity", "timestamp"}} for each of `pvs` (key -> PV name);
         a PV that does not answer: {"pv", "missing": True}. Never raises for a PV that is absent."""
-
-
-@dataclass(frozen=True)
-class CatalogFile:
-    """One file of a dataset, its path relative to the dataset's source folder."""
-
-    path: str
-    size: int
-    mtime: str  # ISO 8601
-    checksum: str = ""  # "<algorithm>:<hex>", the transfer's (SentFile.checksum)
-
-
-RECORDS_FOLDER = "metadata"  # in an experiment's storage: the acquisitions' records, written by the IOC alone
-
-
-@dataclass(frozen=True)
-class RecordHead:
-    """The first line of an acquisition's record: all that is read of it."""
-
-    n: int  # its number, as in its name `{experiment}-{n}.json`
-    mark: float  # the newest `sent_at` of its files: the next acquisition's file list starts after it
-    ended: str  # when its file list was taken, as written (ISO 8601)
-
-
-class RecordsFolder(Protocol):
-    """An experiment's folder of acquisition records (RECORDS_FOLDER in its storage), open for one record.
-
-    A record is written aside, then put in place: it is there whole or not at all. Disk failures raise
-    OSError. The folder stays open (reached once, never again by name) until `close`.
-    """
-
-    path: Path
-
-    def newest(self, experiment: str, latest: float) -> tuple[RecordHead | None, list[str]]:
-        """The head of the newest record of `experiment` the IOC wrote, None if none; and the newer files
-        skipped, each with why (not the IOC's alone, or a mark after `latest`, seconds since the epoch)."""
-
-    def next_number(self, experiment: str) -> int:
-        """The number after the highest of `experiment`'s records, skipped ones too: none is replaced."""
-
-    def write_aside(self, record: Mapping[str, object]) -> str:
-        """Write `record` (with the keys of its head: n, mark, ended) to a new hidden file of the folder,
-        on disk; its name."""
-
-    def put_in_place(self, aside: str, experiment: str, number: int) -> Path:
-        """Rename the file written aside to the record `{experiment}-{number}.json`; its path."""
-
-    def discard(self, aside: str) -> None:
-        """Remove a file written aside and not put in place (quietly)."""
-
-    def close(self) -> None: ...
-
-
-class Records(Protocol):
-    """The acquisitions' records, each in its experiment's storage, written by the IOC alone."""
-
-    def open(self, storage: str) -> RecordsFolder:
-        """The folder of records of the experiment storage `storage` (a folder), made when missing. OSError
-        when the storage cannot be reached; a DMagicError when something other than the IOC's folder of
-        records is there (nothing is read or written there)."""
-
-
-@dataclass(frozen=True)
-class Dataset:
-    """One acquisition as a catalogue's raw dataset; `pid` is chosen here, once."""
-
-    pid: str
-    name: str
-    description: str
-    owner: str  # the PI
-    contact_email: str  # one address or a ;-list: the PI's, else the beamline's
-    principal_investigator: str
-    owner_group: str
-    access_groups: tuple[str, ...]
-    proposal_id: str
-    source_folder: str
-    creation_location: str
-    creation_time: str  # ISO 8601
-    end_time: str  # ISO 8601
-    files: tuple[CatalogFile, ...]
-    scientific_metadata: Mapping[str, object]
-    owner_email: str = ""  # the PI's one address, where the catalogue takes it
-    source_folder_host: str = ""  # where sourceFolder is; "" = the catalogue adapter's own host, if it has a domain
-    run_number: str = ""  # the record's number n
-
-
-@dataclass(frozen=True)
-class CatalogStatus:
-    """The catalogue's queue: what waits, the last dataset sent, and how the last contact went."""
-
-    pending: int = 0
-    last_pid: str = ""
-    answered: bool | None = None  # the last attempt: True sent, False refused or down, None no attempt yet
-    message: str = ""  # why the last attempt failed (for Status and the log)
-    oldest_pid: str = ""  # the dataset waiting longest ("" when none waits)
-    waiting_since: datetime | None = None  # when it was queued
-
-
-class Catalogue(Protocol):
-    """A data catalogue (SciCat) behind a durable queue: datasets wait there until sent, once each."""
-
-    def submit(self, dataset: Dataset) -> None:
-        """Keep `dataset` in the queue (durably) and have it sent as soon as the catalogue takes it."""
-
-    def status(self) -> CatalogStatus:
-        """The queue now; cheap and thread-safe (the sending runs in the adapter's own thread)."""

@@ -1,6 +1,6 @@
 """The audit log: every command and setting written, every write refused, who asked and what came of it.
 
-One line a write: when, the PV, the value (escaped, cut), the client's address,
+One line a write: when, the protocol (CA or PVA), the PV, the value (escaped, cut), the client's address,
 the user and host names it claims (only claims: the address is what access
 trusts), and the outcome: `ok`, `failed: why` (the putter or the command
 refused it), `refused: why` (no write access). `{state_dir}/logs/audit.log` has
@@ -53,6 +53,7 @@ class Write:
     user: str | None
     host: str | None
     outcome: str = "ok"
+    protocol: str = "CA"  # or PVA: the IOC serves the same PVs over PV Access
 
     def saw(self, reply) -> None:
         """Take the outcome from the reply the server sends for this write (an error, a put's completion)."""
@@ -64,7 +65,7 @@ class Write:
 
     def line(self) -> str:
         """The audit line; the PV name (as the client spelled it) and the outcome escaped too, and cut."""
-        return (f"client={self.address} user={_text(self.user)} host={_text(self.host)} "
+        return (f"protocol={self.protocol} client={self.address} user={_text(self.user)} host={_text(self.host)} "
                 f"pv={printable(self.pv[:VALUE_BYTES])} value={self.value} "
                 f"outcome={printable(self.outcome[:OUTCOME_CHARS])}")  # fmt: skip
 

@@ -18,12 +18,11 @@ from .declarations import every_pv
 log = logging.getLogger(__name__)
 
 AUTOSAVE_SECONDS = 0.5
-NOT_AUTOSAVED = {"DeleteConfirm"}  # a confirmation is for one attempt, never for after a restart
 
 
 def settings_channels(pvdb: dict) -> dict:
     """The RW PVs that are settings (not commands, not confirmations): what autosave keeps."""
-    settings = {pv.name for pv in every_pv() if pv.rw and pv.kind != "command" and pv.name not in NOT_AUTOSAVED}
+    settings = {pv.name for pv in every_pv() if pv.rw and pv.kind != "command" and pv.autosave}
     return {name: channel for name, channel in pvdb.items() if channel.pvspec.name in settings}
 
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ..domain.ports import TransferState
 from ..domain.text import LIST_BYTES, TEXT_BYTES, TITLE_BYTES
 
 COMMAND_STATES = ("Done", "Busy")
 NO_YES = ("No", "Yes")
 HEALTH_STATES = ("OK", "Error", "Disabled")
-DAQ_STATES = ("Stopped", "Running", "Error")  # TransferState's values, in order
+BUSY_STATES = ("Idle", "Busy")
+DAQ_STATES = tuple(state.value for state in TransferState)  # Stopped, Running, Error
 EMAIL_MODES = ("New users", "All users")  # who Email writes to
 MIN_REFRESH_PERIOD, MAX_REFRESH_PERIOD = 10.0, 86400.0
 
@@ -44,6 +46,7 @@ class PV:
     precision: int = 0  # double: digits shown
     units: str = ""
     limits: tuple[float, float] = (0.0, 0.0)  # writable numbers: the range a write must fall in
+    autosave: bool = True  # a writable setting survives a restart (a command or a confirmation never does)
 
     @property
     def record(self) -> str:
@@ -57,9 +60,9 @@ class PV:
         return _RECORDS[self.kind][self.rw]
 
 
-def text(name: str, length: int, doc: str, *, rw: bool = False) -> PV:
+def text(name: str, length: int, doc: str, *, rw: bool = False, autosave: bool = True) -> PV:
     """A char waveform read as a string (`caget -S`), UTF-8, up to `length` bytes."""
-    return PV(name, "text", doc, rw, length=length, value="")
+    return PV(name, "text", doc, rw, length=length, value="", autosave=autosave)
 
 
 def string(name: str, doc: str, *, rw: bool = False) -> PV:
@@ -89,7 +92,7 @@ def command(name: str, doc: str) -> PV:
 
 STATUS = {
     "status": text("Status", 512, "Last human-readable result; MINOR on warning, MAJOR on failure"),
-    "busy": enum("Busy", ("Idle", "Busy"), "A command is running"),
+    "busy": enum("Busy", BUSY_STATES, "A command is running"),
     "last_command": string("LastCommand", "Name of the last command started"),
     "last_error": text("LastError", 512, "Last failure message, kept until the next failure"),
     "heartbeat": long("Heartbeat", "+1 every second while the IOC lives"),
@@ -155,7 +158,9 @@ EXPERIMENT = {
     "emailed_users": text("EmailedUsers", 8192, "Usernames already e-mailed for this experiment"),
     "badges": text("Badges", 1024, "Argument of AddUser/RemoveUser: comma-separated badges", rw=True),
     "select_name": text("SelectName", 256, "Argument of Select", rw=True),
-    "delete_confirm": text("DeleteConfirm", 256, "Must equal ExperimentName for Delete to run", rw=True),
+    "delete_confirm": text(
+        "DeleteConfirm", 256, "Must equal ExperimentName for Delete to run", rw=True, autosave=False
+    ),
     "email_mode": enum("EmailMode", EMAIL_MODES, "Who Email writes to", rw=True),
     "manual_last_name": text("Manual:LastName", 256, "PI last name of a manual experiment (default Staff)", rw=True),
     "manual_first_name": text("Manual:FirstName", 256, "PI first name of a manual experiment", rw=True),

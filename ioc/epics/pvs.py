@@ -82,12 +82,20 @@ class _Guarded(_ChannelData):
     async def write_from_dbr(self, data, data_type, metadata, *, flags=0):
         if data_type in (ChannelType.PUT_ACKS, ChannelType.PUT_ACKT):
             return await super().write_from_dbr(data, data_type, metadata, flags=flags)
+        value = await self.refusal_said(self.from_wire, data, data_type)
+        return await self.write(value, flags=flags)
+
+    async def write_checked(self, value) -> None:
+        """A client's write of a Python value (PV Access): the checks of a CA write, a refusal said on Status."""
+        await self.write(await self.refusal_said(self.checked, value))
+
+    async def refusal_said(self, check, *args):
+        """`check(*args)`; a refusal (PutRefused) is said where people look (`put_refused`), then raised."""
         try:
-            value = self.from_wire(data, data_type)
+            return check(*args)
         except PutRefused as refusal:
             await self.group.put_refused(str(refusal))
             raise
-        return await self.write(value, flags=flags)
 
     def checked(self, value):
         """`value` (a Python value: restored from autosave, say) if this PV takes it; else PutRefused."""
@@ -112,6 +120,10 @@ class GuardedText(_Guarded):
     def checked(self, value) -> str:
         if not isinstance(value, str):
             raise self.refuse(f"it takes text, not {value!r}")
+        size = len(value.encode("utf-8"))
+        holds = STRING_BYTES if self.data_type == ChannelType.STRING else self.max_length
+        if size > holds:
+            raise self.refuse(f"it holds {holds} bytes of UTF-8 text, not {size:,}")
         return value
 
 
@@ -214,6 +226,10 @@ class DeclaredGroupMeta(type(PVGroup)):  # type: ignore[misc]
         super().__init__(name, bases, namespace)
 
     def __new__(mcls, name, bases, namespace, pvs: Mapping[str, PV] | None = None):
+        for hook in namespace:  # a misspelt hook would leave its PV without its putter: say so at import
+            attribute = hook.removeprefix("put_").removeprefix("startup_")
+            if hook != attribute and hook not in ("put_command", "put_refused") and attribute not in (pvs or {}):
+                raise TypeError(f"{name}.{hook}: no declared PV {attribute!r} to hook")
         for attribute, pv in (pvs or {}).items():
             prop = served(pv)
             if pv.kind == "command":
@@ -273,6 +289,63 @@ async def serve_record_fields(pvdb: dict) -> None:
         units = getattr(channel, "units", "")
         if units:
             await fields.pvdb["EGU"].write(units, verify_value=False)
+        AlarmFields(channel, fields)
+
+
+# A record's alarm fields and what each shows of its PV's alarm (caproto's names).
+ALARM_FIELDS = {"ACKT": "must_acknowledge_transient", "ACKS": "severity_to_acknowledge", "STAT": "status",
+                "SEVR": "severity"}  # fmt: skip
+
+
+class AlarmFields:
+    """A record's alarm fields (`.STAT`, `.SEVR`, `.ACKS`, `.ACKT`), as they are when read or monitored.
+
+    caproto writes all four at every change of the PV's alarm, ~140 µs, four times a command that fails
+    (its Status twice, the command PV's alarm set and cleared). Here a read takes them from the alarm as it
+    is then, and a change writes them only while a client monitors one (then as caproto does)."""
+
+    def __init__(self, channel, fields):
+        self.alarm = channel.alarm
+        self.fields = {name: fields.pvdb[name] for name in ALARM_FIELDS if name in fields.pvdb}
+        self.monitored: set = set()  # (field, queue, subscription spec) of the monitors on the fields
+        self.alarm.disconnect(fields)
+        self.alarm.connect(self)  # a weak reference: the fields' getters hold this object
+        for name, field in self.fields.items():
+            self._watch(name, field)
+
+    def changed(self, name: str):
+        """What field `name` should show, when it shows something else; else None."""
+        field, value = self.fields[name], int(getattr(self.alarm, ALARM_FIELDS[name]))
+        shown = field.value  # caproto keeps a state's name or its number
+        if isinstance(shown, str):
+            shown = field.enum_strings.index(shown) if shown in field.enum_strings else -1
+        return None if shown == value else value
+
+    async def publish(self, flags) -> None:
+        """The alarm changed (caproto calls this as it calls every channel of the alarm)."""
+        if self.monitored:
+            for name, field in self.fields.items():
+                if (value := self.changed(name)) is not None:
+                    await field.write(value)
+
+    def _watch(self, name: str, field) -> None:
+        """Hook `field`: a read takes the alarm as it is; a monitor, while it lasts, gets each change."""
+        subscribe, unsubscribe = field.subscribe, field.unsubscribe
+
+        async def read(_):
+            return self.changed(name)  # caproto writes a value returned into the field, then reads it
+
+        async def subscribed(queue, sub_spec, sub):
+            self.monitored.add((field, queue, sub_spec))
+            if (value := self.changed(name)) is not None:  # the first update shows the alarm as it is
+                await field.write(value)
+            await subscribe(queue, sub_spec, sub)
+
+        async def unsubscribed(queue, sub_spec):
+            self.monitored.discard((field, queue, sub_spec))
+            await unsubscribe(queue, sub_spec)
+
+        field.getter, field.subscribe, field.unsubscribe = read, subscribed, unsubscribed
 
 
 def _read_only(hostname: str, username: str) -> AccessRights:

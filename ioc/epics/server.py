@@ -83,5 +83,10 @@ class DMagicIOC:
         started = f"dmagic-ioc {package_version()} started"
         await async_lib.library.gather(
             self.supervisor.run(started, [(problem.message, problem.system) for problem in problems]),
-            self.autosave.run(async_lib),
+            self._autosave(async_lib),
         )
+
+    async def _autosave(self, async_lib) -> None:
+        """Autosave runs once the start is said: a failure to save is said after it, not hidden by it."""
+        await self.supervisor.ready.wait()
+        await self.autosave.run(async_lib)

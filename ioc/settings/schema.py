@@ -129,6 +129,13 @@ class MetadataSettings:
 
 
 @dataclass(frozen=True)
+class PvaSettings:
+    """pva: the same PVs over PV Access too (p4p, the `pva` extra); ports and addresses from EPICS_PVA*."""
+
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
 class TagSettings:
     prefix: str = ""
     # field -> PV name under the prefix, or None to leave the field out; a field not listed keeps its own name
@@ -156,4 +163,5 @@ class Settings:
     tag: TagSettings = TagSettings()
     scicat: ScicatSettings = ScicatSettings()
     metadata: MetadataSettings = MetadataSettings()
+    pva: PvaSettings = PvaSettings()
     source: Path | None = field(default=None, compare=False)  # the YAML file it came from

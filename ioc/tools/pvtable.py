@@ -16,6 +16,10 @@ from .pvinfo import PVInfo, ioc_pvs
 
 log = logging.getLogger(__name__)
 
+# What PV Access serves each kind as (pva.enabled; ioc/epics/pvaserver.py), beside Channel Access.
+PVA_TYPES = {"string": "NTScalar string", "text": "NTScalar string", "enum": "NTEnum", "command": "NTEnum",
+             "long": "NTScalar int32", "double": "NTScalar double"}  # fmt: skip
+
 START_MARKER = "<!-- pv-table:start -->"
 END_MARKER = "<!-- pv-table:end -->"
 
@@ -29,9 +33,11 @@ def _cell(value: str) -> str:
 
 
 def render_table(pvs: list[PVInfo]) -> str:
-    """A Markdown table: name, type, access, meaning; one row per PV, in the IOC's order."""
-    rows = ["| PV | type | access | meaning |", "|---|---|---|---|"]
-    rows += [f"| `{pv.name}` | {_cell(pv.type_label)} | {pv.access} | {_cell(pv.doc)} |" for pv in pvs]
+    """A Markdown table: name, type (Channel Access), access, type over PV Access, meaning; one row per PV, in
+    the IOC's order."""
+    rows = ["| PV | type | access | PV Access | meaning |", "|---|---|---|---|---|"]
+    rows += [f"| `{pv.name}` | {_cell(pv.type_label)} | {pv.access} | {PVA_TYPES[pv.kind]} | {_cell(pv.doc)} |"
+             for pv in pvs]  # fmt: skip
     return "\n".join(rows)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from dmagic_ioc.adapters.dm import local as local_dm
+from dmagic_ioc.adapters.dm import tree
 from dmagic_ioc.adapters.dm.local import LocalDM
 from dmagic_ioc.adapters.dm.marker import STORAGE_MARKER, read_storage_marker, write_storage_marker
 from dmagic_ioc.adapters.dm.tree import DIR_MODE, SHARED_DIR_MODE
@@ -314,17 +315,55 @@ def test_delete_refuses_a_storage_path_outside_the_root(dm, registry, tmp_path):
 
 
 def test_delete_failure_keeps_the_registry_entry_for_a_rerun(dm, monkeypatch):
+    """A storage that cannot be renamed aside (a mount point: EBUSY) is left whole, its experiment too."""
     created, _ = dm.create_experiment(experiment())
+    Path(created.storage_directory, "data", "a.h5").write_bytes(b"a")
 
-    def busy(path, *args, **kwargs):
-        raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), str(path))
+    def busy(source, *args, **kwargs):
+        raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), str(source))
 
-    monkeypatch.setattr(local_dm.shutil, "rmtree", busy)
+    monkeypatch.setattr(tree.os, "rename", busy)
     with pytest.raises(DMError, match=r"cannot delete .*: Device or resource busy"):
         dm.delete_experiment(NAME)
     assert dm.get_experiment(NAME) is not None
+    assert Path(created.storage_directory, "data", "a.h5").read_bytes() == b"a"
     monkeypatch.undo()
     assert dm.delete_experiment(NAME).startswith(f"deleted experiment {NAME}")
+
+
+def test_a_file_delete_cannot_remove_is_named_and_the_experiment_is_deleted(dm, roots, monkeypatch):
+    """The storage is set aside first: its name is free for a new Create; what stays there is named (MINOR)."""
+    created, _ = dm.create_experiment(experiment())
+    storage = Path(created.storage_directory)
+    (storage / "data" / "kept.h5").write_bytes(b"k")
+    (storage / "data" / "gone.h5").write_bytes(b"g")
+    real_unlink = os.unlink
+
+    def refused(name, *args, **kwargs):
+        if name == "kept.h5":
+            raise PermissionError(errno.EPERM, "Operation not permitted")
+        return real_unlink(name, *args, **kwargs)
+
+    monkeypatch.setattr(tree.os, "unlink", refused)
+    with pytest.raises(local_dm.PartialAccess, match=r"not removed: .*1 file or folder that could not be removed "
+                       r"\(Operation not permitted\) \(e\.g\. data/kept\.h5\)") as raised:  # fmt: skip
+        dm.delete_experiment(NAME)
+    assert raised.value.done.startswith(f"deleted experiment {NAME}: registry entry and storage {storage} (1 file)")
+    assert dm.get_experiment(NAME) is None and not storage.exists()
+    [aside] = [entry for entry in storage.parent.iterdir() if entry.name.startswith(f".{NAME}.deleted-")]
+    assert sorted(path.name for path in aside.rglob("*")) == ["data", "kept.h5"]  # the marker went first
+    assert dm.create_experiment(experiment())[1]  # made anew beside it
+
+
+def test_a_symlink_where_the_storage_was_is_never_followed_by_delete(dm, roots):
+    created, _ = dm.create_experiment(experiment())
+    storage = Path(created.storage_directory)
+    elsewhere = roots[0] / "elsewhere"
+    storage.rename(elsewhere)
+    storage.symlink_to(elsewhere, target_is_directory=True)  # inside storage_root: not refused by its path
+    with pytest.raises(DMError, match=r"cannot delete .*: a symbolic link, not followed"):
+        dm.delete_experiment(NAME)
+    assert (elsewhere / "data").is_dir() and (elsewhere / local_dm.STORAGE_MARKER).exists()
 
 
 @pytest.mark.parametrize("bad", ["../etc", "a/b", "..", ".hidden", "a\\b", "x\ny", ""])

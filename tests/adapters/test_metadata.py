@@ -51,11 +51,11 @@ def test_the_ledger_lists_the_files_sent_into_a_storage_after_a_mark_buffered_on
     ledger.add("/data/exp", "scan1/a.h5", 10, 1_000_000_000, "/gdata/2026-10/exp/data")
     ledger.add("/data/exp_rec", "r.tiff", 20, 2_000_000_000, "/gdata/2026-10/exp/analysis")
     ledger.add("/data/exp2", "b.h5", 30, 3_000_000_000, "/gdata/2026-10/exp2/data")  # another experiment
-    files = ledger.sent_since(0.0, "/gdata/2026-10/exp")  # the buffered rows committed first
+    files = list(ledger.sent_since(0.0, "/gdata/2026-10/exp"))  # the buffered rows committed first
     assert [(path, size, mtime, checksum) for path, size, mtime, _, checksum in files] == [
         ("/gdata/2026-10/exp/data/scan1/a.h5", 10, 1_000_000_000, ""),  # added with no checksum: none
         ("/gdata/2026-10/exp/analysis/r.tiff", 20, 2_000_000_000, ""),
     ]
     last = max(at for _, _, _, at, _ in files)
-    assert ledger.sent_since(last, "/gdata/2026-10/exp") == []
+    assert list(ledger.sent_since(last, "/gdata/2026-10/exp")) == []
     ledger.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from dataclasses import replace
 
 import pytest
 import requests
@@ -13,8 +14,8 @@ from dmagic_ioc.adapters.scicat.bodies import scicat_datablocks, scicat_dataset
 from dmagic_ioc.adapters.scicat.catalogue import ScicatCatalogue
 from dmagic_ioc.adapters.scicat.client import ScicatClient, Unreachable
 from dmagic_ioc.adapters.scicat.queue import CatalogQueue, QueueFull
+from dmagic_ioc.ioc.domain.catalog_ports import CatalogFile, Dataset
 from dmagic_ioc.ioc.domain.errors import CatalogError
-from dmagic_ioc.ioc.domain.ports import CatalogFile, Dataset
 
 from ..helpers import wait_for
 from ..scicat_standin import ScicatStandIn
@@ -411,3 +412,88 @@ def test_check_names_a_refused_login_and_a_scicat_that_does_not_answer(standin, 
     standin.stop()
     (problem,) = check(standin, credentials)
     assert problem.startswith("scicat.url: SciCat at ") and problem.endswith("connection refused")
+
+
+# ------------------------------------------------------------------ a large dataset: staged as its files come
+
+
+def files_of(count: int, start: int = 0) -> list[CatalogFile]:
+    return [CatalogFile(f"data/p{i}.h5", 1000 + i, "2026-11-20T18:10:00+00:00", f"md5:{i:032x}")
+            for i in range(start, start + count)]  # fmt: skip
+
+
+def test_a_dataset_staged_as_its_files_come_is_sent_once_committed_in_blocks_in_order(tmp_path, standin, credentials):
+    sender = catalogue(tmp_path, standin, credentials)
+    sender.BLOCK_FILES = 3
+    staged = sender.stage(dataset("p-big", files=0))
+    staged.add(files_of(4))
+    staged.add(files_of(6, start=4))
+    assert sender.queue.pids() == [] and sender.status().pending == 0  # staged: not waiting, not sent
+    assert sender.send_pending() == 0 and not standin.datasets
+    staged.commit()
+    wait_for(lambda: sender.status().pending == 0, what="the dataset sent")
+    blocks = standin.datablocks["p-big"]
+    assert [[f["path"] for f in block["dataFileList"]] for block in blocks] == [
+        ["data/p0.h5", "data/p1.h5", "data/p2.h5"], ["data/p3.h5", "data/p4.h5", "data/p5.h5"],
+        ["data/p6.h5", "data/p7.h5", "data/p8.h5"], ["data/p9.h5"],
+    ]  # fmt: skip
+    assert all(block["chkAlg"] == "md5" for block in blocks)
+    assert standin.datasets["p-big"]["numberOfFiles"] == 10 and standin.datasets["p-big"]["size"] == 10_045
+    assert sender.queue._db.execute("SELECT COUNT(*) FROM blocks").fetchone() == (0,)  # sent: forgotten
+
+
+def test_an_origdatablock_stays_within_the_bytes_scicat_takes_however_long_its_paths(tmp_path, standin, credentials):
+    sender = catalogue(tmp_path, standin, credentials)
+    sender.BLOCK_BYTES = 64 * 1024
+    long = [CatalogFile("d/" * 1000 + f"{i}.h5", 1, "2026-11-20T18:10:00+00:00") for i in range(100)]
+    sender.submit(replace(dataset("p-long", files=0), files=tuple(long)))
+    wait_for(lambda: sender.status().pending == 0, what="the dataset sent")
+    posted = [body for path, body in standin.posted if path.endswith("/origdatablocks")]
+    assert len(posted) == 4 and sum(len(body["dataFileList"]) for body in posted) == 100
+    assert all(len(json.dumps(body)) <= 64 * 1024 + 2100 for body in posted)  # one file past the bound at most
+
+
+def test_a_dataset_staged_and_not_committed_is_forgotten_at_a_restart_and_by_a_drop(tmp_path, standin, credentials):
+    sender = catalogue(tmp_path, standin, credentials)
+    sender.BLOCK_FILES = 2
+    sender.stage(dataset("p-left", files=0)).add(files_of(5))  # the IOC stopped before the commit
+    sender.queue.close()
+    again = catalogue(tmp_path, standin, credentials)
+    assert again.queue.count() == 0 and again.queue._db.execute("SELECT COUNT(*) FROM blocks").fetchone() == (0,)
+    staged = again.stage(dataset("p-dropped", files=3))
+    staged.add(files_of(4))
+    staged.drop()
+    assert again.queue._db.execute("SELECT COUNT(*) FROM queue").fetchone() == (0,)
+    assert again.send_pending() == 0 and not standin.datasets
+
+
+def test_a_full_state_dir_while_a_dataset_is_staged_refuses_it_and_leaves_nothing_of_it(tmp_path, standin, credentials):
+    sender = catalogue(tmp_path, standin, credentials)
+    sender.BLOCK_FILES = 10
+    staged = sender.stage(dataset("p-full", files=0))
+    db = sender.queue._db
+    db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0] + 2}")
+    with pytest.raises(QueueFull, match="state_dir full: dataset 2026-11-DArcy-1013377-1 not queued for SciCat"):
+        for start in range(0, 5000, 100):
+            staged.add(files_of(100, start))
+    staged.drop()
+    assert sender.queue.count() == 0 and not db.in_transaction
+    db.execute("PRAGMA max_page_count = 1073741823")  # space is back
+    sender.submit(dataset("p-after", files=3))
+    wait_for(lambda: "p-after" in standin.datasets and sender.status().pending == 0, what="sent")
+    assert list(standin.datasets) == ["p-after"] and db.execute("SELECT COUNT(*) FROM blocks").fetchone() == (0,)
+
+
+def test_a_dataset_the_previous_version_queued_with_its_blocks_in_one_column_sends_those_left(
+    tmp_path, standin, credentials
+):
+    sender = catalogue(tmp_path, standin, credentials)
+    ds = dataset("p-prev", files=5)
+    body, blocks = scicat_dataset(ds, sender.source_host), scicat_datablocks(ds.files, max_files=2)
+    sender.client.create_dataset(body)
+    sender.client.create_datablock("p-prev", blocks[0])
+    sender.queue._db.execute("INSERT INTO queue VALUES ('p-prev', 'datablock', ?, ?, 1.0, 1)",
+                             (json.dumps(body), json.dumps(blocks)))  # fmt: skip
+    assert sender.send_pending() == 1
+    assert [len(block["dataFileList"]) for block in standin.datablocks["p-prev"]] == [2, 2, 1]
+    assert standin.datasets["p-prev"]["numberOfFiles"] == 5

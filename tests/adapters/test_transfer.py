@@ -19,12 +19,13 @@ from pathlib import Path
 
 import pytest
 from dmagic_ioc.adapters.dm.marker import STORAGE_MARKER, write_storage_marker
-from dmagic_ioc.adapters.transfer import bytecopy, copying
+from dmagic_ioc.adapters.transfer import bytecopy, copying, scan
 from dmagic_ioc.adapters.transfer.copying import PART_NAME
 from dmagic_ioc.adapters.transfer.files import QUEUED
 from dmagic_ioc.adapters.transfer.ledger import SCHEMA_VERSION, Definition, Ledger, LedgerFull
 from dmagic_ioc.adapters.transfer.local import LocalTransfer
 from dmagic_ioc.adapters.transfer.scan import Tree
+from dmagic_ioc.adapters.transfer.tracker import Tracker
 from dmagic_ioc.ioc.domain.errors import DMError, InputError
 from dmagic_ioc.ioc.domain.experiment import Experiment
 from dmagic_ioc.ioc.domain.ports import RecentRate, TransferProgress, TransferState
@@ -1026,3 +1027,205 @@ def test_an_unreadable_ledger_is_kept_aside_and_a_fresh_one_sends_nothing_twice(
         assert {p: p.stat().st_ino for p in paths["dest"].rglob("*.h5")} == inodes
     finally:
         engine.close()
+
+
+# ---- at scale: flat polls, bounded memory, nothing lost (the same paths, at small scale)
+
+
+def sent_files(engine, paths) -> dict[str, tuple[int, int]]:
+    return engine.ledger.sent(str(paths["src"]), str(paths["dest"]))
+
+
+def test_a_sent_file_costs_no_object_of_its_own(engine, paths):
+    for i in range(12):
+        write(paths["src"] / f"scan{i % 3}" / f"f{i:02d}.h5", b"x" * i)
+    engine.start(EXPERIMENT, sources(paths), once=False)
+    wait_for(lambda: engine.progress().files_done == 12, what="12 files sent")
+
+    run = engine._run
+    assert run.sources[0].files == {}  # the tree knows their names, the ledger their sizes and times
+    assert engine.progress().files_total == 12
+    assert engine.progress().bytes_done == sum(range(12))
+
+
+def test_a_file_written_into_an_old_folder_is_found_and_sent(engine, paths):
+    for i in range(3):
+        write(paths["src"] / f"scan{i}" / "first.h5", b"first")
+    engine.start(EXPERIMENT, sources(paths), once=False)
+    wait_for(lambda: engine.progress().files_done == 3, what="the first files")
+    run = engine._run
+    polls = run.polls
+    wait_for(lambda: run.polls > polls + Tree.RECHECK_SECONDS / POLL + 2, what="the folders quiet")  # listed no more
+
+    write(paths["src"] / "scan0" / "late.h5", b"late")
+
+    wait_for(lambda: engine.progress().files_done == 4, what="the late file sent")
+    assert (paths["dest"] / "scan0" / "late.h5").read_bytes() == b"late"
+    assert engine.progress().files_total == 4
+
+
+def test_a_file_rewritten_in_place_in_an_old_folder_is_found_by_the_audit(engine, paths, monkeypatch):
+    monkeypatch.setattr(Tracker, "AUDIT_PER_POLL", 2)  # the audit pages through the ledger, two files a poll
+    for i in range(9):
+        write(paths["src"] / f"scan{i % 3}" / f"f{i}.h5", b"first")
+    engine.start(EXPERIMENT, sources(paths), once=False)
+    wait_for(lambda: len(sent_files(engine, paths)) == 9, what="9 files recorded")
+    folder = paths["src"] / "scan1"
+    times = folder.stat()
+    with open(folder / "f4.h5", "r+b") as file:  # in place: the folder's times do not change
+        file.write(b"SECOND")
+    assert (folder.stat().st_mtime_ns, folder.stat().st_ctime_ns) == (times.st_mtime_ns, times.st_ctime_ns)
+
+    sent = (9, 8 * 5 + 6)
+    wait_for(lambda: (engine.progress().files_done, engine.progress().bytes_done) == sent, what="the new version sent")
+    assert (paths["dest"] / "scan1" / "f4.h5").read_bytes() == b"SECOND"
+    progress = engine.progress()
+    assert (progress.files_done, progress.files_total) == (9, 9)
+
+
+def test_a_renamed_folder_is_sent_under_its_new_name_and_the_counts_follow(engine, paths):
+    for i in range(4):
+        write(paths["src"] / "scan_tmp" / f"f{i}.h5", b"data")
+    write(paths["src"] / "other" / "g.h5", b"g")
+    engine.start(EXPERIMENT, sources(paths), once=False)
+    wait_for(lambda: engine.progress().files_done == 5, what="5 files sent")
+
+    (paths["src"] / "scan_tmp").rename(paths["src"] / "scan_0001")
+
+    wait_for(lambda: len(list((paths["dest"] / "scan_0001").glob("*.h5"))) == 4, what="the renamed folder")
+    wait_for(lambda: engine.progress().files_done == 5, what="the counts")
+    assert engine.progress().files_total == 5
+    assert engine.progress().bytes_done == 4 * 4 + 1
+
+
+def test_a_sent_file_deleted_from_its_source_leaves_the_counts(engine, paths):
+    for i in range(3):
+        write(paths["src"] / "scan" / f"f{i}.h5", b"abc")
+    engine.start(EXPERIMENT, sources(paths), once=False)
+    wait_for(lambda: engine.progress().files_done == 3, what="3 files sent")
+
+    (paths["src"] / "scan" / "f1.h5").unlink()
+
+    wait_for(lambda: engine.progress().files_total == 2, what="the count of files seen")
+    progress = engine.progress()
+    assert (progress.files_done, progress.bytes_done, progress.bytes_total) == (2, 6, 6)
+
+
+def test_a_first_scan_is_taken_a_part_at_a_time_and_files_written_meanwhile_are_sent(engine, paths, monkeypatch):
+    monkeypatch.setattr(Tracker, "WAITING_FILES", 3)  # a folder a poll, as a million files would go
+    found_per_poll = []
+    real_poll = Tree.poll
+
+    def poll(tree, budget=None):
+        found, removed = real_poll(tree, budget)
+        found_per_poll.append(len(found))
+        return found, removed
+
+    monkeypatch.setattr(Tree, "poll", poll)
+    expected = {}
+    for i in range(24):
+        expected[f"scan{i % 8}/f{i:02d}.h5"] = write(paths["src"] / f"scan{i % 8}" / f"f{i:02d}.h5", b"%d" % i)
+    engine.start(EXPERIMENT, sources(paths), once=False)
+    wait_for(lambda: engine.progress().files_total >= 3, what="the first part")
+
+    for i in range(8):  # into folders listed already and folders not listed yet
+        expected[f"scan{i}/late.h5"] = write(paths["src"] / f"scan{i}" / "late.h5", b"late")
+    write(paths["src"] / "scan8" / "new.h5", b"new")
+    expected["scan8/new.h5"] = paths["src"] / "scan8" / "new.h5"
+
+    wait_for(lambda: engine.progress().files_done == len(expected), what="every file")
+    assert tree_files(paths["dest"]) == {rel: path.read_bytes() for rel, path in expected.items()}
+    assert engine.progress().files_total == len(expected)
+    assert len([count for count in found_per_poll if count]) >= 8  # the folders came a few at a time
+
+
+def test_an_upload_of_a_tree_scanned_a_part_at_a_time_ends_once_every_folder_is_sent(engine, paths, monkeypatch):
+    monkeypatch.setattr(Tracker, "WAITING_FILES", 2)
+    for i in range(12):
+        write(paths["src"] / f"scan{i % 4}" / f"f{i:02d}.h5", b"x")
+    engine.start(EXPERIMENT, sources(paths), once=True)
+
+    wait_for(lambda: engine.progress().state == TransferState.STOPPED, what="the upload's end")
+    assert engine.progress().files_done == 12
+    assert len(tree_files(paths["dest"])) == 12
+
+
+def test_a_file_written_into_a_folder_while_it_is_listed_is_found_at_the_next_poll(tmp_path, monkeypatch):
+    write(tmp_path / "scan" / "a.h5", b"a")
+    real = scan._sorted_entries
+    written = []
+
+    def listing_then_a_write(entries):
+        listed = real(entries)
+        if "a.h5" in listed[0] and not written:  # the detector writes just after scan/ was listed
+            written.append(write(tmp_path / "scan" / "b.h5", b"b"))
+        return listed
+
+    monkeypatch.setattr(scan, "_sorted_entries", listing_then_a_write)
+    tree = Tree(str(tmp_path))
+    assert [rel for rel, _, _ in tree.poll()[0]] == ["scan/a.h5"]
+
+    assert [rel for rel, _, _ in tree.poll()[0]] == ["scan/b.h5"]
+
+
+def test_the_scan_lists_a_folder_whose_mtime_was_set_back(tmp_path):
+    write(tmp_path / "scan" / "a.h5", b"a")
+    tree = Tree(str(tmp_path))
+    tree.RECHECK_SECONDS = 0.0  # no re-listing for coarse timestamps: only the folder's times tell
+    tree.poll()
+    before = (tmp_path / "scan").stat()
+    write(tmp_path / "scan" / "b.h5", b"b")
+    os.utime(tmp_path / "scan", ns=(before.st_atime_ns, before.st_mtime_ns))  # as rsync -a or touch -d do
+
+    assert [rel for rel, _, _ in tree.poll()[0]] == ["scan/b.h5"]  # its ctime moved
+    assert tree.poll() == ([], [])
+
+
+def test_a_scan_with_a_budget_lists_the_other_folders_at_later_polls(tmp_path):
+    for i in range(6):
+        write(tmp_path / f"d{i % 3}" / f"f{i}", b"x")
+    tree = Tree(str(tmp_path))
+
+    parts = []
+    while not parts or tree.behind:
+        found, removed = tree.poll(budget=2)
+        assert removed == []
+        parts.append(sorted(rel for rel, _, _ in found))
+
+    assert len(parts) == 3 and all(len(part) == 2 for part in parts)
+    assert sorted(rel for part in parts for rel in part) == sorted(f"d{i % 3}/f{i}" for i in range(6))
+    assert tree.poll(budget=0) == ([], [])
+
+
+def test_a_file_replaced_by_a_rename_is_both_removed_and_found(tmp_path):
+    write(tmp_path / "scan" / "a.h5", b"a")
+    tree = Tree(str(tmp_path))
+    tree.poll()
+    os.replace(write(tmp_path / "scan" / "a.tmp", b"new"), tmp_path / "scan" / "a.h5")
+
+    found, removed = tree.poll()
+
+    assert [rel for rel, _, _ in found] == ["scan/a.h5"]
+    assert removed == ["scan/a.h5"]
+    assert tree.knows("scan/a.h5")
+
+
+def test_the_ledger_answers_for_the_paths_asked_and_pages_through_a_source(tmp_path):
+    ledger = Ledger(tmp_path / "ledger.db")
+    for i in range(5):
+        ledger.add("/raw/a", f"scan/f{i}", i, 10 + i, "/dm/a")
+    ledger.add("/raw/a", "other", 1, 1, "/dm/elsewhere")
+    ledger.commit()
+    ledger.add("/raw/a", "scan/f9", 9, 19, "/dm/a")  # buffered, not committed
+
+    assert ledger.sent_of("/raw/a", "/dm/a", ["scan/f1", "scan/f9", "missing", "other"]) == {
+        "scan/f1": (1, 11),
+        "scan/f9": (9, 19),
+    }
+    assert ledger.sent_of("/raw/b", "/dm/a", ["scan/f1"]) == {}
+    pages, after = [], ""
+    while page := ledger.sent_after("/raw/a", "/dm/a", after, 2):
+        pages.append([rel for rel, _, _ in page])
+        after = page[-1][0]
+    assert pages == [["scan/f0", "scan/f1"], ["scan/f2", "scan/f3"], ["scan/f4"]]
+    ledger.close()

@@ -1,5 +1,5 @@
 """The Bluesky example of docs/bluesky.md, as written, against the demo as the README starts it (`dmagic-ioc`, no
-config)."""
+config); and the same over PV Access (`DataManagement("pva://demo:DM:")`), as docs/bluesky.md says it runs."""
 
 from __future__ import annotations
 
@@ -23,7 +23,12 @@ def readme_example() -> str:
     return page.split("```python\n", 1)[1].split("```", 1)[0]
 
 
-def test_the_readme_example_runs_as_written_against_the_demo(tmp_path):
+@pytest.mark.parametrize("protocol", ["", "pva://"], ids=["as-written", "over-pva"])
+def test_the_readme_example_runs_as_written_against_the_demo(tmp_path, protocol):
+    if protocol:
+        pytest.importorskip("p4p", reason="PV Access needs p4p: pip install '.[pva]'")
+    example = readme_example()
+    assert example.count('DataManagement("demo:DM:")') == 1
     env = {**os.environ, **epics_env(EPICS_PORTS[0]), "DMAGIC_DEMO_DIR": str(tmp_path / "demo")}
     with (tmp_path / "demo.log").open("wb") as log:
         demo = subprocess.Popen([DMAGIC_IOC], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
@@ -33,7 +38,8 @@ def test_the_readme_example_runs_as_written_against_the_demo(tmp_path):
             wait_for(lambda: subprocess.run(probe, env=env, capture_output=True).returncode == 0, 30,
                      what="the demo's Heartbeat")  # fmt: skip
             script = tmp_path / "example.py"
-            script.write_text(readme_example(), encoding="utf-8")
+            over = example.replace('DataManagement("demo:DM:")', f'DataManagement("{protocol}demo:DM:")')
+            script.write_text(over, encoding="utf-8")
             run = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
                                  timeout=120, cwd=tmp_path)  # fmt: skip
         finally:

@@ -121,12 +121,12 @@ def test_the_files_sent_into_a_storage_after_a_mark_oldest_first(case):
     storage = case.experiment.storage_directory
     case.send({"a.h5": b"abc", "scan/b.h5": b"12345"})
 
-    listed = case.transfer.sent_since(0.0, storage)
+    listed = list(case.transfer.sent_since(0.0, storage))
 
     assert sorted((f.path, f.size) for f in listed) == [(f"{storage}/data/a.h5", 3), (f"{storage}/data/scan/b.h5", 5)]
     assert [f.sent_at for f in listed] == sorted(f.sent_at for f in listed)
-    assert case.transfer.sent_since(max(f.sent_at for f in listed), storage) == []
-    assert case.transfer.sent_since(0.0, str(case.storage_root / "2026-10-Ngo-1012040")) == []
+    assert list(case.transfer.sent_since(max(f.sent_at for f in listed), storage)) == []
+    assert list(case.transfer.sent_since(0.0, str(case.storage_root / "2026-10-Ngo-1012040"))) == []
 
 
 def test_forget_is_refused_while_those_sources_are_sent_and_then_drops_their_files(case):
@@ -135,8 +135,8 @@ def test_forget_is_refused_while_those_sources_are_sent_and_then_drops_their_fil
     case.transfer.start(case.experiment, sources, once=False)
     with pytest.raises(InputError, match="DaqStop"):
         case.transfer.forget(sources)
-    assert len(case.transfer.sent_since(0.0, storage)) == 1
+    assert len(list(case.transfer.sent_since(0.0, storage))) == 1
 
     case.transfer.stop()
     case.transfer.forget(sources)
-    assert case.transfer.sent_since(0.0, storage) == []
+    assert list(case.transfer.sent_since(0.0, storage)) == []

@@ -7,25 +7,35 @@ sent are refused, which shows the validators are as strict as SciCat.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import string
-from datetime import datetime
+from datetime import datetime, timezone
 
-from dmagic_ioc.adapters.scicat.bodies import MAX_BLOCK_FILES, scicat_datablocks, scicat_dataset, scicat_time
+import pytest
+from dmagic_ioc.adapters.scicat.bodies import (
+    MAX_BLOCK_BYTES,
+    MAX_BLOCK_FILES,
+    Datablocks,
+    scicat_datablocks,
+    scicat_dataset,
+    scicat_time,
+)
+from dmagic_ioc.ioc.domain.catalog_ports import CatalogFile, Dataset
 from dmagic_ioc.ioc.domain.catalog_values import (
     catalog_email_problem,
     email_list_problem,
     host_name_problem,
     source_host_problem,
 )
-from dmagic_ioc.ioc.domain.ports import CatalogFile, Dataset
 from dmagic_ioc.ioc.domain.text import email_problem
 from dmagic_ioc.ioc.settings.load import ConfigError, settings_from_dict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ..scicat_standin import (
+    BODY_LIMIT,
     ORIGDATABLOCK,
     RAW_DATASET,
     dataset_problems,
@@ -238,6 +248,55 @@ def test_plain_names_of_hosts_and_people_are_taken():
         assert not catalog_email_problem(address) and is_email(address)
     for host in ("dmagic.aps.anl.gov", "nfs://data.aps.anl.gov", "data.aps.anl.gov:2049/export", "10.1.2.3"):
         assert not source_host_problem(host) and is_source_host(host)
+
+
+@settings(max_examples=200, deadline=None)
+@given(files=_FILES, max_files=st.integers(1, 5), max_bytes=st.integers(1, 600),
+       batches=st.lists(st.integers(1, 7), min_size=1, max_size=4))  # fmt: skip
+def test_blocks_made_as_files_come_list_each_once_in_order_within_the_limits(files, max_files, max_bytes, batches):
+    blocks, made, start = Datablocks(max_files, max_bytes), [], 0
+    for size in itertools.cycle(batches):  # handed on a few at a time, as a dataset's end does
+        if start >= len(files):
+            break
+        made += blocks.add(files[start : start + size])
+        start += size
+    made = [json.loads(text) for text in made + blocks.rest()]
+    for algorithm in {file.checksum.partition(":")[0] if ":" in file.checksum else "" for file in files}:
+        mine = [f for f in files if (f.checksum.partition(":")[0] if ":" in f.checksum else "") == algorithm]
+        listed = [f for b in made if b.get("chkAlg", "") == algorithm for f in b["dataFileList"]]
+        assert [f["path"] for f in listed] == [f.path for f in mine]  # each once, in the order they came
+    for block in made:
+        listed = block["dataFileList"]
+        assert 1 <= len(listed) <= max_files and block["size"] == sum(f["size"] for f in listed)
+        assert len(listed) == 1 or len(json.dumps(listed)) <= max_bytes + 2  # one file may be past the bound alone
+        assert origdatablock_problems(wire(block)) == []
+
+
+def test_a_full_block_of_the_longest_paths_is_well_within_what_scicat_takes_of_a_request():
+    path = "é/" * 2047 + "x"  # PATH_MAX, each é sent as \u00e9 (6 bytes)
+    blocks = scicat_datablocks([CatalogFile(path, 2**53, "2026-11-20T18:10:00.123456+00:00", "blake2b:" + "a" * 128)
+                                for _ in range(2000)])  # fmt: skip
+    assert len(blocks) > 1 and all(len(json.dumps(block).encode()) < MAX_BLOCK_BYTES + 30_000 for block in blocks)
+    assert MAX_BLOCK_BYTES + 30_000 < BODY_LIMIT
+
+
+_UTC_TIMES = st.from_regex(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,7})?\+00:00", fullmatch=True)
+
+
+@settings(max_examples=300, deadline=None)
+@given(moment=st.one_of(_TIMES, st.datetimes(timezones=st.just(timezone.utc)).map(datetime.isoformat),
+                        st.text("0123456789-T:.+ Z", max_size=34), _UTC_TIMES))  # fmt: skip
+def test_a_time_already_as_scicat_takes_it_is_kept_any_other_made_so(moment):
+    try:
+        parsed = datetime.fromisoformat(moment)
+    except ValueError:
+        parsed = None
+    if parsed is None:
+        with pytest.raises(ValueError):
+            scicat_time(moment)
+        return
+    made = (parsed.astimezone(timezone.utc) if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).isoformat()
+    assert scicat_time(moment) == made
 
 
 # ------------------------------------------------------------------ the config's keys, checked as SciCat will

@@ -2,26 +2,32 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import stat
 import threading
+import tracemalloc
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from dmagic_ioc.adapters.dm.marker import write_storage_marker
-from dmagic_ioc.adapters.records import RecordsRefused
+from dmagic_ioc.adapters.records import AsideRecord, RecordsRefused
 from dmagic_ioc.adapters.transfer.local import LocalTransfer
+from dmagic_ioc.ioc.app.commands.catalog import _UtcTimes
 from dmagic_ioc.ioc.app.messages import Catalog, CreateManual, DaqStart, DaqStop, Delete, Upload, UploadEnded
 from dmagic_ioc.ioc.app.queries import Queries
 from dmagic_ioc.ioc.app.state import ManualRequest, Outcome
-from dmagic_ioc.ioc.domain.errors import DiskFull
-from dmagic_ioc.ioc.domain.ports import CatalogStatus, SentFile, TransferProgress, TransferState
+from dmagic_ioc.ioc.domain.catalog_ports import CatalogStatus
+from dmagic_ioc.ioc.domain.errors import DiskFull, DMError
+from dmagic_ioc.ioc.domain.ports import SentFile, TransferProgress, TransferState
 from dmagic_ioc.ioc.settings.schema import MetadataSettings, ScicatSettings
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from ..fakes.ports import EXPERIMENT, NOW
+from ..fakes.ports import EXPERIMENT, NOW, FakeTransfer
 from ..helpers import wait_for
 
 ENERGY = {"pv": "bl:Energy", "value": 25.5, "units": "keV", "severity": "NO", "timestamp": "2026-10-15T15:00:00+00:00"}
@@ -253,18 +259,45 @@ def test_a_metadata_that_is_not_the_iocs_folder_is_refused_naming_it_and_nothing
 
 
 class FakeCatalogue:
+    """Keeps each dataset committed in `submitted`, its files with it; `staged` holds the one going in."""
+
     def __init__(self):
         self.submitted = []
+        self.staged = None
         self.answer = CatalogStatus()
         self.full = False  # a full state_dir: the queue takes nothing
+        self.counting = False  # keep no file, count them (a large dataset)
 
-    def submit(self, dataset):
+    def stage(self, dataset):
         if self.full:
             raise DiskFull(f"state_dir full: dataset {dataset.name} not queued for SciCat: database or disk is full")
-        self.submitted.append(dataset)
+        self.staged = FakeStaged(self, dataset)
+        return self.staged
 
     def status(self):
         return self.answer
+
+
+class FakeStaged:
+    """Keeps the files added; with `catalogue.counting`, only how many, their bytes and the last one's path."""
+
+    def __init__(self, catalogue, dataset):
+        self.catalogue, self.dataset, self.files = catalogue, dataset, list(dataset.files)
+        self.counted, self.size, self.last = 0, 0, ""
+        self.dropped = False
+
+    def add(self, files):
+        if not self.catalogue.counting:
+            self.files.extend(files)
+            return
+        for file in files:
+            self.counted, self.size, self.last = self.counted + 1, self.size + file.size, file.path
+
+    def commit(self):
+        self.catalogue.submitted.append(replace(self.dataset, files=tuple(self.files)))
+
+    def drop(self):
+        self.dropped = True
 
 
 def with_scicat(beamline, **changes) -> FakeCatalogue:
@@ -471,3 +504,122 @@ def test_a_data_file_swapped_after_it_was_sent_gets_no_checksum_and_never_hangs(
     assert finished.wait(30), "a FIFO swapped in for a data file hung the command"
     (record,) = records(storage)
     assert record["files"] == [{"path": "data/b.h5", "size": 6, "mtime": "2025-10-09T08:53:20+00:00"}]
+
+
+# ------------------------------------------------------------------ a large acquisition: streamed
+
+
+class OnePassTransfer(FakeTransfer):
+    """A transfer whose record lists `count` files, made as they are read, the last `failing_at` raising: the
+    list may be read once (a second read fails the test), as the built-in engine reads its ledger."""
+
+    def __init__(self, storage, count: int, failing_at: int | None = None):
+        super().__init__()
+        self.storage, self.count, self.failing_at, self.reads = storage, count, failing_at, 0
+
+    def sent_since(self, mark, storage):
+        self.reads += 1
+        assert self.reads == 1, "the file list was read twice"
+        return self._files(mark)
+
+    def _files(self, mark):
+        for i in range(self.count):
+            if i == self.failing_at:
+                raise DMError("cannot use the transfer ledger transfers.sqlite: disk I/O error")
+            if 10.0 + i > mark:
+                yield SentFile(f"{self.storage}/data/scan{i // 1000:03d}/proj_{i:06d}.h5", 1000 + i % 7,
+                               1_760_000_000.0 + i / 8, 10.0 + i, f"blake2b:{i:0128x}")  # fmt: skip
+
+
+def test_a_dataset_of_100000_files_is_read_once_and_never_held_whole(created, tmp_path):
+    """Each file goes into the record and the queue as it comes, its totals counted on the way: at a million
+    files, the whole list in memory (each file's SentFile, CatalogFile and record entry) would be gigabytes."""
+    storage, count = storage_of(tmp_path), 100_000
+    created.adapters.transfer = OnePassTransfer(storage, count)
+    catalogue = with_scicat(created)
+    catalogue.counting = True
+    created.run(DaqStart())
+    tracemalloc.start()
+    try:
+        outcome = created.run(DaqStop())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    size = sum(1000 + i % 7 for i in range(count))
+    assert f"dataset {EXPERIMENT}-1.json: 100000 files, {size} bytes; queued for SciCat as " in outcome.message
+    assert peak < 16 << 20, f"{peak >> 20} MB held at the peak"  # the list whole: over 100 MB
+    staged = catalogue.staged
+    assert (staged.counted, staged.size, staged.last) == (count, size, "data/scan099/proj_099999.h5")
+    (dataset,) = catalogue.submitted
+    record_path = storage / "metadata" / f"{EXPERIMENT}-1.json"
+    with record_path.open(encoding="utf-8") as record_file:
+        first = record_file.readline()
+    assert first == f'{{"n": 1, "mark": {10.0 + count - 1}, "ended": "2026-10-15T15:00:00+00:00",\n'
+    record = json.loads(record_path.read_text(encoding="utf-8"))
+    assert record["number_of_files"] == len(record["files"]) == count and record["size"] == size
+    assert record["files"][-1] == {"path": "data/scan099/proj_099999.h5", "size": 1000 + 99_999 % 7,
+                                   "mtime": "2025-10-09T12:21:39.875000+00:00",  # 1_760_000_000 + 99_999 / 8
+                                   "checksum": f"blake2b:{99_999:0128x}"}  # fmt: skip
+    assert record["pid"] == dataset.pid and record["format"] == 2
+
+
+def test_a_record_is_one_json_document_its_head_first_one_file_a_line_its_totals_after_them(created, fakes, tmp_path):
+    storage = storage_of(tmp_path)
+    sent(fakes, storage, "data/a.h5", 1, 10.0)
+    sent(fakes, storage, 'data/"b" é.h5', 2, 20.0)
+    created.run(Catalog())
+    lines = (storage / "metadata" / f"{EXPERIMENT}-1.json").read_text(encoding="utf-8").splitlines()
+    assert lines[0] == '{"n": 1, "mark": 20.0, "ended": "2026-10-15T15:00:00+00:00",'
+    assert lines[1].strip() == '"format": 2,'  # after the room kept for the head, written last
+    at = lines.index(' "files": [')
+    assert lines[at + 1 : at + 3] == [
+        '  {"path": "data/a.h5", "size": 1, "mtime": "2025-10-09T08:53:20+00:00"},',
+        '  {"path": "data/\\"b\\" é.h5", "size": 2, "mtime": "2025-10-09T08:53:20+00:00"}',
+    ]
+    assert lines[at + 3 :] == [" ],", ' "number_of_files": 2,', ' "size": 3', "}"]
+
+
+def test_a_list_that_fails_half_read_leaves_no_record_nor_dataset_and_is_read_again_whole(created, tmp_path):
+    storage = storage_of(tmp_path)
+    created.adapters.transfer = OnePassTransfer(storage, 2500, failing_at=1500)
+    catalogue = with_scicat(created)
+    created.run(DaqStart())
+    created.contacts()
+    with pytest.raises(DMError, match="disk I/O error"):
+        created.run(DaqStop())
+    assert created.contacts() == [("DM", False)]  # on DM's Health, as when the list is read at once
+    assert catalogue.submitted == [] and catalogue.staged.dropped
+    assert not list((storage / "metadata").iterdir())  # nor the record written aside
+    created.adapters.transfer = OnePassTransfer(storage, 2500)  # the ledger answers again
+    outcome = created.run(Catalog())
+    assert outcome.message.startswith(f"dataset {EXPERIMENT}-1.json: 2500 files, ")
+    (dataset,) = catalogue.submitted
+    assert len(dataset.files) == 2500 and records(storage)[0]["mark"] == 10.0 + 2499
+
+
+def test_a_storage_full_while_the_record_is_written_fails_the_command_and_queues_nothing(
+    created, tmp_path, monkeypatch
+):
+    storage = storage_of(tmp_path)
+    created.adapters.transfer = OnePassTransfer(storage, 3000)
+    catalogue = with_scicat(created)
+    written = []
+
+    def add(self, files):  # the storage fills up after the first thousand files
+        if written:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        written.append(real_add(self, files))
+
+    real_add = AsideRecord.add
+    monkeypatch.setattr(AsideRecord, "add", add)
+    created.run(DaqStart())
+    with pytest.raises(DiskFull, match=f"storage full: metadata record not written in {storage}/metadata: No space"):
+        created.run(DaqStop())
+    assert catalogue.staged.dropped and catalogue.submitted == [] and not list((storage / "metadata").iterdir())
+
+
+@settings(max_examples=500, deadline=None)
+@given(seconds=st.one_of(st.floats(-1e10, 2.5e11), st.integers(0, 4 * 10**18).map(lambda ns: ns / 1e9),
+                         st.integers(0, 4 * 10**9).map(lambda s: s + 0.5e-6)))  # fmt: skip
+def test_a_files_time_is_what_datetime_says_of_it(seconds):
+    assert _UtcTimes().text(seconds) == datetime.fromtimestamp(seconds, timezone.utc).isoformat()

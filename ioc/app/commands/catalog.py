@@ -8,24 +8,43 @@ is where the next acquisition's list starts, so a restart loses nothing. The fil
 list, checksums included, is the transfer's own (`Transfer.sent_since`): no data
 file is opened here. The dataset is queued for the catalogue before its record is
 put in place: a mark never passes files that no dataset holds.
+
+The list is read once, each file written into the record aside and added to the
+dataset in the queue as it comes, its totals counted on the way: a million files
+are never in memory at once.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import logging
+import math
+import operator
 import os
 import uuid
-from dataclasses import replace
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 from ...domain.beamtime import Beamtime
+from ...domain.catalog_ports import (
+    RECORDS_FOLDER,
+    AsideRecord,
+    CatalogFile,
+    Catalogue,
+    Dataset,
+    Records,
+    RecordsFolder,
+    StagedDataset,
+)
 from ...domain.catalog_values import catalog_email_problem
 from ...domain.errors import DiskFull
 from ...domain.experiment import Experiment
 from ...domain.naming import plural
-from ...domain.ports import RECORDS_FOLDER, CatalogFile, Dataset, Records, RecordsFolder, SentFile, TransferState
+from ...domain.ports import SentFile, TransferState
 from ...statefiles import disk_full
 from ..handling import Step
 from ..messages import Catalog, UploadEnded
@@ -35,6 +54,8 @@ from .common import selected
 log = logging.getLogger(__name__)
 
 CLOCK_SLACK = 3600.0  # seconds a mark may be ahead of this host's clock (the DM's or Globus's times)
+BATCH = 1000  # files of a list handed on at a time: few calls, little memory
+_SIZE, _SENT_AT = operator.attrgetter("size"), operator.attrgetter("sent_at")
 
 
 def catalog(step: Step, command: Catalog) -> Outcome:
@@ -111,57 +132,126 @@ def _record(step: Step, acquisition: Acquisition, records: RecordsFolder, *, eve
     mark = previous.mark if previous else 0.0
     end_snapshot = _snapshot(step)
     taken_at = services.clock()
-    files = services.contact(services.transfer_system, services.adapters.transfer.sent_since, mark,
-                             experiment.storage_directory)  # fmt: skip
-    if everything_new and not files:
-        return _joined("no file was sent since the last dataset: no dataset made", skipped_note), bool(skipped)
-    number = records.next_number(experiment.name)
-    record = {
-        "n": number,
-        "mark": max([mark] + [f.sent_at for f in files]),
-        "ended": taken_at.isoformat(),
-        "proposal": _proposal_fields(experiment, acquisition.proposal),
-        "experiment": experiment.name,
-        "acquisition": acquisition.kind,
-        "storage_directory": experiment.storage_directory,
-        "started": _time_or(acquisition.started or (previous.ended if previous else None), taken_at),
-        "snapshots": {"start": acquisition.snapshot, "end": end_snapshot},
-        "number_of_files": len(files),
-        "size": sum(f.size for f in files),
-        "files": [_file_entry(experiment, f) for f in files],
-    }
-    catalogue = services.adapters.catalogue
-    dataset, unsent = _dataset(step, acquisition, record) if catalogue is not None else (None, "")
-    if dataset is not None:
-        dataset = replace(dataset, name=f"{experiment.name}-{number}", run_number=str(number))
-        record["pid"] = dataset.pid
+    listed = services.contact(services.transfer_system, services.adapters.transfer.sent_since, mark,
+                              experiment.storage_directory)  # fmt: skip
+    with _reading(listed) as files:  # read as it is iterated: a failure is noted under its system (contact)
+        first = services.contact(None, next, files, None)
+        if everything_new and first is None:
+            return _joined("no file was sent since the last dataset: no dataset made", skipped_note), bool(skipped)
+        number = records.next_number(experiment.name)
+        fields = {
+            "n": number,
+            "ended": taken_at.isoformat(),
+            "proposal": _proposal_fields(experiment, acquisition.proposal),
+            "experiment": experiment.name,
+            "acquisition": acquisition.kind,
+            "storage_directory": experiment.storage_directory,
+            "started": _time_or(acquisition.started or (previous.ended if previous else None), taken_at),
+            "snapshots": {"start": acquisition.snapshot, "end": end_snapshot},
+        }
+        catalogue = services.adapters.catalogue
+        dataset, unsent = _dataset(step, acquisition, fields) if catalogue is not None else (None, "")
+        if dataset is not None:
+            dataset = replace(dataset, name=f"{experiment.name}-{number}", run_number=str(number))
+            fields["pid"] = dataset.pid
+        staged_in = catalogue if dataset is not None else None
+        listed_all = itertools.chain(() if first is None else (first,), files)
+        try:
+            aside, staged, totals = services.contact(None, _write_aside, records, fields, listed_all, mark,
+                                                     staged_in, dataset)  # fmt: skip
+        except OSError as error:
+            return _not_written(records.path, error)
     try:
-        aside = records.write_aside(record)
-    except OSError as error:
-        return _not_written(records.path, error)
-    try:
-        if catalogue is not None and dataset is not None:  # queued first: no record counts files no dataset has
-            services.contact(None, catalogue.submit, dataset)
+        if staged is not None:  # queued first: no record counts files no dataset has
+            services.contact(None, staged.commit)
     except BaseException:
-        records.discard(aside)
+        if staged is not None:
+            staged.drop()
+        records.discard(aside.name)
         raise
     try:
-        path = records.put_in_place(aside, experiment.name, number)
+        path = records.put_in_place(aside.name, experiment.name, number)
     except OSError as error:  # a rename in the folder: hardly ever
-        records.discard(aside)
+        records.discard(aside.name)
         log.warning("metadata record not put in place in %s: %s", records.path, error)
         queued = f"; its dataset is queued for SciCat as {dataset.pid}" if dataset is not None else ""
         return f"metadata record not written in {records.path}: {error.strerror or error}{queued}", True
-    text = json.dumps(record["snapshots"], ensure_ascii=False, separators=(",", ":"))  # compact: it fits the PV
+    text = json.dumps(fields["snapshots"], ensure_ascii=False, separators=(",", ":"))  # compact: it fits the PV
     step.change(metadata_last=text)
     missing = _missing_note(acquisition.snapshot, end_snapshot)  # one at the start may answer at the end
-    sentence = f"dataset {path.name}: {plural(len(files), 'file')}, {record['size']} bytes"
+    sentence = f"dataset {path.name}: {plural(totals.files, 'file')}, {totals.size} bytes"
     if dataset is not None:
         sentence += f"; queued for SciCat as {dataset.pid}"
     elif unsent:
         log.warning("catalogue: %s not sent to SciCat: %s", path.name, unsent)
         sentence += f"; not sent to SciCat: {unsent}"
     return _joined(sentence, missing, skipped_note), bool(missing or unsent or skipped)
+
+
+@dataclass
+class _Totals:
+    """What a record's file list holds: how many files, their bytes, the newest `sent_at`."""
+
+    files: int = 0
+    size: int = 0
+    newest: float = 0.0
+
+
+def _write_aside(
+    records: RecordsFolder,
+    fields: dict,
+    files: Iterator[SentFile],
+    mark: float,
+    catalogue: Catalogue | None,
+    dataset: Dataset | None,
+) -> tuple[AsideRecord, StagedDataset | None, _Totals]:
+    """The record aside, whole and on disk, and its dataset staged in `catalogue` (not queued yet), both made of
+    `files` as they are read; their totals. When anything fails, nothing of either is left (OSError: the
+    record's; QueueFull, CatalogError: the queue's)."""
+    aside = records.begin_aside(fields)
+    try:
+        staged = catalogue.stage(dataset) if catalogue is not None and dataset is not None else None
+    except BaseException:
+        records.discard(aside.name)
+        raise
+    try:
+        totals = _write_files(str(fields["storage_directory"]), files, aside, staged)
+        aside.finish({"mark": max(mark, totals.newest), "number_of_files": totals.files, "size": totals.size})
+    except BaseException:
+        if staged is not None:
+            staged.drop()
+        records.discard(aside.name)
+        raise
+    return aside, staged, totals
+
+
+def _write_files(storage: str, files: Iterator[SentFile], aside: AsideRecord,
+                 staged: StagedDataset | None) -> _Totals:  # fmt: skip
+    """`files` into the record aside and the dataset staged in the queue, as they come (BATCH at a time); their
+    totals."""
+    totals, times = _Totals(), _UtcTimes()
+    inside = os.path.normpath(storage).rstrip("/") + "/"
+    while sent := list(itertools.islice(files, BATCH)):
+        batch = [_catalog_file(inside, file, times) for file in sent]
+        aside.add(batch)
+        if staged is not None:
+            staged.add(batch)
+        totals.files += len(batch)
+        totals.size += sum(map(_SIZE, batch))
+        totals.newest = max(totals.newest, *map(_SENT_AT, sent))
+    return totals
+
+
+@contextlib.contextmanager
+def _reading(listed: Iterable[SentFile]) -> Iterator[Iterator[SentFile]]:
+    """`listed` to be read once; closed after (a listing read as it is iterated holds its ledger open)."""
+    files = iter(listed)
+    try:
+        yield files
+    finally:
+        close = getattr(files, "close", None)
+        if close is not None:
+            close()
 
 
 def _dataset(step: Step, acquisition: Acquisition, record: dict) -> tuple[Dataset | None, str]:
@@ -197,7 +287,7 @@ def _dataset(step: Step, acquisition: Acquisition, record: dict) -> tuple[Datase
         creation_location=scicat.creation_location,
         creation_time=record["started"],
         end_time=record["ended"],
-        files=tuple(CatalogFile(f["path"], f["size"], f["mtime"], f.get("checksum", "")) for f in record["files"]),
+        files=(),  # added as the record's file list is read
         scientific_metadata={
             "experiment": experiment.name,
             "acquisition": record["acquisition"],
@@ -217,20 +307,36 @@ def _snapshot(step: Step) -> dict | None:
     return {"taken": services.clock().isoformat(), "pvs": metadata.read(pvs)}
 
 
-def _file_entry(experiment: Experiment, sent: SentFile) -> dict:
-    """A file of the record: its path in the experiment's storage, size, mtime, and the checksum the
-    transfer has (the APS DM's md5, the built-in engine's blake2b with dm.checksum), none without one."""
-    entry = {
-        # a name that is not UTF-8 is kept readable, its odd bytes as \xNN (as Status and the log show it)
-        "path": os.fsencode(os.path.relpath(sent.path, experiment.storage_directory)).decode(
-            "utf-8", "backslashreplace"
-        ),
-        "size": sent.size,
-        "mtime": datetime.fromtimestamp(sent.mtime, timezone.utc).isoformat(),
-    }
-    if sent.checksum:
-        entry["checksum"] = sent.checksum
-    return entry
+def _catalog_file(inside: str, sent: SentFile, times: _UtcTimes) -> CatalogFile:
+    """A file of the record and the dataset: its path in the experiment's storage (`inside`, ending in /), size,
+    mtime, and the checksum the transfer has (the APS DM's md5, the built-in engine's blake2b with dm.checksum),
+    none without one."""
+    path = sent.path[len(inside) :] if sent.path.startswith(inside) else ""
+    if not path or path[-1] == "/" or path[0] == "." or "//" in path or "/." in path:
+        path = os.path.relpath(sent.path, inside)  # not plain: as relpath has it
+    if not path.isascii():  # a name that is not UTF-8 is kept readable, its odd bytes as \xNN (as Status shows it)
+        path = os.fsencode(path).decode("utf-8", "backslashreplace")
+    return CatalogFile(path, sent.size, times.text(sent.mtime), sent.checksum)
+
+
+class _UtcTimes:
+    """A time in seconds since the epoch as `datetime.fromtimestamp(seconds, timezone.utc).isoformat()` writes it
+    (to the microsecond, rounded half to even), each second's date and time made once: an acquisition's files
+    come many a second."""
+
+    def __init__(self) -> None:
+        self._whole, self._second = math.nan, ""  # the last second made, its text without fraction nor offset
+
+    def text(self, seconds: float) -> str:
+        fraction, whole = math.modf(seconds)
+        micro = round(fraction * 1e6)
+        if micro >= 1_000_000:
+            whole, micro = whole + 1, micro - 1_000_000
+        elif micro < 0:
+            whole, micro = whole - 1, micro + 1_000_000
+        if whole != self._whole:
+            self._whole, self._second = whole, datetime.fromtimestamp(whole, timezone.utc).isoformat()[:19]
+        return f"{self._second}.{micro:06d}+00:00" if micro else f"{self._second}+00:00"
 
 
 # ---------------------------------------------------------------- what a record says, in sentences

@@ -1,5 +1,8 @@
 """Who has access to the selected experiment: AddUser, RemoveUser, and the DM and Globus access that
-Create, CreateManual and Delete give or take too."""
+Create, CreateManual and Delete give or take too.
+
+On a large storage the DM backend gives or takes the ACLs of the files below its folder in the background
+(`ports.Walks`): the command says they follow, and their end is news of the command that started them."""
 
 from __future__ import annotations
 
@@ -14,6 +17,8 @@ from ..messages import AddUser, RemoveUser
 from ..state import Outcome
 from .common import load_selection, selected
 
+IN_BACKGROUND = "; the ACLs of its files follow in the background"
+
 
 def add_user(step: Step, command: AddUser) -> Outcome:
     """Give the badges in `Badges` access to the selected experiment."""
@@ -24,7 +29,7 @@ def add_user(step: Step, command: AddUser) -> Outcome:
         ExperimentUser.from_person(known[b], "added") if b in known else ExperimentUser(dm_username(b), source="added")
         for b in badges
     ]
-    added, details, warning = give_access(step, experiment, users)
+    added, details, warning = give_access(step, experiment, users, by=command.name)
     if added:
         message = f"gave {', '.join(added)} access to {experiment.name}"
     else:
@@ -39,10 +44,18 @@ def remove_user(step: Step, command: RemoveUser) -> Outcome:
     usernames = [dm_username(b) for b in badges]
     revoked = revoke(step, experiment, usernames)
     removed = step.services.contact("DM", step.services.adapters.dm.remove_users, experiment.name, usernames)
+    walking = IN_BACKGROUND if in_background(step, command.name) else ""
     load_selection(step)
     if not removed:
-        return Outcome(f"none of {', '.join(usernames)} had access to {experiment.name}")
-    return Outcome(f"removed access of {', '.join(removed)} from {experiment.name}{revoked}")
+        return Outcome(f"none of {', '.join(usernames)} had access to {experiment.name}{walking}")
+    return Outcome(f"removed access of {', '.join(removed)} from {experiment.name}{walking}{revoked}")
+
+
+def in_background(step: Step, by: str) -> bool:
+    """Whether the DM backend left walks of storage trees to the background during command `by` (their ends
+    are news of `by`)."""
+    walks = step.services.adapters.walks
+    return walks is not None and walks.claim(by) > 0
 
 
 def known_people(step: Step) -> dict[str, Person]:
@@ -57,16 +70,19 @@ def known_people(step: Step) -> dict[str, Person]:
     return known
 
 
-def give_access(step: Step, experiment: Experiment, users: Sequence[ExperimentUser]) -> tuple[list[str], str, bool]:
+def give_access(step: Step, experiment: Experiment, users: Sequence[ExperimentUser], by: str = ""
+                ) -> tuple[list[str], str, bool]:  # fmt: skip
     """DM access, then Globus access for every one of `users` DM has (not only the new ones: a
     rerun after a Globus failure completes). Returns (added, a Status fragment, warning); the
-    selection's PVs are read again whatever happens."""
+    selection's PVs are read again whatever happens. `by`: the command whose news is the end of the ACLs
+    the DM backend leaves to the background ('': news of its own)."""
     try:
         added, problem = _add_users(step, experiment, users)
+        walking = IN_BACKGROUND if in_background(step, by) else ""
         granted = _grant(step, experiment, _with_dm_access(step, experiment.name, users))
     finally:
         load_selection(step)
-    return added, granted + problem, bool(problem)
+    return added, walking + granted + problem, bool(problem)
 
 
 def _add_users(step: Step, experiment: Experiment, users: Sequence[ExperimentUser]) -> tuple[list[str], str]:

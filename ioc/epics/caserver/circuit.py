@@ -42,6 +42,10 @@ class CircuitContext(Protocol):
 
     def __getitem__(self, name: str) -> Any: ...
 
+    async def circuit_disconnected(self, circuit: Any) -> None: ...
+
+    async def flush_to(self, circuit: Any) -> None: ...
+
 
 class Circuit(caproto_server.VirtualCircuit):
     """A client's TCP circuit whose access checks see the client's address, bounded and audited."""
@@ -221,34 +225,66 @@ class Circuit(caproto_server.VirtualCircuit):
         return sum(len(subscriptions) for subscriptions in self.subscriptions.values())
 
     async def _send_buffers(self, *buffers):
-        """caproto's, but a send still waiting after SEND_SECONDS (the client reads nothing) closes the circuit."""
+        """caproto's, written at once when the socket has room (caproto's wait for room costs a task and two turns
+        of the event loop each send); a send still waiting for room after SEND_SECONDS (the client reads
+        nothing) closes the circuit."""
+        client = self.client
+        transport = client.writer.transport
+        if client.send_lock.locked() or transport.is_closing():  # a send waits for room: this one waits behind it
+            await self._send_waiting(super()._send_buffers(*buffers))
+            return
+        async with client.send_lock:  # free: taken without a turn of the loop, held while room is awaited
+            client.writer.write(b"".join(buffers))
+            if transport.get_write_buffer_size() > transport.get_write_buffer_limits()[1]:
+                await self._send_waiting(client.writer.drain())
+
+    async def _send_waiting(self, send) -> None:
         try:
-            await asyncio.wait_for(super()._send_buffers(*buffers), SEND_SECONDS)
+            await asyncio.wait_for(send, SEND_SECONDS)
         except asyncio.TimeoutError:
             why = f"it reads nothing: what it was sent waited more than {SEND_SECONDS:g} s"
             self.drop("not reading", why)
             raise DisconnectedCircuit(why) from None
-
-    async def get_from_sub_queue(self, timeout=None):
-        """caproto's, but an update waiting is taken at once: caproto's wait costs a task and two turns of the
-        event loop each, so a busy loop sent a circuit a few dozen updates a second, whatever came."""
-        if not self.subscription_queue.empty():
-            return self.subscription_queue.get_nowait()
-        return await super().get_from_sub_queue(timeout)
+        except OSError as error:
+            raise DisconnectedCircuit(f"Circuit disconnected: {error}") from error
 
     async def subscription_queue_loop(self):
-        """caproto's, ending quietly when cancelled as the circuit closes, whether it waits or sends.
+        """caproto's, but what waits in the queue is sent at once, all of it in one write, and the loop ends
+        quietly when cancelled as the circuit closes, whether it waits or sends.
 
-        caproto's loop ends cancelled when that happens during a send, and the task
-        that closes the circuit, which awaits it, gets the CancelledError: it stops
-        half way through forgetting the circuit.
+        caproto's waits up to 10 ms after each update for more (a task and a timer
+        each), sends a batch later the longer it is behind, and says so in a line
+        each time ("High load"): a thousand clients filled the log. caproto's loop
+        ends cancelled when the circuit closes during a send, and the task that
+        closes the circuit, which awaits it, gets the CancelledError: it stops half
+        way through forgetting the circuit. Updates come here only from a client
+        that lags (note 8); an update whose subscription was cancelled meanwhile
+        is not sent (caproto's rule: none after the cancel's reply).
         """
         self.subscription_task = asyncio.current_task()
+        self.events_on.set()
         try:
-            await super().subscription_queue_loop()
+            while True:
+                await self.send_queued_updates(await self.subscription_queue.get())
+        except DisconnectedCircuit:
+            await self._on_disconnect()
+            self.circuit.disconnect()
+            await self.context.circuit_disconnected(self)
         except asyncio.CancelledError:
             if self.connected:  # the server stops
                 raise
+
+    async def send_queued_updates(self, first=None) -> None:
+        """Send what waits in the subscription queue (after `first`, taken from it already), in one write."""
+        queue = self.subscription_queue
+        updates = [] if first is None else [first]
+        while not queue.empty():
+            updates.append(queue.get_nowait())
+        live = {sub.subscriptionid for subs in self.subscriptions.values() for sub in subs}
+        commands = [command for update in updates
+                    if (command := update()) is not None and command.subscriptionid in live]  # fmt: skip
+        if commands:
+            await self.send(*commands)
 
     async def _on_disconnect(self):
         """caproto's, but from the task sending monitor updates (its send failed) that task is not cancelled.
@@ -264,9 +300,10 @@ class Circuit(caproto_server.VirtualCircuit):
 
     async def send(self, *commands):
         write = _AUDITED.get()
-        if write is not None:
+        if write is not None:  # a write's reply: the monitor updates of what it changed go first (note 8)
             for command in commands:
                 write.saw(command)
+            await self.context.flush_to(self)
         await super().send(*commands)
         for command in commands:
             reply = _write_notify_failure(command)

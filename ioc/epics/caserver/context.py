@@ -1,6 +1,6 @@
 """caproto's asyncio server context with the IOC's circuits, circuit limits and search socket; `serve` runs it.
 
-See the package's notes 1, 3 and 4 (`ioc.epics.caserver`).
+See the package's notes 1, 3, 4 and 8 (`ioc.epics.caserver`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from ..access import WriteAccess
 from ..audit import AuditLog
 from ..logs import RateLimitedLog, flush_rate_limits
 from .circuit import Circuit, close_for_good
+from .fanout import Fan, FanoutQueue, fan_out, flush
 from .limits import CHANNELS_PER_PV, MIN_CHANNELS, CircuitLimits, largest_message, raise_open_file_limit
 from .refusals import RefusalLog
 from .search import SEARCH_RECEIVE_BUFFER, SearchSocket
@@ -35,6 +36,8 @@ class Context(caproto_server.Context):
     def __init__(self, pvdb, interfaces=None, *, write_access: WriteAccess | None = None,
                  max_circuits_per_host: int = AccessSettings.max_circuits_per_host):  # fmt: skip
         super().__init__(pvdb, interfaces)
+        self.subscription_queue = FanoutQueue()  # before any monitor: caproto's channels keep the queue they get
+        self.fanning: list[Fan] = []  # the updates being sent (note 8)
         self.write_access = write_access
         self.refusals = RefusalLog()
         self.audit = AuditLog()
@@ -60,6 +63,26 @@ class Context(caproto_server.Context):
             for helper in helpers:
                 helper.cancel()
             loop.set_exception_handler(previous_handler)
+
+    async def subscription_queue_loop(self):
+        """caproto's, but the updates go out circuit by circuit, a few circuits a turn (`fan_out`, note 8), after
+        one turn of the event loop: a put's reply woken with them (the command's outcome) goes first, and the
+        updates of one command (Status, Busy) gather into one write per circuit."""
+        queue = self.subscription_queue
+        while True:
+            self.fanning = fans = [await queue.get()]
+            try:
+                await asyncio.sleep(0)
+                while not queue.empty():
+                    fans.append(queue.get_nowait())
+                await fan_out(self, fans)
+            finally:
+                self.fanning = []
+
+    async def flush_to(self, circuit: Circuit) -> None:
+        """Before a put's reply on `circuit`: the monitor updates for it waiting or on their way, sent first (a
+        client monitoring Status on the circuit it puts on has the outcome when the put completes)."""
+        await flush(self, circuit, self.fanning + self.subscription_queue.waiting())
 
     async def tcp_handler(self, client, addr):
         """caproto's, for a circuit `CircuitLimits` admits; one it refuses is closed at once, unread."""

@@ -15,7 +15,21 @@ def alarm(severity: Severity) -> AlarmSeverity:
     return AlarmSeverity(int(severity))
 
 
-class CommandGroup(GuardedPVGroup):
+class Shows:
+    """A group that shows one part of the supervisor's View. The supervisor publishes after every change, and
+    most change one part: a group whose part is what it showed last has nothing to write (`unchanged`)."""
+
+    _shown: object = None  # the part shown last (None: nothing yet)
+
+    def unchanged(self, part: object) -> bool:
+        """Whether `part` is what this group showed last; if not, it is remembered as shown."""
+        if part is self._shown or (self._shown is not None and part == self._shown):
+            return True
+        self._shown = part
+        return False
+
+
+class CommandGroup(Shows, GuardedPVGroup):
     """A PV group of one concern: its declared PVs, and command PVs that submit a command to `supervisor`."""
 
     def __init__(self, prefix: str, *, supervisor: Supervisor, **kwargs):
@@ -43,7 +57,9 @@ class CommandGroup(GuardedPVGroup):
         async def started() -> None:
             nonlocal accepted
             accepted = True
-            await instance.write(COMMAND_STATES[1], verify_value=False, status=0, severity=AlarmSeverity.NO_ALARM)
+            cleared = {"status": 0, "severity": AlarmSeverity.NO_ALARM}  # the alarm a failed put left (caproto's)
+            await instance.write(COMMAND_STATES[1], verify_value=False,
+                                 **(cleared if instance.alarm.severity or instance.alarm.status else {}))  # fmt: skip
 
         try:
             await self.supervisor.submit(command, started)

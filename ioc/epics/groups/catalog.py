@@ -16,6 +16,8 @@ class CatalogGroup(CommandGroup, pvs=CATALOG):
         return Catalog()
 
     async def show(self, view: View) -> None:
+        if self.unchanged((view.state.metadata_last, view.catalog)):
+            return
         await update(self.metadata_last, view.state.metadata_last)
         if view.catalog is not None:
             await update(self.pending, view.catalog.pending)

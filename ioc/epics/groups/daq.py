@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ...app.jobs import View
 from ...app.messages import Command, DaqStart, DaqStop, Upload
-from ...app.supervisor import TRANSFER_SEVERITY
+from ...app.reporting import TRANSFER_SEVERITY
 from ..declarations import DAQ
 from ..pvs import update
 from .base import CommandGroup, alarm
@@ -21,7 +21,7 @@ class DaqGroup(CommandGroup, pvs=DAQ):
     async def show(self, view: View) -> None:
         """Show the last progress read."""
         progress = view.progress
-        if progress is None:
+        if progress is None or self.unchanged(progress):
             return
         await update(self.daq_state, progress.state.value, alarm(TRANSFER_SEVERITY[progress.state]))
         await update(self.files_done, progress.files_done)

@@ -64,6 +64,8 @@ class ExperimentGroup(CommandGroup, pvs=EXPERIMENT):
     async def show(self, view: View) -> None:
         """Show the selected experiment and the station's list."""
         state = view.state
+        if self.unchanged(state):
+            return
         experiment = state.experiment
         await update(self.experiment_name, experiment.name if experiment else "")
         await update(self.experiment_exists, NO_YES[experiment is not None], AlarmSeverity.NO_ALARM)

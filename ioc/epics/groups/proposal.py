@@ -34,6 +34,8 @@ class ProposalGroup(CommandGroup, pvs=PROPOSAL):
         """Show the proposal of the experiment data goes to (before a selection, the schedule's), and
         what the schedule shows now."""
         state = view.state
+        if self.unchanged(state):
+            return
         scheduled = state.scheduled.beamtime if state.scheduled else None
         await update(self.run, state.scheduled.run.name if state.scheduled and state.scheduled.run else "")
         await update(self.schedule_proposal_number, scheduled.gup if scheduled else "")

@@ -7,12 +7,12 @@ from importlib.metadata import PackageNotFoundError, version
 
 from ...app.jobs import View
 from ...app.reporting import HEALTH_SEVERITY
-from ..declarations import STATUS
+from ...app.services import SYSTEMS
+from ..declarations import BUSY_STATES, STATUS
 from ..pvs import GuardedPVGroup, update
-from .base import alarm
+from .base import Shows, alarm
 
-HEALTH_PVS = {"Scheduling": "scheduling_health", "DM": "dm_health", "Globus": "globus_health", "Email": "email_health",
-              "Catalog": "catalog_health"}  # fmt: skip
+HEALTH_PVS = {system: f"{system.lower()}_health" for system in SYSTEMS}  # the attribute of each system's Health
 
 
 def package_version() -> str:
@@ -22,7 +22,7 @@ def package_version() -> str:
         return "unknown"
 
 
-class StatusGroup(GuardedPVGroup, pvs=STATUS):
+class StatusGroup(Shows, GuardedPVGroup, pvs=STATUS):
     """What the last command did, whether one runs, and whether the outside systems answer (the
     supervisor's report, shown), and a heartbeat."""
 
@@ -40,12 +40,14 @@ class StatusGroup(GuardedPVGroup, pvs=STATUS):
     async def show(self, view: View) -> None:
         """Show the report: a sentence said again is written again (monitors see it), as is LastCommand."""
         report = view.report
+        if self.unchanged(report):
+            return
         await update(self.last_command, report.last_command, force=report.started != self._started)
         self._started = report.started
         await update(self.status, report.status, alarm(report.severity), force=report.said != self._said)
         self._said = report.said
         await update(self.last_error, report.last_error)
-        await update(self.busy, ("Idle", "Busy")[report.busy])  # after Status: Idle means the outcome is there
+        await update(self.busy, BUSY_STATES[report.busy])  # after Status: Idle means the outcome is there
         for system, attribute in HEALTH_PVS.items():
             state = report.health.get(system, "OK")
             await update(getattr(self, attribute), state, alarm(HEALTH_SEVERITY[state]))
