@@ -15,7 +15,7 @@ leave a file of more than one link alone). Timed:
 - first scan: from DaqStart until Daq:FilesDone counts every file: the transfer lists every folder,
   stats every file, finds its copy whole in storage (one stat: nothing copied) and adds its ledger row;
 - poll, nothing new: the median of five polls of the running transfer (`poll_seconds`: the folders
-  stat'ed, a 500-file audit), 3 s after the first scan;
+  stat'ed, a 1,000-file audit), 3 s after the first scan;
 - poll, one new file: the poll that finds a file written into the last scan folder (that folder listed);
 - DaqStop: the handler: the transfer stopped (its ledger committed), the file list read from the
   ledger, the record written into storage and the SciCat dataset queued;

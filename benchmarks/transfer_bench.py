@@ -193,7 +193,7 @@ def measure_poll_cost(base: Path, known: int) -> None:
     assert len(found) == 1
     print(f"\npoll cost with {known} files known ({folders} folders of {known // folders}):")
     print(f"  first pass (scan, check destinations, ledger): {first_pass:.1f} s")
-    print(f"  one poll, nothing new:                 {quiet * 1e3:.1f} ms (includes a 500-file audit)")
+    print(f"  one poll, nothing new:                 {quiet * 1e3:.1f} ms (includes a 1,000-file audit)")
     print(f"  one poll, a new file in one folder:     {busy * 1e3:.1f} ms")
     print(f"  scan of one folder of {known} entries after a change: {flat_cost * 1e3:.1f} ms")
 
