@@ -4,7 +4,9 @@ p4p (pvxs) serves one asyncio `SharedPV` per caproto channel of the IOC (`DMagic
 NTScalar with alarm, timeStamp and display (units, limits, description, precision; control limits too),
 enums and commands as NTEnum, text as an NTScalar string (UTF-8). The caproto channel holds the one value:
 each SharedPV subscribes to its channel through caproto's own subscriptions, so every change (value and
-alarm), whatever made it, reaches PVA monitors as it reaches CA ones. A PVA put takes the path of a CA put:
+alarm), whatever made it, reaches PVA monitors as it reaches CA ones. A SharedPV opens when its first PVA client
+connects, with the channel's value then (pvxs holds the client's operations until it is open): until then no
+change is posted, so an IOC no PVA client uses pays nothing for PVA on its writes. A PVA put takes the path of a CA put:
 the access rules by the client's address (the peer p4p gives, never a name it claims), the channel's checks
 (a refusal said on Status), its putter (a command submits to the supervisor); the put completes when the
 command ends, and a refusal or a failure is an error to the client at once. Each write is a line of the audit
@@ -110,17 +112,15 @@ class PvaServer:
 
 
 class MirroredPV:
-    """One caproto channel over PV Access: a SharedPV posted on every change of the channel; its puts."""
+    """One caproto channel over PV Access: a SharedPV opened at its first client, then posted on every change of
+    the channel; its puts."""
 
     def __init__(self, name: str, channel, server: PvaServer):
         self.name, self.channel, self.server = name, channel, server
         self.states: tuple[str, ...] = tuple(getattr(channel, "enum_strings", ()) or ())
         self.is_enum = channel.data_type == ChannelType.ENUM
         self.type = _ENUM if self.is_enum else _NUMBERS.get(channel.data_type, _TEXT)
-        initial = {**self.update(), **self.metadata()}
-        if self.is_enum:
-            initial["value"] = {**initial["value"], "choices": list(self.states)}
-        self.shared = SharedPV(handler=self, initial=Value(self.type, initial))
+        self.shared = SharedPV(handler=self)  # opened by onFirstConnect
         self._subscription = SubscriptionSpec(db_entry=channel, data_type_name=channel.data_type.name,
                                               mask=_VALUE_AND_ALARM, channel_filter=_EVERY_UPDATE)  # fmt: skip
 
@@ -128,8 +128,22 @@ class MirroredPV:
         """Subscribe to the channel as a CA monitor does: caproto hands every publish to `_Posting.put`."""
         await self.channel.subscribe(_Posting(self), self._subscription, None)
 
+    def onFirstConnect(self, pv: SharedPV) -> None:
+        """The first PVA client: open the SharedPV with the channel's value now; posted on every change after."""
+        if not pv.isOpen():
+            pv.open(self.whole())
+
     def post(self) -> None:
-        self.shared.post(Value(self.type, self.update()))
+        """A change of the channel, to PVA monitors; nothing while no PVA client has ever connected."""
+        if self.shared.isOpen():
+            self.shared.post(Value(self.type, self.update()))
+
+    def whole(self) -> Value:
+        """The channel now with everything that never changes: what the SharedPV opens with."""
+        whole = {**self.update(), **self.metadata()}
+        if self.is_enum:
+            whole["value"] = {**whole["value"], "choices": list(self.states)}
+        return Value(self.type, whole)
 
     def update(self) -> dict:
         """The value, alarm and time of the channel now, as the NT fields that change."""

@@ -94,6 +94,14 @@ def test_a_ca_put_is_seen_by_a_pva_monitor(ioc, pva):
         subscription.close()
 
 
+def test_a_pv_no_pva_client_has_read_shows_what_ca_wrote_before_and_after(ioc, pva):
+    """A PV opens over PVA at its first client (nothing is posted before): it opens with the channel's value."""
+    ioc.put("Manual:Institution", "Argonne National Laboratory")
+    assert get(pva, ioc, "Manual:Institution") == "Argonne National Laboratory"
+    ioc.put("Manual:Institution", "Advanced Photon Source")
+    assert get(pva, ioc, "Manual:Institution") == "Advanced Photon Source"
+
+
 def test_a_pva_command_completes_when_the_command_ends(ioc, pva):
     statuses = []
     subscription = pva.monitor(ioc.prefix + "Status", statuses.append)
