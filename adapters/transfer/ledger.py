@@ -16,7 +16,7 @@ from typing import NamedTuple
 from ...ioc.domain.errors import DiskFull, DMError
 from ...ioc.statefiles import disk_full, private_file, write_transaction
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 SQLITE_HEADER = b"SQLite format 3\x00"
 LEDGER_COMPANIONS = ("-wal", "-shm")  # files beside the ledger that hold part of it
 _UNREADABLE = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
@@ -50,11 +50,14 @@ class Ledger:
     the batches are large: each costs a commit and folder fsyncs. Thread-safe.
     Relative paths are stored as their bytes (a name need not be UTF-8); a file's checksum is the one its
     copy was verified against (dm.checksum), '' when none.
+    Each (root, destination) pair has a generation (0 until forgotten); a file's row counts only while it
+    carries its pair's: `forget` is one row, and `commit` removes the stale rows a chunk at a time.
     Raises LedgerUnreadable when the file is not a readable ledger.
     """
 
     BATCH_FILES = 1000
     BATCH_SECONDS = 0.5
+    PURGE_CHUNK = 5000  # stale rows removed by each commit
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -62,6 +65,7 @@ class Ledger:
         self._lock = threading.Lock()
         self._rows: list[tuple[str, str, int, int, str, float, str]] = []
         self._last_commit = time.monotonic()
+        self._stale = True  # rows of a forgotten generation may be left: `commit` looks
         _check_header(self.path)
         private_file(self.path)  # a new one 0600 before SQLite writes it: its -wal and -shm follow
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
@@ -74,7 +78,10 @@ class Ledger:
                 raise LedgerUnreadable(f"integrity check: {said[:120]}")
             self._migrate()
             try:
-                self._db.execute("SELECT root, relpath, size, mtime_ns, dest, sent_at, checksum FROM files LIMIT 0")
+                self._db.execute(
+                    "SELECT root, relpath, size, mtime_ns, dest, sent_at, checksum, generation FROM files LIMIT 0"
+                )
+                self._db.execute("SELECT root, dest, generation FROM pairs LIMIT 0")
                 self._db.execute("SELECT experiment, sources, once, started_at, storage, marker FROM running LIMIT 0")
             except sqlite3.OperationalError as error:
                 raise LedgerUnreadable(f"not a transfer ledger: {error}") from None
@@ -113,6 +120,12 @@ class Ledger:
                 self._db.execute("ALTER TABLE running ADD COLUMN marker TEXT NOT NULL DEFAULT ''")
             if 1 <= version < 3:  # 2 -> 3: each file's checksum (none for the files sent before)
                 self._db.execute("ALTER TABLE files ADD COLUMN checksum TEXT NOT NULL DEFAULT ''")
+            if version < 4:  # 3 -> 4: generations, so that a forget is one row, whatever the files it forgets
+                self._db.execute("ALTER TABLE files ADD COLUMN generation INTEGER NOT NULL DEFAULT 0")
+                self._db.execute(
+                    "CREATE TABLE IF NOT EXISTS pairs (root TEXT NOT NULL, dest TEXT NOT NULL,"
+                    " generation INTEGER NOT NULL, PRIMARY KEY (root, dest)) WITHOUT ROWID"
+                )
             self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextlib.contextmanager
@@ -162,7 +175,8 @@ class Ledger:
         """Files of `root` sent to `dest`: {relpath: (size, mtime_ns)}."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT relpath, size, mtime_ns FROM files WHERE root = ? AND dest = ?", (root, dest)
+                "SELECT relpath, size, mtime_ns FROM files WHERE root = ? AND dest = ? AND generation = ?",
+                (root, dest, self._generation(root, dest)),
             ).fetchall()
         return {os.fsdecode(relpath): (size, mtime_ns) for relpath, size, mtime_ns in rows}
 
@@ -174,12 +188,13 @@ class Ledger:
         wanted = list(dict.fromkeys(relpaths))
         found: dict[str, tuple[int, int]] = {}
         with self._lock:
+            generation = self._generation(root, dest)
             for start in range(0, len(wanted), self.LOOKUP_CHUNK):
                 chunk = [os.fsencode(rel) for rel in wanted[start : start + self.LOOKUP_CHUNK]]
                 rows = self._db.execute(
-                    "SELECT relpath, size, mtime_ns FROM files WHERE root = ? AND dest = ?"
+                    "SELECT relpath, size, mtime_ns FROM files WHERE root = ? AND dest = ? AND generation = ?"
                     f" AND relpath IN ({','.join('?' * len(chunk))})",
-                    (root, dest, *chunk),
+                    (root, dest, generation, *chunk),
                 )
                 found.update((os.fsdecode(relpath), (size, mtime_ns)) for relpath, size, mtime_ns in rows)
             if self._rows:
@@ -198,24 +213,32 @@ class Ledger:
         with self._lock:
             rows = self._db.execute(
                 "SELECT relpath, size, mtime_ns FROM files WHERE root = ? AND relpath > ? AND dest = ?"
-                " ORDER BY relpath LIMIT ?",
-                (root, os.fsencode(after), dest, limit),
+                " AND generation = ? ORDER BY relpath LIMIT ?",
+                (root, os.fsencode(after), dest, self._generation(root, dest), limit),
             ).fetchall()
         return [(os.fsdecode(relpath), size, mtime_ns) for relpath, size, mtime_ns in rows]
 
-    def forget(self, sources: Mapping[str, str]) -> int:
-        """Drop the rows of files sent from each root to its destination, in one transaction; return how many.
+    def _generation(self, root: str, dest: str) -> int:
+        """The generation of the pair's rows that count (the caller holds the lock)."""
+        row = self._db.execute("SELECT generation FROM pairs WHERE root = ? AND dest = ?", (root, dest)).fetchone()
+        return row[0] if row else 0
+
+    def forget(self, sources: Mapping[str, str]) -> None:
+        """Forget the files sent from each root to its destination, in one transaction of one row a pair
+        (the number of files does not matter): their rows no longer count, and `commit` removes them later.
 
         Rows still buffered for them are dropped too, so that a later commit cannot bring them back.
         """
         pairs = set(sources.items())
         with self._lock:
             with self._transaction():
-                removed = sum(
-                    self._db.execute("DELETE FROM files WHERE root = ? AND dest = ?", pair).rowcount for pair in pairs
+                self._db.executemany(
+                    "INSERT INTO pairs (root, dest, generation) VALUES (?, ?, 1)"
+                    " ON CONFLICT (root, dest) DO UPDATE SET generation = generation + 1",
+                    pairs,
                 )
             self._rows = [row for row in self._rows if (row[0], row[4]) not in pairs]
-        return removed
+            self._stale = True
 
     def sent_since(self, mark: float, storage: str) -> Iterator[tuple[str, int, int, float, str]]:
         """Files sent after `mark` into `storage` or a folder under it, the buffered ones committed first:
@@ -231,7 +254,8 @@ class Ledger:
             reader.execute("PRAGMA query_only = ON")
             rows = reader.execute(
                 "SELECT dest, relpath, size, mtime_ns, sent_at, checksum FROM files WHERE sent_at > ?"
-                " AND (dest = ? OR substr(dest, 1, ?) = ?) ORDER BY sent_at",
+                " AND (dest = ? OR substr(dest, 1, ?) = ?) AND generation = coalesce((SELECT generation FROM pairs"
+                " WHERE pairs.root = files.root AND pairs.dest = files.dest), 0) ORDER BY sent_at",
                 (mark, storage, len(inside), inside),
             )
             folders: dict[str, str] = {}  # each destination as the start of its files' paths
@@ -259,21 +283,36 @@ class Ledger:
             )
 
     def commit(self) -> int:
-        """Write the buffered rows in one transaction; they stay buffered if it fails."""
+        """Write the buffered rows in one transaction, with up to `PURGE_CHUNK` rows of a forgotten
+        generation removed; they stay buffered if it fails."""
         with self._lock:
             rows, self._last_commit = self._rows, time.monotonic()
             if not rows:
                 return 0
             with self._transaction():
+                generations = {(root, dest): gen for root, dest, gen in self._db.execute("SELECT * FROM pairs")}
                 self._db.executemany(
-                    "INSERT INTO files (root, relpath, size, mtime_ns, dest, sent_at, checksum)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (root, relpath) DO UPDATE SET size = excluded.size,"
+                    "INSERT INTO files (root, relpath, size, mtime_ns, dest, sent_at, checksum, generation)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (root, relpath) DO UPDATE SET size = excluded.size,"
                     " mtime_ns = excluded.mtime_ns, dest = excluded.dest, sent_at = excluded.sent_at,"
-                    " checksum = excluded.checksum",
-                    [(root, os.fsencode(rel), *rest) for root, rel, *rest in rows],
+                    " checksum = excluded.checksum, generation = excluded.generation",
+                    [
+                        (root, os.fsencode(rel), size, mtime_ns, dest, *rest, generations.get((root, dest), 0))
+                        for root, rel, size, mtime_ns, dest, *rest in rows
+                    ],
                 )
-            self._rows = []
+                purged = self._purge() if self._stale else 0
+            self._rows, self._stale = [], purged == self.PURGE_CHUNK
             return len(rows)
+
+    def _purge(self) -> int:
+        """Remove up to `PURGE_CHUNK` rows of a forgotten generation; how many (the caller holds the lock)."""
+        return self._db.execute(
+            "DELETE FROM files WHERE (root, relpath) IN (SELECT files.root, files.relpath FROM pairs"
+            " JOIN files ON files.root = pairs.root AND files.dest = pairs.dest"
+            " WHERE files.generation < pairs.generation LIMIT ?)",
+            (self.PURGE_CHUNK,),
+        ).rowcount
 
     def close(self) -> None:
         with self._lock:

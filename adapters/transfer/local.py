@@ -226,8 +226,9 @@ class LocalTransfer:
     def forget(self, sources: Mapping[str, str]) -> None:
         """Forget the files sent from these sources to their destinations (that storage was deleted).
 
-        Their ledger rows go in one transaction, so that a new start (a
-        re-created experiment) sends every file again. Refused with InputError
+        One ledger transaction whatever their number (their rows go later, a
+        chunk at each commit), so that a new start (a re-created experiment)
+        sends every file again. Refused with InputError
         while a transfer of one of these sources runs: nothing forgotten.
         """
         sources = _normalized(sources)
@@ -243,8 +244,8 @@ class LocalTransfer:
                         "is running (or still finishing): stop it (DaqStop) first; its sent files not forgotten"
                     )
             with self._ledger_errors():
-                removed = self.ledger.forget(sources)
-        log.info("transfer ledger: forgot %s files sent from %s", removed, ", ".join(sources))
+                self.ledger.forget(sources)
+        log.info("transfer ledger: forgot the files sent from %s", ", ".join(sources))
 
     def sent_since(self, mark: float, storage: str) -> Iterator[SentFile]:
         """The files the ledger records as sent into `storage` after `mark`, each with the checksum its copy

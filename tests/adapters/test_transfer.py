@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import logging
@@ -245,11 +246,64 @@ def test_ledger_forget_drops_those_sources_only_committed_or_buffered(tmp_path):
     ledger.commit()
     ledger.add("/raw/a", "f2", 2, 2, "/dm/a")  # buffered, not committed yet
 
-    assert ledger.forget({"/raw/a": "/dm/a"}) == 1
+    ledger.forget({"/raw/a": "/dm/a"})
     ledger.commit()
 
     assert ledger.sent("/raw/a", "/dm/a") == {}
     assert ledger.sent("/raw/b", "/dm/b") == {"f1": (1, 1)}
+    ledger.close()
+
+
+def stored_rows(path) -> int:
+    """The rows the ledger's file holds, counted or not."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return db.execute("SELECT count(*) FROM files").fetchone()[0]
+
+
+def test_ledger_forget_writes_one_row_and_the_pair_counts_again_after_it_and_after_a_restart(tmp_path):
+    path = tmp_path / "ledger.db"
+    ledger = Ledger(path)
+    for i in range(30):
+        ledger.add("/raw/a", f"f{i}", i, i, "/dm/a")
+    ledger.add("/raw/b", "g", 1, 1, "/dm/b")
+    ledger.commit()
+
+    ledger.forget({"/raw/a": "/dm/a"})
+    assert stored_rows(path) == 31  # nothing deleted inside the forget: its cost is not the files'
+    assert ledger.sent("/raw/a", "/dm/a") == {} and ledger.sent_of("/raw/a", "/dm/a", ["f1"]) == {}
+    assert ledger.sent_after("/raw/a", "/dm/a", "", 100) == []
+    assert [row[0] for row in ledger.sent_since(0, "/dm")] == ["/dm/b/g"]
+    ledger.close()
+
+    ledger = Ledger(path)  # a restart: still forgotten
+    assert ledger.sent("/raw/a", "/dm/a") == {} and ledger.sent("/raw/b", "/dm/b") == {"g": (1, 1)}
+    ledger.add("/raw/a", "f1", 5, 5, "/dm/a")  # the re-created experiment sends it again
+    ledger.commit()
+    assert ledger.sent("/raw/a", "/dm/a") == {"f1": (5, 5)}
+    assert [row[0] for row in ledger.sent_since(0, "/dm/a")] == ["/dm/a/f1"]
+    assert stored_rows(path) == 2  # the commit removed the forgotten rows
+    ledger.forget({"/raw/a": "/dm/a"})  # a second forget of the same pair
+    assert ledger.sent("/raw/a", "/dm/a") == {}
+    ledger.close()
+
+
+def test_ledger_removes_forgotten_rows_a_chunk_at_each_commit(tmp_path, monkeypatch):
+    path = tmp_path / "ledger.db"
+    monkeypatch.setattr(Ledger, "PURGE_CHUNK", 4)
+    ledger = Ledger(path)
+    for i in range(10):
+        ledger.add("/raw/a", f"f{i}", i, i, "/dm/a")
+    ledger.commit()
+    ledger.forget({"/raw/a": "/dm/a"})
+
+    counts = []
+    for i in range(4):
+        ledger.add("/raw/c", f"n{i}", i, i, "/dm/c")
+        ledger.commit()
+        counts.append(stored_rows(path))
+
+    assert counts == [7, 4, 3, 4]  # 10 forgotten: 4, 4, then the last 2; each commit adds its own row
+    assert ledger.sent("/raw/a", "/dm/a") == {} and len(ledger.sent("/raw/c", "/dm/c")) == 4
     ledger.close()
 
 
