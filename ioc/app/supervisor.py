@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 POLL_SECONDS = 0.5  # the transfer's progress and the catalogue's queue are read twice a second
+WALK_NEWS_SECONDS = 5.0  # a storage walk's progress is said this often at most, once it has run as long
 FIRST_RETRY = 10.0  # after a failed automatic refresh: 10 s, 20 s, 40 s, ... up to RefreshPeriod
 # The commands that start, stop, resume or forget the transfer: its progress is read when they end (DaqState
 # reads Running when DaqStart's put completes); after the others the poll shows it, as it does anyway.
@@ -87,6 +88,7 @@ class Supervisor:
         self._transfer_by = ""  # the transfer command that ran last: the transfer's news are news of it
         self._catalog_said = ""
         self._query_failed = ""  # the last query's unexpected error (said once)
+        self._walk_said, self._walk_progress_at = 0, 0.0  # the last walk's end said (its number); progress said at
 
     @property
     def phase(self) -> Phase:
@@ -342,9 +344,6 @@ class Supervisor:
                 or report.news(progress.message, severity, of_command=self._transfer_by)):  # fmt: skip
             self._transfer_said = progress.message
 
-    WALK_NEWS_SECONDS = 5.0  # a walk's progress is said this often at most, once it has run as long
-    _walk_said, _walk_progress_at = 0, 0.0  # the number of the last walk's end said; when progress was said
-
     async def _walk_timer(self) -> None:
         """Resume the DM backend's walks of storage trees a restart interrupted, then say how they go."""
         walks = self.services.adapters.walks
@@ -369,8 +368,8 @@ class Supervisor:
             elif not report.news(end.message, severity, of_command=end.by if its_command else ""):
                 break  # a command runs: said when it ends
             self._walk_said = end.number
-        if (progress.doing and progress.by == report.last_command and progress.seconds >= self.WALK_NEWS_SECONDS
-                and now - self._walk_progress_at >= self.WALK_NEWS_SECONDS):  # fmt: skip
+        if (progress.doing and progress.by == report.last_command and progress.seconds >= WALK_NEWS_SECONDS
+                and now - self._walk_progress_at >= WALK_NEWS_SECONDS):  # fmt: skip
             report.news(progress.sentence, Severity.NO_ALARM, of_command=progress.by)
             self._walk_progress_at = now
         await self._publish()

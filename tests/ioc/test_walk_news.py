@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
+from dmagic_ioc.ioc.app.supervisor import WALK_NEWS_SECONDS
 from dmagic_ioc.ioc.domain.ports import WalkEnd, WalkProgress
 
 from ..fakes.ports import EXPERIMENT
@@ -129,7 +130,7 @@ async def test_a_long_walk_says_how_far_it_is_now_and_then_while_its_command_is_
     walks.now = running
     await rig.supervisor.poll_walks()
     assert status(rig) == outcome  # not yet: it has run a second
-    walks.now = replace(running, seconds=rig.supervisor.WALK_NEWS_SECONDS)
+    walks.now = replace(running, seconds=WALK_NEWS_SECONDS)
     await rig.supervisor.poll_walks()
     assert status(rig) == (f"giving d310011 access to the files of {EXPERIMENT}: 40000 files of about 100000", NO)
     walks.now = replace(walks.now, files_done=50000)
