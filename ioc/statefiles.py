@@ -37,7 +37,7 @@ LOCK_NAME = "lock"
 # The files the IOC keeps in state_dir; a name that starts with one of these (its -wal, a copy kept
 # aside, a temporary) is a state file too. Everything in state_dir/logs is.
 STATE_FILES = ("registry.sqlite", "transfers.sqlite", "catalog.sqlite", "dm-files.sqlite", "autosave.json",
-               "globus-transfer.json", LOCK_NAME)  # fmt: skip
+               "globus-transfer.json", "walks.json", LOCK_NAME)  # fmt: skip
 _NO_FOLLOW = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # O_NONBLOCK: a FIFO planted in its place never blocks
 FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC  # a folder, never through a symlink
 READ_FLAGS = os.O_RDONLY | os.O_NOCTTY | _NO_FOLLOW  # a file to read; check with fstat that it is a regular one

@@ -8,7 +8,7 @@ one used). The rules are those of the validators SciCat's backend applies
 (isEmail, isFQDN and isURL with their defaults), a little stricter where that
 is simpler: a host name in ASCII (an IDN as `xn--`), no quoted name in an
 address, no user name in a host. An address SciCat takes is first one the
-schedule's rule takes (`model.email_problem`: one plain address, nothing that
+schedule's rule takes (`text.email_problem`: one plain address, nothing that
 could write a mail header).
 """
 

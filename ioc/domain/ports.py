@@ -2,7 +2,7 @@
 
 Adapters in `adapters/` implement these as plain classes; tests pass fakes.
 Every method here may block (network, disk, sqlite): the IOC calls them off
-the event loop. They raise `model.ServiceError` subclasses (or `InputError`)
+the event loop. They raise `errors.ServiceError` subclasses (or `InputError`)
 with a message fit for the Status PV.
 """
 
@@ -38,7 +38,7 @@ class DataManagement(Protocol):
         Idempotent: on an existing experiment, completes whatever a failed
         earlier attempt left undone and changes nothing else. Users are added
         separately through `add_users`. Made, but without a unix group it names
-        (one that does not exist): `model.PartialAccess` with the result in `done`.
+        (one that does not exist): `errors.PartialAccess` with the result in `done`.
         """
 
     def get_experiment(self, name: str) -> Experiment | None: ...

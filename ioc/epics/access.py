@@ -9,10 +9,10 @@ narrows the hosts (both must admit) and never protects anything alone: a
 users-only list is accepted with a warning at start.
 
 The address reaches `check_access(hostname, username)` through the host
-name argument: the IOC's circuits (`ioc.caserver`) pass a `ClientHost`, the
+name argument: the IOC's circuits (`ioc/epics/caserver/`) pass a `ClientHost`, the
 claimed name carrying the circuit's peer address. A plain `str` is only a
 claim, so a server that does not pass the address gets no write access.
-The server (`ioc.caserver`) also asks `admits_address` which circuits to
+The server (`ioc/epics/caserver/`) also asks `admits_address` which circuits to
 spare when it must close some.
 """
 
@@ -143,7 +143,7 @@ class WriteAccess:
     def refusal(self, address: str | None, user: str | None) -> str | None:
         """Why a client at `address` claiming `user` may not write, or None when it may."""
         if address is None:
-            return "its address is unknown (not served through ioc.caserver)"
+            return "its address is unknown (not served through the IOC's CA server)"
         if self.hosts_listed and not self._host_admitted(address):
             return "its address is not in ioc.access.write_hosts"
         if self.users and user not in self.users:
@@ -162,7 +162,7 @@ class WriteAccess:
         address = getattr(hostname, "address", None)
         if address is None and not self._unknown_said:
             self._unknown_said = True
-            log.warning("ioc.access: a client's address is unknown (server without ioc.caserver): writes refused")
+            log.warning("ioc.access: a client's address is unknown (not the IOC's CA server): writes refused")
         return WRITE if self.refusal(address, username) is None else READ
 
 

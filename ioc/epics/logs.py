@@ -158,7 +158,7 @@ class RefusedWrites(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
         if isinstance(error, CommandFailed):
-            return False  # the command engine logged why
+            return False  # the supervisor logged why
         if isinstance(error, (PutRefused, Forbidden)):
             username, hostname = record.args[:2] if isinstance(record.args, tuple) else ("?", "?")
             address = getattr(hostname, "address", "?")  # the IOC's circuits pass a ClientHost

@@ -100,7 +100,7 @@ class PvaServer:
                               "claims): %s", write.pv, write.address, write.user, why)  # fmt: skip
 
     def failed(self, write: Write, error: Exception) -> None:
-        """A write its channel or command refused: one line (a command's failure the engine has logged)."""
+        """A write its channel or command refused: one line (a command's failure the supervisor has logged)."""
         if isinstance(error, CommandFailed):
             return
         if isinstance(error, PutRefused):
